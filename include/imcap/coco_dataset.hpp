@@ -1,0 +1,151 @@
+// COCO captions: the annotation file (notebook 0) and the dataset of images and captions
+// that training reads (data_loader.py).
+//
+//   auto vocab = imcap::Vocabulary::build({"captions_train2014.json"});
+//   imcap::CocoDataset data("captions_train2014.json", "train2014/", vocab,
+//                           imcap::ImageTransform::train());
+//   imcap::CaptionItem item = data.get(0, rng);   // image [3,224,224] + ids <start> ... <end>
+#pragma once
+
+#include <cstdint>
+#include <map>
+#include <random>
+#include <string>
+#include <string_view>
+#include <unordered_map>
+#include <vector>
+
+#include <ATen/core/Tensor.h>
+
+#include "imcap/image.hpp"
+#include "imcap/vocabulary.hpp"
+
+namespace imcap {
+
+/// One entry of "images".
+struct CocoImage {
+  std::int64_t id = 0;
+  std::string file_name;  ///< relative to the image root; never absolute, never with ".."
+};
+
+/// One entry of "annotations".
+struct CocoCaption {
+  std::int64_t id = 0;
+  std::int64_t image_id = 0;
+  std::string caption;
+};
+
+/// A parsed and validated COCO captions annotation file.
+class CocoAnnotations {
+ public:
+  /// Reads and validates a file. Throws IoError, or FormatError naming the file and the JSON
+  /// path (e.g. "f.json: annotations[17].caption: expected a string, got null") for malformed
+  /// JSON, missing or mistyped keys, duplicate ids, captions of unknown images, and file names
+  /// that are absolute or contain "..".
+  static CocoAnnotations load(const std::string& path);
+  /// Parses JSON text; `name` stands for the file in error messages.
+  static CocoAnnotations parse(std::string_view json, const std::string& name);
+
+  const std::vector<CocoImage>& images() const { return images_; }
+  const std::vector<CocoCaption>& captions() const { return captions_; }
+  /// Whether an image with this id exists.
+  bool has_image(std::int64_t image_id) const { return image_index_.count(image_id) != 0; }
+  /// The image with this id. Throws InvalidArgument when there is none.
+  const CocoImage& image(std::int64_t image_id) const;
+  /// Indices into captions() of the captions of one image (empty if it has none).
+  const std::vector<std::size_t>& captions_of(std::int64_t image_id) const;
+  /// The file the annotations came from (or the name given to parse).
+  const std::string& source() const { return source_; }
+
+ private:
+  std::string source_;
+  std::vector<CocoImage> images_;
+  std::vector<CocoCaption> captions_;
+  std::unordered_map<std::int64_t, std::size_t> image_index_;
+  std::unordered_map<std::int64_t, std::vector<std::size_t>> captions_by_image_;
+};
+
+/// Numbers notebook 0 looks at (`imcap info`).
+struct CaptionStatistics {
+  std::size_t images = 0;
+  std::size_t captions = 0;
+  std::size_t images_without_captions = 0;
+  /// caption length in tokens -> number of captions.
+  std::map<std::size_t, std::size_t> length_histogram;
+  /// The most common tokens with their counts, most frequent first (ties alphabetical).
+  std::vector<std::pair<std::string, std::int64_t>> top_words;
+};
+
+/// Computes the statistics of an annotation file, keeping the `top` most common words.
+CaptionStatistics caption_statistics(const CocoAnnotations& annotations, std::size_t top = 20);
+
+/// Options of CocoDataset.
+struct CocoDatasetOptions {
+  DecodeOptions decode;          ///< limits for image decoding
+  /// Skip images whose file is missing, with a warning on stderr, instead of throwing. Default off.
+  bool skip_missing_images = false;
+  /// Drop captions longer than this many tokens (without <start>/<end>); 0 = keep all. Default 0.
+  std::size_t max_caption_tokens = 0;
+};
+
+/// One training example.
+struct CaptionItem {
+  at::Tensor image;                 ///< [3, H, W] float32, transformed
+  std::vector<std::int64_t> ids;    ///< <start> words... <end>
+  std::int64_t image_id = 0;
+  std::size_t caption_index = 0;    ///< index into CocoDataset::captions()
+};
+
+/// Images on disk plus their tokenized captions: the seed's CoCoDataset.
+class CocoDataset {
+ public:
+  /// Loads and validates the annotations, checks that every image file exists under image_root
+  /// (throwing InvalidArgument listing the missing ones unless skip_missing_images) and
+  /// tokenizes every caption with the vocabulary.
+  CocoDataset(const std::string& annotation_file, const std::string& image_root, Vocabulary vocab,
+              ImageTransform transform, CocoDatasetOptions options = {});
+  CocoDataset(CocoAnnotations annotations, const std::string& image_root, Vocabulary vocab,
+              ImageTransform transform, CocoDatasetOptions options = {});
+
+  /// Number of captions (one example per caption, as in the seed).
+  std::size_t size() const { return caption_ids_.size(); }
+  /// Number of images that have at least one caption.
+  std::size_t num_images() const { return image_ids_.size(); }
+
+  /// The example for caption `index`; rng drives the random parts of a training transform.
+  /// Throws InvalidArgument when index >= size().
+  CaptionItem get(std::size_t index, std::mt19937_64& rng) const;
+  /// The token ids (<start> ... <end>) of caption `index`.
+  const std::vector<std::int64_t>& caption_ids(std::size_t index) const;
+  /// Image id of caption `index`.
+  std::int64_t image_id_of(std::size_t index) const;
+  /// Decoded and transformed image by image id.
+  at::Tensor image(std::int64_t image_id, std::mt19937_64& rng) const;
+  /// Decoded image (no transform) by image id.
+  Image raw_image(std::int64_t image_id) const;
+  /// Full path of an image file.
+  std::string image_path(std::int64_t image_id) const;
+  /// Raw caption texts of one image (the references for evaluation).
+  std::vector<std::string> references(std::int64_t image_id) const;
+  /// Caption indices of one image.
+  const std::vector<std::size_t>& captions_of_image(std::int64_t image_id) const;
+  /// Ids of the images that have captions, in file order.
+  const std::vector<std::int64_t>& image_ids() const { return image_ids_; }
+
+  const CocoAnnotations& annotations() const { return annotations_; }
+  const Vocabulary& vocabulary() const { return vocab_; }
+  const ImageTransform& transform() const { return transform_; }
+
+ private:
+  CocoAnnotations annotations_;
+  std::string image_root_;
+  Vocabulary vocab_;
+  ImageTransform transform_;
+  CocoDatasetOptions options_;
+  std::vector<std::size_t> caption_index_;              // dataset index -> annotation caption index
+  std::vector<std::vector<std::int64_t>> caption_ids_;  // dataset index -> token ids
+  std::vector<std::int64_t> image_ids_;
+  std::unordered_map<std::int64_t, std::vector<std::size_t>> by_image_;  // image id -> dataset indices
+};
+
+}  // namespace imcap

@@ -1,0 +1,23 @@
+// Helpers shared by the CLI subcommands (private to the imcap executable).
+#pragma once
+
+#include <string>
+
+#include <CLI/CLI.hpp>
+
+namespace imcap::cli {
+
+/// Thrown by a subcommand for bad usage that CLI11 cannot see (e.g. two options that conflict
+/// in value); main() prints it and exits with code 2.
+class UsageError : public std::runtime_error {
+ public:
+  using std::runtime_error::runtime_error;
+};
+
+/// Sets the number of intra-op threads Torch uses; 0 means one per core.
+void set_threads(int threads);
+
+/// Writes text to path crash-safely (temporary file + rename); throws imcap::IoError.
+void write_output_file(const std::string& path, const std::string& text);
+
+}  // namespace imcap::cli

@@ -1,0 +1,50 @@
+// imcap vocab: build a vocabulary from COCO caption files (the seed's vocabulary.py).
+#include <chrono>
+#include <memory>
+
+#include <fmt/format.h>
+
+#include "cli/commands.hpp"
+#include "imcap/vocabulary.hpp"
+
+namespace imcap::cli {
+
+namespace {
+
+struct VocabArgs {
+  std::vector<std::string> annotations;
+  int threshold = VocabularyOptions{}.threshold;
+  std::size_t max_size = 0;
+  std::string out;
+};
+
+void run_vocab(const VocabArgs& args) {
+  const auto t0 = std::chrono::steady_clock::now();
+  VocabularyOptions options;
+  options.threshold = args.threshold;
+  options.max_size = args.max_size;
+  const auto vocab = Vocabulary::build(args.annotations, options);
+  const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  vocab.save(args.out);
+  fmt::print("{}: {} tokens (threshold {}) from {} file(s) in {:.3f} s\n", args.out, vocab.size(),
+             args.threshold, args.annotations.size(), seconds);
+}
+
+}  // namespace
+
+void add_vocab_command(CLI::App& app) {
+  auto args = std::make_shared<VocabArgs>();
+  auto* cmd = app.add_subcommand("vocab", "Build a vocabulary file from COCO caption files");
+  cmd->add_option("--annotations", args->annotations, "COCO captions JSON file(s)")
+      ->required()
+      ->expected(1, -1);
+  cmd->add_option("--threshold", args->threshold, "Minimum word count to keep a word")
+      ->capture_default_str()
+      ->check(CLI::NonNegativeNumber);
+  cmd->add_option("--max-size", args->max_size, "Keep at most this many words (0: no limit)")
+      ->capture_default_str();
+  cmd->add_option("--out", args->out, "Vocabulary file to write")->required();
+  cmd->callback([args] { run_vocab(*args); });
+}
+
+}  // namespace imcap::cli

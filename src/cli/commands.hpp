@@ -1,0 +1,12 @@
+// The imcap CLI's subcommands. Each add_*_command registers one subcommand on the app; its
+// callback throws imcap::Error on bad input (exit 1), and CLI11 reports bad usage (exit 2).
+#pragma once
+
+#include <CLI/CLI.hpp>
+
+namespace imcap::cli {
+
+void add_info_command(CLI::App& app);
+void add_vocab_command(CLI::App& app);
+
+}  // namespace imcap::cli

@@ -1,0 +1,32 @@
+// The imcap command-line tool. Exit codes: 0 success, 1 bad input ("imcap: error: ..." on
+// stderr), 2 bad usage.
+#include <exception>
+#include <iostream>
+
+#include <CLI/CLI.hpp>
+
+#include "cli/cli_common.hpp"
+#include "cli/commands.hpp"
+#include "imcap/error.hpp"
+#include "imcap/version.hpp"
+
+int main(int argc, char** argv) {
+  CLI::App app{"imcap: image captioning with a CNN encoder and an LSTM decoder", "imcap"};
+  app.set_version_flag("--version", imcap::kVersion);
+  app.require_subcommand(1);
+  imcap::cli::add_info_command(app);
+  imcap::cli::add_vocab_command(app);
+  try {
+    app.parse(argc, argv);
+  } catch (const CLI::ParseError& e) {
+    const int code = app.exit(e);  // prints help, version or the usage error
+    return code == 0 ? 0 : 2;
+  } catch (const imcap::cli::UsageError& e) {
+    std::cerr << "imcap: usage error: " << e.what() << "\nRun with --help for more information.\n";
+    return 2;
+  } catch (const std::exception& e) {
+    std::cerr << "imcap: error: " << e.what() << '\n';
+    return 1;
+  }
+  return 0;
+}

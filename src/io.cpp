@@ -1,0 +1,113 @@
+// Private file helpers (detail/io.hpp).
+#include <fcntl.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <cstdio>
+#include <cstring>
+#include <filesystem>
+#include <random>
+
+#include <fmt/format.h>
+
+#include "detail/io.hpp"
+#include "imcap/error.hpp"
+
+namespace imcap::detail {
+
+std::string errno_message(int err) { return std::strerror(err); }
+
+namespace {
+
+// Closes a file descriptor on scope exit.
+struct FdGuard {
+  int fd = -1;
+  ~FdGuard() {
+    if (fd >= 0) ::close(fd);
+  }
+};
+
+void write_all(int fd, std::string_view data, const std::string& path) {
+  const char* p = data.data();
+  std::size_t left = data.size();
+  while (left > 0) {
+    const ssize_t n = ::write(fd, p, left);
+    if (n < 0) {
+      if (errno == EINTR) continue;
+      throw IoError(fmt::format("{}: cannot write: {}", path, errno_message(errno)));
+    }
+    p += n;
+    left -= static_cast<std::size_t>(n);
+  }
+}
+
+}  // namespace
+
+std::string read_file(const std::string& path, std::uint64_t max_bytes) {
+  FdGuard f{::open(path.c_str(), O_RDONLY | O_CLOEXEC)};
+  if (f.fd < 0) throw IoError(fmt::format("{}: cannot open: {}", path, errno_message(errno)));
+  struct stat st {};
+  if (::fstat(f.fd, &st) != 0)
+    throw IoError(fmt::format("{}: cannot stat: {}", path, errno_message(errno)));
+  if (S_ISDIR(st.st_mode)) throw IoError(fmt::format("{}: is a directory, expected a file", path));
+  if (S_ISREG(st.st_mode) && static_cast<std::uint64_t>(st.st_size) > max_bytes)
+    throw IoError(fmt::format("{}: file is {} bytes, more than the limit of {}", path,
+                              static_cast<std::uint64_t>(st.st_size), max_bytes));
+  std::string out;
+  if (S_ISREG(st.st_mode)) out.reserve(static_cast<std::size_t>(st.st_size));
+  char buf[1 << 16];
+  for (;;) {
+    const ssize_t n = ::read(f.fd, buf, sizeof buf);
+    if (n < 0) {
+      if (errno == EINTR) continue;
+      throw IoError(fmt::format("{}: cannot read: {}", path, errno_message(errno)));
+    }
+    if (n == 0) break;
+    if (out.size() + static_cast<std::size_t>(n) > max_bytes)
+      throw IoError(fmt::format("{}: more than the limit of {} bytes", path, max_bytes));
+    out.append(buf, static_cast<std::size_t>(n));
+  }
+  return out;
+}
+
+void write_file_atomic(const std::string& path, std::string_view data) {
+  namespace fs = std::filesystem;
+  const fs::path target(path);
+  fs::path dir = target.parent_path();
+  if (dir.empty()) dir = ".";
+  std::random_device rd;
+  const std::string tmp =
+      (dir / fmt::format(".{}.tmp-{:08x}", target.filename().string(), rd())).string();
+  {
+    FdGuard f{::open(tmp.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0644)};
+    if (f.fd < 0)
+      throw IoError(fmt::format("{}: cannot create a file in '{}': {}", path, dir.string(),
+                                errno_message(errno)));
+    try {
+      write_all(f.fd, data, path);
+      if (::fsync(f.fd) != 0)
+        throw IoError(fmt::format("{}: cannot sync to disk: {}", path, errno_message(errno)));
+    } catch (...) {
+      ::unlink(tmp.c_str());
+      throw;
+    }
+    const int rc = ::close(f.fd);
+    f.fd = -1;
+    if (rc != 0) {
+      const int err = errno;
+      ::unlink(tmp.c_str());
+      throw IoError(fmt::format("{}: cannot close: {}", path, errno_message(err)));
+    }
+  }
+  if (::rename(tmp.c_str(), path.c_str()) != 0) {
+    const int err = errno;
+    ::unlink(tmp.c_str());
+    throw IoError(fmt::format("{}: cannot rename the temporary file into place: {}", path,
+                              errno_message(err)));
+  }
+  FdGuard d{::open(dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC)};
+  if (d.fd >= 0) ::fsync(d.fd);  // best effort: makes the rename itself durable
+}
+
+}  // namespace imcap::detail

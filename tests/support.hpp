@@ -1,0 +1,49 @@
+// Helpers shared by the imcap tests.
+#pragma once
+
+#include <string>
+#include <vector>
+
+namespace imcap::test {
+
+/// Path of a file under tests/data.
+std::string data_path(const std::string& name);
+/// Path of a script under tests/python.
+std::string python_script(const std::string& name);
+
+/// A fresh empty directory, removed when the object goes out of scope.
+class TempDir {
+ public:
+  TempDir();
+  ~TempDir();
+  TempDir(const TempDir&) = delete;
+  TempDir& operator=(const TempDir&) = delete;
+  const std::string& path() const { return path_; }
+  /// path()/name
+  std::string file(const std::string& name) const;
+
+ private:
+  std::string path_;
+};
+
+/// What a finished child process left.
+struct ProcessResult {
+  int exit_code = -1;  ///< exit status, or 128 + signal number if it was killed by a signal
+  std::string out;     ///< standard output
+  std::string err;     ///< standard error
+};
+
+/// Runs a program with arguments (no shell), capturing stdout and stderr.
+ProcessResult run_process(const std::vector<std::string>& argv);
+/// Runs the imcap CLI built with the tests.
+ProcessResult run_cli(const std::vector<std::string>& args);
+/// Runs Debian's /usr/bin/python3 with a script from tests/python and its arguments. The
+/// reference outputs of parity tests come from there (python3-torch, python3-torchvision).
+ProcessResult run_python(const std::string& script, const std::vector<std::string>& args);
+
+/// Writes text to a file (tests only; throws std::runtime_error on failure).
+void write_text(const std::string& path, const std::string& text);
+/// Reads a whole file (throws std::runtime_error on failure).
+std::string read_text(const std::string& path);
+
+}  // namespace imcap::test
