@@ -16,7 +16,9 @@ namespace {
 
 constexpr std::string_view kVocabHeader = "# imcap vocabulary v1";
 
-bool is_space(char c) { return c == ' ' || c == '\t' || c == '\n' || c == '\r' || c == '\f' || c == '\v'; }
+bool is_space(char c) {
+  return c == ' ' || c == '\t' || c == '\n' || c == '\r' || c == '\f' || c == '\v';
+}
 bool is_digit(char c) { return c >= '0' && c <= '9'; }
 bool is_alpha(char c) { return (c >= 'a' && c <= 'z') || static_cast<unsigned char>(c) >= 0x80; }
 
@@ -24,9 +26,24 @@ bool is_alpha(char c) { return (c >= 'a' && c <= 'z') || static_cast<unsigned ch
 // apart because they stay inside numbers ("1,000", "10:30").
 bool is_split_char(char c) {
   switch (c) {
-    case '?': case '!': case ';': case '@': case '#': case '$': case '%': case '&':
-    case '(': case ')': case '[': case ']': case '{': case '}': case '<': case '>':
-    case '"': case '`':
+    case '?':
+    case '!':
+    case ';':
+    case '@':
+    case '#':
+    case '$':
+    case '%':
+    case '&':
+    case '(':
+    case ')':
+    case '[':
+    case ']':
+    case '{':
+    case '}':
+    case '<':
+    case '>':
+    case '"':
+    case '`':
       return true;
     default:
       return false;
@@ -39,7 +56,13 @@ bool ends_with(std::string_view s, std::string_view suffix) {
 
 // NLTK's CONTRACTIONS2: words split into two without an apostrophe.
 constexpr std::array<std::pair<std::string_view, std::size_t>, 7> kSplitWords{{
-    {"cannot", 3}, {"gimme", 3}, {"gonna", 3}, {"gotta", 3}, {"lemme", 3}, {"wanna", 3}, {"d'ye", 1},
+    {"cannot", 3},
+    {"gimme", 3},
+    {"gonna", 3},
+    {"gotta", 3},
+    {"lemme", 3},
+    {"wanna", 3},
+    {"d'ye", 1},
 }};
 
 // Splits one piece without separators: clitics ("man's" -> "man" "'s", "don't" -> "do" "n't"),
@@ -54,7 +77,8 @@ void split_word(std::string_view w, std::vector<std::string>& out) {
   }
   std::vector<std::string> tail;  // tokens split from the end, in reverse order
   // Final period: split unless the word is an initialism like "u.s." or is only dots.
-  if (w.size() > 1 && w.back() == '.' && w.substr(0, w.size() - 1).find('.') == std::string_view::npos) {
+  if (w.size() > 1 && w.back() == '.' &&
+      w.substr(0, w.size() - 1).find('.') == std::string_view::npos) {
     tail.emplace_back(".");
     w.remove_suffix(1);
   }
@@ -82,9 +106,7 @@ void split_word(std::string_view w, std::vector<std::string>& out) {
 
 void tokenize_chunk(std::string_view chunk, std::vector<std::string>& out) {
   std::size_t start = 0;
-  auto flush = [&](std::size_t end) {
-    split_word(chunk.substr(start, end - start), out);
-  };
+  auto flush = [&](std::size_t end) { split_word(chunk.substr(start, end - start), out); };
   std::size_t i = 0;
   while (i < chunk.size()) {
     const char c = chunk[i];
@@ -133,10 +155,11 @@ std::vector<std::string> tokenize(std::string_view text) {
   return out;
 }
 
-Vocabulary Vocabulary::from_tokens(std::vector<std::string> tokens, std::vector<std::int64_t> counts) {
+Vocabulary Vocabulary::from_tokens(std::vector<std::string> tokens,
+                                   std::vector<std::int64_t> counts) {
   if (!counts.empty() && counts.size() != tokens.size())
-    throw InvalidArgument(fmt::format("vocabulary: {} counts given for {} tokens", counts.size(),
-                                      tokens.size()));
+    throw InvalidArgument(
+        fmt::format("vocabulary: {} counts given for {} tokens", counts.size(), tokens.size()));
   Vocabulary v;
   v.index_.reserve(tokens.size());
   for (std::size_t i = 0; i < tokens.size(); ++i) {
@@ -147,8 +170,8 @@ Vocabulary Vocabulary::from_tokens(std::vector<std::string> tokens, std::vector<
           fmt::format("vocabulary: token {} ('{}') contains a tab or a line break", i, t));
     const auto [it, inserted] = v.index_.emplace(t, static_cast<std::int64_t>(i));
     if (!inserted)
-      throw InvalidArgument(fmt::format("vocabulary: token '{}' appears twice, at ids {} and {}", t,
-                                        it->second, i));
+      throw InvalidArgument(
+          fmt::format("vocabulary: token '{}' appears twice, at ids {} and {}", t, it->second, i));
   }
   auto find = [&](std::string_view name) -> std::optional<std::int64_t> {
     const auto it = v.index_.find(std::string(name));
@@ -174,7 +197,8 @@ Vocabulary Vocabulary::from_counts(const std::unordered_map<std::string, std::in
   std::vector<std::pair<std::string_view, std::int64_t>> kept;
   for (const auto& [word, n] : counts) {
     if (n < options.threshold) continue;
-    if (word == kPadToken || word == kStartToken || word == kEndToken || word == kUnkToken) continue;
+    if (word == kPadToken || word == kStartToken || word == kEndToken || word == kUnkToken)
+      continue;
     kept.emplace_back(word, n);
   }
   // Highest count first, then alphabetical: the same corpus always gives the same ids.
@@ -227,7 +251,9 @@ std::string Vocabulary::to_string() const {
   return out;
 }
 
-void Vocabulary::save(const std::string& path) const { detail::write_file_atomic(path, to_string()); }
+void Vocabulary::save(const std::string& path) const {
+  detail::write_file_atomic(path, to_string());
+}
 
 Vocabulary Vocabulary::read(std::istream& in, const std::string& name) {
   std::string line;

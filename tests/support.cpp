@@ -10,11 +10,17 @@
 #include <sstream>
 #include <stdexcept>
 
+#define STB_IMAGE_WRITE_IMPLEMENTATION
+#define STB_IMAGE_WRITE_STATIC
+#include <stb_image_write.h>
+
 namespace imcap::test {
 
 namespace fs = std::filesystem;
 
-std::string data_path(const std::string& name) { return std::string(IMCAP_TEST_DATA_DIR) + "/" + name; }
+std::string data_path(const std::string& name) {
+  return std::string(IMCAP_TEST_DATA_DIR) + "/" + name;
+}
 
 std::string python_script(const std::string& name) {
   return std::string(IMCAP_TEST_PYTHON_DIR) + "/" + name;
@@ -74,6 +80,24 @@ ProcessResult run_python(const std::string& script, const std::vector<std::strin
   std::vector<std::string> argv{IMCAP_PYTHON, python_script(script)};
   argv.insert(argv.end(), args.begin(), args.end());
   return run_process(argv);
+}
+
+void write_png(const std::string& path, int width, int height, int channels,
+               const std::vector<unsigned char>& pixels) {
+  if (pixels.size() != static_cast<std::size_t>(width) * height * channels)
+    throw std::runtime_error("write_png: wrong pixel count for " + path);
+  if (stbi_write_png(path.c_str(), width, height, channels, pixels.data(), width * channels) == 0)
+    throw std::runtime_error("write_png: cannot write " + path);
+}
+
+void write_pattern_png(const std::string& path, int width, int height, unsigned seed) {
+  std::vector<unsigned char> px(static_cast<std::size_t>(width) * height * 3);
+  for (int y = 0; y < height; ++y)
+    for (int x = 0; x < width; ++x)
+      for (int c = 0; c < 3; ++c)
+        px[(static_cast<std::size_t>(y) * width + x) * 3 + c] =
+            static_cast<unsigned char>((x * (c + 1) * 7 + y * 3 + seed * 41 + c * 50) % 256);
+  write_png(path, width, height, 3, px);
 }
 
 void write_text(const std::string& path, const std::string& text) {

@@ -41,6 +41,12 @@ ProcessResult run_cli(const std::vector<std::string>& args);
 /// reference outputs of parity tests come from there (python3-torch, python3-torchvision).
 ProcessResult run_python(const std::string& script, const std::vector<std::string>& args);
 
+/// Writes an 8-bit image (channels 1, 3 or 4, rows top to bottom) as PNG.
+void write_png(const std::string& path, int width, int height, int channels,
+               const std::vector<unsigned char>& pixels);
+/// Writes an RGB image of width x height with a deterministic pattern from `seed` as PNG.
+void write_pattern_png(const std::string& path, int width, int height, unsigned seed);
+
 /// Writes text to a file (tests only; throws std::runtime_error on failure).
 void write_text(const std::string& path, const std::string& text);
 /// Reads a whole file (throws std::runtime_error on failure).

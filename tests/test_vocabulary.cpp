@@ -13,7 +13,8 @@ using imcap::Vocabulary;
 using Tokens = std::vector<std::string>;
 
 TEST_CASE("tokenize splits words from punctuation like NLTK", "[vocabulary]") {
-  CHECK(tokenize("A man sitting at a table.") == Tokens{"a", "man", "sitting", "at", "a", "table", "."});
+  CHECK(tokenize("A man sitting at a table.") ==
+        Tokens{"a", "man", "sitting", "at", "a", "table", "."});
   CHECK(tokenize("The man's dog.") == Tokens{"the", "man", "'s", "dog", "."});
   CHECK(tokenize("It doesn't fit, they're sure!") ==
         Tokens{"it", "does", "n't", "fit", ",", "they", "'re", "sure", "!"});
@@ -29,7 +30,8 @@ TEST_CASE("tokenize splits words from punctuation like NLTK", "[vocabulary]") {
   CHECK(tokenize("Café NOIR") == Tokens{"café", "noir"});
 }
 
-TEST_CASE("built vocabulary puts specials first, then words by count and alphabet", "[vocabulary]") {
+TEST_CASE("built vocabulary puts specials first, then words by count and alphabet",
+          "[vocabulary]") {
   const auto v = Vocabulary::build_from_captions(
       {"a dog runs.", "a cat runs", "A dog sits", "zebra"}, {/*threshold=*/1});
   REQUIRE(v.size() == 4 + 7);
@@ -42,7 +44,8 @@ TEST_CASE("built vocabulary puts specials first, then words by count and alphabe
   CHECK(v.end_id() == 2);
   CHECK(v.unk_id() == 3);
   // a:3, dog:2, runs:2, then 1 each: '.', cat, sits, zebra (alphabetical)
-  const Tokens expected{"<pad>", "<start>", "<end>", "<unk>", "a", "dog", "runs", ".", "cat", "sits", "zebra"};
+  const Tokens expected{"<pad>", "<start>", "<end>", "<unk>", "a",    "dog",
+                        "runs",  ".",       "cat",   "sits",  "zebra"};
   CHECK(Tokens(v.tokens().begin(), v.tokens().begin() + 11) == expected);
   CHECK(v.count(v.id("a")) == 3);
 }
@@ -68,7 +71,8 @@ TEST_CASE("encode and decode round trip, with and without specials", "[vocabular
   CHECK(ids.back() == v.end_id());
   CHECK(v.decode(ids) == "a dog runs on the grass .");
   CHECK(v.decode(ids, /*keep_specials=*/true) == "<start> a dog runs on the grass . <end>");
-  CHECK(v.encode("a zebra", /*add_specials=*/false) == std::vector<std::int64_t>{v.id("a"), v.unk_id()});
+  CHECK(v.encode("a zebra", /*add_specials=*/false) ==
+        std::vector<std::int64_t>{v.id("a"), v.unk_id()});
   // decoding stops at <end> and skips padding
   CHECK(v.decode({v.start_id(), v.id("dog"), v.end_id(), v.id("grass"), 0}) == "dog");
   CHECK_THROWS_AS(v.token(-1), imcap::InvalidArgument);
@@ -97,8 +101,10 @@ TEST_CASE("loading a broken vocabulary file names the problem", "[vocabulary]") 
   CHECK_THROWS_WITH(read(header + "<start>\t0\n<end>\t0\n<unk>\t0\n<end>\t0\n"),
                     Catch::Contains("'<end>' appears twice"));
   CHECK_THROWS_WITH(read(header + "<start>\t0\n<end>\t0\n"), Catch::Contains("'<unk>' is missing"));
-  CHECK_THROWS_WITH(read(header + "<start>\t0\n<end>\tmany\n"), Catch::Contains("line 3: expected a count"));
-  CHECK_THROWS_WITH(read(header + "<start> 0\n"), Catch::Contains("line 2: expected 'token<TAB>count'"));
+  CHECK_THROWS_WITH(read(header + "<start>\t0\n<end>\tmany\n"),
+                    Catch::Contains("line 3: expected a count"));
+  CHECK_THROWS_WITH(read(header + "<start> 0\n"),
+                    Catch::Contains("line 2: expected 'token<TAB>count'"));
   CHECK_THROWS_AS(Vocabulary::load("/nonexistent/vocab.txt"), imcap::IoError);
   // <pad> is optional and ids are kept as written (the notebook's vocab.pkl order).
   const auto v = read(header + "<start>\t0\n<end>\t0\n<unk>\t0\ndog\t3\n");

@@ -81,7 +81,7 @@ CaptionStatistics caption_statistics(const CocoAnnotations& annotations, std::si
 
 /// Options of CocoDataset.
 struct CocoDatasetOptions {
-  DecodeOptions decode;          ///< limits for image decoding
+  DecodeOptions decode;  ///< limits for image decoding
   /// Skip images whose file is missing, with a warning on stderr, instead of throwing. Default off.
   bool skip_missing_images = false;
   /// Drop captions longer than this many tokens (without <start>/<end>); 0 = keep all. Default 0.
@@ -90,10 +90,10 @@ struct CocoDatasetOptions {
 
 /// One training example.
 struct CaptionItem {
-  at::Tensor image;                 ///< [3, H, W] float32, transformed
-  std::vector<std::int64_t> ids;    ///< <start> words... <end>
+  at::Tensor image;               ///< [3, H, W] float32, transformed
+  std::vector<std::int64_t> ids;  ///< <start> words... <end>
   std::int64_t image_id = 0;
-  std::size_t caption_index = 0;    ///< index into CocoDataset::captions()
+  std::size_t caption_index = 0;  ///< index into CocoDataset::captions()
 };
 
 /// Images on disk plus their tokenized captions: the seed's CoCoDataset.
@@ -145,7 +145,8 @@ class CocoDataset {
   std::vector<std::size_t> caption_index_;              // dataset index -> annotation caption index
   std::vector<std::vector<std::int64_t>> caption_ids_;  // dataset index -> token ids
   std::vector<std::int64_t> image_ids_;
-  std::unordered_map<std::int64_t, std::vector<std::size_t>> by_image_;  // image id -> dataset indices
+  std::unordered_map<std::int64_t, std::vector<std::size_t>>
+      by_image_;  // image id -> dataset indices
 };
 
 }  // namespace imcap

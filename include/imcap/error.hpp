@@ -31,7 +31,8 @@ class InvalidArgument : public Error {
   using Error::Error;
 };
 
-/// A file asks for something imcap refuses on principle (e.g. a pickle global outside the allowlist).
+/// A file asks for something imcap refuses on principle (e.g. a pickle global outside the
+/// allowlist).
 class SecurityError : public FormatError {
  public:
   using FormatError::FormatError;

@@ -2,7 +2,8 @@
 //
 //   imcap::Image img = imcap::decode_image("photo.jpg");
 //   imcap::ImageTransform eval = imcap::ImageTransform::eval();   // Resize 256, CenterCrop 224
-//   torch::Tensor x = eval(img);                                  // [3, 224, 224] float, normalised
+//   torch::Tensor x = eval(img);                                  // [3, 224, 224] float,
+//   normalised
 #pragma once
 
 #include <array>
@@ -68,9 +69,9 @@ inline constexpr std::array<float, 3> kImageNetStd{0.229f, 0.224f, 0.225f};
 
 /// Options of the named transforms (notebook 1).
 struct TransformOptions {
-  int resize = 256;      ///< shorter side after resizing, pixels. Default 256.
-  int crop = 224;        ///< side of the square crop, pixels. Default 224.
-  bool train = false;    ///< true: random crop + random horizontal flip; false: centre crop.
+  int resize = 256;    ///< shorter side after resizing, pixels. Default 256.
+  int crop = 224;      ///< side of the square crop, pixels. Default 224.
+  bool train = false;  ///< true: random crop + random horizontal flip; false: centre crop.
   double flip_probability = 0.5;  ///< chance of a horizontal flip in training. Default 0.5.
   std::array<float, 3> mean = kImageNetMean;  ///< per-channel mean for normalisation.
   std::array<float, 3> std = kImageNetStd;    ///< per-channel std for normalisation.

@@ -1,8 +1,10 @@
 // Umbrella header: everything in imcap's public API.
 #pragma once
 
+#include "imcap/coco_dataset.hpp"
+#include "imcap/data_loader.hpp"
 #include "imcap/error.hpp"
+#include "imcap/image.hpp"
+#include "imcap/synthetic.hpp"
 #include "imcap/version.hpp"
 #include "imcap/vocabulary.hpp"
-#include "imcap/image.hpp"
-#include "imcap/coco_dataset.hpp"

@@ -2,8 +2,8 @@
 //
 //   auto vocab = imcap::Vocabulary::build({"captions_train2014.json"}, /*threshold=*/5);
 //   std::vector<std::int64_t> ids = vocab.encode("A man riding a horse.");  // <start> ... <end>
-//   std::string text = vocab.decode(ids);                                   // "a man riding a horse ."
-//   vocab.save("vocab.txt");
+//   std::string text = vocab.decode(ids);                                   // "a man riding a
+//   horse ." vocab.save("vocab.txt");
 #pragma once
 
 #include <cstdint>
@@ -54,7 +54,8 @@ class Vocabulary {
   static Vocabulary from_tokens(std::vector<std::string> tokens,
                                 std::vector<std::int64_t> counts = {});
 
-  /// Loads the text format written by save(). Throws IoError / FormatError naming the file and line.
+  /// Loads the text format written by save(). Throws IoError / FormatError naming the file and
+  /// line.
   static Vocabulary load(const std::string& path);
   /// Reads the text format from a stream; `name` is used in error messages.
   static Vocabulary read(std::istream& in, const std::string& name = "<stream>");

@@ -44,7 +44,8 @@ void run_info(const InfoArgs& args) {
   for (const auto& [len, n] : stats.length_histogram) peak = std::max(peak, n);
   fmt::print("\ncaption length (tokens): captions\n");
   for (const auto& [len, n] : stats.length_histogram) {
-    const auto bar = static_cast<std::size_t>(40.0 * static_cast<double>(n) / static_cast<double>(peak) + 0.5);
+    const auto bar =
+        static_cast<std::size_t>(40.0 * static_cast<double>(n) / static_cast<double>(peak) + 0.5);
     fmt::print("  {:>4}: {:>8}  {}\n", len, n, std::string(bar, '#'));
   }
   fmt::print("\nmost common words:\n");

@@ -24,7 +24,8 @@ void run_vocab(const VocabArgs& args) {
   options.threshold = args.threshold;
   options.max_size = args.max_size;
   const auto vocab = Vocabulary::build(args.annotations, options);
-  const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  const double seconds =
+      std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
   vocab.save(args.out);
   fmt::print("{}: {} tokens (threshold {}) from {} file(s) in {:.3f} s\n", args.out, vocab.size(),
              args.threshold, args.annotations.size(), seconds);

@@ -1,0 +1,193 @@
+// DataLoader: the three batching modes, determinism, workers.
+#include <catch2/catch.hpp>
+
+#include <filesystem>
+#include <set>
+
+#include <torch/torch.h>
+#include <nlohmann/json.hpp>
+
+#include "imcap/data_loader.hpp"
+#include "imcap/error.hpp"
+#include "support.hpp"
+
+namespace {
+
+// 12 images; image i has (i % 3) + 1 captions of varied lengths.
+struct Fixture {
+  imcap::test::TempDir tmp;
+  std::unique_ptr<imcap::CocoDataset> data;
+
+  Fixture() {
+    nlohmann::json j;
+    j["images"] = nlohmann::json::array();
+    j["annotations"] = nlohmann::json::array();
+    const char* words[] = {"red", "square", "blue", "circle", "small", "green", "triangle"};
+    int ann = 0;
+    std::filesystem::create_directories(tmp.file("img"));
+    for (int i = 0; i < 12; ++i) {
+      const std::string name = "im" + std::to_string(i) + ".png";
+      imcap::test::write_pattern_png(tmp.file("img/" + name), 20 + i, 18, static_cast<unsigned>(i));
+      j["images"].push_back({{"id", 100 + i}, {"file_name", name}});
+      for (int k = 0; k <= i % 3; ++k) {
+        std::string caption = "a";
+        for (int w = 0; w < (i + k) % 4 + 1; ++w)
+          caption += std::string(" ") + words[(i + w + k) % 7];
+        j["annotations"].push_back({{"id", ann++}, {"image_id", 100 + i}, {"caption", caption}});
+      }
+    }
+    imcap::test::write_text(tmp.file("ann.json"), j.dump());
+    auto vocab = imcap::Vocabulary::build({tmp.file("ann.json")}, {/*threshold=*/1});
+    data = std::make_unique<imcap::CocoDataset>(
+        tmp.file("ann.json"), tmp.file("img"), vocab,
+        imcap::ImageTransform::train(/*resize=*/16, /*crop=*/12));
+  }
+};
+
+std::vector<imcap::Batch> epoch(const imcap::CocoDataset& data, imcap::DataLoaderOptions o,
+                                std::size_t e = 0) {
+  imcap::DataLoader loader(data, o);
+  loader.start_epoch(e);
+  std::vector<imcap::Batch> out;
+  while (auto b = loader.next()) out.push_back(std::move(*b));
+  return out;
+}
+
+}  // namespace
+
+TEST_CASE("padded batches cover every caption once, with lengths and a mask", "[data_loader]") {
+  Fixture f;
+  const auto& data = *f.data;
+  REQUIRE(data.size() == 24);
+  imcap::DataLoaderOptions o;
+  o.batch_size = 5;
+  o.seed = 7;
+  const auto batches = epoch(data, o);
+  REQUIRE(batches.size() == 5);
+  CHECK(imcap::DataLoader(data, o).batches_per_epoch() == 5);
+  std::multiset<std::size_t> seen;
+  for (const auto& b : batches) {
+    seen.insert(b.caption_indices.begin(), b.caption_indices.end());
+    const auto bsz = static_cast<std::int64_t>(b.size());
+    CHECK(b.captions.size(0) == bsz);
+    CHECK(b.images.size(0) == static_cast<std::int64_t>(b.image_ids.size()));
+    CHECK(b.images.sizes().slice(1) == torch::IntArrayRef{3, 12, 12});
+    CHECK(b.mask.sum().item<std::int64_t>() == b.lengths.sum().item<std::int64_t>());
+    for (std::int64_t i = 0; i < bsz; ++i) {
+      const auto ci = b.caption_indices[static_cast<std::size_t>(i)];
+      const auto& ids = data.caption_ids(ci);
+      CHECK(b.lengths[i].item<std::int64_t>() == static_cast<std::int64_t>(ids.size()));
+      for (std::size_t t = 0; t < ids.size(); ++t)
+        CHECK(b.captions[i][static_cast<std::int64_t>(t)].item<std::int64_t>() == ids[t]);
+      for (std::int64_t t = static_cast<std::int64_t>(ids.size()); t < b.captions.size(1); ++t)
+        CHECK(b.captions[i][t].item<std::int64_t>() == 0);  // <pad>
+      // the caption's image row holds its image
+      const auto row = b.image_index[i].item<std::int64_t>();
+      CHECK(b.image_ids[static_cast<std::size_t>(row)] == data.image_id_of(ci));
+    }
+  }
+  CHECK(seen.size() == 24);
+  CHECK(std::set<std::size_t>(seen.begin(), seen.end()).size() == 24);
+  o.drop_last = true;
+  CHECK(epoch(data, o).size() == 4);
+}
+
+TEST_CASE("each image appears once per batch even with several of its captions", "[data_loader]") {
+  Fixture f;
+  imcap::DataLoaderOptions o;
+  o.batch_size = 24;
+  o.shuffle = false;
+  const auto batches = epoch(*f.data, o);
+  REQUIRE(batches.size() == 1);
+  CHECK(batches[0].images.size(0) == 12);
+  CHECK(std::set<std::int64_t>(batches[0].image_ids.begin(), batches[0].image_ids.end()).size() ==
+        12);
+}
+
+TEST_CASE("same_length batches need no padding (the seed's sampler)", "[data_loader]") {
+  Fixture f;
+  imcap::DataLoaderOptions o;
+  o.batch_size = 4;
+  o.mode = imcap::BatchMode::same_length;
+  o.seed = 3;
+  const auto batches = epoch(*f.data, o);
+  CHECK(batches.size() == 6);
+  std::set<std::int64_t> lengths_drawn;
+  for (const auto& b : batches) {
+    CHECK(b.size() == 4);
+    CHECK(b.mask.all().item<bool>());
+    CHECK((b.lengths == b.lengths[0]).all().item<bool>());
+    lengths_drawn.insert(b.lengths[0].item<std::int64_t>());
+  }
+  CHECK(lengths_drawn.size() > 1);
+}
+
+TEST_CASE("image_major batches hold whole images", "[data_loader]") {
+  Fixture f;
+  const auto& data = *f.data;
+  imcap::DataLoaderOptions o;
+  o.batch_size = 6;
+  o.mode = imcap::BatchMode::image_major;
+  const auto batches = epoch(data, o);
+  std::size_t captions = 0;
+  for (const auto& b : batches) {
+    CHECK(b.size() <= 6);
+    captions += b.size();
+    for (const auto id : b.image_ids) {
+      const auto n = std::count_if(b.caption_indices.begin(), b.caption_indices.end(),
+                                   [&](std::size_t ci) { return data.image_id_of(ci) == id; });
+      CHECK(static_cast<std::size_t>(n) == data.captions_of_image(id).size());
+    }
+  }
+  CHECK(captions == 24);
+  CHECK(imcap::DataLoader(data, o).batches_per_epoch() == batches.size());
+}
+
+TEST_CASE("the order and transforms depend only on the seed, not on the workers", "[data_loader]") {
+  Fixture f;
+  imcap::DataLoaderOptions o;
+  o.batch_size = 7;
+  o.seed = 11;
+  o.workers = 0;
+  const auto serial = epoch(*f.data, o, 2);
+  o.workers = 3;
+  o.prefetch = 2;
+  const auto threaded = epoch(*f.data, o, 2);
+  REQUIRE(serial.size() == threaded.size());
+  for (std::size_t i = 0; i < serial.size(); ++i) {
+    CHECK(serial[i].caption_indices == threaded[i].caption_indices);
+    CHECK(torch::equal(serial[i].images, threaded[i].images));
+  }
+  const auto other_epoch = epoch(*f.data, o, 3);
+  CHECK(other_epoch[0].caption_indices != serial[0].caption_indices);
+  o.seed = 12;
+  CHECK(epoch(*f.data, o, 2)[0].caption_indices != serial[0].caption_indices);
+}
+
+TEST_CASE("skip resumes an epoch in the middle", "[data_loader]") {
+  Fixture f;
+  imcap::DataLoaderOptions o;
+  o.batch_size = 5;
+  const auto all = epoch(*f.data, o, 1);
+  imcap::DataLoader loader(*f.data, o);
+  loader.start_epoch(1);
+  loader.skip(3);
+  auto b = loader.next();
+  REQUIRE(b);
+  CHECK(b->index == 3);
+  CHECK(b->caption_indices == all[3].caption_indices);
+  CHECK(torch::equal(b->images, all[3].images));
+}
+
+TEST_CASE("a broken image surfaces as an error from next()", "[data_loader]") {
+  Fixture f;
+  imcap::test::write_text(f.tmp.file("img/im4.png"), "not a png");
+  imcap::DataLoaderOptions o;
+  o.batch_size = 24;
+  imcap::DataLoader loader(*f.data, o);
+  loader.start_epoch(0);
+  CHECK_THROWS_WITH(loader.next(), Catch::Contains("im4.png"));
+  o.batch_size = 0;
+  CHECK_THROWS_AS(imcap::DataLoader(*f.data, o), imcap::InvalidArgument);
+  CHECK_THROWS_AS(imcap::parse_batch_mode("random"), imcap::InvalidArgument);
+}
