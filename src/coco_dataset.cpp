@@ -7,69 +7,31 @@
 
 #include <fmt/format.h>
 #include <torch/torch.h>
-#include <nlohmann/json.hpp>
 
 #include "detail/io.hpp"
+#include "detail/json_reader.hpp"
 #include "imcap/error.hpp"
 
 namespace imcap {
 
 namespace {
 
-using json = nlohmann::json;
+using detail::JsonReader;
 
 // Annotation files above this size are refused (the full COCO train file is ~90 MB).
 constexpr std::uint64_t kMaxAnnotationBytes = 4ull << 30;
-
-const char* type_name(const json& j) {
-  switch (j.type()) {
-    case json::value_t::null:
-      return "null";
-    case json::value_t::boolean:
-      return "a boolean";
-    case json::value_t::string:
-      return "a string";
-    case json::value_t::array:
-      return "an array";
-    case json::value_t::object:
-      return "an object";
-    case json::value_t::number_float:
-      return "a floating-point number";
-    case json::value_t::number_integer:
-    case json::value_t::number_unsigned:
-      return "an integer";
-    default:
-      return "an unsupported value";
-  }
-}
 
 [[noreturn]] void fail(const std::string& file, const std::string& where, const std::string& what) {
   throw FormatError(fmt::format("{}: {}: {}", file, where, what));
 }
 
-const json& member(const json& obj, const char* key, const std::string& file,
-                   const std::string& where) {
-  const auto it = obj.find(key);
-  if (it == obj.end()) fail(file, where, fmt::format("missing key '{}'", key));
-  return *it;
-}
-
-std::int64_t get_id(const json& obj, const char* key, const std::string& file,
-                    const std::string& where) {
-  const json& v = member(obj, key, file, where);
-  if (!v.is_number_integer())
-    fail(file, fmt::format("{}.{}", where, key),
-         fmt::format("expected an integer, got {}", type_name(v)));
-  return v.get<std::int64_t>();
-}
-
-const std::string& get_string(const json& obj, const char* key, const std::string& file,
-                              const std::string& where) {
-  const json& v = member(obj, key, file, where);
-  if (!v.is_string())
-    fail(file, fmt::format("{}.{}", where, key),
-         fmt::format("expected a string, got {}", type_name(v)));
-  return v.get_ref<const std::string&>();
+// Checks the kind of the next value; `where` is its JSON path.
+void expect_kind(JsonReader& in, JsonReader::Kind kind, const std::string& file,
+                 const std::string& where) {
+  const auto got = in.peek();
+  if (got != kind)
+    fail(file, where,
+         fmt::format("expected {}, got {}", JsonReader::kind_name(kind), JsonReader::kind_name(got)));
 }
 
 bool is_safe_relative(const std::string& name) {
@@ -77,6 +39,36 @@ bool is_safe_relative(const std::string& name) {
   for (const auto& part : std::filesystem::path(name))
     if (part == "..") return false;
   return true;
+}
+
+// Reads one object of "images" or "annotations": integer keys into ints, string keys into
+// strings, everything else skipped. Missing keys are reported by the caller.
+struct Fields {
+  std::int64_t id = 0, image_id = 0;
+  bool has_id = false, has_image_id = false, has_text = false;
+  std::string text;  // file_name or caption
+};
+
+void read_fields(JsonReader& in, const char* text_key, bool want_image_id, const std::string& file,
+                 const std::string& where, Fields& f, std::string& key) {
+  expect_kind(in, JsonReader::Kind::object, file, where);
+  in.begin_object();
+  while (in.next_key(key)) {
+    if (key == "id" || (want_image_id && key == "image_id")) {
+      expect_kind(in, JsonReader::Kind::integer, file, fmt::format("{}.{}", where, key));
+      (key == "id" ? f.id : f.image_id) = in.read_int();
+      (key == "id" ? f.has_id : f.has_image_id) = true;
+    } else if (key == text_key) {
+      expect_kind(in, JsonReader::Kind::string, file, fmt::format("{}.{}", where, key));
+      in.read_string(f.text);
+      f.has_text = true;
+    } else {
+      in.skip_value();
+    }
+  }
+  if (!f.has_id) fail(file, where, "missing key 'id'");
+  if (want_image_id && !f.has_image_id) fail(file, where, "missing key 'image_id'");
+  if (!f.has_text) fail(file, where, fmt::format("missing key '{}'", text_key));
 }
 
 }  // namespace
@@ -87,63 +79,66 @@ CocoAnnotations CocoAnnotations::load(const std::string& path) {
 }
 
 CocoAnnotations CocoAnnotations::parse(std::string_view text, const std::string& name) {
-  json root;
-  try {
-    root = json::parse(text.begin(), text.end());
-  } catch (const json::parse_error& e) {
-    throw FormatError(fmt::format("{}: not valid JSON: {}", name, e.what()));
-  }
-  if (!root.is_object())
-    fail(name, "top level",
-         fmt::format("expected a JSON object with 'images' and 'annotations', got {}",
-                     type_name(root)));
   CocoAnnotations out;
   out.source_ = name;
-  const json& images = member(root, "images", name, "top level");
-  if (!images.is_array())
-    fail(name, "images", fmt::format("expected an array, got {}", type_name(images)));
-  out.images_.reserve(images.size());
-  for (std::size_t i = 0; i < images.size(); ++i) {
-    const std::string where = fmt::format("images[{}]", i);
-    const json& img = images[i];
-    if (!img.is_object())
-      fail(name, where, fmt::format("expected an object, got {}", type_name(img)));
-    CocoImage ci;
-    ci.id = get_id(img, "id", name, where);
-    ci.file_name = get_string(img, "file_name", name, where);
-    if (!is_safe_relative(ci.file_name))
-      fail(name, where + ".file_name",
-           fmt::format("'{}' must be a relative path inside the image folder (no leading '/', "
-                       "no '..', no backslash)",
-                       ci.file_name));
-    const auto [it, inserted] = out.image_index_.emplace(ci.id, out.images_.size());
-    if (!inserted)
-      fail(name, where + ".id",
-           fmt::format("duplicate image id {} (also images[{}])", ci.id, it->second));
-    out.images_.push_back(std::move(ci));
-  }
-  const json& anns = member(root, "annotations", name, "top level");
-  if (!anns.is_array())
-    fail(name, "annotations", fmt::format("expected an array, got {}", type_name(anns)));
-  out.captions_.reserve(anns.size());
+  JsonReader in(text, name);
+  const auto top = in.peek();
+  if (top != JsonReader::Kind::object)
+    fail(name, "top level",
+         fmt::format("expected a JSON object with 'images' and 'annotations', got {}",
+                     JsonReader::kind_name(top)));
+  in.begin_object();
+  std::string key, field_key;
+  bool has_images = false, has_annotations = false;
+  // Captions may come before images in the file: their image ids are checked at the end.
   std::unordered_map<std::int64_t, std::size_t> seen_ids;
-  seen_ids.reserve(anns.size());
-  for (std::size_t i = 0; i < anns.size(); ++i) {
-    const std::string where = fmt::format("annotations[{}]", i);
-    const json& a = anns[i];
-    if (!a.is_object()) fail(name, where, fmt::format("expected an object, got {}", type_name(a)));
-    CocoCaption c;
-    c.id = get_id(a, "id", name, where);
-    c.image_id = get_id(a, "image_id", name, where);
-    c.caption = get_string(a, "caption", name, where);
-    const auto [it, inserted] = seen_ids.emplace(c.id, i);
-    if (!inserted)
-      fail(name, where + ".id",
-           fmt::format("duplicate annotation id {} (also annotations[{}])", c.id, it->second));
-    if (out.image_index_.count(c.image_id) == 0)
-      fail(name, where + ".image_id", fmt::format("image {} is not in 'images'", c.image_id));
-    out.captions_by_image_[c.image_id].push_back(out.captions_.size());
-    out.captions_.push_back(std::move(c));
+  while (in.next_key(key)) {
+    if (key == "images") {
+      has_images = true;
+      expect_kind(in, JsonReader::Kind::array, name, "images");
+      in.begin_array();
+      for (std::size_t i = 0; in.next_element(); ++i) {
+        const std::string where = fmt::format("images[{}]", i);
+        Fields f;
+        read_fields(in, "file_name", false, name, where, f, field_key);
+        if (!is_safe_relative(f.text))
+          fail(name, where + ".file_name",
+               fmt::format("'{}' must be a relative path inside the image folder (no leading '/', "
+                           "no '..', no backslash)",
+                           f.text));
+        const auto [it, inserted] = out.image_index_.emplace(f.id, out.images_.size());
+        if (!inserted)
+          fail(name, where + ".id",
+               fmt::format("duplicate image id {} (also images[{}])", f.id, it->second));
+        out.images_.push_back(CocoImage{f.id, std::move(f.text)});
+      }
+    } else if (key == "annotations") {
+      has_annotations = true;
+      expect_kind(in, JsonReader::Kind::array, name, "annotations");
+      in.begin_array();
+      for (std::size_t i = 0; in.next_element(); ++i) {
+        const std::string where = fmt::format("annotations[{}]", i);
+        Fields f;
+        read_fields(in, "caption", true, name, where, f, field_key);
+        const auto [it, inserted] = seen_ids.emplace(f.id, i);
+        if (!inserted)
+          fail(name, where + ".id",
+               fmt::format("duplicate annotation id {} (also annotations[{}])", f.id, it->second));
+        out.captions_.push_back(CocoCaption{f.id, f.image_id, std::move(f.text)});
+      }
+    } else {
+      in.skip_value();
+    }
+  }
+  in.expect_end();
+  if (!has_images) fail(name, "top level", "missing key 'images'");
+  if (!has_annotations) fail(name, "top level", "missing key 'annotations'");
+  for (std::size_t i = 0; i < out.captions_.size(); ++i) {
+    const auto image_id = out.captions_[i].image_id;
+    if (out.image_index_.count(image_id) == 0)
+      fail(name, fmt::format("annotations[{}].image_id", i),
+           fmt::format("image {} is not in 'images'", image_id));
+    out.captions_by_image_[image_id].push_back(i);
   }
   return out;
 }

@@ -224,3 +224,31 @@ TEST_CASE("missing image files are listed, or skipped when asked", "[coco]") {
                                      imcap::ImageTransform::eval(24, 16)),
                   imcap::IoError);
 }
+
+TEST_CASE("the JSON reader decodes escapes and reports syntax errors with a position", "[coco]") {
+  const std::string ok = R"({"images": [{"id": 1, "file_name": "a\u00e9\/b.png", "extra": [1.5e3, null, true, {"x": "y"}]}],
+    "annotations": [{"id": -2, "image_id": 1, "caption": "tab\there \"quoted\" \ud83d\udc36"}]})";
+  const auto a = CocoAnnotations::parse(ok, "ok.json");
+  CHECK(a.images()[0].file_name == "a\xc3\xa9/b.png");
+  CHECK(a.captions()[0].id == -2);
+  CHECK(a.captions()[0].caption == "tab\there \"quoted\" \xf0\x9f\x90\xb6");
+  auto error_of = [](const std::string& text) {
+    try {
+      CocoAnnotations::parse(text, "bad.json");
+    } catch (const imcap::FormatError& e) {
+      return std::string(e.what());
+    }
+    return std::string("no error");
+  };
+  CHECK(error_of("{\"images\": [],\n \"annotations\": [,]}") ==
+        "bad.json: not valid JSON: line 2, column 18: unexpected character ','");
+  CHECK_THAT(error_of(R"({"images": [], "annotations": [],})"), Catch::Contains("trailing comma"));
+  CHECK_THAT(error_of(R"({"images": [], "annotations": []} x)"), Catch::Contains("after the end"));
+  CHECK_THAT(error_of(R"({"images": [{"id": 1, "file_name": "a\q"}], "annotations": []})"),
+             Catch::Contains("bad escape"));
+  CHECK_THAT(error_of(R"({"images": [{"id": 99999999999999999999, "file_name": "a"}], "annotations": []})"),
+             Catch::Contains("does not fit in 64 bits"));
+  CHECK_THAT(error_of("{\"x\": " + std::string(100000, '[')), Catch::Contains("nested too deeply"));
+  CHECK_THAT(error_of(R"({"images": [], "annotations": [{"id": 1, "image_id": 1, "caption": "x"}]})"),
+             Catch::Contains("image 1 is not in 'images'"));
+}
