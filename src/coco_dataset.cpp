@@ -266,7 +266,8 @@ Image CocoDataset::raw_image(std::int64_t image_id) const {
 }
 
 at::Tensor CocoDataset::image(std::int64_t image_id, std::mt19937_64& rng) const {
-  return transform_(raw_image(image_id), rng);
+  // JPEGs are downscaled while decoding as far as the transform allows.
+  return transform_(decode_image(image_path(image_id), transform_.fast_decode_options(options_.decode)), rng);
 }
 
 const std::vector<std::size_t>& CocoDataset::captions_of_image(std::int64_t image_id) const {

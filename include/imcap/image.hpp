@@ -31,28 +31,42 @@ struct Image {
 
 /// Options for decoding.
 struct DecodeOptions {
-  /// Images with more pixels than this are rejected from their header, before any allocation.
-  /// Default 64 megapixels.
+  /// Images with more pixels than this are rejected from their header, before any allocation
+  /// (SecurityError). Default 64 megapixels.
   std::uint64_t max_pixels = 64ull * 1000 * 1000;
+  /// Files larger than this are rejected before being read (IoError), bytes. Default 256 MiB.
+  std::uint64_t max_file_bytes = 256ull << 20;
+  /// JPEG only: when > 0, decoding downscales in the DCT domain by the smallest factor M/8 that
+  /// keeps the shorter side >= this many pixels (much faster; the result then differs slightly
+  /// from a full decode followed by a resize). 0 (default): full size.
+  int min_shorter_side = 0;
+  /// JPEG only: libjpeg reports damaged entropy data (a truncated file, corrupt segments) as a
+  /// warning and fills the missing blocks. false (default): such files are rejected with
+  /// FormatError. true: they are accepted as decoded.
+  bool accept_jpeg_warnings = false;
 };
 
 /// Decodes a JPEG, PNG, BMP or GIF (first frame) file to RGB: grayscale and palette images are
-/// expanded, alpha is dropped, 16-bit samples become 8-bit. Throws IoError or FormatError
-/// naming the file.
+/// expanded, alpha is dropped (not composited, as PIL's convert("RGB")), 16-bit samples become
+/// 8-bit (high byte), CMYK JPEGs are converted as PIL does. EXIF orientation is not applied (as
+/// PIL and torchvision). Throws IoError (unreadable file), FormatError (malformed or unsupported
+/// data) or SecurityError (above max_pixels), each naming the file. Thread-safe.
 Image decode_image(const std::string& path, const DecodeOptions& options = {});
 /// Decodes an image held in memory; `name` is used in error messages.
 Image decode_image_memory(const void* data, std::size_t size, const std::string& name,
                           const DecodeOptions& options = {});
 
-/// Resizes so that the shorter side becomes `size`, keeping the aspect ratio (torchvision's
-/// Resize(int)): bilinear with antialiasing, as PIL does.
+/// Resizes so that the shorter side becomes `size` and the longer one int(size * long / short)
+/// (torchvision's Resize(int)): bilinear with antialiasing, bit-exact with PIL's
+/// Image.resize(BILINEAR) on 8-bit RGB.
 Image resize_shorter(const Image& image, int size);
 /// Resizes to exactly width x height (bilinear with antialiasing, as PIL).
 Image resize(const Image& image, int width, int height);
 /// The region of height x width whose top-left corner is (left, top). Throws InvalidArgument
 /// when the region does not fit.
 Image crop(const Image& image, int top, int left, int height, int width);
-/// The centred height x width region (torchvision's CenterCrop rounding).
+/// The centred height x width region (torchvision's CenterCrop rounding: offsets
+/// round((size - crop) / 2) with ties to even). Throws InvalidArgument when it does not fit.
 Image center_crop(const Image& image, int height, int width);
 /// Mirrors left to right.
 Image hflip(const Image& image);
@@ -94,6 +108,9 @@ class ImageTransform {
   at::Tensor operator()(const Image& image) const;
   /// The same pipeline, stopping before ToTensor (useful to save or inspect the crop).
   Image apply_to_image(const Image& image, std::mt19937_64& rng) const;
+  /// `base` with min_shorter_side set to this transform's resize size, so that JPEGs are
+  /// downscaled while decoding as far as the transform allows (the fast path of data loading).
+  DecodeOptions fast_decode_options(DecodeOptions base = {}) const;
 
   const TransformOptions& options() const { return options_; }
 

@@ -1,0 +1,44 @@
+// Pooled CNN features of every image of a COCO annotation file (`imcap features`): computed
+// once, they let the decoder and embedding head train without running the CNN each epoch.
+//
+//   imcap::ResNet cnn(imcap::ResNetOptions{imcap::ResNetArch::kResNet152});
+//   auto set = imcap::extract_features(cnn, annotations, "val2014/", {});
+//   imcap::save_features("val2014-resnet152.safetensors", set);
+#pragma once
+
+#include <string>
+
+#include <torch/types.h>
+
+#include "imcap/coco_dataset.hpp"
+#include "imcap/encoder.hpp"
+
+namespace imcap {
+
+/// Options of extract_features.
+struct FeatureOptions {
+  int crop = 224;         ///< side of the centre crop the CNN sees, pixels. Default 224.
+  int resize = 256;       ///< shorter side before cropping, pixels. Default 256.
+  int batch_size = 32;    ///< images per forward pass. Default 32.
+  int workers = 2;        ///< image decoding threads. Default 2.
+  bool progress = false;  ///< print progress to stderr. Default false.
+};
+
+/// Features of a set of images.
+struct FeatureSet {
+  torch::Tensor features;   ///< [N, C] float32, average-pooled last-stage features
+  torch::Tensor image_ids;  ///< [N] int64 COCO image ids, in the annotation file's order
+};
+
+/// Runs the backbone (in eval mode, without gradients) over every image of `annotations`
+/// with the evaluation transform. Throws IoError/FormatError naming an unreadable image.
+FeatureSet extract_features(ResNet& backbone, const CocoAnnotations& annotations,
+                            const std::string& image_root, const FeatureOptions& options = {});
+
+/// Writes a FeatureSet as safetensors (tensors "features" and "image_ids"), crash-safely.
+void save_features(const std::string& path, const FeatureSet& set);
+/// Reads and validates a FeatureSet written by save_features (or any safetensors file with a
+/// float [N, C] "features" and an int64 [N] "image_ids"); throws FormatError otherwise.
+FeatureSet load_features(const std::string& path);
+
+}  // namespace imcap

@@ -1,0 +1,42 @@
+// Importing models trained with the original PyTorch notebooks (`imcap import-pytorch`):
+// their encoder and decoder state dicts (torch.save) and their pickled vocabulary.
+//
+//   imcap::NotebookImportOptions opts;
+//   opts.encoder_arch = imcap::ResNetArch::kResNet50;
+//   imcap::CaptionModel model = imcap::import_notebook_model(
+//       "encoder-3.pkl", "decoder-3.pkl", "vocab.pkl", opts);
+//   model.save("notebook.imcap");
+#pragma once
+
+#include <string>
+
+#include "imcap/model.hpp"
+
+namespace imcap {
+
+/// What the notebook files do not say themselves.
+struct NotebookImportOptions {
+  /// The torchvision ResNet the notebook's EncoderCNN wrapped. Default ResNet-50 (the seed's).
+  ResNetArch encoder_arch = ResNetArch::kResNet50;
+  /// Expected embedding size; 0 = take it from the weights. Default 0.
+  std::int64_t embed_size = 0;
+  /// Expected LSTM hidden size; 0 = take it from the weights. Default 0.
+  std::int64_t hidden_size = 0;
+  /// Image sizes of the notebook's test transform. Default 256 -> 224.
+  int image_resize = 256;
+  int image_crop = 224;
+};
+
+/// Builds a CaptionModel from the notebook's files:
+/// - encoder: EncoderCNN's state dict: `resnet.0.weight` ... `resnet.7.2.bn3.running_var`,
+///   then `embed.*` (or the tutorial's `linear.*` + `bn.*`);
+/// - decoder: DecoderRNN's state dict: `embed.*`, `lstm.*`, `linear.*` (aliases
+///   `word_embeddings.*`, `hidden2tag.*`/`fc.*` are accepted, see docs/import.md);
+/// - vocab: the pickled `vocabulary.Vocabulary` (`word2idx`, `idx2word`), ids kept as they are.
+/// The result uses the seed's architecture (image fed at step 0). Throws FormatError or
+/// InvalidArgument naming the file and the tensor when something does not fit.
+CaptionModel import_notebook_model(const std::string& encoder_path, const std::string& decoder_path,
+                                   const std::string& vocab_path,
+                                   const NotebookImportOptions& options = {});
+
+}  // namespace imcap

@@ -1,0 +1,65 @@
+// imcap features: pooled CNN features of every image of an annotation file, as safetensors.
+#include <chrono>
+#include <memory>
+
+#include <fmt/format.h>
+#include <torch/torch.h>
+
+#include "cli/cli_common.hpp"
+#include "cli/commands.hpp"
+#include "imcap/features.hpp"
+#include "imcap/weights.hpp"
+
+namespace imcap::cli {
+
+namespace {
+
+struct FeaturesArgs {
+  std::string annotations, images, arch = "resnet152", weights, out;
+  int image_size = 224, batch_size = 32, threads = 0;
+};
+
+void run_features(const FeaturesArgs& a) {
+  set_threads(a.threads);
+  ResNetOptions ro;
+  ro.arch = parse_resnet_arch(a.arch);
+  ResNet cnn(ro);
+  if (!a.weights.empty()) {
+    LoadOptions lo;
+    lo.ignore = {"fc\\..*"};  // torchvision's full-classifier files
+    load_state_dict(*cnn, load_weights(a.weights), lo);
+  }
+  const auto annotations = CocoAnnotations::load(a.annotations);
+  FeatureOptions fo;
+  fo.crop = a.image_size;
+  fo.resize = static_cast<int>(a.image_size * 256.0 / 224.0 + 0.5);
+  fo.batch_size = a.batch_size;
+  fo.progress = true;
+  const auto t0 = std::chrono::steady_clock::now();
+  const auto set = extract_features(cnn, annotations, a.images, fo);
+  const double s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  save_features(a.out, set);
+  fmt::print("{}: {} images x {} features ({}, {:.1f} ms/image)\n", a.out, set.features.size(0),
+             set.features.size(1), a.arch, 1e3 * s / static_cast<double>(set.features.size(0)));
+}
+
+}  // namespace
+
+void add_features_command(CLI::App& app) {
+  auto a = std::make_shared<FeaturesArgs>();
+  auto* cmd = app.add_subcommand("features", "Compute pooled CNN features of every image (safetensors)");
+  cmd->add_option("--annotations", a->annotations, "COCO captions JSON file")->required();
+  cmd->add_option("--images", a->images, "Folder holding the images")->required();
+  cmd->add_option("--encoder", a->arch, "torchvision ResNet")
+      ->capture_default_str()
+      ->check(CLI::IsMember({"resnet18", "resnet34", "resnet50", "resnet101", "resnet152"}));
+  cmd->add_option("--weights", a->weights, "ResNet weights (torchvision .pth or safetensors); fc.* is ignored");
+  cmd->add_option("--image-size", a->image_size, "Side of the centre crop (resized to 256/224 of it first)")
+      ->capture_default_str()->check(CLI::Range(16, 4096));
+  cmd->add_option("--batch-size", a->batch_size, "Images per forward pass")->capture_default_str()->check(CLI::Range(1, 4096));
+  cmd->add_option("--threads", a->threads, "Torch threads (0: one per core)")->capture_default_str()->check(CLI::NonNegativeNumber);
+  cmd->add_option("--out", a->out, "Output .safetensors file")->required();
+  cmd->callback([a] { run_features(*a); });
+}
+
+}  // namespace imcap::cli

@@ -1,0 +1,94 @@
+#include "imcap/features.hpp"
+
+#include <atomic>
+#include <filesystem>
+#include <iostream>
+#include <thread>
+#include <unordered_set>
+
+#include <fmt/format.h>
+#include <torch/torch.h>
+
+#include "imcap/error.hpp"
+#include "imcap/safetensors.hpp"
+
+namespace imcap {
+
+FeatureSet extract_features(ResNet& backbone, const CocoAnnotations& annotations,
+                            const std::string& image_root, const FeatureOptions& options) {
+  if (options.batch_size < 1)
+    throw InvalidArgument(fmt::format("features: batch_size {} must be at least 1", options.batch_size));
+  if (options.crop < 16 || options.resize < options.crop)
+    throw InvalidArgument(fmt::format("features: crop {} and resize {} need 16 <= crop <= resize",
+                                      options.crop, options.resize));
+  const auto& images = annotations.images();
+  if (images.empty()) throw InvalidArgument(fmt::format("{}: no images", annotations.source()));
+  const ImageTransform transform = ImageTransform::eval(options.resize, options.crop);
+  const DecodeOptions decode = transform.fast_decode_options();
+  const torch::Device device = backbone->conv1->weight.device();
+  torch::NoGradGuard no_grad;
+  backbone->eval();
+  std::vector<torch::Tensor> chunks;
+  const std::size_t n = images.size(), bs = static_cast<std::size_t>(options.batch_size);
+  std::vector<torch::Tensor> batch(bs);
+  for (std::size_t start = 0; start < n; start += bs) {
+    const std::size_t count = std::min(bs, n - start);
+    // Decode the batch's images on `workers` threads; each thread takes every k-th image.
+    const int workers = std::max(1, std::min<int>(options.workers, static_cast<int>(count)));
+    std::vector<std::exception_ptr> errors(static_cast<std::size_t>(workers));
+    std::vector<std::thread> threads;
+    for (int w = 0; w < workers; ++w) {
+      threads.emplace_back([&, w] {
+        try {
+          for (std::size_t i = static_cast<std::size_t>(w); i < count; i += static_cast<std::size_t>(workers)) {
+            const auto path = (std::filesystem::path(image_root) / images[start + i].file_name).string();
+            batch[i] = transform(decode_image(path, decode));
+          }
+        } catch (...) {
+          errors[static_cast<std::size_t>(w)] = std::current_exception();
+        }
+      });
+    }
+    for (auto& t : threads) t.join();
+    for (const auto& e : errors)
+      if (e) std::rethrow_exception(e);
+    auto x = torch::stack(std::vector<torch::Tensor>(batch.begin(), batch.begin() + static_cast<std::ptrdiff_t>(count)));
+    chunks.push_back(backbone->forward_pooled(x.to(device)).to(torch::kCPU));
+    if (options.progress)
+      std::cerr << fmt::format("\rfeatures: {}/{} images", start + count, n) << std::flush;
+  }
+  if (options.progress) std::cerr << '\n';
+  std::vector<std::int64_t> ids;
+  ids.reserve(n);
+  for (const auto& img : images) ids.push_back(img.id);
+  return FeatureSet{torch::cat(chunks), torch::tensor(ids, torch::kInt64)};
+}
+
+void save_features(const std::string& path, const FeatureSet& set) {
+  TensorMap tensors;
+  tensors.insert("features", set.features.to(torch::kFloat32).contiguous());
+  tensors.insert("image_ids", set.image_ids.to(torch::kInt64).contiguous());
+  save_safetensors(path, tensors, {{"format", "imcap-features"}});
+}
+
+FeatureSet load_features(const std::string& path) {
+  const TensorMap tensors = load_safetensors(path);
+  const auto* f = tensors.find("features");
+  const auto* ids = tensors.find("image_ids");
+  if (f == nullptr || ids == nullptr)
+    throw FormatError(fmt::format("{}: expected tensors 'features' and 'image_ids'", path));
+  if (f->dim() != 2 || !f->is_floating_point())
+    throw FormatError(fmt::format("{}: 'features' must be a floating-point [N, C] tensor, got {} dims",
+                                  path, f->dim()));
+  if (ids->dim() != 1 || ids->scalar_type() != torch::kInt64 || ids->size(0) != f->size(0))
+    throw FormatError(fmt::format("{}: 'image_ids' must be int64 [N] with N = {} rows of 'features'",
+                                  path, f->size(0)));
+  std::unordered_set<std::int64_t> seen;
+  const auto acc = ids->accessor<std::int64_t, 1>();
+  for (std::int64_t i = 0; i < acc.size(0); ++i)
+    if (!seen.insert(acc[i]).second)
+      throw FormatError(fmt::format("{}: image id {} appears twice in 'image_ids'", path, acc[i]));
+  return FeatureSet{f->to(torch::kFloat32), *ids};
+}
+
+}  // namespace imcap

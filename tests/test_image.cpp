@@ -1,0 +1,430 @@
+// Image decoding and transforms: every format and mode, malformed files, parity with PIL and
+// torchvision (references from tests/python/image_reference.py).
+#include <fmt/format.h>
+#include <torch/torch.h>
+#include <catch2/catch.hpp>
+
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+#include <fstream>
+#include <iostream>
+#include <map>
+#include <nlohmann/json.hpp>
+#include <set>
+#include <thread>
+
+#include "imcap/error.hpp"
+#include "imcap/image.hpp"
+#include "support.hpp"
+
+using imcap::DecodeOptions;
+using imcap::Image;
+using imcap::ImageTransform;
+using imcap::TransformOptions;
+using imcap::test::TempDir;
+
+namespace {
+
+std::string read_bytes(const std::string& path) { return imcap::test::read_text(path); }
+
+void write_bytes(const std::string& path, const std::string& bytes) {
+  imcap::test::write_text(path, bytes);
+}
+
+// Reference images and tensors are generated once per test run.
+const std::string& reference_dir(const char* mode) {
+  static TempDir dir;
+  static std::map<std::string, std::string> done;
+  auto it = done.find(mode);
+  if (it == done.end()) {
+    const std::string out = dir.file(mode);
+    const auto r = imcap::test::run_python("image_reference.py", {mode, out});
+    if (r.exit_code != 0) FAIL("image_reference.py " << mode << " failed: " << r.err);
+    it = done.emplace(mode, out).first;
+  }
+  return it->second;
+}
+
+nlohmann::json manifest(const std::string& dir) {
+  return nlohmann::json::parse(read_bytes(dir + "/manifest.json"));
+}
+
+Image pattern(int w, int h) {
+  Image img;
+  img.width = w;
+  img.height = h;
+  img.pixels.resize(static_cast<std::size_t>(w) * h * 3);
+  for (std::size_t i = 0; i < img.pixels.size(); ++i)
+    img.pixels[i] = static_cast<std::uint8_t>((i * 37 + i / 7) % 256);
+  return img;
+}
+
+int max_abs_diff(const std::vector<std::uint8_t>& a, const std::string& b) {
+  int worst = 0;
+  for (std::size_t i = 0; i < a.size() && i < b.size(); ++i)
+    worst = std::max(worst, std::abs(int(a[i]) - int(static_cast<unsigned char>(b[i]))));
+  return worst;
+}
+
+std::uint32_t crc32(const std::string& data) {
+  std::uint32_t crc = 0xffffffffu;
+  for (unsigned char c : data) {
+    crc ^= c;
+    for (int k = 0; k < 8; ++k) crc = (crc >> 1) ^ (0xedb88320u & (0u - (crc & 1u)));
+  }
+  return ~crc;
+}
+
+std::string be32(std::uint32_t v) {
+  return {char(v >> 24), char((v >> 16) & 0xff), char((v >> 8) & 0xff), char(v & 0xff)};
+}
+
+// A PNG whose IHDR declares width x height (valid CRC), followed by a tiny IDAT and IEND.
+std::string png_header_only(std::uint32_t width, std::uint32_t height) {
+  auto chunk = [](const std::string& type, const std::string& data) {
+    return be32(static_cast<std::uint32_t>(data.size())) + type + data + be32(crc32(type + data));
+  };
+  const std::string ihdr = be32(width) + be32(height) + std::string("\x08\x02\x00\x00\x00", 5);
+  return std::string("\x89PNG\r\n\x1a\n", 8) + chunk("IHDR", ihdr) +
+         chunk("IDAT", std::string("\x78\x9c\x03\x00\x00\x00\x00\x01", 8)) + chunk("IEND", "");
+}
+
+template <typename E>
+void check_throws(const std::string& path, const DecodeOptions& options,
+                  const std::string& reason) {
+  try {
+    imcap::decode_image(path, options);
+    FAIL("decoding " << path << " did not throw");
+  } catch (const E& e) {
+    const std::string msg = e.what();
+    INFO(msg);
+    CHECK(msg.find(path) != std::string::npos);
+    CHECK(msg.find(reason) != std::string::npos);
+  }
+}
+
+}  // namespace
+
+TEST_CASE("decode_image reads every format and mode as PIL's convert('RGB')", "[image]") {
+  const std::string dir = reference_dir("fixtures");
+  int jpeg_worst = 0;
+  const nlohmann::json files = manifest(dir);
+  for (const auto& [name, info] : files.items()) {
+    INFO(name);
+    const Image img = imcap::decode_image(dir + "/" + name);
+    REQUIRE(img.width == info["width"].get<int>());
+    REQUIRE(img.height == info["height"].get<int>());
+    REQUIRE(img.pixels.size() == std::size_t(img.width) * img.height * 3);
+    const std::string expected = read_bytes(dir + "/" + name + ".rgb");
+    REQUIRE(expected.size() == img.pixels.size());
+    const int diff = max_abs_diff(img.pixels, expected);
+    if (info["lossless"].get<bool>()) {
+      CHECK(diff == 0);
+    } else {
+      // The same libjpeg-turbo decodes for PIL; the tolerance covers another JPEG build.
+      CHECK(diff <= 2);
+      jpeg_worst = std::max(jpeg_worst, diff);
+    }
+  }
+  std::cerr << "[image] JPEG decode vs PIL: max |diff| = " << jpeg_worst << "/255\n";
+}
+
+TEST_CASE("decode_image_memory equals decode_image and is thread-safe", "[image]") {
+  const std::string dir = reference_dir("fixtures");
+  const std::vector<std::string> names{"baseline.jpg", "progressive.jpg", "rgb.png",
+                                       "anim.gif",     "rgb.bmp",         "cmyk.jpg"};
+  std::vector<Image> expected;
+  for (const auto& n : names) expected.push_back(imcap::decode_image(dir + "/" + n));
+  std::vector<int> mismatches(4, 0);
+  std::vector<std::thread> threads;
+  for (int t = 0; t < 4; ++t)
+    threads.emplace_back([&, t] {
+      for (int round = 0; round < 20; ++round)
+        for (std::size_t i = 0; i < names.size(); ++i) {
+          const std::string data = read_bytes(dir + "/" + names[i]);
+          const Image img = imcap::decode_image_memory(data.data(), data.size(), names[i]);
+          if (img.pixels != expected[i].pixels) ++mismatches[t];
+        }
+    });
+  for (auto& th : threads) th.join();
+  CHECK(mismatches == std::vector<int>(4, 0));
+}
+
+TEST_CASE("JPEG decoding downscales in the DCT domain down to min_shorter_side", "[image]") {
+  const std::string dir = reference_dir("fixtures");
+  const std::string path = dir + "/baseline.jpg";  // 160x120
+  const Image full = imcap::decode_image(path);
+  DecodeOptions o;
+  o.min_shorter_side = 64;  // 1/2 gives 80x60 < 64, 5/8 gives 100x75
+  Image scaled = imcap::decode_image(path, o);
+  CHECK(scaled.width == 100);
+  CHECK(scaled.height == 75);
+  const Image reference = imcap::resize(full, 100, 75);
+  double total = 0;
+  for (std::size_t i = 0; i < scaled.pixels.size(); ++i)
+    total += std::abs(int(scaled.pixels[i]) - int(reference.pixels[i]));
+  CHECK(total / scaled.pixels.size() < 4.0);
+  o.min_shorter_side = 15;  // 1/8: 20x15
+  scaled = imcap::decode_image(path, o);
+  CHECK(scaled.width == 20);
+  CHECK(scaled.height == 15);
+  o.min_shorter_side = 120;
+  CHECK(imcap::decode_image(path, o).pixels == full.pixels);
+  o.min_shorter_side = 500;  // never upscales
+  CHECK(imcap::decode_image(path, o).pixels == full.pixels);
+  // PNGs ignore it.
+  o.min_shorter_side = 5;
+  CHECK(imcap::decode_image(dir + "/rgb.png", o).width == 37);
+  CHECK(ImageTransform::eval(256, 224).fast_decode_options().min_shorter_side == 256);
+}
+
+TEST_CASE("malformed image files are rejected with errors naming the file", "[image]") {
+  const std::string dir = reference_dir("fixtures");
+  TempDir tmp;
+  const DecodeOptions defaults;
+
+  SECTION("missing file") { check_throws<imcap::IoError>(tmp.file("nope.png"), defaults, ""); }
+  SECTION("empty file") {
+    write_bytes(tmp.file("empty.jpg"), "");
+    check_throws<imcap::FormatError>(tmp.file("empty.jpg"), defaults, "empty file");
+  }
+  SECTION("text file") {
+    write_bytes(tmp.file("notes.png"), "just some text, not an image\n");
+    check_throws<imcap::FormatError>(tmp.file("notes.png"), defaults, "unrecognised image format");
+  }
+  SECTION("random bytes") {
+    std::mt19937 rng(7);
+    std::string noise(5000, '\0');
+    for (auto& c : noise) c = static_cast<char>(rng() & 0xff);
+    noise[0] = 0x42;  // not a signature byte
+    write_bytes(tmp.file("noise.jpg"), noise);
+    check_throws<imcap::FormatError>(tmp.file("noise.jpg"), defaults, "unrecognised image format");
+    // A JPEG signature followed by noise.
+    noise[0] = '\xff';
+    noise[1] = '\xd8';
+    noise[2] = '\xff';
+    write_bytes(tmp.file("noise2.jpg"), noise);
+    check_throws<imcap::FormatError>(tmp.file("noise2.jpg"), defaults, "JPEG");
+  }
+  SECTION("truncated JPEG") {
+    const std::string jpeg = read_bytes(dir + "/baseline.jpg");
+    write_bytes(tmp.file("cut.jpg"), jpeg.substr(0, jpeg.size() / 2));
+    check_throws<imcap::FormatError>(tmp.file("cut.jpg"), defaults, "corrupt or truncated");
+    DecodeOptions lenient;
+    lenient.accept_jpeg_warnings = true;
+    const Image img = imcap::decode_image(tmp.file("cut.jpg"), lenient);
+    CHECK(img.width == 160);
+    CHECK(img.height == 120);
+    write_bytes(tmp.file("header_only.jpg"), jpeg.substr(0, 40));
+    check_throws<imcap::FormatError>(tmp.file("header_only.jpg"), defaults, "JPEG");
+  }
+  SECTION("truncated progressive JPEG") {
+    const std::string jpeg = read_bytes(dir + "/progressive.jpg");
+    write_bytes(tmp.file("cut.jpg"), jpeg.substr(0, jpeg.size() * 2 / 3));
+    check_throws<imcap::FormatError>(tmp.file("cut.jpg"), defaults, "corrupt or truncated");
+  }
+  SECTION("truncated PNG") {
+    const std::string png = read_bytes(dir + "/rgb.png");
+    for (std::size_t keep : {png.size() / 2, std::size_t(20), png.size() - 13}) {
+      INFO(keep);
+      write_bytes(tmp.file("cut.png"), png.substr(0, keep));
+      check_throws<imcap::FormatError>(tmp.file("cut.png"), defaults, "PNG");
+    }
+  }
+  SECTION("PNG header declaring 60000x60000 is rejected before allocation") {
+    write_bytes(tmp.file("huge.png"), png_header_only(60000, 60000));
+    check_throws<imcap::SecurityError>(tmp.file("huge.png"), defaults, "60000x60000");
+    check_throws<imcap::SecurityError>(tmp.file("huge.png"), defaults, "max_pixels");
+  }
+  SECTION("JPEG header declaring 60000x60000 is rejected before allocation") {
+    std::string jpeg = read_bytes(dir + "/baseline.jpg");
+    const auto sof = jpeg.find("\xff\xc0");
+    REQUIRE(sof != std::string::npos);
+    // SOF0: marker, length(2), precision(1), height(2), width(2)
+    jpeg[sof + 5] = '\xea';
+    jpeg[sof + 6] = '\x60';
+    jpeg[sof + 7] = '\xea';
+    jpeg[sof + 8] = '\x60';
+    write_bytes(tmp.file("huge.jpg"), jpeg);
+    check_throws<imcap::SecurityError>(tmp.file("huge.jpg"), defaults, "60000x60000");
+  }
+  SECTION("max_pixels and max_file_bytes") {
+    DecodeOptions o;
+    o.max_pixels = 37 * 23;
+    CHECK(imcap::decode_image(dir + "/rgb.png", o).width == 37);
+    o.max_pixels = 37 * 23 - 1;
+    check_throws<imcap::SecurityError>(dir + "/rgb.png", o, "851");
+    check_throws<imcap::SecurityError>(dir + "/rgb.bmp", o, "max_pixels");
+    check_throws<imcap::SecurityError>(dir + "/anim.gif", o, "max_pixels");
+    o.max_pixels = 100;
+    check_throws<imcap::SecurityError>(dir + "/baseline.jpg", o, "160x120");
+    DecodeOptions small;
+    small.max_file_bytes = 100;
+    check_throws<imcap::IoError>(dir + "/rgb.png", small, "");
+  }
+  SECTION("memory buffers name the buffer") {
+    try {
+      imcap::decode_image_memory("GIF89a", 6, "buffer #3");
+      FAIL("no throw");
+    } catch (const imcap::FormatError& e) {
+      CHECK(std::string(e.what()).find("buffer #3") != std::string::npos);
+    }
+  }
+}
+
+TEST_CASE("resize matches torchvision Resize(256) on PIL images", "[image]") {
+  const std::string dir = reference_dir("transforms");
+  int worst = 0;
+  std::size_t pixels = 0;
+  const nlohmann::json files = manifest(dir);
+  for (const auto& [name, info] : files.items()) {
+    INFO(name);
+    const Image img = imcap::decode_image(dir + "/" + name);
+    const Image resized = imcap::resize_shorter(img, 256);
+    CHECK(resized.width == info["resized"][0].get<int>());
+    CHECK(resized.height == info["resized"][1].get<int>());
+    const std::string expected = read_bytes(dir + "/" + name + ".resize.rgb");
+    REQUIRE(expected.size() == resized.pixels.size());
+    const int diff = max_abs_diff(resized.pixels, expected);
+    CHECK(diff <= 2);
+    worst = std::max(worst, diff);
+    pixels += resized.pixels.size();
+  }
+  std::cerr << "[image] resize vs torchvision Resize(256) on PIL: max |diff| = " << worst
+            << "/255 over " << pixels << " values\n";
+}
+
+TEST_CASE("the eval transform matches torchvision's Resize/CenterCrop/ToTensor/Normalize",
+          "[image]") {
+  const std::string dir = reference_dir("transforms");
+  const ImageTransform eval = ImageTransform::eval();
+  double worst = 0;
+  const nlohmann::json files = manifest(dir);
+  for (const auto& [name, info] : files.items()) {
+    INFO(name);
+    const Image img = imcap::decode_image(dir + "/" + name);
+    const at::Tensor ours = eval(img);
+    REQUIRE(ours.sizes() == at::IntArrayRef{3, 224, 224});
+    const std::string raw = read_bytes(dir + "/" + name + ".eval.f32");
+    REQUIRE(raw.size() == 3 * 224 * 224 * sizeof(float));
+    const at::Tensor ref =
+        torch::from_blob(const_cast<char*>(raw.data()), {3, 224, 224}, torch::kFloat32).clone();
+    // Back to [0, 1] units: the difference in pixel values / 255.
+    const at::Tensor stdev = torch::tensor({0.229f, 0.224f, 0.225f}).view({3, 1, 1});
+    const double diff = ((ours - ref) * stdev).abs().max().item<double>();
+    CHECK(diff <= 2.0 / 255 + 1e-6);
+    worst = std::max(worst, diff);
+    // The fused path equals the composition of the public steps, bit for bit.
+    std::mt19937_64 rng(0);
+    const at::Tensor composed = imcap::normalize(imcap::to_tensor(eval.apply_to_image(img, rng)),
+                                                 imcap::kImageNetMean, imcap::kImageNetStd);
+    CHECK(torch::equal(ours, composed));
+    CHECK(torch::equal(
+        imcap::to_tensor(imcap::center_crop(imcap::resize_shorter(img, 256), 224, 224)),
+        imcap::to_tensor(eval.apply_to_image(img, rng))));
+  }
+  std::cerr << "[image] eval transform vs torchvision: max |diff| = " << worst * 255 << "/255\n";
+}
+
+TEST_CASE("the train transform is a seeded random crop and flip of the resized image", "[image]") {
+  const Image img = pattern(300, 200);
+  const Image resized = imcap::resize_shorter(img, 64);  // 96x64
+  REQUIRE(resized.width == 96);
+  const ImageTransform train = ImageTransform::train(64, 48);
+  std::set<std::pair<int, int>> offsets;
+  int flips = 0;
+  for (std::uint64_t seed = 0; seed < 40; ++seed) {
+    std::mt19937_64 a(seed), b(seed);
+    const Image out = train.apply_to_image(img, a);
+    REQUIRE(out.width == 48);
+    REQUIRE(out.height == 48);
+    // Same seed, same tensor; it is the tensor of the same crop.
+    const at::Tensor t = train(img, b);
+    CHECK(torch::equal(
+        t, imcap::normalize(imcap::to_tensor(out), imcap::kImageNetMean, imcap::kImageNetStd)));
+    bool found = false;
+    for (int top = 0; top <= 64 - 48 && !found; ++top)
+      for (int left = 0; left <= 96 - 48 && !found; ++left) {
+        const Image c = imcap::crop(resized, top, left, 48, 48);
+        if (c.pixels == out.pixels) {
+          found = true;
+          offsets.insert({top, left});
+        } else if (imcap::hflip(c).pixels == out.pixels) {
+          found = true;
+          offsets.insert({top, left});
+          ++flips;
+        }
+      }
+    CHECK(found);
+  }
+  CHECK(offsets.size() > 20);  // 17 x 49 possible offsets
+  CHECK(flips > 5);
+  CHECK(flips < 35);
+
+  TransformOptions never;
+  never.resize = 64;
+  never.crop = 48;
+  never.train = true;
+  never.flip_probability = 0.0;
+  std::mt19937_64 r1(5), r2(5);
+  const Image a = ImageTransform(never).apply_to_image(img, r1);
+  never.flip_probability = 1.0;
+  const Image b = ImageTransform(never).apply_to_image(img, r2);
+  CHECK(imcap::hflip(a).pixels == b.pixels);
+
+  // The crop may not be bigger than the resize; the random transform needs a generator.
+  never.crop = 65;
+  CHECK_THROWS_AS(ImageTransform(never), imcap::InvalidArgument);
+  CHECK_THROWS_AS(train(img), imcap::InvalidArgument);
+}
+
+TEST_CASE("crops, flips and the 1x1 image", "[image]") {
+  const Image img = pattern(7, 5);
+  const Image c = imcap::crop(img, 1, 2, 3, 4);
+  REQUIRE(c.width == 4);
+  REQUIRE(c.height == 3);
+  for (int y = 0; y < 3; ++y)
+    for (int x = 0; x < 4; ++x) CHECK(std::memcmp(c.at(x, y), img.at(x + 2, y + 1), 3) == 0);
+  // torchvision's rounding: round((5 - 4) / 2) = round(0.5) = 0, round((7 - 4) / 2) = 2,
+  // round((7 - 2) / 2) = round(2.5) = 2 (ties to even).
+  CHECK(imcap::center_crop(img, 4, 4).pixels == imcap::crop(img, 0, 2, 4, 4).pixels);
+  CHECK(imcap::center_crop(img, 2, 2).pixels == imcap::crop(img, 2, 2, 2, 2).pixels);
+  CHECK(imcap::center_crop(img, 5, 1).pixels == imcap::crop(img, 0, 3, 5, 1).pixels);
+  const Image f = imcap::hflip(img);
+  CHECK(std::memcmp(f.at(0, 3), img.at(6, 3), 3) == 0);
+  CHECK(imcap::hflip(f).pixels == img.pixels);
+
+  CHECK_THROWS_AS(imcap::crop(img, -1, 0, 2, 2), imcap::InvalidArgument);
+  CHECK_THROWS_AS(imcap::crop(img, 0, 6, 2, 2), imcap::InvalidArgument);
+  CHECK_THROWS_AS(imcap::crop(img, 4, 0, 2, 2), imcap::InvalidArgument);
+  CHECK_THROWS_AS(imcap::crop(img, 0, 0, 0, 2), imcap::InvalidArgument);
+  CHECK_THROWS_AS(imcap::center_crop(img, 6, 2), imcap::InvalidArgument);
+  CHECK_THROWS_AS(imcap::resize(img, 0, 3), imcap::InvalidArgument);
+  CHECK_THROWS_AS(imcap::resize(Image{}, 3, 3), imcap::InvalidArgument);
+  try {
+    imcap::crop(img, 0, 6, 2, 2);
+  } catch (const imcap::InvalidArgument& e) {
+    CHECK(std::string(e.what()).find("7x5") == std::string::npos);
+    CHECK(std::string(e.what()).find("5x7") != std::string::npos);
+  }
+
+  const std::string dir = reference_dir("fixtures");
+  const Image one = imcap::decode_image(dir + "/one.png");
+  REQUIRE(one.width == 1);
+  const Image big = imcap::resize_shorter(one, 256);
+  CHECK(big.width == 256);
+  CHECK(big.height == 256);
+  CHECK(std::all_of(big.pixels.begin(), big.pixels.end(),
+                    [&, i = 0](std::uint8_t v) mutable { return v == one.pixels[i++ % 3]; }));
+  const at::Tensor t = imcap::to_tensor(one);
+  CHECK(t.sizes() == at::IntArrayRef{3, 1, 1});
+  CHECK(t[0][0][0].item<float>() == 200.0f / 255.0f);
+  CHECK(t[1][0][0].item<float>() == 17.0f / 255.0f);
+  const at::Tensor n = imcap::normalize(t.unsqueeze(0), {0.5f, 0.5f, 0.5f}, {0.5f, 0.25f, 1.0f});
+  CHECK(n.sizes() == at::IntArrayRef{1, 3, 1, 1});
+  CHECK(n[0][1][0][0].item<float>() == Approx((17.0 / 255 - 0.5) / 0.25));
+  CHECK_THROWS_AS(imcap::normalize(torch::zeros({2, 4, 4}), {0, 0, 0}, {1, 1, 1}),
+                  imcap::InvalidArgument);
+  CHECK_THROWS_AS(imcap::normalize(t, {0, 0, 0}, {1, 0, 1}), imcap::InvalidArgument);
+}
