@@ -35,12 +35,6 @@ constexpr std::uint32_t kNoId = std::numeric_limits<std::uint32_t>::max();
 // but another empty caption, and counts as length 1.
 constexpr std::uint32_t kEmptyToken = kNoId;
 
-std::size_t table_capacity_for(std::size_t entries) {
-  std::size_t cap = 1024;
-  while (cap < 2 * entries) cap *= 2;
-  return cap;
-}
-
 bool is_token_byte(char ch) {
   const auto c = static_cast<unsigned char>(ch);
   return (c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') || (c >= 'A' && c <= 'Z');
@@ -72,7 +66,9 @@ void for_each_eval_token(std::string_view caption, std::string& buffer, F&& f) {
 // Token text -> dense id (open addressing, linear probing).
 class TokenTable {
  public:
-  TokenTable() : slots_(table_capacity_for(0), kNoId), hashes_(slots_.size()) {}
+  static constexpr std::size_t kInitialSlots = 1024;  // a power of two, doubled when half full
+
+  TokenTable() : slots_(kInitialSlots, kNoId), hashes_(kInitialSlots) {}
 
   std::uint32_t intern(std::string_view token) {
     const std::uint64_t h = hash(token);
