@@ -8,3 +8,6 @@
 #include "imcap/synthetic.hpp"
 #include "imcap/version.hpp"
 #include "imcap/vocabulary.hpp"
+#include "imcap/image.hpp"
+#include "imcap/coco_dataset.hpp"
+#include "imcap/metrics.hpp"

@@ -9,5 +9,6 @@ namespace imcap::cli {
 void add_info_command(CLI::App& app);
 void add_vocab_command(CLI::App& app);
 void add_synth_command(CLI::App& app);
+void add_eval_command(CLI::App& app);
 
 }  // namespace imcap::cli

@@ -17,6 +17,7 @@ int main(int argc, char** argv) {
   imcap::cli::add_info_command(app);
   imcap::cli::add_vocab_command(app);
   imcap::cli::add_synth_command(app);
+  imcap::cli::add_eval_command(app);
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {

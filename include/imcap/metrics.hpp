@@ -1,0 +1,81 @@
+// Caption metrics as the COCO caption evaluation toolkit (coco-caption, pycocoevalcap) computes
+// them: BLEU-1..4, ROUGE-L and CIDEr-D, natively and fast (docs/metrics.md).
+//
+//   std::map<std::int64_t, std::vector<std::string>> refs{{42, {"A dog runs.", "a dog running"}}};
+//   std::map<std::int64_t, std::string> candidates{{42, "a dog runs on grass"}};
+//   imcap::CorpusScores s = imcap::evaluate_captions(refs, candidates);
+//   double bleu4 = s.corpus.bleu[3], cider = s.corpus.cider;
+//
+//   // or from files, as `imcap eval` does:
+//   auto annotations = imcap::CocoAnnotations::load("captions_val2014.json");
+//   auto results = imcap::load_caption_results("results.json");
+//   imcap::CorpusScores t = imcap::evaluate_results(annotations, results);
+#pragma once
+
+#include <array>
+#include <cstdint>
+#include <map>
+#include <string>
+#include <string_view>
+#include <vector>
+
+namespace imcap {
+
+class CocoAnnotations;
+
+/// BLEU-1..4, ROUGE-L and CIDEr-D of one image or of a corpus.
+struct CaptionScores {
+  std::array<double, 4> bleu{};  ///< bleu[n-1] = BLEU-n (coco-caption's Bleu_1 .. Bleu_4)
+  double rouge_l = 0.0;          ///< ROUGE-L F-measure, beta = 1.2 (ROUGE_L)
+  double cider = 0.0;            ///< CIDEr-D, x10 scale as coco-caption reports it (CIDEr)
+};
+
+/// The scores of one evaluated image.
+struct ImageScores {
+  std::int64_t image_id = 0;
+  /// BLEU here is sentence-level: the corpus formula applied to this image alone (what
+  /// coco-caption's Bleu returns for a one-image corpus). ROUGE-L and CIDEr-D are the values whose
+  /// mean is the corpus score; CIDEr-D's document frequencies come from the whole evaluated corpus.
+  CaptionScores scores;
+};
+
+/// The result of evaluating a set of candidate captions.
+struct CorpusScores {
+  /// Corpus BLEU (from summed counts), mean ROUGE-L, mean CIDEr-D: the numbers coco-caption
+  /// reports.
+  CaptionScores corpus;
+  /// One entry per evaluated image, in increasing image id order.
+  std::vector<ImageScores> per_image;
+  /// Number of reference captions of the evaluated images.
+  std::size_t references = 0;
+};
+
+/// The evaluation tokenizer: ASCII letters lowercased, every byte other than a-z, 0-9 and
+/// whitespace treated as a space, then split on whitespace ("A man's T-shirt." -> a man s t shirt).
+/// It stands in for coco-caption's Java PTBTokenizer (differences in docs/metrics.md).
+std::vector<std::string> tokenize_for_eval(std::string_view caption);
+
+/// Scores one candidate caption per image against that image's reference captions. Exactly the
+/// images of `candidates` are evaluated; `references` may hold more images, which are ignored
+/// (they count neither for scores nor for CIDEr-D's document frequencies). Captions are raw text,
+/// tokenized with tokenize_for_eval. Throws InvalidArgument when `candidates` is empty or an image
+/// of `candidates` has no entry or no caption in `references`.
+CorpusScores evaluate_captions(const std::map<std::int64_t, std::vector<std::string>>& references,
+                               const std::map<std::int64_t, std::string>& candidates);
+
+/// Same, with the references of each candidate image taken from a COCO annotation file. Throws
+/// InvalidArgument naming the annotation file when `results` is empty or names an image that the
+/// annotations lack or that has no caption there.
+CorpusScores evaluate_results(const CocoAnnotations& annotations,
+                              const std::map<std::int64_t, std::string>& results);
+
+/// Reads a COCO results file: a JSON list of {"image_id": int, "caption": str} objects (other keys
+/// are ignored), one per image. Throws IoError, or FormatError naming the file and the JSON path
+/// for malformed JSON, a top level that is not a list, an empty list, entries that are not
+/// objects, missing or mistyped keys, and duplicate image ids.
+std::map<std::int64_t, std::string> load_caption_results(const std::string& path);
+/// Parses the text of a results file; `name` stands for the file in error messages.
+std::map<std::int64_t, std::string> parse_caption_results(std::string_view json,
+                                                          const std::string& name);
+
+}  // namespace imcap
