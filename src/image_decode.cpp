@@ -229,7 +229,9 @@ Image decode_turbojpeg(const unsigned char* data, std::size_t size, const std::s
     const int shorter = std::min(w, h);
     for (int i = 0; factors && i < count; ++i) {
       const tjscalingfactor f = factors[i];
-      if (f.num > f.denom) continue;  // upscaling
+      // Only 1/2, 1/4 and 1/8: libjpeg-turbo has SIMD code for these reduced IDCTs, while the
+      // other factors (3/8, 5/8, ...) use plain C and decode slower than full size.
+      if (f.num != 1 || (f.denom != 2 && f.denom != 4 && f.denom != 8)) continue;
       const int sw = TJSCALED(w, f), sh = TJSCALED(h, f);
       if (std::min(sw, sh) >= std::min(options.min_shorter_side, shorter) &&
           std::int64_t{sw} * sh < std::int64_t{out_w} * out_h) {
