@@ -235,6 +235,13 @@ TEST_CASE("malformed image files are rejected with errors naming the file", "[im
       check_throws<imcap::FormatError>(tmp.file("cut.png"), defaults, "PNG");
     }
   }
+  SECTION("truncated BMP") {
+    const std::string bmp = read_bytes(dir + "/rgb.bmp");
+    write_bytes(tmp.file("cut.bmp"), bmp.substr(0, bmp.size() - 100));
+    check_throws<imcap::FormatError>(tmp.file("cut.bmp"), defaults, "truncated BMP");
+    write_bytes(tmp.file("cut2.bmp"), bmp.substr(0, 20));
+    check_throws<imcap::FormatError>(tmp.file("cut2.bmp"), defaults, "truncated BMP");
+  }
   SECTION("PNG header declaring 60000x60000 is rejected before allocation") {
     write_bytes(tmp.file("huge.png"), png_header_only(60000, 60000));
     check_throws<imcap::SecurityError>(tmp.file("huge.png"), defaults, "60000x60000");
