@@ -68,6 +68,88 @@ inline std::uint8_t clip8(int v) {
   return static_cast<std::uint8_t>(v >> kPrecisionBits);
 }
 
+constexpr int kHalf = 1 << (kPrecisionBits - 1);
+
+// The horizontal pass, any number of taps.
+void horizontal_pass(const Image& in, const Taps& ht, int row0, int rows, int x0, int cw,
+                     std::uint8_t* out) {
+  const std::size_t in_stride = static_cast<std::size_t>(in.width) * 3;
+  for (int r = 0; r < rows; ++r) {
+    const std::uint8_t* src = in.pixels.data() + (row0 + r) * in_stride;
+    std::uint8_t* dst = out + static_cast<std::size_t>(r) * cw * 3;
+    for (int x = 0; x < cw; ++x) {
+      const int xx = x0 + x;
+      const int* k = &ht.weights[static_cast<std::size_t>(xx) * ht.max_taps];
+      const std::uint8_t* s = src + static_cast<std::size_t>(ht.first[xx]) * 3;
+      int s0 = kHalf, s1 = kHalf, s2 = kHalf;
+      for (int i = 0, n = ht.count[xx]; i < n; ++i) {
+        s0 += s[i * 3 + 0] * k[i];
+        s1 += s[i * 3 + 1] * k[i];
+        s2 += s[i * 3 + 2] * k[i];
+      }
+      dst[x * 3 + 0] = clip8(s0);
+      dst[x * 3 + 1] = clip8(s1);
+      dst[x * 3 + 2] = clip8(s2);
+    }
+  }
+}
+
+// The same with exactly N taps per output pixel: each window is moved inside the image and its
+// weights shifted (the extra taps get weight 0, so the sums are unchanged), which lets the
+// compiler unroll the taps.
+template <int N>
+void horizontal_pass_n(const Image& in, const Taps& ht, int row0, int rows, int x0, int cw,
+                       std::uint8_t* out) {
+  std::vector<int> first(cw);
+  std::vector<int> weights(static_cast<std::size_t>(cw) * N, 0);
+  for (int x = 0; x < cw; ++x) {
+    const int xx = x0 + x;
+    const int f = std::min(ht.first[xx], in.width - N);
+    first[x] = f * 3;
+    for (int i = 0; i < ht.count[xx]; ++i)
+      weights[static_cast<std::size_t>(x) * N + (ht.first[xx] - f) + i] =
+          ht.weights[static_cast<std::size_t>(xx) * ht.max_taps + i];
+  }
+  const std::size_t in_stride = static_cast<std::size_t>(in.width) * 3;
+  for (int r = 0; r < rows; ++r) {
+    const std::uint8_t* src = in.pixels.data() + (row0 + r) * in_stride;
+    std::uint8_t* dst = out + static_cast<std::size_t>(r) * cw * 3;
+    const int* k = weights.data();
+    for (int x = 0; x < cw; ++x, k += N) {
+      const std::uint8_t* s = src + first[x];
+      int s0 = kHalf, s1 = kHalf, s2 = kHalf;
+      for (int i = 0; i < N; ++i) {
+        s0 += s[i * 3 + 0] * k[i];
+        s1 += s[i * 3 + 1] * k[i];
+        s2 += s[i * 3 + 2] * k[i];
+      }
+      dst[x * 3 + 0] = clip8(s0);
+      dst[x * 3 + 1] = clip8(s1);
+      dst[x * 3 + 2] = clip8(s2);
+    }
+  }
+}
+
+bool horizontal_pass_fixed(const Image& in, const Taps& ht, int row0, int rows, int x0, int cw,
+                           std::uint8_t* out) {
+  switch (ht.max_taps) {
+    case 3:
+      horizontal_pass_n<3>(in, ht, row0, rows, x0, cw, out);
+      return true;
+    case 5:
+      horizontal_pass_n<5>(in, ht, row0, rows, x0, cw, out);
+      return true;
+    case 7:
+      horizontal_pass_n<7>(in, ht, row0, rows, x0, cw, out);
+      return true;
+    case 9:
+      horizontal_pass_n<9>(in, ht, row0, rows, x0, cw, out);
+      return true;
+    default:
+      return false;
+  }
+}
+
 // Resizes `in` to out_w x out_h as PIL does, but computes only the output region
 // [x0, x0 + cw) x [y0, y0 + ch): each output pixel is the same as in the full resize (PIL's
 // horizontal pass, rounded to uint8, then the vertical pass), so crops after a resize need not
@@ -98,25 +180,9 @@ Image resize_region(const Image& in, int out_w, int out_h, int x0, int y0, int c
   if (need_h) {
     const Taps ht = bilinear_taps(in.width, out_w);
     temp.resize(static_cast<std::size_t>(rows) * cw * 3);
-    constexpr int kHalf = 1 << (kPrecisionBits - 1);
-    for (int r = 0; r < rows; ++r) {
-      const std::uint8_t* src = in.pixels.data() + (row0 + r) * in_stride;
-      std::uint8_t* dst = temp.data() + static_cast<std::size_t>(r) * cw * 3;
-      for (int x = 0; x < cw; ++x) {
-        const int xx = x0 + x;
-        const int* k = &ht.weights[static_cast<std::size_t>(xx) * ht.max_taps];
-        const std::uint8_t* s = src + static_cast<std::size_t>(ht.first[xx]) * 3;
-        int s0 = kHalf, s1 = kHalf, s2 = kHalf;
-        for (int i = 0, n = ht.count[xx]; i < n; ++i) {
-          s0 += s[i * 3 + 0] * k[i];
-          s1 += s[i * 3 + 1] * k[i];
-          s2 += s[i * 3 + 2] * k[i];
-        }
-        dst[x * 3 + 0] = clip8(s0);
-        dst[x * 3 + 1] = clip8(s1);
-        dst[x * 3 + 2] = clip8(s2);
-      }
-    }
+    const bool fixed =
+        ht.max_taps <= in.width && horizontal_pass_fixed(in, ht, row0, rows, x0, cw, temp.data());
+    if (!fixed) horizontal_pass(in, ht, row0, rows, x0, cw, temp.data());
     hsrc = temp.data();
   } else {
     hsrc = in.pixels.data() + row0 * in_stride + static_cast<std::size_t>(x0) * 3;
@@ -129,7 +195,6 @@ Image resize_region(const Image& in, int out_w, int out_h, int x0, int y0, int c
                   out.pixels.data() + static_cast<std::size_t>(y) * cw * 3);
     return out;
   }
-  constexpr int kHalf = 1 << (kPrecisionBits - 1);
   std::vector<int> acc(static_cast<std::size_t>(cw) * 3);
   for (int y = 0; y < ch; ++y) {
     const int yy = y0 + y;

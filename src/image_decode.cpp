@@ -121,6 +121,15 @@ void check_header_size(const unsigned char* p, std::size_t n, const std::string&
       const auto sh = static_cast<std::int32_t>(le32(p + 22));  // negative: top-down rows
       w = static_cast<std::uint64_t>(sw < 0 ? -std::int64_t(sw) : sw);
       h = static_cast<std::uint64_t>(sh < 0 ? -std::int64_t(sh) : sh);
+      // stb_image reads past the end of a truncated BMP as zeros: check uncompressed pixel data.
+      const std::uint32_t compression = n >= 34 ? le32(p + 30) : 0;
+      const std::uint64_t bpp = n >= 30 ? le16(p + 28) : 0;
+      if (n >= 34 && (compression == 0 || compression == 3) && bpp > 0 && w <= UINT32_MAX) {
+        const std::uint64_t needed = le32(p + 10) + (bpp * w + 31) / 32 * 4 * h;
+        if (w * h <= options.max_pixels && n < needed)
+          throw FormatError(
+              fmt::format("{}: truncated BMP: {} bytes, the header needs {}", name, n, needed));
+      }
     }
   } else {
     return;
@@ -229,7 +238,9 @@ Image decode_turbojpeg(const unsigned char* data, std::size_t size, const std::s
     const int shorter = std::min(w, h);
     for (int i = 0; factors && i < count; ++i) {
       const tjscalingfactor f = factors[i];
-      if (f.num > f.denom) continue;  // upscaling
+      // Only 1/2, 1/4 and 1/8: libjpeg-turbo has SIMD code for these reduced IDCTs, while the
+      // other factors (3/8, 5/8, ...) use plain C and decode slower than full size.
+      if (f.num != 1 || (f.denom != 2 && f.denom != 4 && f.denom != 8)) continue;
       const int sw = TJSCALED(w, f), sh = TJSCALED(h, f);
       if (std::min(sw, sh) >= std::min(options.min_shorter_side, shorter) &&
           std::int64_t{sw} * sh < std::int64_t{out_w} * out_h) {

@@ -36,9 +36,10 @@ struct DecodeOptions {
   std::uint64_t max_pixels = 64ull * 1000 * 1000;
   /// Files larger than this are rejected before being read (IoError), bytes. Default 256 MiB.
   std::uint64_t max_file_bytes = 256ull << 20;
-  /// JPEG only: when > 0, decoding downscales in the DCT domain by the smallest factor M/8 that
-  /// keeps the shorter side >= this many pixels (much faster; the result then differs slightly
-  /// from a full decode followed by a resize). 0 (default): full size.
+  /// JPEG only: when > 0, decoding downscales in the DCT domain by the smallest factor of 1/2,
+  /// 1/4 or 1/8 that keeps the shorter side >= this many pixels (faster for large JPEGs; the
+  /// result then differs slightly from a full decode followed by a resize). 0 (default): full
+  /// size.
   int min_shorter_side = 0;
   /// JPEG only: libjpeg reports damaged entropy data (a truncated file, corrupt segments) as a
   /// warning and fills the missing blocks. false (default): such files are rejected with
