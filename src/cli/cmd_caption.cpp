@@ -1,0 +1,113 @@
+// imcap caption and imcap predict: caption image files, or every image of a COCO file.
+#include <filesystem>
+#include <iostream>
+#include <memory>
+
+#include <fmt/format.h>
+#include <nlohmann/json.hpp>
+#include <torch/torch.h>
+
+#include "cli/cli_common.hpp"
+#include "cli/commands.hpp"
+#include "imcap/captioner.hpp"
+#include "imcap/coco_dataset.hpp"
+#include "imcap/error.hpp"
+
+namespace imcap::cli {
+
+namespace {
+
+struct CaptionArgs {
+  std::string model, device = "cpu", annotations, images, out;
+  std::vector<std::string> inputs;
+  CaptionOptions options;
+  bool json = false;
+  int threads = 0, batch_size = 16;
+};
+
+torch::Device parse_device(const std::string& name) {
+  if (name == "cpu") return torch::kCPU;
+  if (name == "cuda" || name.rfind("cuda:", 0) == 0) {
+    if (!torch::cuda::is_available())
+      throw InvalidArgument(fmt::format("--device {}: this build or machine has no CUDA device", name));
+    return torch::Device(name);
+  }
+  throw UsageError(fmt::format("--device '{}': expected cpu, cuda or cuda:N", name));
+}
+
+void run_caption(const CaptionArgs& a) {
+  set_threads(a.threads);
+  const auto captioner = Captioner::load(a.model, parse_device(a.device), a.options);
+  nlohmann::json results = nlohmann::json::array();
+  for (std::size_t start = 0; start < a.inputs.size(); start += static_cast<std::size_t>(a.batch_size)) {
+    const std::vector<std::string> chunk(
+        a.inputs.begin() + static_cast<std::ptrdiff_t>(start),
+        a.inputs.begin() + static_cast<std::ptrdiff_t>(std::min(a.inputs.size(), start + static_cast<std::size_t>(a.batch_size))));
+    const auto captions = captioner.caption_batch(chunk, a.options);
+    for (std::size_t i = 0; i < chunk.size(); ++i) {
+      if (a.json)
+        results.push_back({{"image", chunk[i]},
+                           {"caption", captions[i].text},
+                           {"tokens", captions[i].tokens},
+                           {"log_prob", captions[i].log_prob}});
+      else
+        fmt::print("{}\t{}\n", chunk[i], captions[i].text);
+    }
+  }
+  if (a.json) std::cout << results.dump(2) << '\n';
+}
+
+void run_predict(const CaptionArgs& a) {
+  set_threads(a.threads);
+  const auto captioner = Captioner::load(a.model, parse_device(a.device), a.options);
+  const auto annotations = CocoAnnotations::load(a.annotations);
+  const auto& images = annotations.images();
+  nlohmann::json results = nlohmann::json::array();
+  for (std::size_t start = 0; start < images.size(); start += static_cast<std::size_t>(a.batch_size)) {
+    std::vector<std::string> paths;
+    const std::size_t end = std::min(images.size(), start + static_cast<std::size_t>(a.batch_size));
+    for (std::size_t i = start; i < end; ++i)
+      paths.push_back((std::filesystem::path(a.images) / images[i].file_name).string());
+    const auto captions = captioner.caption_batch(paths, a.options);
+    for (std::size_t i = start; i < end; ++i)
+      results.push_back({{"image_id", images[i].id}, {"caption", captions[i - start].text}});
+    std::cerr << fmt::format("\rpredict: {}/{} images", end, images.size()) << std::flush;
+  }
+  std::cerr << '\n';
+  write_output_file(a.out, results.dump(1) + "\n");
+  fmt::print("{}: {} captions\n", a.out, results.size());
+}
+
+void add_search_options(CLI::App* cmd, CaptionArgs& a) {
+  cmd->add_option("--beam", a.options.beam_size, "Beam size (1: greedy)")->capture_default_str()->check(CLI::Range(1, 100));
+  cmd->add_option("--max-length", a.options.max_length, "Most tokens per caption")->capture_default_str()->check(CLI::Range(1, 1000));
+  cmd->add_option("--alpha", a.options.alpha, "Length normalisation exponent")->capture_default_str()->check(CLI::Range(0.0, 10.0));
+  cmd->add_option("--device", a.device, "cpu, cuda or cuda:N")->capture_default_str();
+  cmd->add_option("--threads", a.threads, "Torch threads (0: one per core)")->capture_default_str()->check(CLI::NonNegativeNumber);
+  cmd->add_option("--batch-size", a.batch_size, "Images per batched search")->capture_default_str()->check(CLI::Range(1, 4096));
+}
+
+}  // namespace
+
+void add_caption_command(CLI::App& app) {
+  auto a = std::make_shared<CaptionArgs>();
+  auto* cmd = app.add_subcommand("caption", "Caption image files with a model");
+  cmd->add_option("--model", a->model, "Model file (.imcap)")->required();
+  cmd->add_option("images", a->inputs, "Image files (JPEG, PNG, BMP, GIF)")->required();
+  cmd->add_flag("--json", a->json, "Print a JSON array of {image, caption, tokens, log_prob}");
+  add_search_options(cmd, *a);
+  cmd->callback([a] { run_caption(*a); });
+}
+
+void add_predict_command(CLI::App& app) {
+  auto a = std::make_shared<CaptionArgs>();
+  auto* cmd = app.add_subcommand("predict", "Caption every image of a COCO file into a COCO results file");
+  cmd->add_option("--model", a->model, "Model file (.imcap)")->required();
+  cmd->add_option("--annotations", a->annotations, "COCO captions JSON listing the images")->required();
+  cmd->add_option("--images", a->images, "Folder holding the images")->required();
+  cmd->add_option("--out", a->out, "Results file to write: [{\"image_id\", \"caption\"}]")->required();
+  add_search_options(cmd, *a);
+  cmd->callback([a] { run_predict(*a); });
+}
+
+}  // namespace imcap::cli

@@ -1,0 +1,411 @@
+#include "imcap/trainer.hpp"
+
+#include <unistd.h>
+
+#include <chrono>
+#include <cmath>
+#include <csignal>
+#include <filesystem>
+#include <fstream>
+#include <iostream>
+#include <map>
+#include <sstream>
+
+#include <fmt/format.h>
+#include <nlohmann/json.hpp>
+#include <torch/torch.h>
+
+#include "imcap/error.hpp"
+#include "imcap/metrics.hpp"
+
+namespace imcap {
+
+namespace {
+
+using Clock = std::chrono::steady_clock;
+using nlohmann::json;
+
+volatile std::sig_atomic_t g_stop_requested = 0;
+
+extern "C" void imcap_on_stop_signal(int) { g_stop_requested = 1; }
+
+double seconds_since(Clock::time_point t) {
+  return std::chrono::duration<double>(Clock::now() - t).count();
+}
+
+std::string format_duration(double s) {
+  if (!(s >= 0) || s > 1e7) return "--:--";
+  const auto total = static_cast<long>(s + 0.5);
+  return total >= 3600 ? fmt::format("{}:{:02d}:{:02d}", total / 3600, (total / 60) % 60, total % 60)
+                       : fmt::format("{:02d}:{:02d}", total / 60, total % 60);
+}
+
+void set_lr(torch::optim::Optimizer& opt, double lr) {
+  for (auto& group : opt.param_groups()) {
+    if (auto* adam = dynamic_cast<torch::optim::AdamOptions*>(&group.options())) adam->lr(lr);
+    if (auto* sgd = dynamic_cast<torch::optim::SGDOptions*>(&group.options())) sgd->lr(lr);
+  }
+}
+
+json validation_json(const Validation& v) {
+  return {{"loss", v.loss}, {"perplexity", v.perplexity}, {"bleu4", v.bleu4}, {"cider", v.cider},
+          {"images", v.images}};
+}
+
+Validation validation_from_json(const json& j) {
+  Validation v;
+  v.loss = j.value("loss", 0.0);
+  v.perplexity = j.value("perplexity", 0.0);
+  v.bleu4 = j.value("bleu4", 0.0);
+  v.cider = j.value("cider", 0.0);
+  v.images = j.value("images", std::size_t{0});
+  return v;
+}
+
+}  // namespace
+
+LrSchedule parse_lr_schedule(const std::string& name) {
+  if (name == "none") return LrSchedule::none;
+  if (name == "step") return LrSchedule::step;
+  if (name == "plateau") return LrSchedule::plateau;
+  throw InvalidArgument(fmt::format("learning-rate schedule '{}' is not one of: none, step, plateau", name));
+}
+
+void Trainer::request_stop() { g_stop_requested = 1; }
+
+void Trainer::install_signal_handlers() {
+  std::signal(SIGINT, imcap_on_stop_signal);
+  std::signal(SIGTERM, imcap_on_stop_signal);
+}
+
+struct Trainer::Impl {
+  CaptionModel& model;
+  const CocoDataset& train;
+  const CocoDataset* val;
+  TrainerOptions options;
+  std::vector<torch::Tensor> params;
+  std::unique_ptr<torch::optim::Optimizer> optimizer;
+  DataLoader loader;
+  // Progress, saved in checkpoints.
+  std::size_t epoch = 0;          // current epoch (0-based)
+  std::size_t step_in_epoch = 0;  // batches of `epoch` already done
+  std::size_t global_step = 0;
+  double lr = 0.0;
+  bool has_best = false;
+  Validation best;
+  double best_val_loss = INFINITY;
+  int bad_epochs = 0;
+  std::ofstream log;
+
+  Impl(CaptionModel& m, const CocoDataset& t, const CocoDataset* v, TrainerOptions o)
+      : model(m), train(t), val(v), options(std::move(o)), loader(t, loader_options(options)) {}
+
+  static DataLoaderOptions loader_options(const TrainerOptions& o) {
+    DataLoaderOptions d;
+    d.batch_size = o.batch_size;
+    d.mode = o.batching;
+    d.seed = o.seed;
+    d.workers = o.workers;
+    return d;
+  }
+
+  std::string path(const char* name) const {
+    return (std::filesystem::path(options.out_dir) / name).string();
+  }
+
+  void write_log(const json& line) {
+    log << line.dump() << '\n';
+    log.flush();
+    if (!log) throw IoError(fmt::format("{}: cannot write the log", path("log.jsonl")));
+  }
+
+  // The state to resume from: the next batch to train is batch `next_step` of `next_epoch`.
+  TrainingState training_state(std::size_t next_epoch, std::size_t next_step) const {
+    TrainingState s;
+    json j{{"epoch", next_epoch},
+           {"step_in_epoch", next_step},
+           {"global_step", global_step},
+           {"lr", lr},
+           {"optimizer", options.optimizer},
+           {"seed", options.seed},
+           {"batch_size", options.batch_size},
+           {"batching", batch_mode_name(options.batching)},
+           {"best_val_loss", std::isfinite(best_val_loss) ? json(best_val_loss) : json(nullptr)},
+           {"bad_epochs", bad_epochs}};
+    if (has_best) j["best"] = validation_json(best);
+    s.json = j.dump();
+    torch::serialize::OutputArchive archive;
+    optimizer->save(archive);
+    std::ostringstream bytes;
+    archive.save_to(bytes);
+    const std::string b = bytes.str();
+    s.tensors.insert("optimizer", torch::from_blob(const_cast<char*>(b.data()),
+                                                   {static_cast<std::int64_t>(b.size())}, torch::kUInt8)
+                                      .clone());
+    return s;
+  }
+
+  void restore(const std::string& file) {
+    TrainingState s;
+    const CaptionModel saved = CaptionModel::load(file, model.device(), &s);
+    if (model_config_to_json(saved.config()) != model_config_to_json(model.config()))
+      throw InvalidArgument(fmt::format("{}: its architecture differs from the model being trained", file));
+    if (saved.vocab() != model.vocab())
+      throw InvalidArgument(fmt::format("{}: its vocabulary differs from the model being trained", file));
+    if (s.json.empty() || !s.tensors.contains("optimizer"))
+      throw FormatError(fmt::format("{}: holds no training state to resume from", file));
+    {
+      torch::NoGradGuard no_grad;
+      auto copy = [](torch::nn::Module& to, const torch::nn::Module& from) {
+        auto src_p = from.named_parameters();
+        for (auto& p : to.named_parameters()) p.value().copy_(src_p[p.key()]);
+        auto src_b = from.named_buffers();
+        for (auto& b : to.named_buffers()) b.value().copy_(src_b[b.key()]);
+      };
+      copy(*model.encoder(), *saved.encoder());
+      copy(*model.decoder(), *saved.decoder());
+    }
+    const json j = json::parse(s.json);
+    if (j.value("optimizer", std::string()) != options.optimizer ||
+        j.value("batch_size", std::size_t{0}) != options.batch_size ||
+        j.value("seed", std::uint64_t{0}) != options.seed ||
+        j.value("batching", std::string()) != batch_mode_name(options.batching))
+      throw InvalidArgument(fmt::format(
+          "{}: was trained with optimizer {}, batch size {}, batching {} and seed {}: resume with the same",
+          file, j.value("optimizer", std::string("?")), j.value("batch_size", 0),
+          j.value("batching", std::string("?")), j.value("seed", 0)));
+    epoch = j.at("epoch").get<std::size_t>();
+    step_in_epoch = j.at("step_in_epoch").get<std::size_t>();
+    global_step = j.at("global_step").get<std::size_t>();
+    lr = j.at("lr").get<double>();
+    bad_epochs = j.value("bad_epochs", 0);
+    if (j.contains("best_val_loss") && j["best_val_loss"].is_number()) best_val_loss = j["best_val_loss"];
+    if (j.contains("best")) {
+      has_best = true;
+      best = validation_from_json(j["best"]);
+    }
+    const auto bytes = s.tensors.at("optimizer").contiguous();
+    std::istringstream in(std::string(reinterpret_cast<const char*>(bytes.data_ptr<std::uint8_t>()),
+                                      static_cast<std::size_t>(bytes.numel())));
+    torch::serialize::InputArchive archive;
+    archive.load_from(in);
+    optimizer->load(archive);
+    set_lr(*optimizer, lr);
+  }
+
+  void save_checkpoint(const char* name, std::size_t next_epoch, std::size_t next_step) {
+    const TrainingState state = training_state(next_epoch, next_step);
+    model.save(path(name), &state);
+  }
+};
+
+Trainer::Trainer(CaptionModel& model, const CocoDataset& train, const CocoDataset* val, TrainerOptions options) {
+  if (options.out_dir.empty()) throw InvalidArgument("trainer: out_dir is required");
+  if (options.epochs < 1) throw InvalidArgument(fmt::format("trainer: epochs = {} must be at least 1", options.epochs));
+  if (!(options.lr > 0)) throw InvalidArgument(fmt::format("trainer: learning rate {} must be positive", options.lr));
+  if (options.optimizer != "adam" && options.optimizer != "sgd")
+    throw InvalidArgument(fmt::format("trainer: optimizer '{}' is not one of: adam, sgd", options.optimizer));
+  if (train.vocabulary() != model.vocab())
+    throw InvalidArgument("trainer: the training set's vocabulary differs from the model's");
+  if (val != nullptr && val->vocabulary() != model.vocab())
+    throw InvalidArgument("trainer: the validation set's vocabulary differs from the model's");
+  impl_ = std::make_unique<Impl>(model, train, val, std::move(options));
+  auto& o = impl_->options;
+  for (auto& p : model.encoder()->parameters())
+    if (p.requires_grad()) impl_->params.push_back(p);
+  for (auto& p : model.decoder()->parameters())
+    if (p.requires_grad()) impl_->params.push_back(p);
+  if (o.optimizer == "adam")
+    impl_->optimizer = std::make_unique<torch::optim::Adam>(
+        impl_->params, torch::optim::AdamOptions(o.lr).weight_decay(o.weight_decay));
+  else
+    impl_->optimizer = std::make_unique<torch::optim::SGD>(
+        impl_->params, torch::optim::SGDOptions(o.lr).momentum(o.momentum).weight_decay(o.weight_decay));
+  impl_->lr = o.lr;
+  std::error_code ec;
+  std::filesystem::create_directories(o.out_dir, ec);
+  if (ec) throw IoError(fmt::format("{}: cannot create the output folder: {}", o.out_dir, ec.message()));
+  if (o.resume) {
+    const auto last = impl_->path("last.imcap");
+    if (!std::filesystem::exists(last))
+      throw IoError(fmt::format("{}: no checkpoint to resume from", last));
+    impl_->restore(last);
+  }
+  impl_->log.open(impl_->path("log.jsonl"), o.resume ? std::ios::app : std::ios::trunc);
+  if (!impl_->log) throw IoError(fmt::format("{}: cannot open the log for writing", impl_->path("log.jsonl")));
+}
+
+Trainer::~Trainer() = default;
+
+Validation Trainer::validate() {
+  Impl& s = *impl_;
+  if (s.val == nullptr) throw InvalidArgument("trainer: no validation set");
+  const CocoDataset& val = *s.val;
+  torch::NoGradGuard no_grad;
+  s.model.train(false);
+  const auto device = s.model.device();
+  const auto& ids = val.image_ids();
+  const std::size_t n = s.options.val_max_images == 0 ? ids.size() : std::min(ids.size(), s.options.val_max_images);
+  const Captioner captioner(std::shared_ptr<CaptionModel>(&s.model, [](CaptionModel*) {}), s.options.val_search);
+  double loss_sum = 0.0, tokens = 0.0;
+  std::map<std::int64_t, std::vector<std::string>> refs;
+  std::map<std::int64_t, std::string> candidates;
+  std::mt19937_64 rng(s.options.seed);
+  constexpr std::size_t kChunk = 32;
+  const auto pad = s.model.vocab().pad_id().value_or(s.model.vocab().end_id());
+  for (std::size_t start = 0; start < n; start += kChunk) {
+    const std::size_t end = std::min(n, start + kChunk);
+    std::vector<torch::Tensor> images;
+    std::vector<const std::vector<std::int64_t>*> seqs;
+    std::vector<std::int64_t> rows;
+    for (std::size_t i = start; i < end; ++i) {
+      images.push_back(val.image(ids[i], rng));
+      for (const auto ci : val.captions_of_image(ids[i])) {
+        seqs.push_back(&val.caption_ids(ci));
+        rows.push_back(static_cast<std::int64_t>(i - start));
+      }
+      refs[ids[i]] = val.references(ids[i]);
+    }
+    const auto features = s.model.encoder()->forward(torch::stack(images).to(device));
+    Batch b;
+    pad_captions(seqs, pad, b);
+    const auto captions = b.captions.to(device);
+    const auto lengths = b.lengths.to(device);
+    const auto logits = s.model.decoder()->forward(
+        features.index_select(0, torch::tensor(rows, torch::kInt64).to(device)), captions, lengths);
+    const double count = static_cast<double>(b.lengths.sum().item<std::int64_t>());
+    loss_sum += caption_loss(logits, captions, lengths).item<double>() * count;
+    tokens += count;
+    const auto found = captioner.caption_features(features, s.options.val_search);
+    for (std::size_t i = start; i < end; ++i) candidates[ids[i]] = found[i - start].text;
+  }
+  Validation v;
+  v.images = n;
+  v.loss = tokens > 0 ? loss_sum / tokens : 0.0;
+  v.perplexity = std::exp(v.loss);
+  if (!candidates.empty()) {
+    const auto scores = evaluate_captions(refs, candidates);
+    v.bleu4 = scores.corpus.bleu[3];
+    v.cider = scores.corpus.cider;
+  }
+  return v;
+}
+
+TrainResult Trainer::fit() {
+  Impl& s = *impl_;
+  const auto& o = s.options;
+  TrainResult result;
+  const auto t0 = Clock::now();
+  g_stop_requested = 0;
+  const bool tty = o.progress && ::isatty(STDERR_FILENO) != 0;
+  const auto device = s.model.device();
+  const std::size_t per_epoch = s.loader.batches_per_epoch();
+  const std::size_t total_steps = per_epoch * static_cast<std::size_t>(o.epochs);
+  const std::size_t start_step = s.global_step;
+  double window_captions = 0.0, ema_loss = 0.0;
+  auto window_start = Clock::now();
+  bool stop = false;
+
+  for (; s.epoch < static_cast<std::size_t>(o.epochs) && !stop; ++s.epoch, s.step_in_epoch = 0) {
+    s.loader.start_epoch(s.epoch);
+    if (s.step_in_epoch > 0) s.loader.skip(s.step_in_epoch);
+    while (auto batch = s.loader.next()) {
+      s.model.train(true);
+      // A per-step seed makes dropout reproducible across a resume without storing RNG state.
+      torch::manual_seed(o.seed * 1000003ull + s.global_step);
+      const auto images = batch->images.to(device);
+      const auto captions = batch->captions.to(device);
+      const auto lengths = batch->lengths.to(device);
+      const auto features = s.model.encoder()->forward(images).index_select(0, batch->image_index.to(device));
+      const auto logits = s.model.decoder()->forward(features, captions, lengths);
+      const auto loss = caption_loss(logits, captions, lengths);
+      const double loss_value = loss.item<double>();
+      if (!std::isfinite(loss_value))
+        throw Error(fmt::format("training diverged: the loss is {} at step {} (epoch {}); the last "
+                                "checkpoint {} is kept. Try a lower --lr.",
+                                loss_value, s.global_step + 1, s.epoch + 1, s.path("last.imcap")));
+      s.optimizer->zero_grad();
+      loss.backward();
+      if (o.clip_norm > 0) torch::nn::utils::clip_grad_norm_(s.params, o.clip_norm);
+      s.optimizer->step();
+      ++s.step_in_epoch;
+      ++s.global_step;
+      result.losses.push_back(loss_value);
+      result.last_loss = loss_value;
+      ema_loss = result.losses.size() == 1 ? loss_value : 0.95 * ema_loss + 0.05 * loss_value;
+      window_captions += static_cast<double>(batch->size());
+      const double elapsed = seconds_since(t0);
+      const bool log_now = s.global_step % std::max<std::size_t>(1, o.log_interval) == 0;
+      if (log_now || tty) {
+        const double rate = window_captions / std::max(1e-9, seconds_since(window_start));
+        const double steps_done = static_cast<double>(s.global_step - start_step);
+        const double eta = elapsed / std::max(1.0, steps_done) * static_cast<double>(total_steps - s.global_step);
+        const std::string line = fmt::format(
+            "epoch {}/{} step {}/{} loss {:.4f} {:.0f} captions/s elapsed {} ETA {}", s.epoch + 1,
+            o.epochs, s.step_in_epoch, per_epoch, ema_loss, rate, format_duration(elapsed),
+            format_duration(o.max_seconds > 0 ? std::min(eta, o.max_seconds - elapsed) : eta));
+        if (tty) std::cerr << '\r' << line << "\033[K" << std::flush;
+        if (log_now) {
+          if (!tty && o.progress) std::cerr << line << '\n';
+          s.write_log({{"type", "step"}, {"epoch", s.epoch + 1}, {"step", s.global_step},
+                       {"loss", loss_value}, {"lr", s.lr}, {"captions_per_s", rate},
+                       {"elapsed_s", elapsed}});
+          window_captions = 0.0;
+          window_start = Clock::now();
+        }
+      }
+      if ((o.max_seconds > 0 && elapsed >= o.max_seconds) || (o.max_steps > 0 && s.global_step >= o.max_steps) ||
+          g_stop_requested != 0) {
+        stop = true;
+        break;
+      }
+    }
+    if (tty) std::cerr << '\n';
+    if (stop && s.step_in_epoch < per_epoch) break;  // mid-epoch: resume continues this epoch
+    // End of an epoch: validate, adjust the learning rate, checkpoint.
+    ++result.epochs_completed;
+    if (s.val != nullptr) {
+      const Validation v = validate();
+      result.has_validation = true;
+      result.last_validation = v;
+      s.write_log({{"type", "validation"}, {"epoch", s.epoch + 1}, {"step", s.global_step},
+                   {"loss", v.loss}, {"perplexity", v.perplexity}, {"bleu4", v.bleu4},
+                   {"cider", v.cider}, {"images", v.images}, {"elapsed_s", seconds_since(t0)}});
+      if (o.progress)
+        std::cerr << fmt::format("validation after epoch {}: loss {:.4f} perplexity {:.2f} BLEU-4 {:.4f} CIDEr {:.4f}\n",
+                                 s.epoch + 1, v.loss, v.perplexity, v.bleu4, v.cider);
+      if (v.loss < s.best_val_loss) {
+        s.best_val_loss = v.loss;
+        s.bad_epochs = 0;
+      } else if (++s.bad_epochs >= o.lr_patience && o.lr_schedule == LrSchedule::plateau) {
+        s.lr *= o.lr_gamma;
+        s.bad_epochs = 0;
+        set_lr(*s.optimizer, s.lr);
+      }
+      if (!s.has_best || v.cider > s.best.cider) {
+        s.has_best = true;
+        s.best = v;
+        s.save_checkpoint("best.imcap", s.epoch + 1, 0);
+      }
+    }
+    if (o.lr_schedule == LrSchedule::step && (s.epoch + 1) % static_cast<std::size_t>(std::max(1, o.lr_step_epochs)) == 0) {
+      s.lr *= o.lr_gamma;
+      set_lr(*s.optimizer, s.lr);
+    }
+    s.step_in_epoch = 0;
+    s.save_checkpoint("last.imcap", s.epoch + 1, 0);
+    if (stop) break;
+  }
+  if (stop) {
+    result.stopped_early = true;
+    if (s.step_in_epoch > 0 && s.step_in_epoch < per_epoch)
+      s.save_checkpoint("last.imcap", s.epoch, s.step_in_epoch);
+    if (o.progress) std::cerr << fmt::format("stopped after step {}; saved {}\n", s.global_step, s.path("last.imcap"));
+  }
+  result.steps = s.global_step;
+  result.best_validation = s.best;
+  result.seconds = seconds_since(t0);
+  return result;
+}
+
+}  // namespace imcap
