@@ -6,3 +6,5 @@
 #include "imcap/vocabulary.hpp"
 #include "imcap/image.hpp"
 #include "imcap/coco_dataset.hpp"
+#include "imcap/encoder.hpp"
+#include "imcap/decoder.hpp"
