@@ -35,6 +35,17 @@ void check_lengths(const torch::Tensor& lengths, int64_t batch, int64_t max_len)
   }
 }
 
+void check_ids(const torch::Tensor& ids, int64_t vocab_size, const char* what) {
+  if (ids.numel() == 0) return;
+  const int64_t lo = ids.min().item<int64_t>();
+  const int64_t hi = ids.max().item<int64_t>();
+  if (lo < 0 || hi >= vocab_size) {
+    throw InvalidArgument(
+        fmt::format("{}: expected ids in [0, {}) (the vocabulary), got min {} and max {}", what,
+                    vocab_size, lo, hi));
+  }
+}
+
 }  // namespace
 
 ImageInject parse_image_inject(const std::string& name) {
@@ -114,6 +125,7 @@ torch::Tensor DecoderImpl::forward(const torch::Tensor& features, const torch::T
     // Padding may hold anything (even ids outside the vocabulary): embed id 0 there instead.
     ids = ids.masked_fill(~length_mask(lengths, steps - 1), 0);
   }
+  check_ids(ids, options_.vocab_size, "decoder captions");
   torch::Tensor words = embed(ids);  // (B, T-1, E): the inputs of steps 1..T-1
   torch::Tensor inputs;
   switch (options_.image_inject) {
@@ -194,6 +206,7 @@ DecoderStepOutput DecoderImpl::step_embedded(const torch::Tensor& word_embedding
 DecoderStepOutput DecoderImpl::step(const torch::Tensor& ids, const DecoderState& state) {
   detail::check_tensor(ids.defined() && ids.dim() == 1 && ids.scalar_type() == torch::kLong,
                        "decoder step ids", "int64 ids of shape [B]", ids);
+  check_ids(ids, options_.vocab_size, "decoder step ids");
   return step_embedded(embed(ids), state);
 }
 

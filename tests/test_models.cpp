@@ -482,7 +482,11 @@ TEST_CASE("wrong shapes and options give clear errors", "[models]") {
   CHECK_THROWS_AS(decoder->forward(f, c, torch::tensor({0, 2}, torch::kLong)),
                   imcap::InvalidArgument);
   CHECK_THROWS_AS(decoder->forward(f, c, torch::tensor({3}, torch::kLong)), imcap::InvalidArgument);
+  CHECK_THROWS_WITH(decoder->forward(f, torch::full({2, 3}, 10, torch::kLong)),
+                    Catch::Contains("[0, 10)") && Catch::Contains("max 10"));
   const auto s = decoder->start(f);
+  CHECK_THROWS_AS(decoder->step(torch::tensor({1, -1}, torch::kLong), s.state),
+                  imcap::InvalidArgument);
   CHECK_THROWS_AS(decoder->step(torch::zeros({3}, torch::kLong), s.state), imcap::InvalidArgument);
   CHECK_THROWS_AS(decoder->step_embedded(torch::zeros({2, 3}), s.state), imcap::InvalidArgument);
   CHECK_THROWS_AS(decoder->sample(f, 0), imcap::InvalidArgument);
