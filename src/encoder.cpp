@@ -201,10 +201,11 @@ void ResNetImpl::set_trainable_stages(int n) {
       for (auto& p : m->parameters()) p.set_requires_grad(trainable);
     }
   }
-  train(is_training());
+  train(requested_training_);
 }
 
 void ResNetImpl::train(bool on) {
+  requested_training_ = on;
   // A fully frozen backbone is in eval mode as a whole (fc has no mode-dependent layers).
   torch::nn::Module::train(on && options_.trainable_stages > 0);
   for (int i = 0; i < kResNetStages - options_.trainable_stages; ++i) {

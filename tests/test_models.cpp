@@ -258,6 +258,10 @@ TEST_CASE("frozen stages keep eval mode and their batch-norm statistics", "[mode
     CHECK_FALSE(all_equal(*encoder, before, "bn."));
     CHECK(encoder->embed->weight.grad().defined());
     for (const auto& p : encoder->backbone->parameters()) CHECK_FALSE(p.grad().defined());
+    // Unfreezing later follows the mode the encoder was put in.
+    encoder->backbone->set_trainable_stages(1);
+    CHECK(encoder->backbone->layer4->is_training());
+    CHECK_FALSE(encoder->backbone->layer3->is_training());
   }
   SECTION("last stage trains") {
     options.trainable_stages = 1;

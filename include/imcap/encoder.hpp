@@ -108,6 +108,8 @@ struct ResNetImpl : torch::nn::Module {
   std::vector<std::shared_ptr<torch::nn::Module>> stage_modules(int i) const;
 
   ResNetOptions options_;
+  // The mode last asked for; is_training() is false when every stage is frozen.
+  bool requested_training_ = true;
 };
 TORCH_MODULE(ResNet);
 
