@@ -11,3 +11,5 @@
 #include "imcap/image.hpp"
 #include "imcap/coco_dataset.hpp"
 #include "imcap/metrics.hpp"
+#include "imcap/encoder.hpp"
+#include "imcap/decoder.hpp"

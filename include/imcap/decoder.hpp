@@ -1,0 +1,129 @@
+// The Show and Tell decoder: Embedding(V, E) `embed` -> LSTM `lstm` -> Linear(H, V) `linear`,
+// named as the notebooks' DecoderRNN so its state dict loads one to one. See docs/models.md.
+//
+//   imcap::Decoder decoder(imcap::DecoderOptions{/*vocab_size=*/10000});
+//   // Training, teacher forcing: logits[:, t] scores captions[:, t].
+//   torch::Tensor logits = decoder->forward(features, captions, lengths);  // (B, T, V)
+//   torch::Tensor loss = imcap::caption_loss(logits, captions, lengths);
+//   // Inference: step 0 consumes the image, each later step the previous token.
+//   imcap::DecoderStepOutput s = decoder->start(features);
+//   s = decoder->step(std::get<1>(s.logits.max(1)), s.state);
+#pragma once
+
+#include <torch/nn/module.h>
+#include <torch/nn/modules/embedding.h>
+#include <torch/nn/modules/linear.h>
+#include <torch/nn/modules/rnn.h>
+#include <torch/nn/pimpl.h>
+
+#include <cstdint>
+#include <string>
+
+namespace imcap {
+
+/// Where the image feature enters the LSTM (Tanti et al., "Where to put the image in an image
+/// caption generator", Natural Language Engineering 2018).
+enum class ImageInject {
+  kPre,   ///< as the input of step 0, before the words (Show and Tell, the notebooks)
+  kPar,   ///< concatenated to the word embedding at every step: LSTM input size 2E
+  kInit,  ///< as the initial state: h0 = tanh(init_h(f)), c0 = tanh(init_c(f))
+};
+
+/// Parses "pre", "par" or "init"; throws InvalidArgument otherwise.
+ImageInject parse_image_inject(const std::string& name);
+/// "pre", "par" or "init".
+std::string to_string(ImageInject inject);
+
+/// Options of the decoder.
+struct DecoderOptions {
+  /// Vocabulary size V (rows of `embed`, outputs of `linear`). Required (> 0).
+  int64_t vocab_size = 0;
+  /// Word-embedding size E; also the size of the image feature. Default 256.
+  int64_t embed_size = 256;
+  /// LSTM hidden size H. Default 512.
+  int64_t hidden_size = 512;
+  /// Stacked LSTM layers. Default 1.
+  int64_t num_layers = 1;
+  /// Dropout between stacked LSTM layers (nn.LSTM's `dropout`), in [0, 1). Default 0.
+  double dropout = 0.0;
+  /// Where the image enters. Default kPre, the notebooks' model (what imports use).
+  ImageInject image_inject = ImageInject::kPre;
+};
+
+/// The recurrent state between steps.
+struct DecoderState {
+  torch::Tensor h;      ///< (num_layers, B, H)
+  torch::Tensor c;      ///< (num_layers, B, H)
+  torch::Tensor image;  ///< (B, E): the image feature, fed again at every step with kPar
+
+  /// The state of the rows `rows` (int64 (B')), in that order: for beam search.
+  DecoderState index_select(const torch::Tensor& rows) const;
+};
+
+/// One step's output.
+struct DecoderStepOutput {
+  torch::Tensor logits;  ///< (B, V) unnormalised scores of the next token
+  DecoderState state;    ///< the state after this step
+};
+
+/// The Show and Tell decoder.
+///
+/// Sequence alignment (all inject modes): step 0's input is the image (kPre) or no word (a zero
+/// word embedding, kPar and kInit); step t >= 1's input is captions[:, t-1]. So logits[:, t]
+/// scores captions[:, t] for every t < T: with the notebooks' captions `<start> w1 .. wn <end>`,
+/// step 0 predicts `<start>` from the image alone, and the last id of a caption is never input.
+struct DecoderImpl : torch::nn::Module {
+  explicit DecoderImpl(const DecoderOptions& options);
+
+  /// Teacher forcing. features (B, E) float; captions (B, T) int64 with T >= 1; lengths (B)
+  /// integer in [1, T] or undefined (every row full). Returns logits (B, T, V) with logits[:, t]
+  /// scoring captions[:, t]. Padded positions (t >= lengths[b]) are never read, whatever ids
+  /// they hold, and the logits there are unspecified; mask them (caption_loss does).
+  torch::Tensor forward(const torch::Tensor& features, const torch::Tensor& captions,
+                        const torch::Tensor& lengths = {});
+
+  /// The state before step 0: zeros, or tanh(init_h/init_c(features)) with kInit.
+  DecoderState init_state(const torch::Tensor& features);
+  /// Step 0 from the image: init_state(features), then one step whose logits score the first
+  /// token (`<start>` for models trained on the notebooks' captions).
+  DecoderStepOutput start(const torch::Tensor& features);
+  /// One step: ids (B) int64 of the previous tokens -> logits of the next (B, V) and state.
+  DecoderStepOutput step(const torch::Tensor& ids, const DecoderState& state);
+  /// One step from word embeddings (B, E) instead of ids (kPar appends state.image itself).
+  DecoderStepOutput step_embedded(const torch::Tensor& word_embeddings, const DecoderState& state);
+
+  /// Greedy decoding, equal to the notebooks' DecoderRNN.sample() run on each row: start(),
+  /// then feed back the arg-max up to max_len ids in all. Returns (B, L) int64, L <= max_len.
+  /// With end_id >= 0 it stops once every row has produced end_id and fills each row after
+  /// its end_id with end_id; with end_id < 0, L = max_len. Runs without autograd.
+  torch::Tensor sample(const torch::Tensor& features, int64_t max_len = 20, int64_t end_id = -1);
+
+  const DecoderOptions& options() const { return options_; }
+  /// Input size of the LSTM: E, or 2E with kPar.
+  int64_t lstm_input_size() const;
+
+  torch::nn::Embedding embed{nullptr};
+  torch::nn::LSTM lstm{nullptr};
+  torch::nn::Linear linear{nullptr};
+  torch::nn::Linear init_h{nullptr};  ///< only with kInit: Linear(E, num_layers * H)
+  torch::nn::Linear init_c{nullptr};  ///< only with kInit: Linear(E, num_layers * H)
+
+ private:
+  void check_features(const torch::Tensor& features) const;
+  DecoderStepOutput step_inputs(const torch::Tensor& inputs, const DecoderState& state);
+
+  DecoderOptions options_;
+};
+TORCH_MODULE(Decoder);
+
+/// (B, T) bool mask, true where t < lengths[b]. lengths (B) integer.
+torch::Tensor length_mask(const torch::Tensor& lengths, int64_t max_len);
+
+/// Mean cross-entropy over the valid positions (t < lengths[b]) of logits (B, T, V) against
+/// targets (B, T) int64; padded positions contribute nothing, whatever their ids. With lengths
+/// undefined every position counts: then it equals PyTorch's
+/// `CrossEntropyLoss()(logits.view(-1, V), targets.view(-1))`, the notebooks' loss.
+torch::Tensor caption_loss(const torch::Tensor& logits, const torch::Tensor& targets,
+                           const torch::Tensor& lengths = {});
+
+}  // namespace imcap

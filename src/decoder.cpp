@@ -1,0 +1,264 @@
+#include "imcap/decoder.hpp"
+
+#include <fmt/format.h>
+#include <torch/torch.h>
+
+#include "detail/tensor_check.hpp"
+#include "imcap/error.hpp"
+
+namespace imcap {
+namespace {
+
+namespace nn = torch::nn;
+
+// PyTorch's default ignore_index: targets equal to it add nothing to the loss.
+constexpr int64_t kIgnoreIndex = -100;
+
+void check_positive(const char* name, int64_t value) {
+  if (value <= 0) {
+    throw InvalidArgument(fmt::format("{}: expected a positive size, got {}", name, value));
+  }
+}
+
+void check_lengths(const torch::Tensor& lengths, int64_t batch, int64_t max_len) {
+  detail::check_tensor(lengths.defined() && lengths.dim() == 1 && lengths.size(0) == batch &&
+                           !lengths.is_floating_point() && !lengths.is_complex(),
+                       "caption lengths", fmt::format("integer lengths of shape [{}]", batch),
+                       lengths);
+  if (batch == 0) return;
+  const int64_t lo = lengths.min().item<int64_t>();
+  const int64_t hi = lengths.max().item<int64_t>();
+  if (lo < 1 || hi > max_len) {
+    throw InvalidArgument(fmt::format(
+        "caption lengths: expected values in [1, {}] (the caption width), got min {} and max {}",
+        max_len, lo, hi));
+  }
+}
+
+void check_ids(const torch::Tensor& ids, int64_t vocab_size, const char* what) {
+  if (ids.numel() == 0) return;
+  const int64_t lo = ids.min().item<int64_t>();
+  const int64_t hi = ids.max().item<int64_t>();
+  if (lo < 0 || hi >= vocab_size) {
+    throw InvalidArgument(
+        fmt::format("{}: expected ids in [0, {}) (the vocabulary), got min {} and max {}", what,
+                    vocab_size, lo, hi));
+  }
+}
+
+}  // namespace
+
+ImageInject parse_image_inject(const std::string& name) {
+  if (name == "pre") return ImageInject::kPre;
+  if (name == "par") return ImageInject::kPar;
+  if (name == "init") return ImageInject::kInit;
+  throw InvalidArgument(
+      fmt::format("unknown image inject mode '{}': expected pre, par or init", name));
+}
+
+std::string to_string(ImageInject inject) {
+  switch (inject) {
+    case ImageInject::kPre:
+      return "pre";
+    case ImageInject::kPar:
+      return "par";
+    case ImageInject::kInit:
+      return "init";
+  }
+  return "unknown";
+}
+
+DecoderState DecoderState::index_select(const torch::Tensor& rows) const {
+  DecoderState out;
+  out.h = h.index_select(1, rows);
+  out.c = c.index_select(1, rows);
+  if (image.defined()) out.image = image.index_select(0, rows);
+  return out;
+}
+
+DecoderImpl::DecoderImpl(const DecoderOptions& options) : options_(options) {
+  check_positive("vocab_size", options.vocab_size);
+  check_positive("embed_size", options.embed_size);
+  check_positive("hidden_size", options.hidden_size);
+  check_positive("num_layers", options.num_layers);
+  if (!(options.dropout >= 0.0 && options.dropout < 1.0)) {
+    throw InvalidArgument(
+        fmt::format("dropout: expected a value in [0, 1), got {}", options.dropout));
+  }
+  embed = register_module("embed", nn::Embedding(options.vocab_size, options.embed_size));
+  lstm =
+      register_module("lstm", nn::LSTM(nn::LSTMOptions(lstm_input_size(), options.hidden_size)
+                                           .num_layers(options.num_layers)
+                                           .dropout(options.num_layers > 1 ? options.dropout : 0.0)
+                                           .batch_first(true)));
+  linear = register_module("linear", nn::Linear(options.hidden_size, options.vocab_size));
+  if (options.image_inject == ImageInject::kInit) {
+    const int64_t state_size = options.num_layers * options.hidden_size;
+    init_h = register_module("init_h", nn::Linear(options.embed_size, state_size));
+    init_c = register_module("init_c", nn::Linear(options.embed_size, state_size));
+  }
+}
+
+int64_t DecoderImpl::lstm_input_size() const {
+  return options_.image_inject == ImageInject::kPar ? 2 * options_.embed_size : options_.embed_size;
+}
+
+void DecoderImpl::check_features(const torch::Tensor& features) const {
+  detail::check_tensor(features.defined() && features.dim() == 2 &&
+                           features.size(1) == options_.embed_size && features.is_floating_point(),
+                       "decoder image features",
+                       fmt::format("float features (B, {})", options_.embed_size), features);
+}
+
+torch::Tensor DecoderImpl::forward(const torch::Tensor& features, const torch::Tensor& captions,
+                                   const torch::Tensor& lengths) {
+  check_features(features);
+  const int64_t batch = features.size(0);
+  detail::check_tensor(captions.defined() && captions.dim() == 2 && captions.size(0) == batch &&
+                           captions.size(1) >= 1 && captions.scalar_type() == torch::kLong,
+                       "decoder captions", fmt::format("int64 ids of shape [{}, T >= 1]", batch),
+                       captions);
+  const int64_t steps = captions.size(1);
+  torch::Tensor ids = captions.slice(/*dim=*/1, 0, steps - 1);
+  if (lengths.defined()) {
+    check_lengths(lengths, batch, steps);
+    // Padding may hold anything (even ids outside the vocabulary): embed id 0 there instead.
+    ids = ids.masked_fill(~length_mask(lengths, steps - 1), 0);
+  }
+  check_ids(ids, options_.vocab_size, "decoder captions");
+  torch::Tensor words = embed(ids);  // (B, T-1, E): the inputs of steps 1..T-1
+  torch::Tensor inputs;
+  switch (options_.image_inject) {
+    case ImageInject::kPre:
+      inputs = torch::cat({features.unsqueeze(1), words}, /*dim=*/1);
+      break;
+    case ImageInject::kPar:
+      inputs = torch::cat({features.new_zeros({batch, 1, options_.embed_size}), words}, 1);
+      inputs = torch::cat({inputs, features.unsqueeze(1).expand({batch, steps, -1})}, 2);
+      break;
+    case ImageInject::kInit:
+      inputs = torch::cat({features.new_zeros({batch, 1, options_.embed_size}), words}, 1);
+      break;
+  }
+  const DecoderState state = init_state(features);
+  torch::Tensor hidden = std::get<0>(lstm->forward(inputs, std::make_tuple(state.h, state.c)));
+  return linear(hidden);
+}
+
+DecoderState DecoderImpl::init_state(const torch::Tensor& features) {
+  check_features(features);
+  const int64_t batch = features.size(0);
+  DecoderState state;
+  if (options_.image_inject == ImageInject::kInit) {
+    auto reshape = [&](const torch::Tensor& flat) {
+      return torch::tanh(flat)
+          .view({batch, options_.num_layers, options_.hidden_size})
+          .transpose(0, 1)
+          .contiguous();
+    };
+    state.h = reshape(init_h(features));
+    state.c = reshape(init_c(features));
+  } else {
+    state.h = features.new_zeros({options_.num_layers, batch, options_.hidden_size});
+    state.c = torch::zeros_like(state.h);
+  }
+  if (options_.image_inject == ImageInject::kPar) state.image = features;
+  return state;
+}
+
+DecoderStepOutput DecoderImpl::step_inputs(const torch::Tensor& inputs, const DecoderState& state) {
+  auto [hidden, hc] =
+      lstm->forward(inputs.unsqueeze(1), std::make_tuple(state.h, state.c));  // one time step
+  DecoderStepOutput out;
+  out.logits = linear(hidden.squeeze(1));
+  out.state.h = std::get<0>(hc);
+  out.state.c = std::get<1>(hc);
+  out.state.image = state.image;
+  return out;
+}
+
+DecoderStepOutput DecoderImpl::start(const torch::Tensor& features) {
+  DecoderState state = init_state(features);
+  if (options_.image_inject == ImageInject::kPre) return step_inputs(features, state);
+  return step_embedded(features.new_zeros({features.size(0), options_.embed_size}), state);
+}
+
+DecoderStepOutput DecoderImpl::step_embedded(const torch::Tensor& word_embeddings,
+                                             const DecoderState& state) {
+  detail::check_tensor(state.h.defined() && state.h.dim() == 3 && state.c.defined(),
+                       "decoder state h", "a state from init_state, start or step", state.h);
+  const int64_t batch = state.h.size(1);
+  detail::check_tensor(word_embeddings.defined() && word_embeddings.dim() == 2 &&
+                           word_embeddings.size(0) == batch &&
+                           word_embeddings.size(1) == options_.embed_size,
+                       "decoder step input",
+                       fmt::format("word embeddings of shape [{}, {}]", batch, options_.embed_size),
+                       word_embeddings);
+  if (options_.image_inject == ImageInject::kPar) {
+    detail::check_tensor(
+        state.image.defined() && state.image.dim() == 2 && state.image.size(0) == batch,
+        "decoder state image", fmt::format("features of shape [{}, E]", batch), state.image);
+    return step_inputs(torch::cat({word_embeddings, state.image}, /*dim=*/1), state);
+  }
+  return step_inputs(word_embeddings, state);
+}
+
+DecoderStepOutput DecoderImpl::step(const torch::Tensor& ids, const DecoderState& state) {
+  detail::check_tensor(ids.defined() && ids.dim() == 1 && ids.scalar_type() == torch::kLong,
+                       "decoder step ids", "int64 ids of shape [B]", ids);
+  check_ids(ids, options_.vocab_size, "decoder step ids");
+  return step_embedded(embed(ids), state);
+}
+
+torch::Tensor DecoderImpl::sample(const torch::Tensor& features, int64_t max_len, int64_t end_id) {
+  check_positive("max_len", max_len);
+  if (end_id >= options_.vocab_size) {
+    throw InvalidArgument(fmt::format("end_id: expected an id below the vocabulary size {}, got {}",
+                                      options_.vocab_size, end_id));
+  }
+  torch::NoGradGuard no_grad;
+  std::vector<torch::Tensor> generated;
+  DecoderStepOutput out = start(features);
+  torch::Tensor finished = torch::zeros({features.size(0)}, torch::kBool);
+  for (int64_t t = 0; t < max_len; ++t) {
+    // max(1), not argmax: the notebooks' `outputs.max(1)[1]`, with the same tie-breaking.
+    torch::Tensor ids = std::get<1>(out.logits.max(/*dim=*/1));
+    if (end_id >= 0) {
+      ids = ids.masked_fill(finished, end_id);
+      finished = finished | ids.eq(end_id);
+    }
+    generated.push_back(ids);
+    if (t + 1 == max_len || (end_id >= 0 && finished.all().item<bool>())) break;
+    out = step(ids, out.state);
+  }
+  return torch::stack(generated, /*dim=*/1);
+}
+
+torch::Tensor length_mask(const torch::Tensor& lengths, int64_t max_len) {
+  detail::check_tensor(lengths.defined() && lengths.dim() == 1 && !lengths.is_floating_point(),
+                       "caption lengths", "integer lengths of shape [B]", lengths);
+  return torch::arange(max_len, lengths.options().dtype(torch::kLong))
+      .unsqueeze(0)
+      .lt(lengths.to(torch::kLong).unsqueeze(1));
+}
+
+torch::Tensor caption_loss(const torch::Tensor& logits, const torch::Tensor& targets,
+                           const torch::Tensor& lengths) {
+  detail::check_tensor(logits.defined() && logits.dim() == 3 && logits.is_floating_point(),
+                       "caption_loss logits", "float logits (B, T, V)", logits);
+  detail::check_tensor(
+      targets.defined() && targets.dim() == 2 && targets.size(0) == logits.size(0) &&
+          targets.size(1) == logits.size(1) && targets.scalar_type() == torch::kLong,
+      "caption_loss targets",
+      fmt::format("int64 ids of shape [{}, {}]", logits.size(0), logits.size(1)), targets);
+  torch::Tensor t = targets;
+  if (lengths.defined()) {
+    check_lengths(lengths, targets.size(0), targets.size(1));
+    t = targets.masked_fill(~length_mask(lengths, targets.size(1)), kIgnoreIndex);
+  }
+  return torch::nn::functional::cross_entropy(
+      logits.reshape({-1, logits.size(2)}), t.reshape({-1}),
+      torch::nn::functional::CrossEntropyFuncOptions().ignore_index(kIgnoreIndex));
+}
+
+}  // namespace imcap
