@@ -4,6 +4,7 @@
 #include <set>
 
 #include "imcap/coco_dataset.hpp"
+#include "imcap/error.hpp"
 #include "imcap/image.hpp"
 #include "imcap/synthetic.hpp"
 #include "support.hpp"
