@@ -6,3 +6,7 @@
 #include "imcap/vocabulary.hpp"
 #include "imcap/image.hpp"
 #include "imcap/coco_dataset.hpp"
+#include "imcap/pickle.hpp"
+#include "imcap/weights.hpp"
+#include "imcap/safetensors.hpp"
+#include "imcap/vocab_pickle.hpp"

@@ -8,5 +8,6 @@ namespace imcap::cli {
 
 void add_info_command(CLI::App& app);
 void add_vocab_command(CLI::App& app);
+void add_weights_command(CLI::App& app);
 
 }  // namespace imcap::cli

@@ -16,6 +16,7 @@ int main(int argc, char** argv) {
   app.require_subcommand(1);
   imcap::cli::add_info_command(app);
   imcap::cli::add_vocab_command(app);
+  imcap::cli::add_weights_command(app);
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {
