@@ -38,22 +38,30 @@ constexpr std::array<std::string_view, 10> kCallableGlobals = {
 // Globals that are only referenced: storage classes (inside persistent ids) and the arguments of
 // copyreg._reconstructor, which call() handles itself.
 constexpr std::array<std::string_view, 15> kReferenceGlobals = {
-    "torch.FloatStorage",        "torch.DoubleStorage",       "torch.HalfStorage",
-    "torch.BFloat16Storage",     "torch.LongStorage",         "torch.IntStorage",
-    "torch.ShortStorage",        "torch.CharStorage",         "torch.ByteStorage",
-    "torch.BoolStorage",         "torch.ComplexFloatStorage", "torch.ComplexDoubleStorage",
-    "torch.UntypedStorage",      "builtins.object",           "copyreg._reconstructor",
+    "torch.FloatStorage",    "torch.DoubleStorage",       "torch.HalfStorage",
+    "torch.BFloat16Storage", "torch.LongStorage",         "torch.IntStorage",
+    "torch.ShortStorage",    "torch.CharStorage",         "torch.ByteStorage",
+    "torch.BoolStorage",     "torch.ComplexFloatStorage", "torch.ComplexDoubleStorage",
+    "torch.UntypedStorage",  "builtins.object",           "copyreg._reconstructor",
 };
 
 // Modules whose globals are refused even where objects of unknown classes are recorded: they
 // hold the functions a malicious pickle would call.
 constexpr std::array<std::string_view, 40> kBlockedModules = {
-    "os",        "posix",      "nt",       "subprocess", "sys",        "builtins",  "shutil",
-    "socket",    "importlib",  "runpy",    "pickle",     "_pickle",    "marshal",   "ctypes",
-    "code",      "codeop",     "pty",      "commands",   "platform",   "webbrowser",
-    "multiprocessing", "asyncio", "types", "functools",  "operator",   "inspect",   "io",
-    "_io",       "tempfile",   "pathlib",  "glob",       "signal",     "threading", "_thread",
-    "torch",     "numpy",      "copyreg",  "_codecs",    "collections", "pydoc",
+    "os",         "posix",      "nt",
+    "subprocess", "sys",        "builtins",
+    "shutil",     "socket",     "importlib",
+    "runpy",      "pickle",     "_pickle",
+    "marshal",    "ctypes",     "code",
+    "codeop",     "pty",        "commands",
+    "platform",   "webbrowser", "multiprocessing",
+    "asyncio",    "types",      "functools",
+    "operator",   "inspect",    "io",
+    "_io",        "tempfile",   "pathlib",
+    "glob",       "signal",     "threading",
+    "_thread",    "torch",      "numpy",
+    "copyreg",    "_codecs",    "collections",
+    "pydoc",
 };
 
 template <typename List>
@@ -143,8 +151,8 @@ class Unpickler {
     throw FormatError(fmt::format("{}: pickle byte {}: {}", name_, op_pos_, what));
   }
   [[noreturn]] void refuse(const std::string& global, const std::string& why) const {
-    throw SecurityError(fmt::format("{}: pickle byte {}: global '{}' {}", name_, op_pos_, global,
-                                    why));
+    throw SecurityError(
+        fmt::format("{}: pickle byte {}: global '{}' {}", name_, op_pos_, global, why));
   }
 
   std::string_view take(std::uint64_t n) {
@@ -210,9 +218,11 @@ class Unpickler {
   // Puts child inside parent. A value inside another may not change any more, so containers
   // are built bottom-up: no cycles, and the depth computed here stays exact.
   void adopt(PickleValue& parent, const PickleValuePtr& child) {
-    if (parent.frozen) fail(fmt::format("a {} is modified after being stored in another value "
-                                        "(recursive structures are not supported)",
-                                        parent.type_name()));
+    if (parent.frozen)
+      fail(
+          fmt::format("a {} is modified after being stored in another value "
+                      "(recursive structures are not supported)",
+                      parent.type_name()));
     if (child.get() == &parent) fail("a container contains itself");
     child->frozen = true;
     parent.depth = std::max(parent.depth, child->depth + 1);
@@ -314,12 +324,13 @@ class Unpickler {
                                                 std::size_t min_n, std::size_t max_n) {
     if (args->kind != Kind::kTuple) fail(fmt::format("arguments of {} are not a tuple", fn));
     if (args->items.size() < min_n || args->items.size() > max_n)
-      fail(fmt::format("{} takes {} to {} arguments, got {}", fn, min_n, max_n,
-                       args->items.size()));
+      fail(
+          fmt::format("{} takes {} to {} arguments, got {}", fn, min_n, max_n, args->items.size()));
     return args->items;
   }
   std::vector<std::int64_t> int_tuple(const PickleValuePtr& v, const char* what) {
-    if (v->kind != Kind::kTuple && v->kind != Kind::kList) fail(fmt::format("{} is not a tuple", what));
+    if (v->kind != Kind::kTuple && v->kind != Kind::kList)
+      fail(fmt::format("{} is not a tuple", what));
     std::vector<std::int64_t> out;
     for (const auto& i : v->items) {
       if (i->kind != Kind::kInt) fail(fmt::format("{} holds a {}", what, i->type_name()));
@@ -329,8 +340,10 @@ class Unpickler {
   }
 
   PickleValuePtr rebuild_tensor(const std::vector<PickleValuePtr>& a, const std::string& fn) {
-    if (a[0]->kind != Kind::kStorage) fail(fmt::format("{}: storage is a {}", fn, a[0]->type_name()));
-    if (a[1]->kind != Kind::kInt) fail(fmt::format("{}: storage offset is a {}", fn, a[1]->type_name()));
+    if (a[0]->kind != Kind::kStorage)
+      fail(fmt::format("{}: storage is a {}", fn, a[0]->type_name()));
+    if (a[1]->kind != Kind::kInt)
+      fail(fmt::format("{}: storage offset is a {}", fn, a[1]->type_name()));
     auto t = make(Kind::kTensor);
     t->tensor.storage = a[0];
     t->tensor.storage_offset = a[1]->integer;
@@ -471,18 +484,32 @@ class Unpickler {
       }
       const char c = s[++i];
       switch (c) {
-        case 'n': out += '\n'; break;
-        case 't': out += '\t'; break;
-        case 'r': out += '\r'; break;
-        case '\\': out += '\\'; break;
-        case '\'': out += '\''; break;
-        case '"': out += '"'; break;
+        case 'n':
+          out += '\n';
+          break;
+        case 't':
+          out += '\t';
+          break;
+        case 'r':
+          out += '\r';
+          break;
+        case '\\':
+          out += '\\';
+          break;
+        case '\'':
+          out += '\'';
+          break;
+        case '"':
+          out += '"';
+          break;
         case 'x':
           if (i + 2 >= s.size()) fail("bad \\x escape in STRING");
           out += static_cast<char>(hex_digit(s[i + 1]) * 16 + hex_digit(s[i + 2]));
           i += 2;
           break;
-        default: out += '\\'; out += c;
+        default:
+          out += '\\';
+          out += c;
       }
     }
     return out;
@@ -522,12 +549,24 @@ class Unpickler {
         if (v > kHighestProtocol) fail(fmt::format("unsupported pickle protocol {}", v));
         break;
       }
-      case 0x95: uint_le(8); break;  // FRAME: only an I/O hint
-      case '(': marks_.push_back(stack_.size()); break;
-      case '0': pop(); break;
-      case '1': pop_mark(); break;
-      case '2': push(top()); break;
-      case 'N': push(make(Kind::kNone)); break;
+      case 0x95:
+        uint_le(8);
+        break;  // FRAME: only an I/O hint
+      case '(':
+        marks_.push_back(stack_.size());
+        break;
+      case '0':
+        pop();
+        break;
+      case '1':
+        pop_mark();
+        break;
+      case '2':
+        push(top());
+        break;
+      case 'N':
+        push(make(Kind::kNone));
+        break;
       case 0x88:
       case 0x89: {
         auto b = make(Kind::kBool);
@@ -546,11 +585,21 @@ class Unpickler {
         }
         break;
       }
-      case 'J': push(make_int(static_cast<std::int32_t>(uint_le(4)))); break;
-      case 'K': push(make_int(static_cast<std::int64_t>(uint_le(1)))); break;
-      case 'M': push(make_int(static_cast<std::int64_t>(uint_le(2)))); break;
-      case 'L': push(make_int(parse_int(line()))); break;
-      case 0x8a: push(long_from_bytes(take(uint_le(1)))); break;
+      case 'J':
+        push(make_int(static_cast<std::int32_t>(uint_le(4))));
+        break;
+      case 'K':
+        push(make_int(static_cast<std::int64_t>(uint_le(1))));
+        break;
+      case 'M':
+        push(make_int(static_cast<std::int64_t>(uint_le(2))));
+        break;
+      case 'L':
+        push(make_int(parse_int(line())));
+        break;
+      case 0x8a:
+        push(long_from_bytes(take(uint_le(1))));
+        break;
       case 0x8b: {
         const auto n = static_cast<std::int32_t>(uint_le(4));
         if (n < 0) fail("negative LONG4 length");
@@ -579,25 +628,48 @@ class Unpickler {
         push(v);
         break;
       }
-      case 'S': push(make_text(Kind::kString, unquote_string(line()))); break;
+      case 'S':
+        push(make_text(Kind::kString, unquote_string(line())));
+        break;
       case 'T': {
         const auto n = static_cast<std::int32_t>(uint_le(4));
         if (n < 0) fail("negative BINSTRING length");
         push(make_text(Kind::kString, take(static_cast<std::uint64_t>(n))));
         break;
       }
-      case 'U': push(make_text(Kind::kString, take(uint_le(1)))); break;
-      case 'V': push(make_text(Kind::kString, raw_unicode_escape(line()))); break;
-      case 'X': push(make_text(Kind::kString, take(uint_le(4)))); break;
-      case 0x8c: push(make_text(Kind::kString, take(uint_le(1)))); break;
-      case 0x8d: push(make_text(Kind::kString, take(uint_le(8)))); break;
-      case 'B': push(make_text(Kind::kBytes, take(uint_le(4)))); break;
-      case 'C': push(make_text(Kind::kBytes, take(uint_le(1)))); break;
+      case 'U':
+        push(make_text(Kind::kString, take(uint_le(1))));
+        break;
+      case 'V':
+        push(make_text(Kind::kString, raw_unicode_escape(line())));
+        break;
+      case 'X':
+        push(make_text(Kind::kString, take(uint_le(4))));
+        break;
+      case 0x8c:
+        push(make_text(Kind::kString, take(uint_le(1))));
+        break;
+      case 0x8d:
+        push(make_text(Kind::kString, take(uint_le(8))));
+        break;
+      case 'B':
+        push(make_text(Kind::kBytes, take(uint_le(4))));
+        break;
+      case 'C':
+        push(make_text(Kind::kBytes, take(uint_le(1))));
+        break;
       case 0x8e:
-      case 0x96: push(make_text(Kind::kBytes, take(uint_le(8)))); break;
-      case 0x97: fail("out-of-band buffers (NEXT_BUFFER) are not supported");
-      case 0x98: top(); break;  // READONLY_BUFFER
-      case ']': push(make(Kind::kList)); break;
+      case 0x96:
+        push(make_text(Kind::kBytes, take(uint_le(8))));
+        break;
+      case 0x97:
+        fail("out-of-band buffers (NEXT_BUFFER) are not supported");
+      case 0x98:
+        top();
+        break;  // READONLY_BUFFER
+      case ']':
+        push(make(Kind::kList));
+        break;
       case 'l': {
         auto items = pop_mark();
         auto list = make(Kind::kList);
@@ -605,8 +677,12 @@ class Unpickler {
         push(list);
         break;
       }
-      case ')': push(make(Kind::kTuple)); break;
-      case 't': push(make_tuple(pop_mark())); break;
+      case ')':
+        push(make(Kind::kTuple));
+        break;
+      case 't':
+        push(make_tuple(pop_mark()));
+        break;
       case 0x85:
       case 0x86:
       case 0x87: {
@@ -616,7 +692,9 @@ class Unpickler {
         push(make_tuple(std::move(items)));
         break;
       }
-      case '}': push(make(Kind::kDict)); break;
+      case '}':
+        push(make(Kind::kDict));
+        break;
       case 'd': {
         auto items = pop_mark();
         if (items.size() % 2) fail("DICT with an odd number of items");
@@ -625,7 +703,9 @@ class Unpickler {
         push(dict);
         break;
       }
-      case 0x8f: push(make(Kind::kSet)); break;
+      case 0x8f:
+        push(make(Kind::kSet));
+        break;
       case 0x91: {
         auto items = pop_mark();
         auto set = make(Kind::kSet);
@@ -659,13 +739,27 @@ class Unpickler {
         for (std::size_t i = 0; i < items.size(); i += 2) set_item(*dict, items[i], items[i + 1]);
         break;
       }
-      case 'p': memo_put(static_cast<std::uint64_t>(parse_int(line()))); break;
-      case 'q': memo_put(uint_le(1)); break;
-      case 'r': memo_put(uint_le(4)); break;
-      case 0x94: memo_put(memo_.size()); break;
-      case 'g': memo_get(static_cast<std::uint64_t>(parse_int(line()))); break;
-      case 'h': memo_get(uint_le(1)); break;
-      case 'j': memo_get(uint_le(4)); break;
+      case 'p':
+        memo_put(static_cast<std::uint64_t>(parse_int(line())));
+        break;
+      case 'q':
+        memo_put(uint_le(1));
+        break;
+      case 'r':
+        memo_put(uint_le(4));
+        break;
+      case 0x94:
+        memo_put(memo_.size());
+        break;
+      case 'g':
+        memo_get(static_cast<std::uint64_t>(parse_int(line())));
+        break;
+      case 'h':
+        memo_get(uint_le(1));
+        break;
+      case 'j':
+        memo_get(uint_le(4));
+        break;
       case 'c': {
         std::string module(line());
         std::string name(line());
@@ -733,8 +827,10 @@ class Unpickler {
       }
       case 0x82:
       case 0x83:
-      case 0x84: fail("extension registry opcodes (EXT1/2/4) are not supported");
-      default: fail(fmt::format("unknown opcode 0x{:02x}", op));
+      case 0x84:
+        fail("extension registry opcodes (EXT1/2/4) are not supported");
+      default:
+        fail(fmt::format("unknown opcode 0x{:02x}", op));
     }
   }
 
@@ -751,18 +847,25 @@ class Unpickler {
 // A canonical text for hashable keys, so equal keys (1, 1.0 and True) collide as in Python.
 std::string key_of(const PickleValue& v, int depth) {
   switch (v.kind) {
-    case Kind::kNone: return "N";
-    case Kind::kBool: return fmt::format("I{}", v.boolean ? 1 : 0);
-    case Kind::kInt: return fmt::format("I{}", v.integer);
+    case Kind::kNone:
+      return "N";
+    case Kind::kBool:
+      return fmt::format("I{}", v.boolean ? 1 : 0);
+    case Kind::kInt:
+      return fmt::format("I{}", v.integer);
     case Kind::kFloat:
       if (std::isfinite(v.number) && v.number == std::trunc(v.number) &&
           std::abs(v.number) < 9.0e18)
         return fmt::format("I{}", static_cast<std::int64_t>(v.number));
       return fmt::format("F{}", v.number);
-    case Kind::kBigInt: return fmt::format("L{}:", v.text.size()) + v.text;
-    case Kind::kString: return fmt::format("S{}:", v.text.size()) + v.text;
-    case Kind::kBytes: return fmt::format("B{}:", v.text.size()) + v.text;
-    case Kind::kGlobal: return "G" + v.text;
+    case Kind::kBigInt:
+      return fmt::format("L{}:", v.text.size()) + v.text;
+    case Kind::kString:
+      return fmt::format("S{}:", v.text.size()) + v.text;
+    case Kind::kBytes:
+      return fmt::format("B{}:", v.text.size()) + v.text;
+    case Kind::kGlobal:
+      return "G" + v.text;
     case Kind::kTuple: {
       if (depth > 64) break;
       std::string k = fmt::format("T{}(", v.items.size());
@@ -772,7 +875,8 @@ std::string key_of(const PickleValue& v, int depth) {
       }
       return k + ")";
     }
-    default: break;
+    default:
+      break;
   }
   throw FormatError("unhashable dict key of type " + v.type_name());
 }
@@ -794,21 +898,35 @@ const PickleValue* PickleValue::get(std::string_view key) const {
 
 std::string PickleValue::type_name() const {
   switch (kind) {
-    case Kind::kNone: return "None";
-    case Kind::kBool: return "bool";
+    case Kind::kNone:
+      return "None";
+    case Kind::kBool:
+      return "bool";
     case Kind::kInt:
-    case Kind::kBigInt: return "int";
-    case Kind::kFloat: return "float";
-    case Kind::kString: return "str";
-    case Kind::kBytes: return "bytes";
-    case Kind::kList: return "list";
-    case Kind::kTuple: return "tuple";
-    case Kind::kSet: return "set";
-    case Kind::kDict: return "dict";
-    case Kind::kObject: return text;
-    case Kind::kGlobal: return "global " + text;
-    case Kind::kStorage: return "storage";
-    case Kind::kTensor: return "tensor";
+    case Kind::kBigInt:
+      return "int";
+    case Kind::kFloat:
+      return "float";
+    case Kind::kString:
+      return "str";
+    case Kind::kBytes:
+      return "bytes";
+    case Kind::kList:
+      return "list";
+    case Kind::kTuple:
+      return "tuple";
+    case Kind::kSet:
+      return "set";
+    case Kind::kDict:
+      return "dict";
+    case Kind::kObject:
+      return text;
+    case Kind::kGlobal:
+      return "global " + text;
+    case Kind::kStorage:
+      return "storage";
+    case Kind::kTensor:
+      return "tensor";
   }
   return "?";
 }

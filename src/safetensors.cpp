@@ -30,9 +30,9 @@ struct DType {
 };
 
 constexpr DType kDTypes[] = {
-    {"F64", torch::kDouble}, {"F32", torch::kFloat},     {"F16", torch::kHalf},
-    {"BF16", torch::kBFloat16}, {"I64", torch::kLong},   {"I32", torch::kInt},
-    {"I16", torch::kShort},  {"I8", torch::kChar},       {"U8", torch::kByte},
+    {"F64", torch::kDouble},    {"F32", torch::kFloat}, {"F16", torch::kHalf},
+    {"BF16", torch::kBFloat16}, {"I64", torch::kLong},  {"I32", torch::kInt},
+    {"I16", torch::kShort},     {"I8", torch::kChar},   {"U8", torch::kByte},
     {"BOOL", torch::kBool},
 };
 
@@ -78,10 +78,11 @@ Entry parse_entry(const std::string& name, const nlohmann::json& info, const std
   }
   e.begin = info["data_offsets"][0].get<std::uint64_t>();
   e.end = info["data_offsets"][1].get<std::uint64_t>();
-  if (e.end < e.begin) fail(fmt::format("data_offsets [{}, {}] end before they begin", e.begin,
-                                        e.end));
+  if (e.end < e.begin)
+    fail(fmt::format("data_offsets [{}, {}] end before they begin", e.begin, e.end));
   std::uint64_t bytes = 0;
-  if (__builtin_mul_overflow(numel, static_cast<std::uint64_t>(c10::elementSize(e.dtype)), &bytes) ||
+  if (__builtin_mul_overflow(numel, static_cast<std::uint64_t>(c10::elementSize(e.dtype)),
+                             &bytes) ||
       bytes != e.end - e.begin)
     fail(fmt::format("{} {} elements need {} bytes, data_offsets [{}, {}] hold {}", numel, dtype,
                      bytes, e.begin, e.end, e.end - e.begin));
@@ -92,8 +93,8 @@ std::string_view dtype_name(torch::ScalarType type, const std::string& tensor) {
   for (const auto& d : kDTypes) {
     if (d.type == type) return d.name;
   }
-  throw InvalidArgument(fmt::format("tensor '{}': dtype {} cannot be stored in safetensors",
-                                    tensor, c10::toString(type)));
+  throw InvalidArgument(fmt::format("tensor '{}': dtype {} cannot be stored in safetensors", tensor,
+                                    c10::toString(type)));
 }
 
 }  // namespace
@@ -101,10 +102,11 @@ std::string_view dtype_name(torch::ScalarType type, const std::string& tensor) {
 TensorMap parse_safetensors(std::string_view bytes, const std::string& name,
                             std::map<std::string, std::string>* metadata) {
   if (bytes.size() < kLengthBytes)
-    throw FormatError(fmt::format("{}: {} bytes: too short for a safetensors file", name,
-                                  bytes.size()));
+    throw FormatError(
+        fmt::format("{}: {} bytes: too short for a safetensors file", name, bytes.size()));
   std::uint64_t header_len = 0;
-  for (int i = 7; i >= 0; --i) header_len = (header_len << 8) | static_cast<unsigned char>(bytes[i]);
+  for (int i = 7; i >= 0; --i)
+    header_len = (header_len << 8) | static_cast<unsigned char>(bytes[i]);
   if (header_len > bytes.size() - kLengthBytes)
     throw FormatError(fmt::format("{}: header length {} runs past the end of the {}-byte file",
                                   name, header_len, bytes.size()));
@@ -158,11 +160,11 @@ TensorMap parse_safetensors(std::string_view bytes, const std::string& name,
   std::uint64_t expected = 0;
   for (const auto& e : entries) {
     if (e.begin != expected)
-      throw FormatError(fmt::format("{}: tensor '{}': data_offsets [{}, {}] {} the previous "
-                                    "tensor, which ends at {}",
-                                    name, e.name, e.begin, e.end,
-                                    e.begin < expected ? "overlap" : "leave a gap after",
-                                    expected));
+      throw FormatError(
+          fmt::format("{}: tensor '{}': data_offsets [{}, {}] {} the previous "
+                      "tensor, which ends at {}",
+                      name, e.name, e.begin, e.end,
+                      e.begin < expected ? "overlap" : "leave a gap after", expected));
     expected = e.end;
   }
   if (expected != data.size())
@@ -196,16 +198,14 @@ std::string serialize_safetensors(const TensorMap& tensors,
     const auto dtype = dtype_name(tensor.scalar_type(), name);
     auto t = tensor.detach().to(torch::kCPU).contiguous();
     const auto bytes = static_cast<std::uint64_t>(t.numel()) * t.element_size();
-    header[name] = {{"dtype", dtype},
-                    {"shape", t.sizes().vec()},
-                    {"data_offsets", {offset, offset + bytes}}};
+    header[name] = {
+        {"dtype", dtype}, {"shape", t.sizes().vec()}, {"data_offsets", {offset, offset + bytes}}};
     offset += bytes;
     contiguous.push_back(std::move(t));
   }
   std::string json = header.dump();
-  json.append((kHeaderAlignment - (kLengthBytes + json.size()) % kHeaderAlignment) %
-                  kHeaderAlignment,
-              ' ');
+  json.append(
+      (kHeaderAlignment - (kLengthBytes + json.size()) % kHeaderAlignment) % kHeaderAlignment, ' ');
   std::string out;
   out.reserve(kLengthBytes + json.size() + offset);
   for (int i = 0; i < 8; ++i) out += static_cast<char>((json.size() >> (8 * i)) & 0xFF);

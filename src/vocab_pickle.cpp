@@ -35,14 +35,14 @@ Vocabulary import_vocab_pickle(const std::string& path) {
   std::vector<bool> seen;
   const auto place = [&](std::int64_t id, const std::string& word, const char* where) {
     if (id < 0) fail(fmt::format("{}: negative id {} for '{}'", where, id, word));
-    const auto n = static_cast<std::size_t>(
-        (word2idx ? word2idx->entries.size() : idx2word->entries.size()));
+    const auto n =
+        static_cast<std::size_t>((word2idx ? word2idx->entries.size() : idx2word->entries.size()));
     if (static_cast<std::uint64_t>(id) >= n)
-      fail(fmt::format("{}: id {} of '{}' is not below the number of words {}: ids must be "
-                       "0..{}",
-                       where, id, word, n, n - 1));
-    if (seen[static_cast<std::size_t>(id)])
-      fail(fmt::format("{}: id {} is used twice", where, id));
+      fail(
+          fmt::format("{}: id {} of '{}' is not below the number of words {}: ids must be "
+                      "0..{}",
+                      where, id, word, n, n - 1));
+    if (seen[static_cast<std::size_t>(id)]) fail(fmt::format("{}: id {} is used twice", where, id));
     seen[static_cast<std::size_t>(id)] = true;
     tokens[static_cast<std::size_t>(id)] = word;
   };

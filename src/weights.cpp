@@ -35,12 +35,18 @@ struct StorageType {
 };
 
 constexpr StorageType kStorageTypes[] = {
-    {"FloatStorage", torch::kFloat},          {"DoubleStorage", torch::kDouble},
-    {"HalfStorage", torch::kHalf},            {"BFloat16Storage", torch::kBFloat16},
-    {"LongStorage", torch::kLong},            {"IntStorage", torch::kInt},
-    {"ShortStorage", torch::kShort},          {"CharStorage", torch::kChar},
-    {"ByteStorage", torch::kByte},            {"BoolStorage", torch::kBool},
-    {"ComplexFloatStorage", torch::kComplexFloat}, {"ComplexDoubleStorage", torch::kComplexDouble},
+    {"FloatStorage", torch::kFloat},
+    {"DoubleStorage", torch::kDouble},
+    {"HalfStorage", torch::kHalf},
+    {"BFloat16Storage", torch::kBFloat16},
+    {"LongStorage", torch::kLong},
+    {"IntStorage", torch::kInt},
+    {"ShortStorage", torch::kShort},
+    {"CharStorage", torch::kChar},
+    {"ByteStorage", torch::kByte},
+    {"BoolStorage", torch::kBool},
+    {"ComplexFloatStorage", torch::kComplexFloat},
+    {"ComplexDoubleStorage", torch::kComplexDouble},
     {"UntypedStorage", torch::kByte},
 };
 
@@ -61,9 +67,10 @@ torch::Tensor make_storage(std::string_view bytes, std::int64_t numel, torch::Sc
   const auto itemsize = static_cast<std::uint64_t>(c10::elementSize(dtype));
   if (numel < 0 || static_cast<std::uint64_t>(numel) > bytes.size() / itemsize ||
       static_cast<std::uint64_t>(numel) * itemsize != bytes.size())
-    throw FormatError(fmt::format("{}: storage '{}': {} elements of {} bytes do not match its {} "
-                                  "bytes of data",
-                                  file, key, numel, itemsize, bytes.size()));
+    throw FormatError(
+        fmt::format("{}: storage '{}': {} elements of {} bytes do not match its {} "
+                    "bytes of data",
+                    file, key, numel, itemsize, bytes.size()));
   // Bool bytes other than 0 and 1 would be undefined behaviour in a bool tensor: normalize.
   const auto raw_dtype = dtype == torch::kBool ? torch::kByte : dtype;
   auto t = torch::empty({numel}, torch::TensorOptions().dtype(raw_dtype));
@@ -98,8 +105,8 @@ torch::Tensor make_view(const torch::Tensor& storage, const PickleTensorRef& ref
     }
     if (last >= storage_numel)
       fail(fmt::format("sizes {} strides {} offset {} reach element {} of a storage of {}",
-                       shape_string(ref.sizes), shape_string(ref.strides), ref.storage_offset,
-                       last, storage_numel));
+                       shape_string(ref.sizes), shape_string(ref.strides), ref.storage_offset, last,
+                       storage_numel));
   }
   return storage.as_strided(ref.sizes, ref.strides, ref.storage_offset);
 }
@@ -122,8 +129,8 @@ class TorchFileTensors {
       fail("only 'storage' persistent ids are supported");
     if (a[1]->kind != Kind::kGlobal || a[1]->text.rfind("torch.", 0) != 0)
       fail("the storage type is not a torch storage class");
-    if ((a[2]->kind != Kind::kString && a[2]->kind != Kind::kInt) ||
-        a[3]->kind != Kind::kString || a[4]->kind != Kind::kInt)
+    if ((a[2]->kind != Kind::kString && a[2]->kind != Kind::kInt) || a[3]->kind != Kind::kString ||
+        a[4]->kind != Kind::kInt)
       fail("malformed storage reference");
     if (legacy && a[5]->kind != Kind::kNone) fail("legacy storage views are not supported");
     auto ref = std::make_shared<PickleValue>();
@@ -144,7 +151,8 @@ class TorchFileTensors {
   const PickleStorageRef& ref(const std::string& key) const {
     const auto it = refs_.find(key);
     if (it == refs_.end())
-      throw FormatError(fmt::format("{}: storage '{}' is not referenced by the pickle", file_, key));
+      throw FormatError(
+          fmt::format("{}: storage '{}' is not referenced by the pickle", file_, key));
     return it->second->storage;
   }
   void set_data(const std::string& key, std::string_view bytes, std::int64_t numel) {
@@ -192,13 +200,12 @@ const PickleValue& find_state_dict(const PickleValue& root, const TorchLoadOptio
   if (!options.state_dict_key.empty()) {
     const PickleValue* v = root.kind == Kind::kDict ? root.get(options.state_dict_key) : nullptr;
     if (!v)
-      throw FormatError(fmt::format("{}: no key '{}' at the top level (a {}{})", file,
-                                    options.state_dict_key, root.type_name(),
-                                    root.kind == Kind::kDict ? " with keys " + describe_keys(root)
-                                                             : ""));
+      throw FormatError(fmt::format(
+          "{}: no key '{}' at the top level (a {}{})", file, options.state_dict_key,
+          root.type_name(), root.kind == Kind::kDict ? " with keys " + describe_keys(root) : ""));
     if (!is_tensor_dict(*v))
-      throw FormatError(fmt::format("{}: '{}' is not a dict of tensors", file,
-                                    options.state_dict_key));
+      throw FormatError(
+          fmt::format("{}: '{}' is not a dict of tensors", file, options.state_dict_key));
     return *v;
   }
   if (is_tensor_dict(root)) return root;
@@ -207,9 +214,10 @@ const PickleValue& find_state_dict(const PickleValue& root, const TorchLoadOptio
       const PickleValue* v = root.get(key);
       if (v && is_tensor_dict(*v)) return *v;
     }
-    throw FormatError(fmt::format("{}: no state dict found: the top level is a dict with keys {} "
-                                  "(name the one holding the tensors with a state-dict key)",
-                                  file, describe_keys(root)));
+    throw FormatError(
+        fmt::format("{}: no state dict found: the top level is a dict with keys {} "
+                    "(name the one holding the tensors with a state-dict key)",
+                    file, describe_keys(root)));
   }
   throw FormatError(fmt::format("{}: expected a state dict, found a {}", file, root.type_name()));
 }
@@ -234,8 +242,8 @@ TensorMap read_torch_zip(std::string_view data, const TorchLoadOptions& options,
     }
   }
   if (prefix.empty())
-    throw FormatError(fmt::format("{}: zip archive without <name>/data.pkl: not a torch.save file",
-                                  file));
+    throw FormatError(
+        fmt::format("{}: zip archive without <name>/data.pkl: not a torch.save file", file));
   if (zip.contains(prefix + "byteorder") && zip.at(prefix + "byteorder") != "little")
     throw FormatError(fmt::format("{}: big-endian torch files are not supported", file));
   TorchFileTensors storages(file);
@@ -268,7 +276,8 @@ TensorMap read_torch_legacy(std::string_view data, const TorchLoadOptions& optio
     throw FormatError(fmt::format("{}: unsupported legacy protocol version (expected {})", file,
                                   kLegacyProtocolVersion));
   const auto sys_info = next(plain, "sys_info");
-  const PickleValue* little = sys_info->kind == Kind::kDict ? sys_info->get("little_endian") : nullptr;
+  const PickleValue* little =
+      sys_info->kind == Kind::kDict ? sys_info->get("little_endian") : nullptr;
   if (little && little->kind == Kind::kBool && !little->boolean)
     throw FormatError(fmt::format("{}: big-endian torch files are not supported", file));
 
@@ -290,8 +299,8 @@ TensorMap read_torch_legacy(std::string_view data, const TorchLoadOptions& optio
     std::uint64_t count = 0;
     for (int i = 7; i >= 0; --i) count = (count << 8) | static_cast<unsigned char>(data[pos + i]);
     pos += 8;
-    const auto itemsize = static_cast<std::uint64_t>(
-        c10::elementSize(storage_dtype(ref.type_name, file)));
+    const auto itemsize =
+        static_cast<std::uint64_t>(c10::elementSize(storage_dtype(ref.type_name, file)));
     if (count > (data.size() - pos) / itemsize)
       throw FormatError(fmt::format("{}: storage '{}': {} elements run past the end of the file",
                                     file, k->text, count));
@@ -304,10 +313,10 @@ TensorMap read_torch_legacy(std::string_view data, const TorchLoadOptions& optio
 
 std::string join_limited(const std::vector<std::string>& names) {
   std::vector<std::string> shown(
-      names.begin(), names.begin() + static_cast<std::ptrdiff_t>(std::min(names.size(),
-                                                                          kMaxListedKeys)));
-  if (names.size() > kMaxListedKeys) shown.push_back(fmt::format("... {} more", names.size() -
-                                                                                 kMaxListedKeys));
+      names.begin(),
+      names.begin() + static_cast<std::ptrdiff_t>(std::min(names.size(), kMaxListedKeys)));
+  if (names.size() > kMaxListedKeys)
+    shown.push_back(fmt::format("... {} more", names.size() - kMaxListedKeys));
   return fmt::format("{}", fmt::join(shown, ", "));
 }
 
@@ -315,8 +324,8 @@ std::regex compile_regex(const std::string& pattern, const char* what) {
   try {
     return std::regex(pattern, std::regex::ECMAScript);
   } catch (const std::regex_error& e) {
-    throw InvalidArgument(fmt::format("{} pattern '{}' is not a valid regex: {}", what, pattern,
-                                      e.what()));
+    throw InvalidArgument(
+        fmt::format("{} pattern '{}' is not a valid regex: {}", what, pattern, e.what()));
   }
 }
 
@@ -347,9 +356,12 @@ std::int64_t TensorMap::total_numel() const {
 
 std::string to_string(WeightsFormat format) {
   switch (format) {
-    case WeightsFormat::kTorchZip: return "torch-zip";
-    case WeightsFormat::kTorchLegacy: return "torch-legacy";
-    case WeightsFormat::kSafetensors: return "safetensors";
+    case WeightsFormat::kTorchZip:
+      return "torch-zip";
+    case WeightsFormat::kTorchLegacy:
+      return "torch-legacy";
+    case WeightsFormat::kSafetensors:
+      return "safetensors";
   }
   return "?";
 }

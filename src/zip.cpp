@@ -42,9 +42,10 @@ class Cursor {
   }
   void need(std::uint64_t offset, std::uint64_t size, const char* what) const {
     if (offset > data_.size() || size > data_.size() - offset)
-      throw FormatError(fmt::format("{}: zip {} at offset {} (size {}) lies beyond the end of the "
-                                    "{}-byte file",
-                                    name_, what, offset, size, data_.size()));
+      throw FormatError(
+          fmt::format("{}: zip {} at offset {} (size {}) lies beyond the end of the "
+                      "{}-byte file",
+                      name_, what, offset, size, data_.size()));
   }
 
  private:
@@ -102,8 +103,8 @@ ZipArchive::ZipArchive(std::string_view data, std::string name, bool verify_crc)
   std::uint64_t cd_size = in.read(end + 12, 4, "end record");
   std::uint64_t cd_offset = in.read(end + 16, 4, "end record");
   if (count == 0xFFFF || cd_size == 0xFFFFFFFF || cd_offset == 0xFFFFFFFF) {
-    if (end < kEnd64LocatorSize || in.read(end - kEnd64LocatorSize, 4, "zip64 locator") !=
-                                       kEnd64LocatorSig)
+    if (end < kEnd64LocatorSize ||
+        in.read(end - kEnd64LocatorSize, 4, "zip64 locator") != kEnd64LocatorSig)
       throw FormatError(fmt::format("{}: zip64 archive without a zip64 locator", name_));
     const std::uint64_t end64 = in.read(end - kEnd64LocatorSize + 8, 8, "zip64 locator");
     in.need(end64, kEnd64Size, "zip64 end record");
@@ -162,9 +163,10 @@ ZipArchive::ZipArchive(std::string_view data, std::string name, bool verify_crc)
     if (flags & 0x1)
       throw FormatError(fmt::format("{}: zip entry '{}' is encrypted", name_, entry));
     if (method != 0)
-      throw FormatError(fmt::format("{}: zip entry '{}' is compressed (method {}); only stored "
-                                    "entries are supported, as torch.save writes them",
-                                    name_, entry, method));
+      throw FormatError(
+          fmt::format("{}: zip entry '{}' is compressed (method {}); only stored "
+                      "entries are supported, as torch.save writes them",
+                      name_, entry, method));
     if (csize != usize)
       throw FormatError(fmt::format("{}: zip entry '{}': stored sizes differ ({} vs {})", name_,
                                     entry, csize, usize));
@@ -176,8 +178,8 @@ ZipArchive::ZipArchive(std::string_view data, std::string name, bool verify_crc)
                                      in.read(local + 28, 2, "local header");
     const auto bytes = in.slice(data_start, usize, "entry data");
     if (verify_crc && crc32(bytes) != crc)
-      throw FormatError(fmt::format("{}: zip entry '{}': CRC-32 mismatch (corrupt file)", name_,
-                                    entry));
+      throw FormatError(
+          fmt::format("{}: zip entry '{}': CRC-32 mismatch (corrupt file)", name_, entry));
     if (!entries_.emplace(entry, bytes).second)
       throw FormatError(fmt::format("{}: zip entry '{}' appears twice", name_, entry));
     names_.push_back(std::move(entry));

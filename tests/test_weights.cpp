@@ -45,18 +45,30 @@ const TempDir& fixtures(bool with_resnet = false) {
 
 std::string py_dtype(const torch::Tensor& t) {
   switch (t.scalar_type()) {
-    case torch::kFloat: return "float32";
-    case torch::kDouble: return "float64";
-    case torch::kHalf: return "float16";
-    case torch::kBFloat16: return "bfloat16";
-    case torch::kLong: return "int64";
-    case torch::kInt: return "int32";
-    case torch::kShort: return "int16";
-    case torch::kChar: return "int8";
-    case torch::kByte: return "uint8";
-    case torch::kBool: return "bool";
-    case torch::kComplexFloat: return "complex64";
-    default: return "?";
+    case torch::kFloat:
+      return "float32";
+    case torch::kDouble:
+      return "float64";
+    case torch::kHalf:
+      return "float16";
+    case torch::kBFloat16:
+      return "bfloat16";
+    case torch::kLong:
+      return "int64";
+    case torch::kInt:
+      return "int32";
+    case torch::kShort:
+      return "int16";
+    case torch::kChar:
+      return "int8";
+    case torch::kByte:
+      return "uint8";
+    case torch::kBool:
+      return "bool";
+    case torch::kComplexFloat:
+      return "complex64";
+    default:
+      return "?";
   }
 }
 
@@ -171,8 +183,7 @@ TEST_CASE("a checkpoint dict nesting the state dict is found", "[weights]") {
   check_expected(imcap::load_weights(dir.file("checkpoint.pt")), dir.file("net.pt"), true);
   imcap::TorchLoadOptions options;
   options.state_dict_key = "state_dict";
-  check_expected(imcap::load_weights(dir.file("checkpoint.pt"), options), dir.file("net.pt"),
-                 true);
+  check_expected(imcap::load_weights(dir.file("checkpoint.pt"), options), dir.file("net.pt"), true);
   options.state_dict_key = "optimizer";
   CHECK_THROWS_WITH(imcap::load_weights(dir.file("checkpoint.pt"), options),
                     Catch::Contains("'optimizer' is not a dict of tensors"));
@@ -185,8 +196,8 @@ TEST_CASE("safetensors: a file written by hand per the spec, and round trips", "
   const auto& dir = fixtures();
   std::map<std::string, std::string> metadata;
   const auto hand = imcap::load_safetensors(dir.file("hand.safetensors"), &metadata);
-  CHECK(metadata == std::map<std::string, std::string>{{"format", "pt"},
-                                                       {"source", "make_weight_files.py"}});
+  CHECK(metadata ==
+        std::map<std::string, std::string>{{"format", "pt"}, {"source", "make_weight_files.py"}});
   // Ordered by data offset, which is how Python laid the data out.
   check_expected(hand, dir.file("hand.safetensors"), false);
   CHECK(hand.entries()[0].first == "ids");
@@ -337,17 +348,20 @@ TEST_CASE("malicious pickles are refused with the global named, and nothing runs
   CHECK_THROWS_WITH(imcap::load_weights(dir.file("evil.pt")), Catch::Contains("posix.system"));
   CHECK_FALSE(std::filesystem::exists(dir.file("PWNED")));
   // A class outside the allowlist may be recorded (vocab.pkl) but never called.
-  const std::string call_class("\x80\x02" "cvocabulary\nVocabulary\n)R.");
-  CHECK_THROWS_WITH(imcap::unpickle(call_class, objects),
-                    Catch::Contains("vocabulary.Vocabulary") && Catch::Contains("may not be called"));
+  const std::string call_class(
+      "\x80\x02"
+      "cvocabulary\nVocabulary\n)R.");
+  CHECK_THROWS_WITH(
+      imcap::unpickle(call_class, objects),
+      Catch::Contains("vocabulary.Vocabulary") && Catch::Contains("may not be called"));
   CHECK_THROWS_AS(imcap::unpickle(call_class), imcap::SecurityError);
 }
 
 TEST_CASE("the unpickler reads plain values and bounds hostile input", "[weights]") {
   using Kind = imcap::PickleValue::Kind;
   // Protocol 0 text opcodes: (dp0\nS'k'\np1\n(lp2\nI1\naF2.5\naVcaf\xe9\np3\nas.
-  const auto v = imcap::unpickle(
-      std::string("(dp0\nS'k'\np1\n(lp2\nI1\naF2.5\naVcaf\\u00e9\np3\naI01\nas."));
+  const auto v =
+      imcap::unpickle(std::string("(dp0\nS'k'\np1\n(lp2\nI1\naF2.5\naVcaf\\u00e9\np3\naI01\nas."));
   REQUIRE(v->kind == Kind::kDict);
   const auto* list = v->get("k");
   REQUIRE(list != nullptr);
@@ -357,14 +371,21 @@ TEST_CASE("the unpickler reads plain values and bounds hostile input", "[weights
   CHECK(list->items[2]->text == "caf\xc3\xa9");
   CHECK(list->items[3]->kind == Kind::kBool);
   // LONG1 beyond 64 bits, negative LONG1, BININT, bytes, tuple keys.
-  const auto big = imcap::unpickle(std::string("\x80\x02\x8a\x09\x00\x00\x00\x00\x00\x00\x00\x00\x01.", 14));
+  const auto big =
+      imcap::unpickle(std::string("\x80\x02\x8a\x09\x00\x00\x00\x00\x00\x00\x00\x00\x01.", 14));
   CHECK(big->kind == Kind::kBigInt);
   CHECK(imcap::unpickle(std::string("\x80\x02\x8a\x01\xff.", 6))->integer == -1);
   CHECK(imcap::unpickle(std::string("\x80\x03J\xfe\xff\xff\xff.", 8))->integer == -2);
-  CHECK(imcap::unpickle(std::string("\x80\x03" "C\x03" "abc.", 8))->text == "abc");
+  CHECK(imcap::unpickle(std::string("\x80\x03"
+                                    "C\x03"
+                                    "abc.",
+                                    8))
+            ->text == "abc");
 
   // A list that contains itself, and nesting beyond the limit, are refused.
-  CHECK_THROWS_WITH(imcap::unpickle(std::string("\x80\x02]q\x00h\x00" "a.", 9)),
+  CHECK_THROWS_WITH(imcap::unpickle(std::string("\x80\x02]q\x00h\x00"
+                                                "a.",
+                                                9)),
                     Catch::Contains("contains itself"));
   std::string deep("\x80\x02", 2);
   for (int i = 0; i < 500; ++i) deep += "]";
@@ -372,17 +393,22 @@ TEST_CASE("the unpickler reads plain values and bounds hostile input", "[weights
   deep += ".";
   CHECK_THROWS_WITH(imcap::unpickle(deep), Catch::Contains("nesting deeper"));
   // Lengths beyond the data, undefined memo keys, unknown opcodes, no STOP, big protocol.
-  CHECK_THROWS_WITH(imcap::unpickle(std::string("\x80\x04\x8d\xff\xff\xff\xff\xff\xff\xff\x7f", 11)),
-                    Catch::Contains("truncated"));
+  CHECK_THROWS_WITH(
+      imcap::unpickle(std::string("\x80\x04\x8d\xff\xff\xff\xff\xff\xff\xff\x7f", 11)),
+      Catch::Contains("truncated"));
   CHECK_THROWS_WITH(imcap::unpickle(std::string("\x80\x02h\x05.", 5)),
                     Catch::Contains("memo key 5"));
   CHECK_THROWS_WITH(imcap::unpickle(std::string("\x80\x02\xff.", 4)),
                     Catch::Contains("unknown opcode"));
   CHECK_THROWS_WITH(imcap::unpickle(std::string("\x80\x02N", 3)), Catch::Contains("no STOP"));
-  CHECK_THROWS_WITH(imcap::unpickle(std::string("\x80\x09N.", 4)),
-                    Catch::Contains("protocol 9"));
-  CHECK_THROWS_WITH(imcap::unpickle(std::string("\x80\x02" "a.", 4)), Catch::Contains("underflow"));
-  CHECK_THROWS_AS(imcap::unpickle(std::string("\x80\x02" "cos\nsystem\n.", 14)),
+  CHECK_THROWS_WITH(imcap::unpickle(std::string("\x80\x09N.", 4)), Catch::Contains("protocol 9"));
+  CHECK_THROWS_WITH(imcap::unpickle(std::string("\x80\x02"
+                                                "a.",
+                                                4)),
+                    Catch::Contains("underflow"));
+  CHECK_THROWS_AS(imcap::unpickle(std::string("\x80\x02"
+                                              "cos\nsystem\n.",
+                                              14)),
                   imcap::SecurityError);
 }
 
@@ -484,7 +510,8 @@ TEST_CASE("imcap weights inspect and convert", "[weights][cli]") {
   INFO(r.out << r.err);
   REQUIRE(r.exit_code == 0);
   CHECK_THAT(r.out, Catch::Contains("torch-zip") && Catch::Contains("bn.num_batches_tracked") &&
-                        Catch::Contains("[4, 3, 3, 3]") && Catch::Contains("9 tensors"));
+                        Catch::Contains("139 values") && Catch::Contains("[4, 3, 3, 3]") &&
+                        Catch::Contains("9 tensors"));
   r = imcap::test::run_cli({"weights", "inspect", "--json", dir.file("net_legacy.pt")});
   REQUIRE(r.exit_code == 0);
   const auto json = nlohmann::json::parse(r.out);

@@ -25,10 +25,10 @@ using PickleValuePtr = std::shared_ptr<PickleValue>;
 /// A storage referenced by a torch.save persistent id: ('storage', torch.FloatStorage, key,
 /// location, numel).
 struct PickleStorageRef {
-  std::string type_name;  ///< e.g. "FloatStorage" (without the "torch." module)
-  std::string key;        ///< the storage's key in the file
-  std::string location;   ///< the device it was saved from, e.g. "cpu", "cuda:0"
-  std::int64_t numel = 0; ///< number of elements of the storage
+  std::string type_name;   ///< e.g. "FloatStorage" (without the "torch." module)
+  std::string key;         ///< the storage's key in the file
+  std::string location;    ///< the device it was saved from, e.g. "cpu", "cuda:0"
+  std::int64_t numel = 0;  ///< number of elements of the storage
 };
 
 /// A tensor rebuilt by torch._utils._rebuild_tensor_v2 (a view into a storage).

@@ -28,19 +28,32 @@ struct WeightsArgs {
 // PyTorch's names, as users know them from Python.
 std::string dtype_name(torch::ScalarType type) {
   switch (type) {
-    case torch::kFloat: return "float32";
-    case torch::kDouble: return "float64";
-    case torch::kHalf: return "float16";
-    case torch::kBFloat16: return "bfloat16";
-    case torch::kLong: return "int64";
-    case torch::kInt: return "int32";
-    case torch::kShort: return "int16";
-    case torch::kChar: return "int8";
-    case torch::kByte: return "uint8";
-    case torch::kBool: return "bool";
-    case torch::kComplexFloat: return "complex64";
-    case torch::kComplexDouble: return "complex128";
-    default: return c10::toString(type);
+    case torch::kFloat:
+      return "float32";
+    case torch::kDouble:
+      return "float64";
+    case torch::kHalf:
+      return "float16";
+    case torch::kBFloat16:
+      return "bfloat16";
+    case torch::kLong:
+      return "int64";
+    case torch::kInt:
+      return "int32";
+    case torch::kShort:
+      return "int16";
+    case torch::kChar:
+      return "int8";
+    case torch::kByte:
+      return "uint8";
+    case torch::kBool:
+      return "bool";
+    case torch::kComplexFloat:
+      return "complex64";
+    case torch::kComplexDouble:
+      return "complex128";
+    default:
+      return c10::toString(type);
   }
 }
 
@@ -81,8 +94,8 @@ void run_inspect(const WeightsArgs& args) {
     fmt::print("{:<{}}  {:<10}  [{}]\n", name, width, dtype_name(t.scalar_type()),
                fmt::join(t.sizes(), ", "));
   }
-  fmt::print("{} tensors, {} parameters, {} bytes\n", tensors.size(), tensors.total_numel(),
-             bytes);
+  fmt::print("{} tensors, {} values (parameters and buffers), {} bytes\n", tensors.size(),
+             tensors.total_numel(), bytes);
 }
 
 void run_convert(const WeightsArgs& args) {
@@ -102,7 +115,8 @@ void run_convert(const WeightsArgs& args) {
 
 void add_weights_command(CLI::App& app) {
   auto args = std::make_shared<WeightsArgs>();
-  auto* cmd = app.add_subcommand("weights", "Inspect or convert weight files (torch.save, safetensors)");
+  auto* cmd =
+      app.add_subcommand("weights", "Inspect or convert weight files (torch.save, safetensors)");
   cmd->require_subcommand(1);
 
   auto* inspect = cmd->add_subcommand("inspect", "List the tensors of a weight file");
