@@ -13,3 +13,7 @@
 #include "imcap/metrics.hpp"
 #include "imcap/encoder.hpp"
 #include "imcap/decoder.hpp"
+#include "imcap/pickle.hpp"
+#include "imcap/weights.hpp"
+#include "imcap/safetensors.hpp"
+#include "imcap/vocab_pickle.hpp"

@@ -10,5 +10,6 @@ void add_info_command(CLI::App& app);
 void add_vocab_command(CLI::App& app);
 void add_synth_command(CLI::App& app);
 void add_eval_command(CLI::App& app);
+void add_weights_command(CLI::App& app);
 
 }  // namespace imcap::cli

@@ -18,6 +18,7 @@ int main(int argc, char** argv) {
   imcap::cli::add_vocab_command(app);
   imcap::cli::add_synth_command(app);
   imcap::cli::add_eval_command(app);
+  imcap::cli::add_weights_command(app);
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {
