@@ -6,3 +6,4 @@
 #include "imcap/vocabulary.hpp"
 #include "imcap/image.hpp"
 #include "imcap/coco_dataset.hpp"
+#include "imcap/search.hpp"
