@@ -197,7 +197,7 @@ std::vector<Hypothesis> greedy_search(const StepDecoder& decoder, const at::Tens
   std::vector<Hypothesis> results(static_cast<std::size_t>(batch));
   if (batch == 0) return results;
 
-  c10::InferenceMode guard;
+  torch::NoGradGuard no_grad;
   StepStart first = decoder.start(features);
   at::Tensor scores = std::move(first.scores);
   DecoderState state = std::move(first.state);
@@ -275,7 +275,7 @@ at::Tensor greedy_ids(const StepDecoder& decoder, const at::Tensor& features, in
   const std::int64_t batch = features.size(0);
   if (batch == 0) return torch::empty({0, max_length}, torch::kInt64);
 
-  c10::InferenceMode guard;
+  torch::NoGradGuard no_grad;
   StepStart first = decoder.start(features);
   DecoderState state = std::move(first.state);
   check_state_rows(state, batch, kWhat);
@@ -310,7 +310,7 @@ std::vector<std::vector<Hypothesis>> beam_search(const StepDecoder& decoder,
   std::vector<std::vector<Hypothesis>> finished(static_cast<std::size_t>(batch));
   if (batch == 0) return finished;
 
-  c10::InferenceMode guard;
+  torch::NoGradGuard no_grad;
   StepStart first = decoder.start(features);
   at::Tensor scores = std::move(first.scores);
   DecoderState state = std::move(first.state);

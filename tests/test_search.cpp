@@ -552,7 +552,9 @@ TEST_CASE("searches respect max_length and min_length", "[search]") {
       }
     }
   }
-  CHECK(imcap::greedy_ids(lstm, features, 7).sizes() == torch::IntArrayRef{6, 7});
+  auto sampled = imcap::greedy_ids(lstm, features, 7);
+  CHECK(sampled.sizes() == torch::IntArrayRef{6, 7});
+  CHECK_NOTHROW(sampled.add_(1));  // an ordinary tensor, not an inference-mode one
 }
 
 TEST_CASE("searches are deterministic and safe to run from several threads", "[search]") {
@@ -795,7 +797,7 @@ TEST_CASE("search benchmark: greedy decode, 20 steps, V 10k, E 256, H 512", "[.b
   std::printf("intra-op threads: %d\n", at::get_num_threads());
   report("decoder alone (start + 19 steps), batch 1", time_ms(
                                                           [&] {
-                                                            c10::InferenceMode guard;
+                                                            torch::NoGradGuard no_grad;
                                                             auto s = decoder.start(one);
                                                             const auto t =
                                                                 torch::zeros({1}, torch::kInt64);
