@@ -17,3 +17,4 @@
 #include "imcap/weights.hpp"
 #include "imcap/safetensors.hpp"
 #include "imcap/vocab_pickle.hpp"
+#include "imcap/search.hpp"
