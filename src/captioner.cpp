@@ -29,12 +29,12 @@ DecoderState to_decoder_state(const SearchState& s) {
 }  // namespace
 
 StepStart DecoderStepper::start(const at::Tensor& features) const {
-  auto out = decoder_->start(features);
+  auto out = decoder_.ptr()->start(features);
   return StepStart{torch::log_softmax(out.logits, 1), to_search_state(out.state)};
 }
 
 at::Tensor DecoderStepper::step(const at::Tensor& tokens, SearchState& state) const {
-  auto out = decoder_->step(tokens, to_decoder_state(state));
+  auto out = decoder_.ptr()->step(tokens, to_decoder_state(state));
   state = to_search_state(out.state);
   return torch::log_softmax(out.logits, 1);
 }

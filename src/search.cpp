@@ -12,35 +12,35 @@
 
 namespace imcap {
 
-void DecoderState::select_rows(const at::Tensor& rows) {
+void SearchState::select_rows(const at::Tensor& rows) {
   if (tensors.size() != row_dims.size()) {
     throw InvalidArgument(
-        fmt::format("DecoderState: {} tensors but {} row_dims", tensors.size(), row_dims.size()));
+        fmt::format("SearchState: {} tensors but {} row_dims", tensors.size(), row_dims.size()));
   }
   for (std::size_t i = 0; i < tensors.size(); ++i) {
     if (row_dims[i] < 0 || row_dims[i] >= tensors[i].dim()) {
-      throw InvalidArgument(fmt::format("DecoderState: tensors[{}] has {} dims, row_dims[{}] = {}",
+      throw InvalidArgument(fmt::format("SearchState: tensors[{}] has {} dims, row_dims[{}] = {}",
                                         i, tensors[i].dim(), i, row_dims[i]));
     }
     tensors[i] = tensors[i].index_select(row_dims[i], rows);
   }
 }
 
-std::int64_t DecoderState::num_rows() const {
+std::int64_t SearchState::num_rows() const {
   if (tensors.size() != row_dims.size()) {
     throw InvalidArgument(
-        fmt::format("DecoderState: {} tensors but {} row_dims", tensors.size(), row_dims.size()));
+        fmt::format("SearchState: {} tensors but {} row_dims", tensors.size(), row_dims.size()));
   }
   std::int64_t rows = 0;
   for (std::size_t i = 0; i < tensors.size(); ++i) {
     if (row_dims[i] < 0 || row_dims[i] >= tensors[i].dim()) {
-      throw InvalidArgument(fmt::format("DecoderState: tensors[{}] has {} dims, row_dims[{}] = {}",
+      throw InvalidArgument(fmt::format("SearchState: tensors[{}] has {} dims, row_dims[{}] = {}",
                                         i, tensors[i].dim(), i, row_dims[i]));
     }
     const std::int64_t n = tensors[i].size(row_dims[i]);
     if (i > 0 && n != rows) {
       throw InvalidArgument(
-          fmt::format("DecoderState: tensors[{}] has {} rows along dim {}, tensors[0] has {}", i, n,
+          fmt::format("SearchState: tensors[{}] has {} rows along dim {}, tensors[0] has {}", i, n,
                       row_dims[i], rows));
     }
     rows = n;
@@ -113,7 +113,7 @@ at::Tensor log_probs(const at::Tensor& scores, std::int64_t rows, std::int64_t v
   return at::log_softmax(scores, /*dim=*/1, at::kFloat);
 }
 
-void check_state_rows(const DecoderState& state, std::int64_t rows, const char* what) {
+void check_state_rows(const SearchState& state, std::int64_t rows, const char* what) {
   if (state.tensors.empty()) return;
   const std::int64_t n = state.num_rows();
   if (n != rows) {
@@ -200,7 +200,7 @@ std::vector<Hypothesis> greedy_search(const StepDecoder& decoder, const at::Tens
   torch::NoGradGuard no_grad;
   StepStart first = decoder.start(features);
   at::Tensor scores = std::move(first.scores);
-  DecoderState state = std::move(first.state);
+  SearchState state = std::move(first.state);
   check_state_rows(state, batch, kWhat);
   const std::int64_t vocab_size = scores.defined() && scores.dim() == 2 ? scores.size(1) : -1;
   at::Tensor logp = log_probs(scores, batch, vocab_size, kWhat);
@@ -277,7 +277,7 @@ at::Tensor greedy_ids(const StepDecoder& decoder, const at::Tensor& features, in
 
   torch::NoGradGuard no_grad;
   StepStart first = decoder.start(features);
-  DecoderState state = std::move(first.state);
+  SearchState state = std::move(first.state);
   check_state_rows(state, batch, kWhat);
   at::Tensor scores = std::move(first.scores);
   const std::int64_t vocab_size = scores.defined() && scores.dim() == 2 ? scores.size(1) : -1;
@@ -313,7 +313,7 @@ std::vector<std::vector<Hypothesis>> beam_search(const StepDecoder& decoder,
   torch::NoGradGuard no_grad;
   StepStart first = decoder.start(features);
   at::Tensor scores = std::move(first.scores);
-  DecoderState state = std::move(first.state);
+  SearchState state = std::move(first.state);
   check_state_rows(state, batch, kWhat);
   const std::int64_t vocab_size = scores.defined() && scores.dim() == 2 ? scores.size(1) : -1;
   at::Tensor logp = log_probs(scores, batch, vocab_size, kWhat);

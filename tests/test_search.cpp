@@ -17,7 +17,7 @@
 
 namespace {
 
-using imcap::DecoderState;
+using imcap::SearchState;
 using imcap::Hypothesis;
 using imcap::SearchOptions;
 using imcap::StepDecoder;
@@ -39,7 +39,7 @@ class MarkovDecoder : public StepDecoder {
     out.state.add(table, /*row_dim=*/0);
     return out;
   }
-  torch::Tensor step(const torch::Tensor& tokens, DecoderState& state) const override {
+  torch::Tensor step(const torch::Tensor& tokens, SearchState& state) const override {
     return trans_.index({state.tensors.at(0), tokens});
   }
 
@@ -100,7 +100,7 @@ class SeedDecoder : public StepDecoder {
     if (memory_) s.state.add(features, 0);
     return s;
   }
-  torch::Tensor step(const torch::Tensor& tokens, DecoderState& state) const override {
+  torch::Tensor step(const torch::Tensor& tokens, SearchState& state) const override {
     auto& net = *net_.ptr();
     auto x = net.embed->forward(tokens);
     if (memory_) x = x + 0.5 * state.tensors.at(2);
@@ -150,8 +150,8 @@ std::vector<Hypothesis> exhaustive(const StepDecoder& decoder, const torch::Tens
     h.score = lp / std::pow(length, o.alpha);
     return h;
   };
-  std::function<void(DecoderState, torch::Tensor, std::vector<std::int64_t>, double)> walk =
-      [&](DecoderState state, torch::Tensor scores, std::vector<std::int64_t> prefix, double lp) {
+  std::function<void(SearchState, torch::Tensor, std::vector<std::int64_t>, double)> walk =
+      [&](SearchState state, torch::Tensor scores, std::vector<std::int64_t> prefix, double lp) {
         auto logp = torch::log_softmax(scores.to(torch::kFloat), 1)[0];
         const std::int64_t words =
             static_cast<std::int64_t>(prefix.size()) -
@@ -172,7 +172,7 @@ std::vector<Hypothesis> exhaustive(const StepDecoder& decoder, const torch::Tens
             all.push_back(make(next, l, false));
             continue;
           }
-          DecoderState s = state;
+          SearchState s = state;
           auto next_scores = decoder.step(torch::tensor({v}, torch::kInt64), s);
           walk(s, next_scores, next, l);
         }
@@ -619,7 +619,7 @@ TEST_CASE("search options and decoder outputs are validated", "[search]") {
       s.state.add(torch::zeros({1, f.size(0), 3}), 1);
       return s;
     }
-    torch::Tensor step(const torch::Tensor& tokens, DecoderState&) const override {
+    torch::Tensor step(const torch::Tensor& tokens, SearchState&) const override {
       return torch::zeros({tokens.size(0), 5});  // vocabulary changed
     }
   };
@@ -629,7 +629,7 @@ TEST_CASE("search options and decoder outputs are validated", "[search]") {
                     Catch::Contains("[4, 5]") && Catch::Contains("expected [4, 4]"));
   CHECK_THROWS_AS(imcap::greedy_search(BadShape{}, torch::zeros({2, 3}), o), InvalidArgument);
 
-  DecoderState state;
+  SearchState state;
   state.add(torch::zeros({2, 3}), 2);
   CHECK_THROWS_AS(state.num_rows(), InvalidArgument);
   state.row_dims[0] = 1;
@@ -727,7 +727,7 @@ class CellDecoder : public StepDecoder {
     s.state.add(c, 0);
     return s;
   }
-  torch::Tensor step(const torch::Tensor& tokens, DecoderState& state) const override {
+  torch::Tensor step(const torch::Tensor& tokens, SearchState& state) const override {
     auto [h, c] = at::lstm_cell(embed_.index_select(0, tokens),
                                 {state.tensors[0], state.tensors[1]}, w_ih_, w_hh_, b_ih_, b_hh_);
     auto scores = at::linear(h, w_out_, b_out_);
@@ -751,7 +751,7 @@ class FreeDecoder : public StepDecoder {
     s.state.add(torch::zeros({1, features.size(0), 8}), 1);
     return s;
   }
-  torch::Tensor step(const torch::Tensor& tokens, DecoderState&) const override {
+  torch::Tensor step(const torch::Tensor& tokens, SearchState&) const override {
     return scores_.expand({tokens.size(0), scores_.size(1)});
   }
 

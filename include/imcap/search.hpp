@@ -25,7 +25,7 @@ namespace imcap {
 /// e.g. LSTM h and c of shape [layers, N, H] use row_dim 1, per-image attention memory
 /// [N, P, D] uses row_dim 0. The search reorders, duplicates and drops rows with
 /// select_rows(); the decoder never needs to know which row is which.
-struct DecoderState {
+struct SearchState {
   /// The decoder's tensors (h, c, memory ...), in an order of the decoder's choosing.
   std::vector<at::Tensor> tensors;
   /// For each tensor, the dimension that indexes rows.
@@ -51,7 +51,7 @@ struct StepStart {
   /// log-probabilities unchanged) of the first generated token.
   at::Tensor scores;
   /// The state after the first step, B rows.
-  DecoderState state;
+  SearchState state;
 };
 
 /// A decoder the search can drive one token at a time. Implementations wrap a model; they must
@@ -71,7 +71,7 @@ class StepDecoder {
   /// Next step: the last tokens [N] (int64, on the model's device) and the state of those N
   /// rows; returns the scores [N, V] of the next token (log-probabilities or logits) and
   /// replaces `state` by the state after this step.
-  virtual at::Tensor step(const at::Tensor& tokens, DecoderState& state) const = 0;
+  virtual at::Tensor step(const at::Tensor& tokens, SearchState& state) const = 0;
 };
 
 /// Options of greedy and beam search.

@@ -9,6 +9,12 @@ namespace imcap::cli {
 void add_info_command(CLI::App& app);
 void add_vocab_command(CLI::App& app);
 void add_synth_command(CLI::App& app);
+void add_import_command(CLI::App& app);
+void add_features_command(CLI::App& app);
+void add_caption_command(CLI::App& app);
+void add_predict_command(CLI::App& app);
+void add_train_command(CLI::App& app);
+void add_demo_command(CLI::App& app);
 void add_eval_command(CLI::App& app);
 void add_weights_command(CLI::App& app);
 

@@ -17,6 +17,12 @@ int main(int argc, char** argv) {
   imcap::cli::add_info_command(app);
   imcap::cli::add_vocab_command(app);
   imcap::cli::add_synth_command(app);
+  imcap::cli::add_import_command(app);
+  imcap::cli::add_features_command(app);
+  imcap::cli::add_caption_command(app);
+  imcap::cli::add_predict_command(app);
+  imcap::cli::add_train_command(app);
+  imcap::cli::add_demo_command(app);
   imcap::cli::add_eval_command(app);
   imcap::cli::add_weights_command(app);
   try {
