@@ -40,8 +40,10 @@ at::Tensor DecoderStepper::step(const at::Tensor& tokens, SearchState& state) co
 }
 
 SearchOptions search_options(const CaptionOptions& o, const Vocabulary& vocab) {
-  if (o.beam_size < 1) throw InvalidArgument(fmt::format("beam size {} must be at least 1", o.beam_size));
-  if (o.max_length < 1) throw InvalidArgument(fmt::format("max length {} must be at least 1", o.max_length));
+  if (o.beam_size < 1)
+    throw InvalidArgument(fmt::format("beam size {} must be at least 1", o.beam_size));
+  if (o.max_length < 1)
+    throw InvalidArgument(fmt::format("max length {} must be at least 1", o.max_length));
   SearchOptions s = SearchOptions::for_vocabulary(vocab);
   s.beam_size = o.beam_size;
   s.max_length = o.max_length;
@@ -51,7 +53,8 @@ SearchOptions search_options(const CaptionOptions& o, const Vocabulary& vocab) {
   return s;
 }
 
-Captioner Captioner::load(const std::string& path, const torch::Device& device, CaptionOptions options) {
+Captioner Captioner::load(const std::string& path, const torch::Device& device,
+                          CaptionOptions options) {
   return Captioner(std::make_shared<CaptionModel>(CaptionModel::load(path, device)), options);
 }
 
@@ -83,8 +86,8 @@ std::vector<Caption> Captioner::caption_features(const torch::Tensor& features,
 std::vector<Caption> Captioner::caption_tensor_batch(const torch::Tensor& images,
                                                      const CaptionOptions& options) const {
   if (images.dim() != 4 || images.size(1) != 3)
-    throw InvalidArgument(fmt::format("captioner: expected images [B, 3, H, W], got {} dimensions",
-                                      images.dim()));
+    throw InvalidArgument(
+        fmt::format("captioner: expected images [B, 3, H, W], got {} dimensions", images.dim()));
   torch::NoGradGuard no_grad;
   Encoder encoder = model_->encoder();  // a handle on the shared module; forward is not const
   const auto features = encoder->forward(images.to(model_->device(), torch::kFloat32));
@@ -93,7 +96,8 @@ std::vector<Caption> Captioner::caption_tensor_batch(const torch::Tensor& images
 
 Caption Captioner::caption(const torch::Tensor& image) const {
   if (image.dim() != 3)
-    throw InvalidArgument(fmt::format("captioner: expected an image [3, H, W], got {} dimensions", image.dim()));
+    throw InvalidArgument(
+        fmt::format("captioner: expected an image [3, H, W], got {} dimensions", image.dim()));
   return caption_tensor_batch(image.unsqueeze(0), options_).front();
 }
 
@@ -116,7 +120,8 @@ std::vector<Caption> Captioner::caption_batch(const std::vector<std::string>& pa
   if (paths.empty()) return {};
   std::vector<torch::Tensor> xs;
   xs.reserve(paths.size());
-  for (const auto& p : paths) xs.push_back(transform_(decode_image(p, transform_.fast_decode_options())));
+  for (const auto& p : paths)
+    xs.push_back(transform_(decode_image(p, transform_.fast_decode_options())));
   return caption_tensor_batch(torch::stack(xs), options);
 }
 

@@ -1,7 +1,6 @@
 #include "imcap/coco_dataset.hpp"
 
 #include <algorithm>
-#include <filesystem>
 #include <iostream>
 #include <unordered_set>
 
@@ -31,14 +30,13 @@ void expect_kind(JsonReader& in, JsonReader::Kind kind, const std::string& file,
   const auto got = in.peek();
   if (got != kind)
     fail(file, where,
-         fmt::format("expected {}, got {}", JsonReader::kind_name(kind), JsonReader::kind_name(got)));
+         fmt::format("expected {}, got {}", JsonReader::kind_name(kind),
+                     JsonReader::kind_name(got)));
 }
 
 bool is_safe_relative(const std::string& name) {
   if (name.empty() || name.front() == '/' || name.find('\\') != std::string::npos) return false;
-  for (const auto& part : std::filesystem::path(name))
-    if (part == "..") return false;
-  return true;
+  return !detail::has_parent_reference(name);
 }
 
 // Reads one object of "images" or "annotations": integer keys into ints, string keys into
@@ -195,15 +193,13 @@ CocoDataset::CocoDataset(CocoAnnotations annotations, const std::string& image_r
       vocab_(std::move(vocab)),
       transform_(std::move(transform)),
       options_(std::move(options)) {
-  namespace fs = std::filesystem;
-  std::error_code ec;
-  if (!fs::is_directory(image_root_, ec))
+  if (!detail::is_directory(image_root_))
     throw IoError(fmt::format("{}: image folder does not exist or is not a folder", image_root_));
   std::vector<std::string> missing;
   std::unordered_set<std::int64_t> skipped;
   for (const auto& img : annotations_.images()) {
     if (annotations_.captions_of(img.id).empty()) continue;
-    if (!fs::is_regular_file(fs::path(image_root_) / img.file_name, ec)) {
+    if (!detail::is_regular_file(detail::join_path(image_root_, img.file_name))) {
       missing.push_back(img.file_name);
       skipped.insert(img.id);
     }
@@ -258,7 +254,7 @@ std::int64_t CocoDataset::image_id_of(std::size_t index) const {
 }
 
 std::string CocoDataset::image_path(std::int64_t image_id) const {
-  return (std::filesystem::path(image_root_) / annotations_.image(image_id).file_name).string();
+  return detail::join_path(image_root_, annotations_.image(image_id).file_name);
 }
 
 Image CocoDataset::raw_image(std::int64_t image_id) const {
@@ -267,7 +263,8 @@ Image CocoDataset::raw_image(std::int64_t image_id) const {
 
 at::Tensor CocoDataset::image(std::int64_t image_id, std::mt19937_64& rng) const {
   // JPEGs are downscaled while decoding as far as the transform allows.
-  return transform_(decode_image(image_path(image_id), transform_.fast_decode_options(options_.decode)), rng);
+  return transform_(
+      decode_image(image_path(image_id), transform_.fast_decode_options(options_.decode)), rng);
 }
 
 const std::vector<std::size_t>& CocoDataset::captions_of_image(std::int64_t image_id) const {

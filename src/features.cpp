@@ -1,7 +1,6 @@
 #include "imcap/features.hpp"
 
 #include <atomic>
-#include <filesystem>
 #include <iostream>
 #include <thread>
 #include <unordered_set>
@@ -9,6 +8,7 @@
 #include <fmt/format.h>
 #include <torch/torch.h>
 
+#include "detail/io.hpp"
 #include "imcap/error.hpp"
 #include "imcap/safetensors.hpp"
 
@@ -17,7 +17,8 @@ namespace imcap {
 FeatureSet extract_features(ResNet& backbone, const CocoAnnotations& annotations,
                             const std::string& image_root, const FeatureOptions& options) {
   if (options.batch_size < 1)
-    throw InvalidArgument(fmt::format("features: batch_size {} must be at least 1", options.batch_size));
+    throw InvalidArgument(
+        fmt::format("features: batch_size {} must be at least 1", options.batch_size));
   if (options.crop < 16 || options.resize < options.crop)
     throw InvalidArgument(fmt::format("features: crop {} and resize {} need 16 <= crop <= resize",
                                       options.crop, options.resize));
@@ -40,8 +41,9 @@ FeatureSet extract_features(ResNet& backbone, const CocoAnnotations& annotations
     for (int w = 0; w < workers; ++w) {
       threads.emplace_back([&, w] {
         try {
-          for (std::size_t i = static_cast<std::size_t>(w); i < count; i += static_cast<std::size_t>(workers)) {
-            const auto path = (std::filesystem::path(image_root) / images[start + i].file_name).string();
+          for (std::size_t i = static_cast<std::size_t>(w); i < count;
+               i += static_cast<std::size_t>(workers)) {
+            const auto path = detail::join_path(image_root, images[start + i].file_name);
             batch[i] = transform(decode_image(path, decode));
           }
         } catch (...) {
@@ -52,7 +54,8 @@ FeatureSet extract_features(ResNet& backbone, const CocoAnnotations& annotations
     for (auto& t : threads) t.join();
     for (const auto& e : errors)
       if (e) std::rethrow_exception(e);
-    auto x = torch::stack(std::vector<torch::Tensor>(batch.begin(), batch.begin() + static_cast<std::ptrdiff_t>(count)));
+    auto x = torch::stack(std::vector<torch::Tensor>(
+        batch.begin(), batch.begin() + static_cast<std::ptrdiff_t>(count)));
     chunks.push_back(backbone->forward_pooled(x.to(device)).to(torch::kCPU));
     if (options.progress)
       std::cerr << fmt::format("\rfeatures: {}/{} images", start + count, n) << std::flush;
@@ -78,11 +81,11 @@ FeatureSet load_features(const std::string& path) {
   if (f == nullptr || ids == nullptr)
     throw FormatError(fmt::format("{}: expected tensors 'features' and 'image_ids'", path));
   if (f->dim() != 2 || !f->is_floating_point())
-    throw FormatError(fmt::format("{}: 'features' must be a floating-point [N, C] tensor, got {} dims",
-                                  path, f->dim()));
+    throw FormatError(fmt::format(
+        "{}: 'features' must be a floating-point [N, C] tensor, got {} dims", path, f->dim()));
   if (ids->dim() != 1 || ids->scalar_type() != torch::kInt64 || ids->size(0) != f->size(0))
-    throw FormatError(fmt::format("{}: 'image_ids' must be int64 [N] with N = {} rows of 'features'",
-                                  path, f->size(0)));
+    throw FormatError(fmt::format(
+        "{}: 'image_ids' must be int64 [N] with N = {} rows of 'features'", path, f->size(0)));
   std::unordered_set<std::int64_t> seen;
   const auto acc = ids->accessor<std::int64_t, 1>();
   for (std::int64_t i = 0; i < acc.size(0); ++i)

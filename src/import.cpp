@@ -21,15 +21,19 @@ const torch::Tensor& require(const TensorMap& m, const std::string& key, const s
   const auto* t = m.find(key);
   if (t == nullptr) throw FormatError(fmt::format("{}: missing tensor '{}'", file, key));
   if (t->dim() != dims)
-    throw FormatError(fmt::format("{}: '{}' is {}, expected {} dimensions", file, key, shape_of(*t), dims));
+    throw FormatError(
+        fmt::format("{}: '{}' is {}, expected {} dimensions", file, key, shape_of(*t), dims));
   return *t;
 }
 
 // The decoder aliases other versions of the notebook use.
 std::string decoder_key(const std::string& key) {
-  const std::pair<const char*, const char*> aliases[] = {
-      {"word_embeddings.", "embed."}, {"word_embedding.", "embed."}, {"embedding.", "embed."},
-      {"hidden2tag.", "linear."},     {"fc.", "linear."},            {"fc_out.", "linear."}};
+  const std::pair<const char*, const char*> aliases[] = {{"word_embeddings.", "embed."},
+                                                         {"word_embedding.", "embed."},
+                                                         {"embedding.", "embed."},
+                                                         {"hidden2tag.", "linear."},
+                                                         {"fc.", "linear."},
+                                                         {"fc_out.", "linear."}};
   for (const auto& [from, to] : aliases) {
     const std::string f(from);
     if (key.compare(0, f.size(), f) == 0) return to + key.substr(f.size());
@@ -40,7 +44,8 @@ std::string decoder_key(const std::string& key) {
 }  // namespace
 
 CaptionModel import_notebook_model(const std::string& encoder_path, const std::string& decoder_path,
-                                   const std::string& vocab_path, const NotebookImportOptions& options) {
+                                   const std::string& vocab_path,
+                                   const NotebookImportOptions& options) {
   TensorMap encoder_file = load_weights(encoder_path);
   TensorMap encoder;
   for (const auto& [key, tensor] : encoder_file) {
@@ -53,7 +58,8 @@ CaptionModel import_notebook_model(const std::string& encoder_path, const std::s
     encoder.insert(mapped, tensor);
   }
   TensorMap decoder;
-  for (const auto& [key, tensor] : load_weights(decoder_path)) decoder.insert(decoder_key(key), tensor);
+  for (const auto& [key, tensor] : load_weights(decoder_path))
+    decoder.insert(decoder_key(key), tensor);
 
   const auto& embed_w = require(encoder, "embed.weight", encoder_path, 2);
   const std::int64_t embed_size = embed_w.size(0);
@@ -64,7 +70,8 @@ CaptionModel import_notebook_model(const std::string& encoder_path, const std::s
         encoder_path, shape_of(embed_w), to_string(options.encoder_arch), channels));
   if (options.embed_size != 0 && options.embed_size != embed_size)
     throw InvalidArgument(fmt::format("{}: embed.weight is {}: the embedding size is {}, not {}",
-                                      encoder_path, shape_of(embed_w), embed_size, options.embed_size));
+                                      encoder_path, shape_of(embed_w), embed_size,
+                                      options.embed_size));
 
   const auto& words = require(decoder, "embed.weight", decoder_path, 2);
   const auto& w_hh = require(decoder, "lstm.weight_hh_l0", decoder_path, 2);
@@ -83,8 +90,9 @@ CaptionModel import_notebook_model(const std::string& encoder_path, const std::s
 
   Vocabulary vocab = import_vocab_pickle(vocab_path);
   if (static_cast<std::int64_t>(vocab.size()) != vocab_size)
-    throw FormatError(fmt::format("{}: the vocabulary has {} words but {} embeds {}: they do not belong together",
-                                  vocab_path, vocab.size(), decoder_path, vocab_size));
+    throw FormatError(
+        fmt::format("{}: the vocabulary has {} words but {} embeds {}: they do not belong together",
+                    vocab_path, vocab.size(), decoder_path, vocab_size));
 
   ModelConfig config;
   config.encoder.arch = options.encoder_arch;

@@ -6,7 +6,6 @@
 #include <cerrno>
 #include <cstdio>
 #include <cstring>
-#include <filesystem>
 #include <random>
 
 #include <fmt/format.h>
@@ -72,18 +71,14 @@ std::string read_file(const std::string& path, std::uint64_t max_bytes) {
 }
 
 void write_file_atomic(const std::string& path, std::string_view data) {
-  namespace fs = std::filesystem;
-  const fs::path target(path);
-  fs::path dir = target.parent_path();
-  if (dir.empty()) dir = ".";
+  const std::string dir = parent_path(path);
   std::random_device rd;
-  const std::string tmp =
-      (dir / fmt::format(".{}.tmp-{:08x}", target.filename().string(), rd())).string();
+  const std::string tmp = join_path(dir, fmt::format(".{}.tmp-{:08x}", file_name(path), rd()));
   {
     FdGuard f{::open(tmp.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0644)};
     if (f.fd < 0)
-      throw IoError(fmt::format("{}: cannot create a file in '{}': {}", path, dir.string(),
-                                errno_message(errno)));
+      throw IoError(
+          fmt::format("{}: cannot create a file in '{}': {}", path, dir, errno_message(errno)));
     try {
       write_all(f.fd, data, path);
       if (::fsync(f.fd) != 0)
@@ -108,6 +103,57 @@ void write_file_atomic(const std::string& path, std::string_view data) {
   }
   FdGuard d{::open(dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC)};
   if (d.fd >= 0) ::fsync(d.fd);  // best effort: makes the rename itself durable
+}
+
+std::string join_path(const std::string& a, const std::string& b) {
+  if (a.empty()) return b;
+  return a.back() == '/' ? a + b : a + "/" + b;
+}
+
+std::string parent_path(const std::string& path) {
+  const auto slash = path.find_last_of('/');
+  if (slash == std::string::npos) return ".";
+  return slash == 0 ? "/" : path.substr(0, slash);
+}
+
+std::string file_name(const std::string& path) {
+  const auto slash = path.find_last_of('/');
+  return slash == std::string::npos ? path : path.substr(slash + 1);
+}
+
+bool has_parent_reference(const std::string& path) {
+  std::size_t start = 0;
+  for (;;) {
+    const auto end = path.find('/', start);
+    if (path.compare(start, end == std::string::npos ? std::string::npos : end - start, "..") == 0)
+      return true;
+    if (end == std::string::npos) return false;
+    start = end + 1;
+  }
+}
+
+bool path_exists(const std::string& path) {
+  struct stat st {};
+  return ::stat(path.c_str(), &st) == 0;
+}
+
+bool is_directory(const std::string& path) {
+  struct stat st {};
+  return ::stat(path.c_str(), &st) == 0 && S_ISDIR(st.st_mode);
+}
+
+bool is_regular_file(const std::string& path) {
+  struct stat st {};
+  return ::stat(path.c_str(), &st) == 0 && S_ISREG(st.st_mode);
+}
+
+void create_directories(const std::string& path) {
+  if (path.empty() || is_directory(path)) return;
+  const std::string parent = parent_path(path);
+  if (parent != path && parent != "." && parent != "/") create_directories(parent);
+  if (::mkdir(path.c_str(), 0755) != 0 && errno != EEXIST)
+    throw IoError(fmt::format("{}: cannot create the folder: {}", path, errno_message(errno)));
+  if (!is_directory(path)) throw IoError(fmt::format("{}: exists and is not a folder", path));
 }
 
 }  // namespace imcap::detail

@@ -3,8 +3,8 @@
 #include <sstream>
 
 #include <fmt/format.h>
-#include <nlohmann/json.hpp>
 #include <torch/torch.h>
+#include <nlohmann/json.hpp>
 
 #include "imcap/error.hpp"
 #include "imcap/safetensors.hpp"
@@ -27,13 +27,14 @@ T get_key(const json& j, const char* key, const std::string& name) {
   try {
     return it->get<T>();
   } catch (const json::exception&) {
-    throw FormatError(fmt::format("{}: config: key '{}' has the wrong type ({})", name, key,
-                                  it->type_name()));
+    throw FormatError(
+        fmt::format("{}: config: key '{}' has the wrong type ({})", name, key, it->type_name()));
   }
 }
 
 // Tensors of a module (parameters and buffers) under a prefix, for saving.
-void add_module_tensors(TensorMap& out, const torch::nn::Module& module, const std::string& prefix) {
+void add_module_tensors(TensorMap& out, const torch::nn::Module& module,
+                        const std::string& prefix) {
   for (const auto& p : module.named_parameters(/*recurse=*/true))
     out.insert(prefix + p.key(), p.value().detach().to(torch::kCPU).contiguous());
   for (const auto& b : module.named_buffers(/*recurse=*/true))
@@ -57,13 +58,12 @@ std::string model_config_to_json(const ModelConfig& c) {
                   {"head_batch_norm", c.encoder.head_batch_norm},
                   {"head_batch_norm_momentum", c.encoder.head_batch_norm_momentum},
                   {"trainable_stages", c.encoder.trainable_stages}};
-  j["decoder"] = {{"vocab_size", c.decoder.vocab_size},
-                  {"embed_size", c.decoder.embed_size},
-                  {"hidden_size", c.decoder.hidden_size},
-                  {"num_layers", c.decoder.num_layers},
-                  {"dropout", c.decoder.dropout},
-                  {"image_inject", to_string(c.decoder.image_inject)}};
-  j["image"] = {{"resize", c.image_resize}, {"crop", c.image_crop}, {"mean", c.mean}, {"std", c.std}};
+  j["decoder"] = {
+      {"vocab_size", c.decoder.vocab_size},   {"embed_size", c.decoder.embed_size},
+      {"hidden_size", c.decoder.hidden_size}, {"num_layers", c.decoder.num_layers},
+      {"dropout", c.decoder.dropout},         {"image_inject", to_string(c.decoder.image_inject)}};
+  j["image"] = {
+      {"resize", c.image_resize}, {"crop", c.image_crop}, {"mean", c.mean}, {"std", c.std}};
   return j.dump(2);
 }
 
@@ -101,16 +101,21 @@ ModelConfig model_config_from_json(const std::string& text, const std::string& n
   const auto bad = [&](const char* what, auto value) {
     throw FormatError(fmt::format("{}: config: {} = {} is out of range", name, what, value));
   };
-  if (c.encoder.embed_size <= 0 || c.encoder.embed_size > (1 << 20)) bad("encoder.embed_size", c.encoder.embed_size);
+  if (c.encoder.embed_size <= 0 || c.encoder.embed_size > (1 << 20))
+    bad("encoder.embed_size", c.encoder.embed_size);
   if (c.decoder.embed_size != c.encoder.embed_size) bad("decoder.embed_size", c.decoder.embed_size);
-  if (c.decoder.hidden_size <= 0 || c.decoder.hidden_size > (1 << 20)) bad("decoder.hidden_size", c.decoder.hidden_size);
-  if (c.decoder.num_layers <= 0 || c.decoder.num_layers > 64) bad("decoder.num_layers", c.decoder.num_layers);
-  if (c.decoder.vocab_size <= 0 || c.decoder.vocab_size > (1 << 24)) bad("decoder.vocab_size", c.decoder.vocab_size);
+  if (c.decoder.hidden_size <= 0 || c.decoder.hidden_size > (1 << 20))
+    bad("decoder.hidden_size", c.decoder.hidden_size);
+  if (c.decoder.num_layers <= 0 || c.decoder.num_layers > 64)
+    bad("decoder.num_layers", c.decoder.num_layers);
+  if (c.decoder.vocab_size <= 0 || c.decoder.vocab_size > (1 << 24))
+    bad("decoder.vocab_size", c.decoder.vocab_size);
   if (c.encoder.trainable_stages < 0 || c.encoder.trainable_stages > kResNetStages)
     bad("encoder.trainable_stages", c.encoder.trainable_stages);
   if (c.image_crop < 16 || c.image_crop > 4096) bad("image.crop", c.image_crop);
   if (c.image_resize < c.image_crop || c.image_resize > 8192) bad("image.resize", c.image_resize);
-  if (!(c.decoder.dropout >= 0.0 && c.decoder.dropout < 1.0)) bad("decoder.dropout", c.decoder.dropout);
+  if (!(c.decoder.dropout >= 0.0 && c.decoder.dropout < 1.0))
+    bad("decoder.dropout", c.decoder.dropout);
   for (const float s : c.std)
     if (!(s > 0.0f)) bad("image.std", s);
   return c;
@@ -169,23 +174,26 @@ CaptionModel CaptionModel::load(const std::string& path, const torch::Device& de
   auto get = [&](const char* key) -> const std::string& {
     const auto it = meta.find(key);
     if (it == meta.end())
-      throw FormatError(fmt::format("{}: not an imcap model file (no '{}' in the safetensors metadata)",
-                                    path, key));
+      throw FormatError(fmt::format(
+          "{}: not an imcap model file (no '{}' in the safetensors metadata)", path, key));
     return it->second;
   };
   if (get("format") != kFormatName)
-    throw FormatError(fmt::format("{}: format is '{}', expected '{}'", path, get("format"), kFormatName));
+    throw FormatError(
+        fmt::format("{}: format is '{}', expected '{}'", path, get("format"), kFormatName));
   const std::string& version = get("format_version");
   if (version.empty() || version.find_first_not_of("0123456789") != std::string::npos ||
       version.size() > 6 || std::stoi(version) < 1 || std::stoi(version) > kModelFormatVersion)
-    throw FormatError(fmt::format("{}: format version '{}' is not supported (this build reads 1 to {})",
-                                  path, version, kModelFormatVersion));
+    throw FormatError(
+        fmt::format("{}: format version '{}' is not supported (this build reads 1 to {})", path,
+                    version, kModelFormatVersion));
   ModelConfig config = model_config_from_json(get("config"), path);
   std::istringstream vocab_text(get("vocabulary"));
   Vocabulary vocab = Vocabulary::read(vocab_text, path + ": vocabulary");
   if (static_cast<std::int64_t>(vocab.size()) != config.decoder.vocab_size)
-    throw FormatError(fmt::format("{}: the vocabulary has {} tokens but the decoder was built for {}",
-                                  path, vocab.size(), config.decoder.vocab_size));
+    throw FormatError(
+        fmt::format("{}: the vocabulary has {} tokens but the decoder was built for {}", path,
+                    vocab.size(), config.decoder.vocab_size));
   CaptionModel model(config, std::move(vocab));
   try {
     load_state_dict(*model.encoder_, with_prefix(tensors, kEncoderPrefix));

@@ -3,7 +3,6 @@
 #include <algorithm>
 #include <array>
 #include <cmath>
-#include <filesystem>
 #include <random>
 
 #include <fmt/format.h>
@@ -132,15 +131,11 @@ std::vector<std::uint8_t> render_synthetic_scene(std::uint64_t seed, int size, i
 
 namespace {
 
-void write_split(const std::filesystem::path& dir, const std::string& split, std::size_t count,
+void write_split(const std::string& dir, const std::string& split, std::size_t count,
                  std::int64_t first_id, const SyntheticOptions& o, std::uint64_t split_seed,
                  const std::string& annotations_path) {
-  namespace fs = std::filesystem;
-  const fs::path images = dir / split;
-  std::error_code ec;
-  fs::create_directories(images, ec);
-  if (ec)
-    throw IoError(fmt::format("{}: cannot create the folder: {}", images.string(), ec.message()));
+  const std::string images = detail::join_path(dir, split);
+  detail::create_directories(images);
   nlohmann::json root;
   root["info"] = {
       {"description", "imcap synthetic shapes dataset"}, {"seed", o.seed}, {"split", split}};
@@ -154,7 +149,7 @@ void write_split(const std::filesystem::path& dir, const std::string& split, std
     const auto px = render_synthetic_scene(split_seed + i * 0x9e3779b97f4a7c15ull, o.image_size,
                                            o.max_shapes, scene);
     const std::string name = fmt::format("{:06d}.jpg", id);
-    const std::string path = (images / name).string();
+    const std::string path = detail::join_path(images, name);
     if (stbi_write_jpg(path.c_str(), o.image_size, o.image_size, 3, px.data(), o.jpeg_quality) == 0)
       throw IoError(fmt::format("{}: cannot write the image", path));
     root["images"].push_back(
@@ -179,15 +174,13 @@ SyntheticDataset generate_synthetic_dataset(const std::string& dir, const Synthe
         fmt::format("synthetic dataset: jpeg_quality {} is outside [1, 100]", o.jpeg_quality));
   if (o.train_images == 0)
     throw InvalidArgument("synthetic dataset: train_images must be at least 1");
-  namespace fs = std::filesystem;
   SyntheticDataset out;
-  const fs::path root(dir);
-  out.train_annotations = (root / "captions_train.json").string();
-  out.train_images = (root / "train").string();
-  out.val_annotations = (root / "captions_val.json").string();
-  out.val_images = (root / "val").string();
-  write_split(root, "train", o.train_images, 1, o, o.seed * 1000003ull + 1, out.train_annotations);
-  write_split(root, "val", o.val_images, 1000000, o, o.seed * 1000003ull + 2, out.val_annotations);
+  out.train_annotations = detail::join_path(dir, "captions_train.json");
+  out.train_images = detail::join_path(dir, "train");
+  out.val_annotations = detail::join_path(dir, "captions_val.json");
+  out.val_images = detail::join_path(dir, "val");
+  write_split(dir, "train", o.train_images, 1, o, o.seed * 1000003ull + 1, out.train_annotations);
+  write_split(dir, "val", o.val_images, 1000000, o, o.seed * 1000003ull + 2, out.val_annotations);
   return out;
 }
 

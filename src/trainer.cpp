@@ -5,16 +5,16 @@
 #include <chrono>
 #include <cmath>
 #include <csignal>
-#include <filesystem>
 #include <fstream>
 #include <iostream>
 #include <map>
 #include <sstream>
 
 #include <fmt/format.h>
-#include <nlohmann/json.hpp>
 #include <torch/torch.h>
+#include <nlohmann/json.hpp>
 
+#include "detail/io.hpp"
 #include "imcap/error.hpp"
 #include "imcap/metrics.hpp"
 
@@ -36,8 +36,9 @@ double seconds_since(Clock::time_point t) {
 std::string format_duration(double s) {
   if (!(s >= 0) || s > 1e7) return "--:--";
   const auto total = static_cast<long>(s + 0.5);
-  return total >= 3600 ? fmt::format("{}:{:02d}:{:02d}", total / 3600, (total / 60) % 60, total % 60)
-                       : fmt::format("{:02d}:{:02d}", total / 60, total % 60);
+  return total >= 3600
+             ? fmt::format("{}:{:02d}:{:02d}", total / 3600, (total / 60) % 60, total % 60)
+             : fmt::format("{:02d}:{:02d}", total / 60, total % 60);
 }
 
 void set_lr(torch::optim::Optimizer& opt, double lr) {
@@ -48,7 +49,10 @@ void set_lr(torch::optim::Optimizer& opt, double lr) {
 }
 
 json validation_json(const Validation& v) {
-  return {{"loss", v.loss}, {"perplexity", v.perplexity}, {"bleu4", v.bleu4}, {"cider", v.cider},
+  return {{"loss", v.loss},
+          {"perplexity", v.perplexity},
+          {"bleu4", v.bleu4},
+          {"cider", v.cider},
           {"images", v.images}};
 }
 
@@ -68,7 +72,8 @@ LrSchedule parse_lr_schedule(const std::string& name) {
   if (name == "none") return LrSchedule::none;
   if (name == "step") return LrSchedule::step;
   if (name == "plateau") return LrSchedule::plateau;
-  throw InvalidArgument(fmt::format("learning-rate schedule '{}' is not one of: none, step, plateau", name));
+  throw InvalidArgument(
+      fmt::format("learning-rate schedule '{}' is not one of: none, step, plateau", name));
 }
 
 void Trainer::request_stop() { g_stop_requested = 1; }
@@ -109,9 +114,7 @@ struct Trainer::Impl {
     return d;
   }
 
-  std::string path(const char* name) const {
-    return (std::filesystem::path(options.out_dir) / name).string();
-  }
+  std::string path(const char* name) const { return detail::join_path(options.out_dir, name); }
 
   void write_log(const json& line) {
     log << line.dump() << '\n';
@@ -139,9 +142,10 @@ struct Trainer::Impl {
     std::ostringstream bytes;
     archive.save_to(bytes);
     const std::string b = bytes.str();
-    s.tensors.insert("optimizer", torch::from_blob(const_cast<char*>(b.data()),
-                                                   {static_cast<std::int64_t>(b.size())}, torch::kUInt8)
-                                      .clone());
+    s.tensors.insert("optimizer",
+                     torch::from_blob(const_cast<char*>(b.data()),
+                                      {static_cast<std::int64_t>(b.size())}, torch::kUInt8)
+                         .clone());
     return s;
   }
 
@@ -149,9 +153,11 @@ struct Trainer::Impl {
     TrainingState s;
     const CaptionModel saved = CaptionModel::load(file, model.device(), &s);
     if (model_config_to_json(saved.config()) != model_config_to_json(model.config()))
-      throw InvalidArgument(fmt::format("{}: its architecture differs from the model being trained", file));
+      throw InvalidArgument(
+          fmt::format("{}: its architecture differs from the model being trained", file));
     if (saved.vocab() != model.vocab())
-      throw InvalidArgument(fmt::format("{}: its vocabulary differs from the model being trained", file));
+      throw InvalidArgument(
+          fmt::format("{}: its vocabulary differs from the model being trained", file));
     if (s.json.empty() || !s.tensors.contains("optimizer"))
       throw FormatError(fmt::format("{}: holds no training state to resume from", file));
     {
@@ -170,16 +176,18 @@ struct Trainer::Impl {
         j.value("batch_size", std::size_t{0}) != options.batch_size ||
         j.value("seed", std::uint64_t{0}) != options.seed ||
         j.value("batching", std::string()) != batch_mode_name(options.batching))
-      throw InvalidArgument(fmt::format(
-          "{}: was trained with optimizer {}, batch size {}, batching {} and seed {}: resume with the same",
-          file, j.value("optimizer", std::string("?")), j.value("batch_size", 0),
-          j.value("batching", std::string("?")), j.value("seed", 0)));
+      throw InvalidArgument(
+          fmt::format("{}: was trained with optimizer {}, batch size {}, batching {} and seed {}: "
+                      "resume with the same",
+                      file, j.value("optimizer", std::string("?")), j.value("batch_size", 0),
+                      j.value("batching", std::string("?")), j.value("seed", 0)));
     epoch = j.at("epoch").get<std::size_t>();
     step_in_epoch = j.at("step_in_epoch").get<std::size_t>();
     global_step = j.at("global_step").get<std::size_t>();
     lr = j.at("lr").get<double>();
     bad_epochs = j.value("bad_epochs", 0);
-    if (j.contains("best_val_loss") && j["best_val_loss"].is_number()) best_val_loss = j["best_val_loss"];
+    if (j.contains("best_val_loss") && j["best_val_loss"].is_number())
+      best_val_loss = j["best_val_loss"];
     if (j.contains("best")) {
       has_best = true;
       best = validation_from_json(j["best"]);
@@ -199,12 +207,16 @@ struct Trainer::Impl {
   }
 };
 
-Trainer::Trainer(CaptionModel& model, const CocoDataset& train, const CocoDataset* val, TrainerOptions options) {
+Trainer::Trainer(CaptionModel& model, const CocoDataset& train, const CocoDataset* val,
+                 TrainerOptions options) {
   if (options.out_dir.empty()) throw InvalidArgument("trainer: out_dir is required");
-  if (options.epochs < 1) throw InvalidArgument(fmt::format("trainer: epochs = {} must be at least 1", options.epochs));
-  if (!(options.lr > 0)) throw InvalidArgument(fmt::format("trainer: learning rate {} must be positive", options.lr));
+  if (options.epochs < 1)
+    throw InvalidArgument(fmt::format("trainer: epochs = {} must be at least 1", options.epochs));
+  if (!(options.lr > 0))
+    throw InvalidArgument(fmt::format("trainer: learning rate {} must be positive", options.lr));
   if (options.optimizer != "adam" && options.optimizer != "sgd")
-    throw InvalidArgument(fmt::format("trainer: optimizer '{}' is not one of: adam, sgd", options.optimizer));
+    throw InvalidArgument(
+        fmt::format("trainer: optimizer '{}' is not one of: adam, sgd", options.optimizer));
   if (train.vocabulary() != model.vocab())
     throw InvalidArgument("trainer: the training set's vocabulary differs from the model's");
   if (val != nullptr && val->vocabulary() != model.vocab())
@@ -220,19 +232,19 @@ Trainer::Trainer(CaptionModel& model, const CocoDataset& train, const CocoDatase
         impl_->params, torch::optim::AdamOptions(o.lr).weight_decay(o.weight_decay));
   else
     impl_->optimizer = std::make_unique<torch::optim::SGD>(
-        impl_->params, torch::optim::SGDOptions(o.lr).momentum(o.momentum).weight_decay(o.weight_decay));
+        impl_->params,
+        torch::optim::SGDOptions(o.lr).momentum(o.momentum).weight_decay(o.weight_decay));
   impl_->lr = o.lr;
-  std::error_code ec;
-  std::filesystem::create_directories(o.out_dir, ec);
-  if (ec) throw IoError(fmt::format("{}: cannot create the output folder: {}", o.out_dir, ec.message()));
+  detail::create_directories(o.out_dir);
   if (o.resume) {
     const auto last = impl_->path("last.imcap");
-    if (!std::filesystem::exists(last))
+    if (!detail::path_exists(last))
       throw IoError(fmt::format("{}: no checkpoint to resume from", last));
     impl_->restore(last);
   }
   impl_->log.open(impl_->path("log.jsonl"), o.resume ? std::ios::app : std::ios::trunc);
-  if (!impl_->log) throw IoError(fmt::format("{}: cannot open the log for writing", impl_->path("log.jsonl")));
+  if (!impl_->log)
+    throw IoError(fmt::format("{}: cannot open the log for writing", impl_->path("log.jsonl")));
 }
 
 Trainer::~Trainer() = default;
@@ -245,8 +257,10 @@ Validation Trainer::validate() {
   s.model.train(false);
   const auto device = s.model.device();
   const auto& ids = val.image_ids();
-  const std::size_t n = s.options.val_max_images == 0 ? ids.size() : std::min(ids.size(), s.options.val_max_images);
-  const Captioner captioner(std::shared_ptr<CaptionModel>(&s.model, [](CaptionModel*) {}), s.options.val_search);
+  const std::size_t n =
+      s.options.val_max_images == 0 ? ids.size() : std::min(ids.size(), s.options.val_max_images);
+  const Captioner captioner(std::shared_ptr<CaptionModel>(&s.model, [](CaptionModel*) {}),
+                            s.options.val_search);
   double loss_sum = 0.0, tokens = 0.0;
   std::map<std::int64_t, std::vector<std::string>> refs;
   std::map<std::int64_t, std::string> candidates;
@@ -316,14 +330,16 @@ TrainResult Trainer::fit() {
       const auto images = batch->images.to(device);
       const auto captions = batch->captions.to(device);
       const auto lengths = batch->lengths.to(device);
-      const auto features = s.model.encoder()->forward(images).index_select(0, batch->image_index.to(device));
+      const auto features =
+          s.model.encoder()->forward(images).index_select(0, batch->image_index.to(device));
       const auto logits = s.model.decoder()->forward(features, captions, lengths);
       const auto loss = caption_loss(logits, captions, lengths);
       const double loss_value = loss.item<double>();
       if (!std::isfinite(loss_value))
-        throw Error(fmt::format("training diverged: the loss is {} at step {} (epoch {}); the last "
-                                "checkpoint {} is kept. Try a lower --lr.",
-                                loss_value, s.global_step + 1, s.epoch + 1, s.path("last.imcap")));
+        throw Error(
+            fmt::format("training diverged: the loss is {} at step {} (epoch {}); the last "
+                        "checkpoint {} is kept. Try a lower --lr.",
+                        loss_value, s.global_step + 1, s.epoch + 1, s.path("last.imcap")));
       s.optimizer->zero_grad();
       loss.backward();
       if (o.clip_norm > 0) torch::nn::utils::clip_grad_norm_(s.params, o.clip_norm);
@@ -339,7 +355,8 @@ TrainResult Trainer::fit() {
       if (log_now || tty) {
         const double rate = window_captions / std::max(1e-9, seconds_since(window_start));
         const double steps_done = static_cast<double>(s.global_step - start_step);
-        const double eta = elapsed / std::max(1.0, steps_done) * static_cast<double>(total_steps - s.global_step);
+        const double eta =
+            elapsed / std::max(1.0, steps_done) * static_cast<double>(total_steps - s.global_step);
         const std::string line = fmt::format(
             "epoch {}/{} step {}/{} loss {:.4f} {:.0f} captions/s elapsed {} ETA {}", s.epoch + 1,
             o.epochs, s.step_in_epoch, per_epoch, ema_loss, rate, format_duration(elapsed),
@@ -347,15 +364,19 @@ TrainResult Trainer::fit() {
         if (tty) std::cerr << '\r' << line << "\033[K" << std::flush;
         if (log_now) {
           if (!tty && o.progress) std::cerr << line << '\n';
-          s.write_log({{"type", "step"}, {"epoch", s.epoch + 1}, {"step", s.global_step},
-                       {"loss", loss_value}, {"lr", s.lr}, {"captions_per_s", rate},
+          s.write_log({{"type", "step"},
+                       {"epoch", s.epoch + 1},
+                       {"step", s.global_step},
+                       {"loss", loss_value},
+                       {"lr", s.lr},
+                       {"captions_per_s", rate},
                        {"elapsed_s", elapsed}});
           window_captions = 0.0;
           window_start = Clock::now();
         }
       }
-      if ((o.max_seconds > 0 && elapsed >= o.max_seconds) || (o.max_steps > 0 && s.global_step >= o.max_steps) ||
-          g_stop_requested != 0) {
+      if ((o.max_seconds > 0 && elapsed >= o.max_seconds) ||
+          (o.max_steps > 0 && s.global_step >= o.max_steps) || g_stop_requested != 0) {
         stop = true;
         break;
       }
@@ -368,12 +389,19 @@ TrainResult Trainer::fit() {
       const Validation v = validate();
       result.has_validation = true;
       result.last_validation = v;
-      s.write_log({{"type", "validation"}, {"epoch", s.epoch + 1}, {"step", s.global_step},
-                   {"loss", v.loss}, {"perplexity", v.perplexity}, {"bleu4", v.bleu4},
-                   {"cider", v.cider}, {"images", v.images}, {"elapsed_s", seconds_since(t0)}});
+      s.write_log({{"type", "validation"},
+                   {"epoch", s.epoch + 1},
+                   {"step", s.global_step},
+                   {"loss", v.loss},
+                   {"perplexity", v.perplexity},
+                   {"bleu4", v.bleu4},
+                   {"cider", v.cider},
+                   {"images", v.images},
+                   {"elapsed_s", seconds_since(t0)}});
       if (o.progress)
-        std::cerr << fmt::format("validation after epoch {}: loss {:.4f} perplexity {:.2f} BLEU-4 {:.4f} CIDEr {:.4f}\n",
-                                 s.epoch + 1, v.loss, v.perplexity, v.bleu4, v.cider);
+        std::cerr << fmt::format(
+            "validation after epoch {}: loss {:.4f} perplexity {:.2f} BLEU-4 {:.4f} CIDEr {:.4f}\n",
+            s.epoch + 1, v.loss, v.perplexity, v.bleu4, v.cider);
       if (v.loss < s.best_val_loss) {
         s.best_val_loss = v.loss;
         s.bad_epochs = 0;
@@ -388,7 +416,8 @@ TrainResult Trainer::fit() {
         s.save_checkpoint("best.imcap", s.epoch + 1, 0);
       }
     }
-    if (o.lr_schedule == LrSchedule::step && (s.epoch + 1) % static_cast<std::size_t>(std::max(1, o.lr_step_epochs)) == 0) {
+    if (o.lr_schedule == LrSchedule::step &&
+        (s.epoch + 1) % static_cast<std::size_t>(std::max(1, o.lr_step_epochs)) == 0) {
       s.lr *= o.lr_gamma;
       set_lr(*s.optimizer, s.lr);
     }
@@ -400,7 +429,9 @@ TrainResult Trainer::fit() {
     result.stopped_early = true;
     if (s.step_in_epoch > 0 && s.step_in_epoch < per_epoch)
       s.save_checkpoint("last.imcap", s.epoch, s.step_in_epoch);
-    if (o.progress) std::cerr << fmt::format("stopped after step {}; saved {}\n", s.global_step, s.path("last.imcap"));
+    if (o.progress)
+      std::cerr << fmt::format("stopped after step {}; saved {}\n", s.global_step,
+                               s.path("last.imcap"));
   }
   result.steps = s.global_step;
   result.best_validation = s.best;

@@ -4,8 +4,8 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <ftw.h>
 #include <cstdlib>
-#include <filesystem>
 #include <fstream>
 #include <sstream>
 #include <stdexcept>
@@ -16,8 +16,6 @@
 
 namespace imcap::test {
 
-namespace fs = std::filesystem;
-
 std::string data_path(const std::string& name) {
   return std::string(IMCAP_TEST_DATA_DIR) + "/" + name;
 }
@@ -27,14 +25,19 @@ std::string python_script(const std::string& name) {
 }
 
 TempDir::TempDir() {
-  std::string tmpl = (fs::temp_directory_path() / "imcap-test-XXXXXX").string();
+  const char* base = std::getenv("TMPDIR");
+  std::string tmpl =
+      std::string(base != nullptr && *base != '\0' ? base : "/tmp") + "/imcap-test-XXXXXX";
   if (::mkdtemp(tmpl.data()) == nullptr) throw std::runtime_error("mkdtemp failed");
   path_ = tmpl;
 }
 
 TempDir::~TempDir() {
-  std::error_code ec;
-  fs::remove_all(path_, ec);
+  // Depth-first removal; std::filesystem is avoided (see detail/io.hpp).
+  ::nftw(
+      path_.c_str(),
+      [](const char* p, const struct stat*, int, struct FTW*) { return ::remove(p) == 0 ? 0 : 0; },
+      16, FTW_DEPTH | FTW_PHYS);
 }
 
 std::string TempDir::file(const std::string& name) const { return path_ + "/" + name; }

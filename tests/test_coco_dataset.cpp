@@ -1,11 +1,12 @@
 // CocoAnnotations validation, statistics, CocoDataset items.
 #include <catch2/catch.hpp>
 
-#include <filesystem>
+#include <cstdio>
 
 #include <torch/torch.h>
 #include <nlohmann/json.hpp>
 
+#include "detail/io.hpp"
 #include "imcap/coco_dataset.hpp"
 #include "imcap/error.hpp"
 #include "support.hpp"
@@ -179,7 +180,7 @@ namespace {
 
 // Writes a dataset folder: images/ with PNGs and ann.json.
 void write_dataset(const imcap::test::TempDir& tmp) {
-  std::filesystem::create_directories(tmp.file("images/sub"));
+  imcap::detail::create_directories(tmp.file("images/sub"));
   imcap::test::write_pattern_png(tmp.file("images/a.png"), 40, 30, 1);
   imcap::test::write_pattern_png(tmp.file("images/sub/b.png"), 30, 50, 2);
   imcap::test::write_pattern_png(tmp.file("images/c.png"), 32, 32, 3);
@@ -210,7 +211,7 @@ TEST_CASE("CocoDataset yields transformed images and token ids", "[coco]") {
 TEST_CASE("missing image files are listed, or skipped when asked", "[coco]") {
   imcap::test::TempDir tmp;
   write_dataset(tmp);
-  std::filesystem::remove(tmp.file("images/sub/b.png"));
+  std::remove(tmp.file("images/sub/b.png").c_str());
   const auto vocab = imcap::Vocabulary::build({tmp.file("ann.json")}, {/*threshold=*/1});
   CHECK_THROWS_WITH(imcap::CocoDataset(tmp.file("ann.json"), tmp.file("images"), vocab,
                                        imcap::ImageTransform::eval(24, 16)),
@@ -226,7 +227,8 @@ TEST_CASE("missing image files are listed, or skipped when asked", "[coco]") {
 }
 
 TEST_CASE("the JSON reader decodes escapes and reports syntax errors with a position", "[coco]") {
-  const std::string ok = R"({"images": [{"id": 1, "file_name": "a\u00e9\/b.png", "extra": [1.5e3, null, true, {"x": "y"}]}],
+  const std::string ok =
+      R"({"images": [{"id": 1, "file_name": "a\u00e9\/b.png", "extra": [1.5e3, null, true, {"x": "y"}]}],
     "annotations": [{"id": -2, "image_id": 1, "caption": "tab\there \"quoted\" \ud83d\udc36"}]})";
   const auto a = CocoAnnotations::parse(ok, "ok.json");
   CHECK(a.images()[0].file_name == "a\xc3\xa9/b.png");
@@ -246,9 +248,12 @@ TEST_CASE("the JSON reader decodes escapes and reports syntax errors with a posi
   CHECK_THAT(error_of(R"({"images": [], "annotations": []} x)"), Catch::Contains("after the end"));
   CHECK_THAT(error_of(R"({"images": [{"id": 1, "file_name": "a\q"}], "annotations": []})"),
              Catch::Contains("bad escape"));
-  CHECK_THAT(error_of(R"({"images": [{"id": 99999999999999999999, "file_name": "a"}], "annotations": []})"),
-             Catch::Contains("does not fit in 64 bits"));
+  CHECK_THAT(
+      error_of(
+          R"({"images": [{"id": 99999999999999999999, "file_name": "a"}], "annotations": []})"),
+      Catch::Contains("does not fit in 64 bits"));
   CHECK_THAT(error_of("{\"x\": " + std::string(100000, '[')), Catch::Contains("nested too deeply"));
-  CHECK_THAT(error_of(R"({"images": [], "annotations": [{"id": 1, "image_id": 1, "caption": "x"}]})"),
-             Catch::Contains("image 1 is not in 'images'"));
+  CHECK_THAT(
+      error_of(R"({"images": [], "annotations": [{"id": 1, "image_id": 1, "caption": "x"}]})"),
+      Catch::Contains("image 1 is not in 'images'"));
 }

@@ -1,12 +1,12 @@
 // DataLoader: the three batching modes, determinism, workers.
 #include <catch2/catch.hpp>
 
-#include <filesystem>
 #include <set>
 
 #include <torch/torch.h>
 #include <nlohmann/json.hpp>
 
+#include "detail/io.hpp"
 #include "imcap/data_loader.hpp"
 #include "imcap/error.hpp"
 #include "support.hpp"
@@ -24,7 +24,7 @@ struct Fixture {
     j["annotations"] = nlohmann::json::array();
     const char* words[] = {"red", "square", "blue", "circle", "small", "green", "triangle"};
     int ann = 0;
-    std::filesystem::create_directories(tmp.file("img"));
+    imcap::detail::create_directories(tmp.file("img"));
     for (int i = 0; i < 12; ++i) {
       const std::string name = "im" + std::to_string(i) + ".png";
       imcap::test::write_pattern_png(tmp.file("img/" + name), 20 + i, 18, static_cast<unsigned>(i));

@@ -1,12 +1,12 @@
 // CaptionModel and its .imcap file, importing the notebooks' checkpoints, feature extraction.
 #include <catch2/catch.hpp>
 
-#include <filesystem>
 #include <fstream>
 
-#include <nlohmann/json.hpp>
 #include <torch/torch.h>
+#include <nlohmann/json.hpp>
 
+#include "detail/io.hpp"
 #include "imcap/error.hpp"
 #include "imcap/features.hpp"
 #include "imcap/import.hpp"
@@ -28,7 +28,8 @@ imcap::ModelConfig small_config() {
 }
 
 imcap::Vocabulary small_vocab() {
-  return imcap::Vocabulary::build_from_captions({"a red circle", "a blue square"}, {/*threshold=*/1});
+  return imcap::Vocabulary::build_from_captions({"a red circle", "a blue square"},
+                                                {/*threshold=*/1});
 }
 
 double max_rel_error(const torch::Tensor& got, const torch::Tensor& want) {
@@ -50,14 +51,16 @@ TEST_CASE("a model file round-trips config, vocabulary, weights and training sta
   imcap::TrainingState loaded_state;
   auto loaded = imcap::CaptionModel::load(tmp.file("m.imcap"), torch::kCPU, &loaded_state);
   CHECK(loaded.vocab() == model.vocab());
-  CHECK(imcap::model_config_to_json(loaded.config()) == imcap::model_config_to_json(model.config()));
+  CHECK(imcap::model_config_to_json(loaded.config()) ==
+        imcap::model_config_to_json(model.config()));
   CHECK(loaded_state.json == state.json);
   CHECK(torch::equal(loaded_state.tensors.at("adam.step"), torch::tensor({7})));
   const auto a = model.decoder()->named_parameters();
   const auto b = loaded.decoder()->named_parameters();
   for (const auto& p : a) CHECK(torch::equal(p.value(), b[p.key()]));
-  CHECK(torch::equal(model.encoder()->backbone->layer4[1]->as<imcap::BasicBlock>()->bn2->running_var,
-                     loaded.encoder()->backbone->layer4[1]->as<imcap::BasicBlock>()->bn2->running_var));
+  CHECK(torch::equal(
+      model.encoder()->backbone->layer4[1]->as<imcap::BasicBlock>()->bn2->running_var,
+      loaded.encoder()->backbone->layer4[1]->as<imcap::BasicBlock>()->bn2->running_var));
   // Same input, same output.
   model.train(false);
   torch::NoGradGuard no_grad;
@@ -87,7 +90,8 @@ TEST_CASE("broken model files are rejected with the file name", "[model]") {
   std::map<std::string, std::string> meta;
   auto tensors = imcap::load_safetensors(tmp.file("m.imcap"), &meta);
   auto other = meta;
-  other["vocabulary"] = imcap::Vocabulary::build_from_captions({"one two three four"}, {1}).to_string();
+  other["vocabulary"] =
+      imcap::Vocabulary::build_from_captions({"one two three four"}, {1}).to_string();
   imcap::save_safetensors(tmp.file("vocab.imcap"), tensors, other);
   CHECK_THROWS_WITH(imcap::CaptionModel::load(tmp.file("vocab.imcap")),
                     Catch::Contains("the vocabulary has 8 tokens but the decoder was built for"));
@@ -109,7 +113,8 @@ TEST_CASE("broken model files are rejected with the file name", "[model]") {
   CHECK_THROWS_WITH(imcap::CaptionModel::load(tmp.file("arch7.imcap")), Catch::Contains("resnet7"));
 }
 
-TEST_CASE("a notebook model imports and captions exactly like the notebook's sample()", "[model][import][python]") {
+TEST_CASE("a notebook model imports and captions exactly like the notebook's sample()",
+          "[model][import][python]") {
   imcap::test::TempDir tmp;
   for (const std::string variant : {"embed", "tutorial"}) {
     const auto dir = tmp.file(variant);
@@ -117,10 +122,10 @@ TEST_CASE("a notebook model imports and captions exactly like the notebook's sam
     REQUIRE(py.exit_code == 0);
     INFO(py.err);
     const auto expected = nlohmann::json::parse(imcap::test::read_text(dir + "/expected.json"));
-    const auto cli = imcap::test::run_cli({"import-pytorch", "--encoder", dir + "/encoder-1.pkl", "--decoder",
-                                           dir + "/decoder-1.pkl", "--vocab", dir + "/vocab.pkl",
-                                           "--encoder-arch", "resnet18", "--embed-size", "32",
-                                           "--hidden-size", "48", "--out", dir + "/model.imcap"});
+    const auto cli = imcap::test::run_cli(
+        {"import-pytorch", "--encoder", dir + "/encoder-1.pkl", "--decoder", dir + "/decoder-1.pkl",
+         "--vocab", dir + "/vocab.pkl", "--encoder-arch", "resnet18", "--embed-size", "32",
+         "--hidden-size", "48", "--out", dir + "/model.imcap"});
     INFO(cli.err);
     REQUIRE(cli.exit_code == 0);
     auto model = imcap::CaptionModel::load(dir + "/model.imcap");
@@ -136,15 +141,18 @@ TEST_CASE("a notebook model imports and captions exactly like the notebook's sam
     const auto features = model.encoder()->forward(images);
     std::vector<std::vector<float>> want_features = expected["features"];
     for (std::size_t i = 0; i < want_features.size(); ++i)
-      CHECK(max_rel_error(features[static_cast<std::int64_t>(i)], torch::tensor(want_features[i])) < 1e-4);
+      CHECK(max_rel_error(features[static_cast<std::int64_t>(i)], torch::tensor(want_features[i])) <
+            1e-4);
     const auto ids = model.decoder()->sample(features, /*max_len=*/20);
     for (std::int64_t i = 0; i < 2; ++i) {
       const std::vector<std::int64_t> want = expected["ids"][static_cast<std::size_t>(i)];
       const auto row = ids[i].contiguous();
-      CHECK(std::vector<std::int64_t>(row.data_ptr<std::int64_t>(), row.data_ptr<std::int64_t>() + row.numel()) == want);
+      CHECK(std::vector<std::int64_t>(row.data_ptr<std::int64_t>(),
+                                      row.data_ptr<std::int64_t>() + row.numel()) == want);
     }
     // The trained captions come back (the first predicted token is <start>).
-    CHECK(model.vocab().decode(std::vector<std::int64_t>(expected["ids"][0])) == "a dog sleeping on the sofa .");
+    CHECK(model.vocab().decode(std::vector<std::int64_t>(expected["ids"][0])) ==
+          "a dog sleeping on the sofa .");
   }
 }
 
@@ -153,15 +161,16 @@ TEST_CASE("import-pytorch reports files that do not belong together", "[model][i
   const auto dir = tmp.file("nb");
   REQUIRE(imcap::test::run_python("notebook_model.py", {dir, "resnet18"}).exit_code == 0);
   auto run = [&](std::vector<std::string> extra, const std::string& decoder = "/decoder-1.pkl") {
-    std::vector<std::string> args{"import-pytorch", "--encoder", dir + "/encoder-1.pkl", "--decoder",
-                                  dir + decoder, "--vocab", dir + "/vocab.pkl", "--out",
-                                  dir + "/m.imcap"};
+    std::vector<std::string> args{"import-pytorch",   "--encoder",   dir + "/encoder-1.pkl",
+                                  "--decoder",        dir + decoder, "--vocab",
+                                  dir + "/vocab.pkl", "--out",       dir + "/m.imcap"};
     args.insert(args.end(), extra.begin(), extra.end());
     return imcap::test::run_cli(args);
   };
   auto r = run({"--encoder-arch", "resnet50"});
   CHECK(r.exit_code == 1);
-  CHECK_THAT(r.err, Catch::Contains("encoder-1.pkl: embed.weight is [32, 512], but resnet50 gives 2048"));
+  CHECK_THAT(r.err,
+             Catch::Contains("encoder-1.pkl: embed.weight is [32, 512], but resnet50 gives 2048"));
   r = run({"--encoder-arch", "resnet18", "--hidden-size", "64"});
   CHECK(r.exit_code == 1);
   CHECK_THAT(r.err, Catch::Contains("the hidden size is 48, not 64"));
@@ -169,16 +178,17 @@ TEST_CASE("import-pytorch reports files that do not belong together", "[model][i
   CHECK(r.exit_code == 1);
   CHECK_THAT(r.err, Catch::Contains("encoder-1.pkl: missing tensor 'lstm.weight_hh_l0'"));
   CHECK(run({"--encoder-arch", "resnet9"}).exit_code == 2);
-  CHECK_FALSE(std::filesystem::exists(dir + "/m.imcap"));
+  CHECK_FALSE(imcap::detail::path_exists(dir + "/m.imcap"));
 }
 
-TEST_CASE("imcap features matches torchvision's eval transform and model", "[model][features][python]") {
+TEST_CASE("imcap features matches torchvision's eval transform and model",
+          "[model][features][python]") {
   imcap::test::TempDir tmp;
   const auto dir = tmp.file("f");
   REQUIRE(imcap::test::run_python("features_reference.py", {dir, "resnet18"}).exit_code == 0);
-  const auto r = imcap::test::run_cli({"features", "--annotations", dir + "/ann.json", "--images",
-                                       dir + "/images", "--encoder", "resnet18", "--weights",
-                                       dir + "/weights.pth", "--out", dir + "/features.safetensors"});
+  const auto r = imcap::test::run_cli(
+      {"features", "--annotations", dir + "/ann.json", "--images", dir + "/images", "--encoder",
+       "resnet18", "--weights", dir + "/weights.pth", "--out", dir + "/features.safetensors"});
   INFO(r.err);
   REQUIRE(r.exit_code == 0);
   const auto set = imcap::load_features(dir + "/features.safetensors");
@@ -188,9 +198,9 @@ TEST_CASE("imcap features matches torchvision's eval transform and model", "[mod
   const double err = max_rel_error(set.features, want);
   INFO("max relative error " << err);
   CHECK(err < 1e-4);
-  const auto missing = imcap::test::run_cli({"features", "--annotations", dir + "/ann.json", "--images",
-                                             tmp.file("nowhere"), "--encoder", "resnet18", "--out",
-                                             dir + "/x.safetensors"});
+  const auto missing = imcap::test::run_cli({"features", "--annotations", dir + "/ann.json",
+                                             "--images", tmp.file("nowhere"), "--encoder",
+                                             "resnet18", "--out", dir + "/x.safetensors"});
   CHECK(missing.exit_code == 1);
   CHECK_THAT(missing.err, Catch::Contains("nowhere"));
 }

@@ -6,12 +6,12 @@
 #include <torch/torch.h>
 
 #include <cstring>
-#include <filesystem>
 #include <fstream>
 #include <random>
 
 #include <nlohmann/json.hpp>
 
+#include "detail/io.hpp"
 #include "imcap/error.hpp"
 #include "imcap/pickle.hpp"
 #include "imcap/safetensors.hpp"
@@ -346,7 +346,7 @@ TEST_CASE("malicious pickles are refused with the global named, and nothing runs
                     Catch::Contains("builtins.eval"));
   CHECK_THROWS_AS(imcap::load_weights(dir.file("evil.pt")), imcap::SecurityError);
   CHECK_THROWS_WITH(imcap::load_weights(dir.file("evil.pt")), Catch::Contains("posix.system"));
-  CHECK_FALSE(std::filesystem::exists(dir.file("PWNED")));
+  CHECK_FALSE(imcap::detail::path_exists(dir.file("PWNED")));
   // A class outside the allowlist may be recorded (vocab.pkl) but never called.
   const std::string call_class(
       "\x80\x02"

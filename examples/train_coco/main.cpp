@@ -6,7 +6,8 @@
 
 int main(int argc, char** argv) {
   if (argc < 6) {
-    std::cerr << "usage: train_coco TRAIN.json TRAIN_IMAGES/ VAL.json VAL_IMAGES/ OUT_DIR [SECONDS]\n";
+    std::cerr
+        << "usage: train_coco TRAIN.json TRAIN_IMAGES/ VAL.json VAL_IMAGES/ OUT_DIR [SECONDS]\n";
     return 2;
   }
   try {
@@ -30,8 +31,9 @@ int main(int argc, char** argv) {
     imcap::Trainer trainer(model, train, &val, options);
     imcap::Trainer::install_signal_handlers();
     const imcap::TrainResult result = trainer.fit();
-    std::cout << result.steps << " steps; best BLEU-4 " << result.best_validation.bleu4 << ", CIDEr "
-              << result.best_validation.cider << "; models in " << options.out_dir << '\n';
+    std::cout << result.steps << " steps; best BLEU-4 " << result.best_validation.bleu4
+              << ", CIDEr " << result.best_validation.cider << "; models in " << options.out_dir
+              << '\n';
   } catch (const imcap::Error& e) {
     std::cerr << "train_coco: " << e.what() << '\n';
     return 1;

@@ -29,18 +29,18 @@ namespace imcap {
 
 /// How captions are searched.
 struct CaptionOptions {
-  int beam_size = 3;         ///< beams per image; 1 = greedy. Default 3.
-  int max_length = 20;       ///< most tokens generated, the seed's max_len. Default 20.
-  double alpha = 0.0;        ///< length normalisation: score = log p / length^alpha. Default 0.
-  bool forbid_unk = true;    ///< never output <unk>. Default true.
+  int beam_size = 3;       ///< beams per image; 1 = greedy. Default 3.
+  int max_length = 20;     ///< most tokens generated, the seed's max_len. Default 20.
+  double alpha = 0.0;      ///< length normalisation: score = log p / length^alpha. Default 0.
+  bool forbid_unk = true;  ///< never output <unk>. Default true.
 };
 
 /// One caption.
 struct Caption {
-  std::string text;                  ///< the words joined by spaces
-  std::vector<std::string> tokens;   ///< the words
-  std::vector<std::int64_t> ids;     ///< their ids (no <start>/<end>)
-  double log_prob = 0.0;             ///< summed log-probability of the generated tokens
+  std::string text;                 ///< the words joined by spaces
+  std::vector<std::string> tokens;  ///< the words
+  std::vector<std::int64_t> ids;    ///< their ids (no <start>/<end>)
+  double log_prob = 0.0;            ///< summed log-probability of the generated tokens
 };
 
 /// Captions images with a CaptionModel.

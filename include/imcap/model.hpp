@@ -29,8 +29,9 @@ inline constexpr int kModelFormatVersion = 1;
 struct ModelConfig {
   EncoderOptions encoder;  ///< backbone, embedding size, head batch-norm, trainable stages
   DecoderOptions decoder;  ///< vocab_size is set from the vocabulary by CaptionModel
-  int image_resize = 256;  ///< shorter side before the centre crop at inference, pixels. Default 256.
-  int image_crop = 224;    ///< side of the crop the encoder sees, pixels. Default 224.
+  int image_resize =
+      256;               ///< shorter side before the centre crop at inference, pixels. Default 256.
+  int image_crop = 224;  ///< side of the crop the encoder sees, pixels. Default 224.
   std::array<float, 3> mean = kImageNetMean;  ///< normalisation mean per channel
   std::array<float, 3> std = kImageNetStd;    ///< normalisation std per channel
 };

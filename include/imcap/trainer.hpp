@@ -2,9 +2,8 @@
 // BLEU-4/CIDEr, crash-safe checkpoints, exact resume, clean stops.
 //
 //   imcap::CaptionModel model(config, vocab);
-//   imcap::CocoDataset train(..., imcap::ImageTransform::train()), val(..., imcap::ImageTransform::eval());
-//   imcap::TrainerOptions opts;
-//   opts.out_dir = "runs/coco";
+//   imcap::CocoDataset train(..., imcap::ImageTransform::train()), val(...,
+//   imcap::ImageTransform::eval()); imcap::TrainerOptions opts; opts.out_dir = "runs/coco";
 //   opts.epochs = 3;
 //   imcap::Trainer trainer(model, train, &val, opts);
 //   imcap::TrainResult r = trainer.fit();    // writes runs/coco/{last,best}.imcap, log.jsonl
@@ -25,33 +24,34 @@ namespace imcap {
 enum class LrSchedule {
   none,     ///< constant
   step,     ///< multiply by lr_gamma every lr_step_epochs epochs
-  plateau,  ///< multiply by lr_gamma when the validation loss has not improved for lr_patience epochs
+  plateau,  ///< multiply by lr_gamma when the validation loss has not improved for lr_patience
+            ///< epochs
 };
 
 /// Options of Trainer. Defaults suit training the decoder on a frozen encoder, as the seed does.
 struct TrainerOptions {
-  std::string out_dir;             ///< where last.imcap, best.imcap and log.jsonl go. Required.
-  int epochs = 3;                  ///< passes over the training captions. Default 3.
-  std::size_t batch_size = 64;     ///< captions per step. Default 64.
+  std::string out_dir;          ///< where last.imcap, best.imcap and log.jsonl go. Required.
+  int epochs = 3;               ///< passes over the training captions. Default 3.
+  std::size_t batch_size = 64;  ///< captions per step. Default 64.
   BatchMode batching = BatchMode::padded;  ///< how captions are grouped. Default padded.
-  std::string optimizer = "adam";  ///< "adam" or "sgd" (with momentum). Default adam.
-  double lr = 1e-3;                ///< learning rate. Default 1e-3.
-  double momentum = 0.9;           ///< SGD momentum. Default 0.9.
-  double weight_decay = 0.0;       ///< L2 penalty. Default 0.
-  double clip_norm = 5.0;          ///< clip the gradient norm to this; 0 = no clipping. Default 5.
+  std::string optimizer = "adam";          ///< "adam" or "sgd" (with momentum). Default adam.
+  double lr = 1e-3;                        ///< learning rate. Default 1e-3.
+  double momentum = 0.9;                   ///< SGD momentum. Default 0.9.
+  double weight_decay = 0.0;               ///< L2 penalty. Default 0.
+  double clip_norm = 5.0;  ///< clip the gradient norm to this; 0 = no clipping. Default 5.
   LrSchedule lr_schedule = LrSchedule::none;  ///< Default none.
-  int lr_step_epochs = 5;          ///< period of the step schedule, epochs. Default 5.
-  double lr_gamma = 0.5;           ///< factor of both schedules. Default 0.5.
-  int lr_patience = 1;             ///< epochs without improvement before a plateau cut. Default 1.
-  std::size_t log_interval = 50;   ///< steps between log lines. Default 50.
-  std::uint64_t seed = 1;          ///< seeds initialisation order, batches, transforms. Default 1.
-  int workers = 2;                 ///< image decoding threads. Default 2.
-  double max_seconds = 0.0;        ///< stop cleanly (and save) after this many seconds; 0 = no limit.
-  std::size_t max_steps = 0;       ///< stop cleanly after this many steps in all; 0 = no limit.
+  int lr_step_epochs = 5;                     ///< period of the step schedule, epochs. Default 5.
+  double lr_gamma = 0.5;                      ///< factor of both schedules. Default 0.5.
+  int lr_patience = 1;            ///< epochs without improvement before a plateau cut. Default 1.
+  std::size_t log_interval = 50;  ///< steps between log lines. Default 50.
+  std::uint64_t seed = 1;         ///< seeds initialisation order, batches, transforms. Default 1.
+  int workers = 2;                ///< image decoding threads. Default 2.
+  double max_seconds = 0.0;   ///< stop cleanly (and save) after this many seconds; 0 = no limit.
+  std::size_t max_steps = 0;  ///< stop cleanly after this many steps in all; 0 = no limit.
   std::size_t val_max_images = 500;  ///< images captioned for BLEU/CIDEr each validation; 0 = all.
   CaptionOptions val_search{/*beam_size=*/1};  ///< search used for validation captions (greedy).
-  bool resume = false;             ///< continue from out_dir/last.imcap. Default false.
-  bool progress = true;            ///< a progress bar on a terminal, plain lines otherwise.
+  bool resume = false;                         ///< continue from out_dir/last.imcap. Default false.
+  bool progress = true;  ///< a progress bar on a terminal, plain lines otherwise.
 };
 
 /// Parses "none", "step" or "plateau"; throws InvalidArgument otherwise.
@@ -73,10 +73,10 @@ struct TrainResult {
   double last_loss = 0.0;            ///< training loss of the last step
   bool stopped_early = false;        ///< max_seconds, max_steps or a stop request ended it
   bool has_validation = false;
-  Validation last_validation;        ///< the last validation, when there was one
-  Validation best_validation;        ///< the one best.imcap was saved at
-  double seconds = 0.0;              ///< wall time of this fit() call
-  std::vector<double> losses;        ///< the training loss of every step of this call
+  Validation last_validation;  ///< the last validation, when there was one
+  Validation best_validation;  ///< the one best.imcap was saved at
+  double seconds = 0.0;        ///< wall time of this fit() call
+  std::vector<double> losses;  ///< the training loss of every step of this call
 };
 
 /// Trains a CaptionModel.
@@ -84,7 +84,8 @@ class Trainer {
  public:
   /// `model`, `train` and `val` (optional) must outlive the trainer. Throws InvalidArgument on
   /// bad options or a dataset whose vocabulary differs from the model's.
-  Trainer(CaptionModel& model, const CocoDataset& train, const CocoDataset* val, TrainerOptions options);
+  Trainer(CaptionModel& model, const CocoDataset& train, const CocoDataset* val,
+          TrainerOptions options);
   ~Trainer();
 
   /// Runs the training loop; see TrainerOptions. Throws Error on a non-finite loss (naming the

@@ -1,5 +1,7 @@
 #include "cli/cli_common.hpp"
 
+#include <dlfcn.h>
+
 #include <thread>
 
 #include <torch/torch.h>
@@ -11,6 +13,14 @@ namespace imcap::cli {
 void set_threads(int threads) {
   if (threads <= 0) threads = static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
   torch::set_num_threads(threads);
+  // Debian's LibTorch calls OpenBLAS, which starts its own pool of one thread per core. With
+  // Torch's threads on top, the two pools fight over the cores: training the demo's model ran
+  // at 109 captions/s with both at 2 threads and at 214 with OpenBLAS at 1 (2 cores,
+  // docs/performance.md). So OpenBLAS runs single-threaded inside Torch's parallel regions.
+  using SetThreads = void (*)(int);
+  if (auto* set_blas =
+          reinterpret_cast<SetThreads>(::dlsym(RTLD_DEFAULT, "openblas_set_num_threads")))
+    set_blas(threads > 1 ? 1 : threads);
 }
 
 void write_output_file(const std::string& path, const std::string& text) {

@@ -14,7 +14,8 @@ class UsageError : public std::runtime_error {
   using std::runtime_error::runtime_error;
 };
 
-/// Sets the number of intra-op threads Torch uses; 0 means one per core.
+/// Sets the number of intra-op threads Torch uses (0: one per core), and OpenBLAS's to 1 when
+/// Torch's are several, so that the two thread pools do not compete for the cores.
 void set_threads(int threads);
 
 /// Writes text to path crash-safely (temporary file + rename); throws imcap::IoError.

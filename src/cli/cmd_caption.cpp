@@ -1,14 +1,14 @@
 // imcap caption and imcap predict: caption image files, or every image of a COCO file.
-#include <filesystem>
 #include <iostream>
 #include <memory>
 
 #include <fmt/format.h>
-#include <nlohmann/json.hpp>
 #include <torch/torch.h>
+#include <nlohmann/json.hpp>
 
 #include "cli/cli_common.hpp"
 #include "cli/commands.hpp"
+#include "detail/io.hpp"
 #include "imcap/captioner.hpp"
 #include "imcap/coco_dataset.hpp"
 #include "imcap/error.hpp"
@@ -29,7 +29,8 @@ torch::Device parse_device(const std::string& name) {
   if (name == "cpu") return torch::kCPU;
   if (name == "cuda" || name.rfind("cuda:", 0) == 0) {
     if (!torch::cuda::is_available())
-      throw InvalidArgument(fmt::format("--device {}: this build or machine has no CUDA device", name));
+      throw InvalidArgument(
+          fmt::format("--device {}: this build or machine has no CUDA device", name));
     return torch::Device(name);
   }
   throw UsageError(fmt::format("--device '{}': expected cpu, cuda or cuda:N", name));
@@ -39,10 +40,12 @@ void run_caption(const CaptionArgs& a) {
   set_threads(a.threads);
   const auto captioner = Captioner::load(a.model, parse_device(a.device), a.options);
   nlohmann::json results = nlohmann::json::array();
-  for (std::size_t start = 0; start < a.inputs.size(); start += static_cast<std::size_t>(a.batch_size)) {
+  for (std::size_t start = 0; start < a.inputs.size();
+       start += static_cast<std::size_t>(a.batch_size)) {
     const std::vector<std::string> chunk(
         a.inputs.begin() + static_cast<std::ptrdiff_t>(start),
-        a.inputs.begin() + static_cast<std::ptrdiff_t>(std::min(a.inputs.size(), start + static_cast<std::size_t>(a.batch_size))));
+        a.inputs.begin() + static_cast<std::ptrdiff_t>(std::min(
+                               a.inputs.size(), start + static_cast<std::size_t>(a.batch_size))));
     const auto captions = captioner.caption_batch(chunk, a.options);
     for (std::size_t i = 0; i < chunk.size(); ++i) {
       if (a.json)
@@ -63,11 +66,12 @@ void run_predict(const CaptionArgs& a) {
   const auto annotations = CocoAnnotations::load(a.annotations);
   const auto& images = annotations.images();
   nlohmann::json results = nlohmann::json::array();
-  for (std::size_t start = 0; start < images.size(); start += static_cast<std::size_t>(a.batch_size)) {
+  for (std::size_t start = 0; start < images.size();
+       start += static_cast<std::size_t>(a.batch_size)) {
     std::vector<std::string> paths;
     const std::size_t end = std::min(images.size(), start + static_cast<std::size_t>(a.batch_size));
     for (std::size_t i = start; i < end; ++i)
-      paths.push_back((std::filesystem::path(a.images) / images[i].file_name).string());
+      paths.push_back(detail::join_path(a.images, images[i].file_name));
     const auto captions = captioner.caption_batch(paths, a.options);
     for (std::size_t i = start; i < end; ++i)
       results.push_back({{"image_id", images[i].id}, {"caption", captions[i - start].text}});
@@ -79,12 +83,22 @@ void run_predict(const CaptionArgs& a) {
 }
 
 void add_search_options(CLI::App* cmd, CaptionArgs& a) {
-  cmd->add_option("--beam", a.options.beam_size, "Beam size (1: greedy)")->capture_default_str()->check(CLI::Range(1, 100));
-  cmd->add_option("--max-length", a.options.max_length, "Most tokens per caption")->capture_default_str()->check(CLI::Range(1, 1000));
-  cmd->add_option("--alpha", a.options.alpha, "Length normalisation exponent")->capture_default_str()->check(CLI::Range(0.0, 10.0));
+  cmd->add_option("--beam", a.options.beam_size, "Beam size (1: greedy)")
+      ->capture_default_str()
+      ->check(CLI::Range(1, 100));
+  cmd->add_option("--max-length", a.options.max_length, "Most tokens per caption")
+      ->capture_default_str()
+      ->check(CLI::Range(1, 1000));
+  cmd->add_option("--alpha", a.options.alpha, "Length normalisation exponent")
+      ->capture_default_str()
+      ->check(CLI::Range(0.0, 10.0));
   cmd->add_option("--device", a.device, "cpu, cuda or cuda:N")->capture_default_str();
-  cmd->add_option("--threads", a.threads, "Torch threads (0: one per core)")->capture_default_str()->check(CLI::NonNegativeNumber);
-  cmd->add_option("--batch-size", a.batch_size, "Images per batched search")->capture_default_str()->check(CLI::Range(1, 4096));
+  cmd->add_option("--threads", a.threads, "Torch threads (0: one per core)")
+      ->capture_default_str()
+      ->check(CLI::NonNegativeNumber);
+  cmd->add_option("--batch-size", a.batch_size, "Images per batched search")
+      ->capture_default_str()
+      ->check(CLI::Range(1, 4096));
 }
 
 }  // namespace
@@ -101,11 +115,14 @@ void add_caption_command(CLI::App& app) {
 
 void add_predict_command(CLI::App& app) {
   auto a = std::make_shared<CaptionArgs>();
-  auto* cmd = app.add_subcommand("predict", "Caption every image of a COCO file into a COCO results file");
+  auto* cmd =
+      app.add_subcommand("predict", "Caption every image of a COCO file into a COCO results file");
   cmd->add_option("--model", a->model, "Model file (.imcap)")->required();
-  cmd->add_option("--annotations", a->annotations, "COCO captions JSON listing the images")->required();
+  cmd->add_option("--annotations", a->annotations, "COCO captions JSON listing the images")
+      ->required();
   cmd->add_option("--images", a->images, "Folder holding the images")->required();
-  cmd->add_option("--out", a->out, "Results file to write: [{\"image_id\", \"caption\"}]")->required();
+  cmd->add_option("--out", a->out, "Results file to write: [{\"image_id\", \"caption\"}]")
+      ->required();
   add_search_options(cmd, *a);
   cmd->callback([a] { run_predict(*a); });
 }

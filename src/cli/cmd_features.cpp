@@ -47,17 +47,25 @@ void run_features(const FeaturesArgs& a) {
 
 void add_features_command(CLI::App& app) {
   auto a = std::make_shared<FeaturesArgs>();
-  auto* cmd = app.add_subcommand("features", "Compute pooled CNN features of every image (safetensors)");
+  auto* cmd =
+      app.add_subcommand("features", "Compute pooled CNN features of every image (safetensors)");
   cmd->add_option("--annotations", a->annotations, "COCO captions JSON file")->required();
   cmd->add_option("--images", a->images, "Folder holding the images")->required();
   cmd->add_option("--encoder", a->arch, "torchvision ResNet")
       ->capture_default_str()
       ->check(CLI::IsMember({"resnet18", "resnet34", "resnet50", "resnet101", "resnet152"}));
-  cmd->add_option("--weights", a->weights, "ResNet weights (torchvision .pth or safetensors); fc.* is ignored");
-  cmd->add_option("--image-size", a->image_size, "Side of the centre crop (resized to 256/224 of it first)")
-      ->capture_default_str()->check(CLI::Range(16, 4096));
-  cmd->add_option("--batch-size", a->batch_size, "Images per forward pass")->capture_default_str()->check(CLI::Range(1, 4096));
-  cmd->add_option("--threads", a->threads, "Torch threads (0: one per core)")->capture_default_str()->check(CLI::NonNegativeNumber);
+  cmd->add_option("--weights", a->weights,
+                  "ResNet weights (torchvision .pth or safetensors); fc.* is ignored");
+  cmd->add_option("--image-size", a->image_size,
+                  "Side of the centre crop (resized to 256/224 of it first)")
+      ->capture_default_str()
+      ->check(CLI::Range(16, 4096));
+  cmd->add_option("--batch-size", a->batch_size, "Images per forward pass")
+      ->capture_default_str()
+      ->check(CLI::Range(1, 4096));
+  cmd->add_option("--threads", a->threads, "Torch threads (0: one per core)")
+      ->capture_default_str()
+      ->check(CLI::NonNegativeNumber);
   cmd->add_option("--out", a->out, "Output .safetensors file")->required();
   cmd->callback([a] { run_features(*a); });
 }

@@ -37,19 +37,30 @@ void run_import(const ImportArgs& a) {
 void add_import_command(CLI::App& app) {
   auto a = std::make_shared<ImportArgs>();
   auto* cmd = app.add_subcommand(
-      "import-pytorch", "Convert the PyTorch notebooks' encoder/decoder/vocab files into a .imcap model");
-  cmd->add_option("--encoder", a->encoder, "EncoderCNN state dict (torch.save), e.g. encoder-3.pkl")->required();
-  cmd->add_option("--decoder", a->decoder, "DecoderRNN state dict (torch.save), e.g. decoder-3.pkl")->required();
+      "import-pytorch",
+      "Convert the PyTorch notebooks' encoder/decoder/vocab files into a .imcap model");
+  cmd->add_option("--encoder", a->encoder, "EncoderCNN state dict (torch.save), e.g. encoder-3.pkl")
+      ->required();
+  cmd->add_option("--decoder", a->decoder, "DecoderRNN state dict (torch.save), e.g. decoder-3.pkl")
+      ->required();
   cmd->add_option("--vocab", a->vocab, "The pickled Vocabulary (vocab.pkl)")->required();
   cmd->add_option("--encoder-arch", a->arch, "torchvision ResNet the encoder wraps")
       ->capture_default_str()
       ->check(CLI::IsMember({"resnet18", "resnet34", "resnet50", "resnet101", "resnet152"}));
-  cmd->add_option("--embed-size", a->embed_size, "Expected embedding size (0: read it from the weights)")
-      ->capture_default_str()->check(CLI::NonNegativeNumber);
-  cmd->add_option("--hidden-size", a->hidden_size, "Expected LSTM hidden size (0: read it from the weights)")
-      ->capture_default_str()->check(CLI::NonNegativeNumber);
-  cmd->add_option("--image-resize", a->resize, "Shorter side before the centre crop")->capture_default_str()->check(CLI::Range(16, 8192));
-  cmd->add_option("--image-size", a->crop, "Side of the centre crop")->capture_default_str()->check(CLI::Range(16, 4096));
+  cmd->add_option("--embed-size", a->embed_size,
+                  "Expected embedding size (0: read it from the weights)")
+      ->capture_default_str()
+      ->check(CLI::NonNegativeNumber);
+  cmd->add_option("--hidden-size", a->hidden_size,
+                  "Expected LSTM hidden size (0: read it from the weights)")
+      ->capture_default_str()
+      ->check(CLI::NonNegativeNumber);
+  cmd->add_option("--image-resize", a->resize, "Shorter side before the centre crop")
+      ->capture_default_str()
+      ->check(CLI::Range(16, 8192));
+  cmd->add_option("--image-size", a->crop, "Side of the centre crop")
+      ->capture_default_str()
+      ->check(CLI::Range(16, 4096));
   cmd->add_option("--out", a->out, "Model file to write (.imcap)")->required();
   cmd->callback([a] { run_import(*a); });
 }

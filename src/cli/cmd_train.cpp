@@ -1,6 +1,5 @@
 // imcap train: train a captioning model on a COCO-format folder.
 #include <chrono>
-#include <filesystem>
 #include <memory>
 
 #include <fmt/format.h>
@@ -8,6 +7,7 @@
 
 #include "cli/cli_common.hpp"
 #include "cli/commands.hpp"
+#include "detail/io.hpp"
 #include "imcap/error.hpp"
 #include "imcap/trainer.hpp"
 #include "imcap/weights.hpp"
@@ -32,7 +32,8 @@ torch::Device device_of(const std::string& name) {
   if (name == "cpu") return torch::kCPU;
   if (name == "cuda" || name.rfind("cuda:", 0) == 0) {
     if (!torch::cuda::is_available())
-      throw InvalidArgument(fmt::format("--device {}: this build or machine has no CUDA device", name));
+      throw InvalidArgument(
+          fmt::format("--device {}: this build or machine has no CUDA device", name));
     return torch::Device(name);
   }
   throw UsageError(fmt::format("--device '{}': expected cpu, cuda or cuda:N", name));
@@ -48,7 +49,8 @@ int parse_trainable(const std::string& s, bool pretrained) {
     if (used == s.size() && n >= 0 && n <= kResNetStages) return n;
   } catch (const std::exception&) {
   }
-  throw UsageError(fmt::format("--trainable-stages '{}': expected auto, none, all or 0 to {}", s, kResNetStages));
+  throw UsageError(fmt::format("--trainable-stages '{}': expected auto, none, all or 0 to {}", s,
+                               kResNetStages));
 }
 
 void run_train(const TrainArgs& a) {
@@ -56,7 +58,7 @@ void run_train(const TrainArgs& a) {
   if (a.val_annotations.empty() != a.val_images.empty())
     throw UsageError("--val-annotations and --val-images go together");
   const torch::Device device = device_of(a.device);
-  const std::string last = (std::filesystem::path(a.out) / "last.imcap").string();
+  const std::string last = detail::join_path(a.out, "last.imcap");
   torch::manual_seed(a.seed);
   std::unique_ptr<CaptionModel> model;
   if (a.resume) {
@@ -91,7 +93,8 @@ void run_train(const TrainArgs& a) {
   CocoDataset train(a.annotations, a.images, model->vocab(), train_tf);
   std::unique_ptr<CocoDataset> val;
   if (!a.val_annotations.empty())
-    val = std::make_unique<CocoDataset>(a.val_annotations, a.val_images, model->vocab(), model->eval_transform());
+    val = std::make_unique<CocoDataset>(a.val_annotations, a.val_images, model->vocab(),
+                                        model->eval_transform());
   TrainerOptions o;
   o.out_dir = a.out;
   o.epochs = a.epochs;
@@ -113,15 +116,17 @@ void run_train(const TrainArgs& a) {
              to_string(cfg.encoder.arch), to_string(cfg.decoder.image_inject), train.size(),
              train.num_images(), model->vocab().size(), [&] {
                std::int64_t n = 0;
-               for (const auto& p : model->encoder()->parameters()) n += p.requires_grad() ? p.numel() : 0;
-               for (const auto& p : model->decoder()->parameters()) n += p.requires_grad() ? p.numel() : 0;
+               for (const auto& p : model->encoder()->parameters())
+                 n += p.requires_grad() ? p.numel() : 0;
+               for (const auto& p : model->decoder()->parameters())
+                 n += p.requires_grad() ? p.numel() : 0;
                return n;
              }());
   Trainer trainer(*model, train, val.get(), o);
   Trainer::install_signal_handlers();
   const auto r = trainer.fit();
-  fmt::print("{} steps, {} epochs, last loss {:.4f}, {:.1f} s{}\n", r.steps, r.epochs_completed, r.last_loss,
-             r.seconds, r.stopped_early ? " (stopped early; --resume continues)" : "");
+  fmt::print("{} steps, {} epochs, last loss {:.4f}, {:.1f} s{}\n", r.steps, r.epochs_completed,
+             r.last_loss, r.seconds, r.stopped_early ? " (stopped early; --resume continues)" : "");
   if (r.has_validation)
     fmt::print("best validation: BLEU-4 {:.4f} CIDEr {:.4f} loss {:.4f}\n", r.best_validation.bleu4,
                r.best_validation.cider, r.best_validation.loss);
@@ -138,45 +143,88 @@ void add_train_command(CLI::App& app) {
   cmd->add_option("--val-annotations", a->val_annotations, "Validation COCO captions JSON");
   cmd->add_option("--val-images", a->val_images, "Validation image folder");
   cmd->add_option("--out", a->out, "Output folder: last.imcap, best.imcap, log.jsonl")->required();
-  cmd->add_option("--encoder", a->encoder, "CNN")->capture_default_str()
+  cmd->add_option("--encoder", a->encoder, "CNN")
+      ->capture_default_str()
       ->check(CLI::IsMember({"resnet18", "resnet34", "resnet50", "resnet101", "resnet152"}));
-  cmd->add_option("--weights", a->weights, "Pretrained CNN weights (torchvision .pth or safetensors)");
-  cmd->add_option("--trainable-stages", a->trainable,
-                  "CNN stages that train: auto (none with --weights, all without), none, all or 0-5")
+  cmd->add_option("--weights", a->weights,
+                  "Pretrained CNN weights (torchvision .pth or safetensors)");
+  cmd->add_option(
+         "--trainable-stages", a->trainable,
+         "CNN stages that train: auto (none with --weights, all without), none, all or 0-5")
       ->capture_default_str();
-  cmd->add_option("--image-size", a->image_size, "Crop side in pixels (resized to 256/224 of it first)")
-      ->capture_default_str()->check(CLI::Range(16, 4096));
-  cmd->add_option("--embed-size", a->embed_size, "Image/word embedding size")->capture_default_str()->check(CLI::Range(1, 65536));
-  cmd->add_option("--hidden-size", a->hidden_size, "LSTM hidden size")->capture_default_str()->check(CLI::Range(1, 65536));
-  cmd->add_option("--num-layers", a->num_layers, "LSTM layers")->capture_default_str()->check(CLI::Range(1, 16));
-  cmd->add_option("--dropout", a->dropout, "Dropout between LSTM layers")->capture_default_str()->check(CLI::Range(0.0, 0.99));
-  cmd->add_option("--inject", a->inject, "Where the image enters the LSTM: pre (Show and Tell), par, init")
-      ->capture_default_str()->check(CLI::IsMember({"pre", "par", "init"}));
-  cmd->add_flag("--head-batch-norm", a->head_bn, "BatchNorm1d after the encoder's embedding (tutorial variant)");
-  cmd->add_option("--vocab-threshold", a->vocab_threshold, "Minimum word count")->capture_default_str()->check(CLI::NonNegativeNumber);
-  cmd->add_option("--epochs", a->epochs, "Epochs")->capture_default_str()->check(CLI::Range(1, 100000));
-  cmd->add_option("--batch-size", a->batch_size, "Captions per step")->capture_default_str()->check(CLI::Range(1, 1 << 20));
-  cmd->add_option("--batching", a->batching, "padded, same_length (the seed's sampler) or image_major")
-      ->capture_default_str()->check(CLI::IsMember({"padded", "same_length", "image_major"}));
-  cmd->add_option("--optimizer", a->optimizer, "adam or sgd")->capture_default_str()->check(CLI::IsMember({"adam", "sgd"}));
-  cmd->add_option("--lr", a->lr, "Learning rate")->capture_default_str()->check(CLI::PositiveNumber);
-  cmd->add_option("--weight-decay", a->weight_decay, "L2 penalty")->capture_default_str()->check(CLI::NonNegativeNumber);
-  cmd->add_option("--clip", a->clip, "Gradient-norm clipping (0: off)")->capture_default_str()->check(CLI::NonNegativeNumber);
-  cmd->add_option("--lr-schedule", a->schedule, "none, step or plateau")->capture_default_str()
+  cmd->add_option("--image-size", a->image_size,
+                  "Crop side in pixels (resized to 256/224 of it first)")
+      ->capture_default_str()
+      ->check(CLI::Range(16, 4096));
+  cmd->add_option("--embed-size", a->embed_size, "Image/word embedding size")
+      ->capture_default_str()
+      ->check(CLI::Range(1, 65536));
+  cmd->add_option("--hidden-size", a->hidden_size, "LSTM hidden size")
+      ->capture_default_str()
+      ->check(CLI::Range(1, 65536));
+  cmd->add_option("--num-layers", a->num_layers, "LSTM layers")
+      ->capture_default_str()
+      ->check(CLI::Range(1, 16));
+  cmd->add_option("--dropout", a->dropout, "Dropout between LSTM layers")
+      ->capture_default_str()
+      ->check(CLI::Range(0.0, 0.99));
+  cmd->add_option("--inject", a->inject,
+                  "Where the image enters the LSTM: pre (Show and Tell), par, init")
+      ->capture_default_str()
+      ->check(CLI::IsMember({"pre", "par", "init"}));
+  cmd->add_flag("--head-batch-norm", a->head_bn,
+                "BatchNorm1d after the encoder's embedding (tutorial variant)");
+  cmd->add_option("--vocab-threshold", a->vocab_threshold, "Minimum word count")
+      ->capture_default_str()
+      ->check(CLI::NonNegativeNumber);
+  cmd->add_option("--epochs", a->epochs, "Epochs")
+      ->capture_default_str()
+      ->check(CLI::Range(1, 100000));
+  cmd->add_option("--batch-size", a->batch_size, "Captions per step")
+      ->capture_default_str()
+      ->check(CLI::Range(1, 1 << 20));
+  cmd->add_option("--batching", a->batching,
+                  "padded, same_length (the seed's sampler) or image_major")
+      ->capture_default_str()
+      ->check(CLI::IsMember({"padded", "same_length", "image_major"}));
+  cmd->add_option("--optimizer", a->optimizer, "adam or sgd")
+      ->capture_default_str()
+      ->check(CLI::IsMember({"adam", "sgd"}));
+  cmd->add_option("--lr", a->lr, "Learning rate")
+      ->capture_default_str()
+      ->check(CLI::PositiveNumber);
+  cmd->add_option("--weight-decay", a->weight_decay, "L2 penalty")
+      ->capture_default_str()
+      ->check(CLI::NonNegativeNumber);
+  cmd->add_option("--clip", a->clip, "Gradient-norm clipping (0: off)")
+      ->capture_default_str()
+      ->check(CLI::NonNegativeNumber);
+  cmd->add_option("--lr-schedule", a->schedule, "none, step or plateau")
+      ->capture_default_str()
       ->check(CLI::IsMember({"none", "step", "plateau"}));
   cmd->add_option("--max-seconds", a->max_seconds, "Stop cleanly and save after this many seconds")
-      ->capture_default_str()->check(CLI::NonNegativeNumber);
-  cmd->add_option("--max-steps", a->max_steps, "Stop cleanly and save after this many steps")->capture_default_str();
-  cmd->add_option("--val-max-images", a->val_max_images, "Images captioned per validation (0: all)")->capture_default_str();
-  cmd->add_option("--log-interval", a->log_interval, "Steps between log lines")->capture_default_str()->check(CLI::Range(1, 1 << 30));
+      ->capture_default_str()
+      ->check(CLI::NonNegativeNumber);
+  cmd->add_option("--max-steps", a->max_steps, "Stop cleanly and save after this many steps")
+      ->capture_default_str();
+  cmd->add_option("--val-max-images", a->val_max_images, "Images captioned per validation (0: all)")
+      ->capture_default_str();
+  cmd->add_option("--log-interval", a->log_interval, "Steps between log lines")
+      ->capture_default_str()
+      ->check(CLI::Range(1, 1 << 30));
   cmd->add_option("--flip-probability", a->flip,
                   "Chance of a horizontal flip in training (0 when captions say left and right)")
-      ->capture_default_str()->check(CLI::Range(0.0, 1.0));
+      ->capture_default_str()
+      ->check(CLI::Range(0.0, 1.0));
   cmd->add_flag("--resume", a->resume, "Continue from OUT/last.imcap");
   cmd->add_option("--device", a->device, "cpu, cuda or cuda:N")->capture_default_str();
   cmd->add_option("--seed", a->seed, "Random seed")->capture_default_str();
-  cmd->add_option("--threads", a->threads, "Torch threads (0: one per core)")->capture_default_str()->check(CLI::NonNegativeNumber);
-  cmd->add_option("--workers", a->workers, "Image decoding threads")->capture_default_str()->check(CLI::Range(0, 256));
+  cmd->add_option("--threads", a->threads, "Torch threads (0: one per core)")
+      ->capture_default_str()
+      ->check(CLI::NonNegativeNumber);
+  cmd->add_option("--workers", a->workers, "Image decoding threads")
+      ->capture_default_str()
+      ->check(CLI::Range(0, 256));
   cmd->callback([a] { run_train(*a); });
 }
 

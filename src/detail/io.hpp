@@ -19,4 +19,22 @@ std::string read_file(const std::string& path, std::uint64_t max_bytes = UINT64_
 /// Throws IoError naming the file (disk full, unwritable folder, ...).
 void write_file_atomic(const std::string& path, std::string_view data);
 
+// Path helpers on POSIX calls. imcap avoids std::filesystem: PyTorch 2.5+ wheels export a
+// statically linked copy of its symbols (pytorch/pytorch#133437), and a program that links such
+// a LibTorch and calls std::filesystem can crash.
+
+/// a + "/" + b, without doubling a trailing slash; b when a is empty.
+std::string join_path(const std::string& a, const std::string& b);
+/// The part before the last '/', "." when there is none.
+std::string parent_path(const std::string& path);
+/// The part after the last '/'.
+std::string file_name(const std::string& path);
+/// Whether any '/'-separated component of path is "..".
+bool has_parent_reference(const std::string& path);
+bool path_exists(const std::string& path);
+bool is_directory(const std::string& path);
+bool is_regular_file(const std::string& path);
+/// mkdir -p; throws IoError naming the folder on failure.
+void create_directories(const std::string& path);
+
 }  // namespace imcap::detail

@@ -15,7 +15,7 @@ endfunction()
 
 if(MODE STREQUAL "install")
   run(${CMAKE_COMMAND} --install ${IMCAP_BINARY_DIR} --prefix ${work}/prefix)
-  set(locate -DCMAKE_PREFIX_PATH=${work}/prefix)
+  set(locate -DCMAKE_PREFIX_PATH=${work}/prefix -DBUILD_EXAMPLES=ON)
 else()
   set(locate -Dimcap_DIR=${IMCAP_BINARY_DIR})
 endif()
