@@ -239,5 +239,5 @@ TEST_CASE("imcap demo --quick runs end to end and writes a report", "[trainer][d
   CHECK_THAT(r.out, Catch::Contains("BLEU-4"));
   const auto html = imcap::test::read_text(tmp.file("demo/report.html"));
   CHECK_THAT(html, Catch::Contains("<svg") && Catch::Contains("data:image/jpeg;base64,"));
-  CHECK(imcap::detail::path_exists(tmp.file("demo/model/best.imcap")));
+  CHECK(imcap::detail::path_exists(tmp.file("demo/model/last.imcap")));
 }
