@@ -24,14 +24,31 @@ constexpr std::uint64_t kMaxAnnotationBytes = 4ull << 30;
   throw FormatError(fmt::format("{}: {}: {}", file, where, what));
 }
 
-// Checks the kind of the next value; `where` is its JSON path.
+// The JSON path of an element, e.g. annotations[17] or annotations[17].caption; built only
+// when an error needs it (formatting it for each of 200k captions would cost more than parsing).
+struct Where {
+  const char* array;
+  std::size_t index;
+  std::string str(const std::string& key = {}) const {
+    return key.empty() ? fmt::format("{}[{}]", array, index)
+                       : fmt::format("{}[{}].{}", array, index, key);
+  }
+};
+
+// Checks the kind of the next value, at the JSON path `path`.
 void expect_kind(JsonReader& in, JsonReader::Kind kind, const std::string& file,
-                 const std::string& where) {
+                 const std::string& path) {
   const auto got = in.peek();
   if (got != kind)
-    fail(file, where,
+    fail(file, path,
          fmt::format("expected {}, got {}", JsonReader::kind_name(kind),
                      JsonReader::kind_name(got)));
+}
+
+// The same at `where` (plus `.key` when key is given), formatting the path only on failure.
+void expect_kind(JsonReader& in, JsonReader::Kind kind, const std::string& file, const Where& where,
+                 const std::string& key = {}) {
+  if (in.peek() != kind) expect_kind(in, kind, file, where.str(key));
 }
 
 bool is_safe_relative(const std::string& name) {
@@ -48,25 +65,25 @@ struct Fields {
 };
 
 void read_fields(JsonReader& in, const char* text_key, bool want_image_id, const std::string& file,
-                 const std::string& where, Fields& f, std::string& key) {
+                 const Where& where, Fields& f, std::string& key) {
   expect_kind(in, JsonReader::Kind::object, file, where);
   in.begin_object();
   while (in.next_key(key)) {
     if (key == "id" || (want_image_id && key == "image_id")) {
-      expect_kind(in, JsonReader::Kind::integer, file, fmt::format("{}.{}", where, key));
+      expect_kind(in, JsonReader::Kind::integer, file, where, key);
       (key == "id" ? f.id : f.image_id) = in.read_int();
       (key == "id" ? f.has_id : f.has_image_id) = true;
     } else if (key == text_key) {
-      expect_kind(in, JsonReader::Kind::string, file, fmt::format("{}.{}", where, key));
+      expect_kind(in, JsonReader::Kind::string, file, where, key);
       in.read_string(f.text);
       f.has_text = true;
     } else {
       in.skip_value();
     }
   }
-  if (!f.has_id) fail(file, where, "missing key 'id'");
-  if (want_image_id && !f.has_image_id) fail(file, where, "missing key 'image_id'");
-  if (!f.has_text) fail(file, where, fmt::format("missing key '{}'", text_key));
+  if (!f.has_id) fail(file, where.str(), "missing key 'id'");
+  if (want_image_id && !f.has_image_id) fail(file, where.str(), "missing key 'image_id'");
+  if (!f.has_text) fail(file, where.str(), fmt::format("missing key '{}'", text_key));
 }
 
 }  // namespace
@@ -96,17 +113,17 @@ CocoAnnotations CocoAnnotations::parse(std::string_view text, const std::string&
       expect_kind(in, JsonReader::Kind::array, name, "images");
       in.begin_array();
       for (std::size_t i = 0; in.next_element(); ++i) {
-        const std::string where = fmt::format("images[{}]", i);
+        const Where where{"images", i};
         Fields f;
         read_fields(in, "file_name", false, name, where, f, field_key);
         if (!is_safe_relative(f.text))
-          fail(name, where + ".file_name",
+          fail(name, where.str("file_name"),
                fmt::format("'{}' must be a relative path inside the image folder (no leading '/', "
                            "no '..', no backslash)",
                            f.text));
         const auto [it, inserted] = out.image_index_.emplace(f.id, out.images_.size());
         if (!inserted)
-          fail(name, where + ".id",
+          fail(name, where.str("id"),
                fmt::format("duplicate image id {} (also images[{}])", f.id, it->second));
         out.images_.push_back(CocoImage{f.id, std::move(f.text)});
       }
@@ -115,12 +132,12 @@ CocoAnnotations CocoAnnotations::parse(std::string_view text, const std::string&
       expect_kind(in, JsonReader::Kind::array, name, "annotations");
       in.begin_array();
       for (std::size_t i = 0; in.next_element(); ++i) {
-        const std::string where = fmt::format("annotations[{}]", i);
+        const Where where{"annotations", i};
         Fields f;
         read_fields(in, "caption", true, name, where, f, field_key);
         const auto [it, inserted] = seen_ids.emplace(f.id, i);
         if (!inserted)
-          fail(name, where + ".id",
+          fail(name, where.str("id"),
                fmt::format("duplicate annotation id {} (also annotations[{}])", f.id, it->second));
         out.captions_.push_back(CocoCaption{f.id, f.image_id, std::move(f.text)});
       }

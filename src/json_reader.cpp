@@ -2,6 +2,7 @@
 
 #include <fmt/format.h>
 
+#include "detail/io.hpp"
 #include "imcap/error.hpp"
 
 namespace imcap::detail {
@@ -20,7 +21,8 @@ void JsonReader::syntax_error(const std::string& what) const {
       ++column;
     }
   }
-  throw FormatError(fmt::format("{}: not valid JSON: line {}, column {}: {}", name_, line, column, what));
+  throw FormatError(
+      fmt::format("{}: not valid JSON: line {}, column {}: {}", name_, line, column, what));
 }
 
 void JsonReader::skip_ws() {
@@ -47,18 +49,32 @@ JsonReader::Kind JsonReader::peek() {
   skip_ws();
   if (pos_ >= text_.size()) syntax_error("expected a value, got the end of the text");
   switch (text_[pos_]) {
-    case 'n': return Kind::null;
+    case 'n':
+      return Kind::null;
     case 't':
-    case 'f': return Kind::boolean;
-    case '"': return Kind::string;
-    case '[': return Kind::array;
-    case '{': return Kind::object;
+    case 'f':
+      return Kind::boolean;
+    case '"':
+      return Kind::string;
+    case '[':
+      return Kind::array;
+    case '{':
+      return Kind::object;
     case '-':
-    case '0': case '1': case '2': case '3': case '4':
-    case '5': case '6': case '7': case '8': case '9': {
+    case '0':
+    case '1':
+    case '2':
+    case '3':
+    case '4':
+    case '5':
+    case '6':
+    case '7':
+    case '8':
+    case '9': {
       std::size_t i = pos_ + 1;
       while (i < text_.size() && ((text_[i] >= '0' && text_[i] <= '9'))) ++i;
-      if (i < text_.size() && (text_[i] == '.' || text_[i] == 'e' || text_[i] == 'E')) return Kind::floating;
+      if (i < text_.size() && (text_[i] == '.' || text_[i] == 'e' || text_[i] == 'E'))
+        return Kind::floating;
       return Kind::integer;
     }
     default:
@@ -68,13 +84,20 @@ JsonReader::Kind JsonReader::peek() {
 
 const char* JsonReader::kind_name(Kind kind) {
   switch (kind) {
-    case Kind::null: return "null";
-    case Kind::boolean: return "a boolean";
-    case Kind::integer: return "an integer";
-    case Kind::floating: return "a floating-point number";
-    case Kind::string: return "a string";
-    case Kind::array: return "an array";
-    case Kind::object: return "an object";
+    case Kind::null:
+      return "null";
+    case Kind::boolean:
+      return "a boolean";
+    case Kind::integer:
+      return "an integer";
+    case Kind::floating:
+      return "a floating-point number";
+    case Kind::string:
+      return "a string";
+    case Kind::array:
+      return "an array";
+    case Kind::object:
+      return "an object";
   }
   return "a value";
 }
@@ -127,27 +150,7 @@ bool JsonReader::next_element() {
   return true;
 }
 
-namespace {
-
-void append_utf8(std::string& out, std::uint32_t cp) {
-  if (cp < 0x80) {
-    out += static_cast<char>(cp);
-  } else if (cp < 0x800) {
-    out += static_cast<char>(0xC0 | (cp >> 6));
-    out += static_cast<char>(0x80 | (cp & 0x3F));
-  } else if (cp < 0x10000) {
-    out += static_cast<char>(0xE0 | (cp >> 12));
-    out += static_cast<char>(0x80 | ((cp >> 6) & 0x3F));
-    out += static_cast<char>(0x80 | (cp & 0x3F));
-  } else {
-    out += static_cast<char>(0xF0 | (cp >> 18));
-    out += static_cast<char>(0x80 | ((cp >> 12) & 0x3F));
-    out += static_cast<char>(0x80 | ((cp >> 6) & 0x3F));
-    out += static_cast<char>(0x80 | (cp & 0x3F));
-  }
-}
-
-}  // namespace
+namespace {}  // namespace
 
 void JsonReader::read_string(std::string& out) {
   skip_ws();
@@ -169,24 +172,44 @@ void JsonReader::read_string(std::string& out) {
     if (c != '\\') syntax_error("control character inside a string");
     const char e = take();
     switch (e) {
-      case '"': out += '"'; break;
-      case '\\': out += '\\'; break;
-      case '/': out += '/'; break;
-      case 'b': out += '\b'; break;
-      case 'f': out += '\f'; break;
-      case 'n': out += '\n'; break;
-      case 'r': out += '\r'; break;
-      case 't': out += '\t'; break;
+      case '"':
+        out += '"';
+        break;
+      case '\\':
+        out += '\\';
+        break;
+      case '/':
+        out += '/';
+        break;
+      case 'b':
+        out += '\b';
+        break;
+      case 'f':
+        out += '\f';
+        break;
+      case 'n':
+        out += '\n';
+        break;
+      case 'r':
+        out += '\r';
+        break;
+      case 't':
+        out += '\t';
+        break;
       case 'u': {
         auto hex4 = [&]() {
           std::uint32_t v = 0;
           for (int i = 0; i < 4; ++i) {
             const char h = take();
             v <<= 4;
-            if (h >= '0' && h <= '9') v |= static_cast<std::uint32_t>(h - '0');
-            else if (h >= 'a' && h <= 'f') v |= static_cast<std::uint32_t>(h - 'a' + 10);
-            else if (h >= 'A' && h <= 'F') v |= static_cast<std::uint32_t>(h - 'A' + 10);
-            else syntax_error("bad \\u escape");
+            if (h >= '0' && h <= '9')
+              v |= static_cast<std::uint32_t>(h - '0');
+            else if (h >= 'a' && h <= 'f')
+              v |= static_cast<std::uint32_t>(h - 'a' + 10);
+            else if (h >= 'A' && h <= 'F')
+              v |= static_cast<std::uint32_t>(h - 'A' + 10);
+            else
+              syntax_error("bad \\u escape");
           }
           return v;
         };
@@ -199,7 +222,7 @@ void JsonReader::read_string(std::string& out) {
         } else if (cp >= 0xDC00 && cp <= 0xDFFF) {
           syntax_error("unpaired UTF-16 surrogate");
         }
-        append_utf8(out, cp);
+        detail::append_utf8(out, cp);
         break;
       }
       default:
@@ -215,7 +238,8 @@ std::int64_t JsonReader::read_int() {
     negative = true;
     ++pos_;
   }
-  if (pos_ >= text_.size() || text_[pos_] < '0' || text_[pos_] > '9') syntax_error("expected a digit");
+  if (pos_ >= text_.size() || text_[pos_] < '0' || text_[pos_] > '9')
+    syntax_error("expected a digit");
   std::uint64_t v = 0;
   const std::uint64_t limit = negative ? (std::uint64_t{1} << 63) : (std::uint64_t{1} << 63) - 1;
   while (pos_ < text_.size() && text_[pos_] >= '0' && text_[pos_] <= '9') {
@@ -254,11 +278,19 @@ void JsonReader::skip_number() {
 void JsonReader::skip_value() {
   std::string scratch;
   switch (peek()) {
-    case Kind::null: skip_literal("null"); break;
-    case Kind::boolean: skip_literal(text_[pos_] == 't' ? "true" : "false"); break;
+    case Kind::null:
+      skip_literal("null");
+      break;
+    case Kind::boolean:
+      skip_literal(text_[pos_] == 't' ? "true" : "false");
+      break;
     case Kind::integer:
-    case Kind::floating: skip_number(); break;
-    case Kind::string: read_string(scratch); break;
+    case Kind::floating:
+      skip_number();
+      break;
+    case Kind::string:
+      read_string(scratch);
+      break;
     case Kind::array:
       begin_array();
       while (next_element()) skip_value();

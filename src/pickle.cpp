@@ -11,6 +11,7 @@
 
 #include <fmt/format.h>
 
+#include "detail/io.hpp"
 #include "imcap/error.hpp"
 
 namespace imcap {
@@ -74,24 +75,6 @@ std::string normalize_module(std::string module) {
   if (module == "__builtin__") return "builtins";
   if (module == "copy_reg") return "copyreg";
   return module;
-}
-
-void utf8_append(std::string& out, std::uint32_t cp) {
-  if (cp < 0x80) {
-    out += static_cast<char>(cp);
-  } else if (cp < 0x800) {
-    out += static_cast<char>(0xC0 | (cp >> 6));
-    out += static_cast<char>(0x80 | (cp & 0x3F));
-  } else if (cp < 0x10000) {
-    out += static_cast<char>(0xE0 | (cp >> 12));
-    out += static_cast<char>(0x80 | ((cp >> 6) & 0x3F));
-    out += static_cast<char>(0x80 | (cp & 0x3F));
-  } else {
-    out += static_cast<char>(0xF0 | (cp >> 18));
-    out += static_cast<char>(0x80 | ((cp >> 12) & 0x3F));
-    out += static_cast<char>(0x80 | ((cp >> 6) & 0x3F));
-    out += static_cast<char>(0x80 | (cp & 0x3F));
-  }
 }
 
 // Decodes UTF-8 into code points; false on malformed input.
@@ -533,10 +516,10 @@ class Unpickler {
           cp = cp * 16 + static_cast<std::uint32_t>(hex_digit(s[i + 2 + k]));
         }
         if (cp > 0x10FFFF) fail("code point out of range in UNICODE");
-        utf8_append(out, cp);
+        detail::append_utf8(out, cp);
         i += 1 + n;
       } else {
-        utf8_append(out, static_cast<unsigned char>(s[i]));
+        detail::append_utf8(out, static_cast<unsigned char>(s[i]));
       }
     }
     return out;

@@ -13,6 +13,7 @@
 #include "imcap/decoder.hpp"
 #include "imcap/encoder.hpp"
 #include "imcap/error.hpp"
+#include "imcap/weights.hpp"
 #include "support.hpp"
 
 namespace {
@@ -29,12 +30,8 @@ void python(const std::vector<std::string>& args) {
 
 // A torch.save'd plain dict of tensors. The only place that reads weight files in these tests.
 TensorMap load_tensor_dict(const std::string& path) {
-  const std::string bytes = imcap::test::read_text(path);
-  const torch::IValue value = torch::pickle_load(std::vector<char>(bytes.begin(), bytes.end()));
   TensorMap out;
-  for (const auto& item : value.toGenericDict()) {
-    out[item.key().toStringRef()] = item.value().toTensor();
-  }
+  for (const auto& [name, tensor] : imcap::load_weights(path)) out[name] = tensor;
   return out;
 }
 

@@ -7,6 +7,7 @@
 #include <torch/torch.h>
 
 #include "detail/io.hpp"
+#include "imcap/error.hpp"
 
 namespace imcap::cli {
 
@@ -21,6 +22,16 @@ void set_threads(int threads) {
   if (auto* set_blas =
           reinterpret_cast<SetThreads>(::dlsym(RTLD_DEFAULT, "openblas_set_num_threads")))
     set_blas(threads > 1 ? 1 : threads);
+}
+
+torch::Device parse_device(const std::string& name) {
+  if (name == "cpu") return torch::kCPU;
+  if (name == "cuda" || name.rfind("cuda:", 0) == 0) {
+    if (!torch::cuda::is_available())
+      throw InvalidArgument("--device " + name + ": this build or machine has no CUDA device");
+    return torch::Device(name);
+  }
+  throw UsageError("--device '" + name + "': expected cpu, cuda or cuda:N");
 }
 
 void write_output_file(const std::string& path, const std::string& text) {

@@ -3,6 +3,7 @@
 
 #include <string>
 
+#include <torch/types.h>
 #include <CLI/CLI.hpp>
 
 namespace imcap::cli {
@@ -17,6 +18,10 @@ class UsageError : public std::runtime_error {
 /// Sets the number of intra-op threads Torch uses (0: one per core), and OpenBLAS's to 1 when
 /// Torch's are several, so that the two thread pools do not compete for the cores.
 void set_threads(int threads);
+
+/// "cpu", "cuda" or "cuda:N" as a device; throws InvalidArgument when CUDA is unavailable and
+/// UsageError for other names.
+torch::Device parse_device(const std::string& name);
 
 /// Writes text to path crash-safely (temporary file + rename); throws imcap::IoError.
 void write_output_file(const std::string& path, const std::string& text);

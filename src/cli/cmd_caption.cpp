@@ -25,17 +25,6 @@ struct CaptionArgs {
   int threads = 0, batch_size = 16;
 };
 
-torch::Device parse_device(const std::string& name) {
-  if (name == "cpu") return torch::kCPU;
-  if (name == "cuda" || name.rfind("cuda:", 0) == 0) {
-    if (!torch::cuda::is_available())
-      throw InvalidArgument(
-          fmt::format("--device {}: this build or machine has no CUDA device", name));
-    return torch::Device(name);
-  }
-  throw UsageError(fmt::format("--device '{}': expected cpu, cuda or cuda:N", name));
-}
-
 void run_caption(const CaptionArgs& a) {
   set_threads(a.threads);
   const auto captioner = Captioner::load(a.model, parse_device(a.device), a.options);

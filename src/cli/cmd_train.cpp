@@ -28,17 +28,6 @@ struct TrainArgs {
   bool resume = false, head_bn = false;
 };
 
-torch::Device device_of(const std::string& name) {
-  if (name == "cpu") return torch::kCPU;
-  if (name == "cuda" || name.rfind("cuda:", 0) == 0) {
-    if (!torch::cuda::is_available())
-      throw InvalidArgument(
-          fmt::format("--device {}: this build or machine has no CUDA device", name));
-    return torch::Device(name);
-  }
-  throw UsageError(fmt::format("--device '{}': expected cpu, cuda or cuda:N", name));
-}
-
 int parse_trainable(const std::string& s, bool pretrained) {
   if (s == "auto") return pretrained ? 0 : kResNetStages;  // the seed freezes a pretrained CNN
   if (s == "all") return kResNetStages;
@@ -57,7 +46,7 @@ void run_train(const TrainArgs& a) {
   set_threads(a.threads);
   if (a.val_annotations.empty() != a.val_images.empty())
     throw UsageError("--val-annotations and --val-images go together");
-  const torch::Device device = device_of(a.device);
+  const torch::Device device = parse_device(a.device);
   const std::string last = detail::join_path(a.out, "last.imcap");
   torch::manual_seed(a.seed);
   std::unique_ptr<CaptionModel> model;

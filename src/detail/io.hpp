@@ -19,6 +19,9 @@ std::string read_file(const std::string& path, std::uint64_t max_bytes = UINT64_
 /// Throws IoError naming the file (disk full, unwritable folder, ...).
 void write_file_atomic(const std::string& path, std::string_view data);
 
+/// Appends the UTF-8 encoding of a code point (at most U+10FFFF) to out.
+void append_utf8(std::string& out, std::uint32_t code_point);
+
 // Path helpers on POSIX calls. imcap avoids std::filesystem: PyTorch 2.5+ wheels export a
 // statically linked copy of its symbols (pytorch/pytorch#133437), and a program that links such
 // a LibTorch and calls std::filesystem can crash.

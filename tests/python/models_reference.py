@@ -1,7 +1,6 @@
 """Reference outputs for tests/test_models.cpp, from Debian's python3-torch and torchvision.
 
-Weights and tensors are saved as PLAIN dicts (torch.save(dict(...))), which LibTorch's
-torch::pickle_load reads.
+Weights and tensors are saved with torch.save and read back with imcap::load_weights.
 
   models_reference.py names OUT.json
   models_reference.py resnet ARCH BATCH SIZE OUTDIR
