@@ -17,9 +17,9 @@
 
 namespace {
 
-using imcap::SearchState;
 using imcap::Hypothesis;
 using imcap::SearchOptions;
+using imcap::SearchState;
 using imcap::StepDecoder;
 using imcap::StepStart;
 
