@@ -207,6 +207,14 @@ TEST_CASE("train, caption, predict and eval from the command line", "[trainer][c
   CHECK(j[0].contains("caption"));
   CHECK(j[0]["tokens"].is_array());
   CHECK(j[0]["log_prob"].get<double>() <= 0.0);
+#ifdef IMCAP_EXAMPLES_DIR
+  // The bundled example captions with the trained model, as the CLI does (both beam 3).
+  const auto example = imcap::test::run_process(
+      {std::string(IMCAP_EXAMPLES_DIR) + "/caption_image", model, f.val_images + "/1000000.jpg"});
+  INFO(example.err);
+  CHECK(example.exit_code == 0);
+  CHECK_THAT(example.out, Catch::Contains(": " + j[0]["caption"].get<std::string>() + "  (log p"));
+#endif
   r = imcap::test::run_cli({"predict", "--model", model, "--annotations", f.val_annotations,
                             "--images", f.val_images, "--out", t.tmp.file("results.json"), "--beam",
                             "2"});
