@@ -30,13 +30,13 @@ DecoderState to_decoder_state(const SearchState& s) {
 
 StepStart DecoderStepper::start(const at::Tensor& features) const {
   auto out = decoder_.ptr()->start(features);
-  return StepStart{torch::log_softmax(out.logits, 1), to_search_state(out.state)};
+  return StepStart{out.logits, to_search_state(out.state)};  // the search normalises
 }
 
 at::Tensor DecoderStepper::step(const at::Tensor& tokens, SearchState& state) const {
   auto out = decoder_.ptr()->step(tokens, to_decoder_state(state));
   state = to_search_state(out.state);
-  return torch::log_softmax(out.logits, 1);
+  return out.logits;
 }
 
 SearchOptions search_options(const CaptionOptions& o, const Vocabulary& vocab) {
