@@ -183,6 +183,26 @@ at::Tensor to_device_int64(const std::vector<std::int64_t>& values, const at::De
   return device.is_cpu() ? cpu.clone() : cpu.to(device);
 }
 
+// The first step of every search: the decoder's start() on the images, validated, as
+// log-probabilities.
+struct FirstStep {
+  at::Tensor log_probs;  // [B, V]
+  SearchState state;     // B rows
+  std::int64_t vocab_size = -1;
+};
+
+FirstStep first_step(const StepDecoder& decoder, const at::Tensor& features, std::int64_t batch,
+                     const SearchOptions& options, const char* what) {
+  StepStart start = decoder.start(features);
+  check_state_rows(start.state, batch, what);
+  FirstStep first;
+  first.vocab_size = start.scores.defined() && start.scores.dim() == 2 ? start.scores.size(1) : -1;
+  first.log_probs = log_probs(start.scores, batch, first.vocab_size, what);
+  check_ids(options, first.vocab_size, what);
+  first.state = std::move(start.state);
+  return first;
+}
+
 }  // namespace
 
 std::vector<Hypothesis> greedy_search(const StepDecoder& decoder, const at::Tensor& features,
@@ -198,13 +218,10 @@ std::vector<Hypothesis> greedy_search(const StepDecoder& decoder, const at::Tens
   if (batch == 0) return results;
 
   torch::NoGradGuard no_grad;
-  StepStart first = decoder.start(features);
-  at::Tensor scores = std::move(first.scores);
+  FirstStep first = first_step(decoder, features, batch, opts, kWhat);
   SearchState state = std::move(first.state);
-  check_state_rows(state, batch, kWhat);
-  const std::int64_t vocab_size = scores.defined() && scores.dim() == 2 ? scores.size(1) : -1;
-  at::Tensor logp = log_probs(scores, batch, vocab_size, kWhat);
-  check_ids(opts, vocab_size, kWhat);
+  const std::int64_t vocab_size = first.vocab_size;
+  at::Tensor logp = std::move(first.log_probs);
 
   // rows[i] = the image that live row i decodes.
   std::vector<std::int64_t> rows(static_cast<std::size_t>(batch));
@@ -259,7 +276,7 @@ std::vector<Hypothesis> greedy_search(const StepDecoder& decoder, const at::Tens
       words[i] = word_count(partial[static_cast<std::size_t>(rows[i])].tokens, opts.start_id);
     }
     const auto n = static_cast<std::int64_t>(rows.size());
-    scores = decoder.step(tokens, state);
+    const at::Tensor scores = decoder.step(tokens, state);
     check_state_rows(state, n, kWhat);
     logp = log_probs(scores, n, vocab_size, kWhat);
   }
@@ -311,13 +328,10 @@ std::vector<std::vector<Hypothesis>> beam_search(const StepDecoder& decoder,
   if (batch == 0) return finished;
 
   torch::NoGradGuard no_grad;
-  StepStart first = decoder.start(features);
-  at::Tensor scores = std::move(first.scores);
+  FirstStep first = first_step(decoder, features, batch, options, kWhat);
   SearchState state = std::move(first.state);
-  check_state_rows(state, batch, kWhat);
-  const std::int64_t vocab_size = scores.defined() && scores.dim() == 2 ? scores.size(1) : -1;
-  at::Tensor logp = log_probs(scores, batch, vocab_size, kWhat);
-  check_ids(options, vocab_size, kWhat);
+  const std::int64_t vocab_size = first.vocab_size;
+  at::Tensor logp = std::move(first.log_probs);
   const at::Device device = logp.device();
   // Upper bound of the length penalty any hypothesis can reach: scores are <= 0, so a live
   // hypothesis can at best keep its log-probability and grow to max_length tokens.
@@ -431,7 +445,7 @@ std::vector<std::vector<Hypothesis>> beam_search(const StepDecoder& decoder,
     const auto rows = static_cast<std::int64_t>(live.size());
     state.select_rows(to_device_int64(origin_rows, device));
     live_scores = torch::from_blob(next_scores.data(), {rows}, torch::kFloat).clone().to(device);
-    scores = decoder.step(to_device_int64(next_tokens, device), state);
+    const at::Tensor scores = decoder.step(to_device_int64(next_tokens, device), state);
     check_state_rows(state, rows, kWhat);
     logp = log_probs(scores, rows, vocab_size, kWhat);
   }
