@@ -9,6 +9,7 @@
 
 #include "detail/io.hpp"
 #include "detail/json_reader.hpp"
+#include "detail/tokenizer.hpp"
 #include "imcap/error.hpp"
 
 namespace imcap {
@@ -177,12 +178,9 @@ CaptionStatistics caption_statistics(const CocoAnnotations& annotations, std::si
   s.captions = annotations.captions().size();
   for (const auto& img : annotations.images())
     if (annotations.captions_of(img.id).empty()) ++s.images_without_captions;
-  std::unordered_map<std::string, std::int64_t> counts;
-  for (const auto& c : annotations.captions()) {
-    auto tokens = tokenize(c.caption);
-    ++s.length_histogram[tokens.size()];
-    for (auto& t : tokens) ++counts[std::move(t)];
-  }
+  detail::TokenCounter counter;
+  for (const auto& c : annotations.captions()) ++s.length_histogram[counter.add(c.caption)];
+  const auto counts = counter.counts();
   std::vector<std::pair<std::string, std::int64_t>> words(counts.begin(), counts.end());
   const std::size_t keep = std::min(top, words.size());
   std::partial_sort(words.begin(), words.begin() + static_cast<std::ptrdiff_t>(keep), words.end(),

@@ -204,10 +204,12 @@ class Evaluator {
   CorpusScores run(const std::vector<EvalImage>& images);
 
  private:
-  // Per n-gram id: its idf, and its index among the n-grams of the image being scored.
+  // Per n-gram id, 8 bytes (the table has millions of entries, and each image's lookups miss
+  // the cache): its document frequency, and a mark that is the last counted image while
+  // counting, then its index among the n-grams of the image being scored.
   struct NgramInfo {
-    double idf = 0.0;
-    std::uint32_t local = kNoId;
+    std::uint32_t df = 0;
+    std::uint32_t mark = kNoId;
   };
 
   void add_caption(std::string_view text);
@@ -226,6 +228,8 @@ class Evaluator {
   std::vector<std::uint32_t> grams_;
   std::size_t num_ids_ = 0;
   std::vector<NgramInfo> info_;
+  double log_images_ = 0.0;
+  std::vector<double> log_df_;  // log_df_[d] = log(d)
   // The image being scored, with its n-grams renumbered 0..k-1 (local ids) so that the inner
   // loops touch small arrays only.
   std::size_t image_gram_begin_ = 0;
@@ -315,34 +319,28 @@ void Evaluator::assign_ngram_ids() {
 
 void Evaluator::compute_idf(const std::vector<EvalImage>& images) {
   // Document = the reference set of one evaluated image (cider_scorer.compute_doc_freq).
-  struct DocumentCount {
-    std::uint32_t df = 0;
-    std::uint32_t last_image = kNoId;
-  };
-  std::vector<DocumentCount> counts(num_ids_);
+  info_.assign(num_ids_, NgramInfo{});
   std::size_t c = 0;
   for (std::size_t img = 0; img < images.size(); ++img) {
     const std::size_t refs_end = c + 1 + images[img].references.size();
     for (std::size_t g = captions_[c + 1].gram_begin; g < captions_[refs_end - 1].gram_end; ++g) {
-      DocumentCount& dc = counts[grams_[g]];
-      if (dc.last_image != img) {
-        dc.last_image = static_cast<std::uint32_t>(img);
-        ++dc.df;
+      NgramInfo& info = info_[grams_[g]];
+      if (info.mark != img) {
+        info.mark = static_cast<std::uint32_t>(img);
+        ++info.df;
       }
     }
     c = refs_end;
   }
+  for (auto& info : info_) info.mark = kNoId;
   // cider_scorer.py: idf numerator log(number of images); n-grams in no reference count df 1.
-  const double log_images = std::log(static_cast<double>(images.size()));
-  std::vector<double> log_df(images.size() + 1, 0.0);
-  for (std::size_t d = 1; d < log_df.size(); ++d) log_df[d] = std::log(static_cast<double>(d));
-  info_.assign(num_ids_, NgramInfo{});
-  for (std::size_t id = 0; id < num_ids_; ++id)
-    info_[id].idf = log_images - log_df[std::max<std::uint32_t>(1, counts[id].df)];
+  log_images_ = std::log(static_cast<double>(images.size()));
+  log_df_.assign(images.size() + 1, 0.0);
+  for (std::size_t d = 1; d < log_df_.size(); ++d) log_df_[d] = std::log(static_cast<double>(d));
 }
 
 void Evaluator::localize(std::size_t first_caption, std::size_t end_caption) {
-  for (const std::uint32_t id : local_to_id_) info_[id].local = kNoId;
+  for (const std::uint32_t id : local_to_id_) info_[id].mark = kNoId;
   local_to_id_.clear();
   local_idf_.clear();
   image_gram_begin_ = captions_[first_caption].gram_begin;
@@ -350,12 +348,12 @@ void Evaluator::localize(std::size_t first_caption, std::size_t end_caption) {
   local_grams_.resize(end - image_gram_begin_);
   for (std::size_t g = image_gram_begin_; g < end; ++g) {
     NgramInfo& info = info_[grams_[g]];
-    if (info.local == kNoId) {
-      info.local = static_cast<std::uint32_t>(local_to_id_.size());
+    if (info.mark == kNoId) {
+      info.mark = static_cast<std::uint32_t>(local_to_id_.size());
       local_to_id_.push_back(grams_[g]);
-      local_idf_.push_back(info.idf);
+      local_idf_.push_back(log_images_ - log_df_[std::max<std::uint32_t>(1, info.df)]);
     }
-    local_grams_[g - image_gram_begin_] = info.local;
+    local_grams_[g - image_gram_begin_] = info.mark;
   }
   if (count_scratch_.size() < local_to_id_.size()) {
     count_scratch_.resize(local_to_id_.size(), 0);

@@ -7,6 +7,7 @@
 #include <fmt/format.h>
 
 #include "detail/io.hpp"
+#include "detail/tokenizer.hpp"
 #include "imcap/coco_dataset.hpp"
 #include "imcap/error.hpp"
 
@@ -16,39 +17,32 @@ namespace {
 
 constexpr std::string_view kVocabHeader = "# imcap vocabulary v1";
 
-bool is_space(char c) {
-  return c == ' ' || c == '\t' || c == '\n' || c == '\r' || c == '\f' || c == '\v';
+// Character classes of the tokenizer, looked up once per byte.
+enum : std::uint8_t {
+  kSpace = 1,       // separates words
+  kSplit = 2,       // always a token of its own, as in NLTK's Treebank rules
+  kMaybeSplit = 4,  // ',' ':' (not inside numbers: "1,000", "10:30"), '-' ("--"), '.' ("...")
+  kInWord = 8,      // '\'' and '.', which split_word handles
+  kUpper = 16,
+};
+
+constexpr std::array<std::uint8_t, 256> make_char_classes() {
+  std::array<std::uint8_t, 256> t{};
+  for (const unsigned char c : {' ', '\t', '\n', '\r', '\f', '\v'}) t[c] = kSpace;
+  for (const unsigned char c :
+       {'?', '!', ';', '@', '#', '$', '%', '&', '(', ')', '[', ']', '{', '}', '<', '>', '"', '`'})
+    t[c] = kSplit;
+  for (const unsigned char c : {',', ':', '-'}) t[c] = kMaybeSplit;
+  t[static_cast<unsigned char>('.')] = kMaybeSplit | kInWord;
+  t[static_cast<unsigned char>('\'')] = kInWord;
+  for (unsigned c = 'A'; c <= 'Z'; ++c) t[c] = kUpper;
+  return t;
 }
+constexpr std::array<std::uint8_t, 256> kCharClass = make_char_classes();
+
+std::uint8_t char_class(char c) { return kCharClass[static_cast<unsigned char>(c)]; }
 bool is_digit(char c) { return c >= '0' && c <= '9'; }
 bool is_alpha(char c) { return (c >= 'a' && c <= 'z') || static_cast<unsigned char>(c) >= 0x80; }
-
-// Characters that always stand alone, as in NLTK's Treebank rules. ',' and ':' are handled
-// apart because they stay inside numbers ("1,000", "10:30").
-bool is_split_char(char c) {
-  switch (c) {
-    case '?':
-    case '!':
-    case ';':
-    case '@':
-    case '#':
-    case '$':
-    case '%':
-    case '&':
-    case '(':
-    case ')':
-    case '[':
-    case ']':
-    case '{':
-    case '}':
-    case '<':
-    case '>':
-    case '"':
-    case '`':
-      return true;
-    default:
-      return false;
-  }
-}
 
 bool ends_with(std::string_view s, std::string_view suffix) {
   return s.size() >= suffix.size() && s.substr(s.size() - suffix.size()) == suffix;
@@ -67,51 +61,66 @@ constexpr std::array<std::pair<std::string_view, std::size_t>, 7> kSplitWords{{
 
 // Splits one piece without separators: clitics ("man's" -> "man" "'s", "don't" -> "do" "n't"),
 // a final period, surrounding single quotes.
-void split_word(std::string_view w, std::vector<std::string>& out) {
+void split_word(std::string_view w, bool plain, std::vector<std::string_view>& out) {
   if (w.empty()) return;
+  if (plain && w.size() != 5 && w.size() != 6) {  // no quote or period, not a kSplitWords entry
+    out.push_back(w);
+    return;
+  }
   // A leading quote that opens a quotation ("'hello") stands alone; "'s" itself is a clitic.
   if (w.size() > 1 && w.front() == '\'' && is_alpha(w[1]) && w != "'s" && w != "'m" && w != "'d" &&
       w != "'ll" && w != "'re" && w != "'ve") {
-    out.emplace_back("'");
+    out.push_back(w.substr(0, 1));
     w.remove_prefix(1);
   }
-  std::vector<std::string> tail;  // tokens split from the end, in reverse order
+  std::array<std::string_view, 4> tail;  // tokens split from the end, in reverse order
+  std::size_t n_tail = 0;
   // Final period: split unless the word is an initialism like "u.s." or is only dots.
   if (w.size() > 1 && w.back() == '.' &&
       w.substr(0, w.size() - 1).find('.') == std::string_view::npos) {
-    tail.emplace_back(".");
+    tail[n_tail++] = w.substr(w.size() - 1);
     w.remove_suffix(1);
   }
   if (w.size() > 1 && w.back() == '\'' && w[w.size() - 2] != '\'') {
-    tail.emplace_back("'");
+    tail[n_tail++] = w.substr(w.size() - 1);
     w.remove_suffix(1);
   }
   for (std::string_view clitic : {"n't", "'ll", "'re", "'ve", "'s", "'m", "'d"}) {
     if (w.size() > clitic.size() && ends_with(w, clitic)) {
-      tail.emplace_back(clitic);
+      tail[n_tail++] = w.substr(w.size() - clitic.size());
       w.remove_suffix(clitic.size());
       break;
     }
   }
   for (const auto& [word, cut] : kSplitWords) {
     if (w == word) {
-      tail.emplace_back(w.substr(cut));
+      tail[n_tail++] = w.substr(cut);
       w = w.substr(0, cut);
       break;
     }
   }
-  if (!w.empty()) out.emplace_back(w);
-  out.insert(out.end(), tail.rbegin(), tail.rend());
+  if (!w.empty()) out.push_back(w);
+  while (n_tail > 0) out.push_back(tail[--n_tail]);
 }
 
-void tokenize_chunk(std::string_view chunk, std::vector<std::string>& out) {
+void tokenize_chunk(std::string_view chunk, std::vector<std::string_view>& out) {
   std::size_t start = 0;
-  auto flush = [&](std::size_t end) { split_word(chunk.substr(start, end - start), out); };
+  bool plain = true;  // no quote or period since start
+  auto flush = [&](std::size_t end) {
+    split_word(chunk.substr(start, end - start), plain, out);
+    plain = true;
+  };
   std::size_t i = 0;
   while (i < chunk.size()) {
     const char c = chunk[i];
+    const std::uint8_t cls = char_class(c);
+    if ((cls & (kSplit | kMaybeSplit | kInWord)) == 0) {
+      ++i;
+      continue;
+    }
+    if (cls & kInWord) plain = false;
     std::size_t sep_len = 0;
-    if (is_split_char(c)) {
+    if (cls & kSplit) {
       sep_len = 1;
     } else if (c == ',' || c == ':') {
       const bool inside_number =
@@ -129,7 +138,7 @@ void tokenize_chunk(std::string_view chunk, std::vector<std::string>& out) {
       continue;
     }
     flush(i);
-    out.emplace_back(chunk.substr(i, sep_len));
+    out.push_back(chunk.substr(i, sep_len));
     i += sep_len;
     start = i;
   }
@@ -138,21 +147,52 @@ void tokenize_chunk(std::string_view chunk, std::vector<std::string>& out) {
 
 }  // namespace
 
-std::vector<std::string> tokenize(std::string_view text) {
-  std::string lower(text);
-  for (char& c : lower)
-    if (c >= 'A' && c <= 'Z') c = static_cast<char>(c - 'A' + 'a');
-  std::vector<std::string> out;
+namespace detail {
+
+void tokenize_views(std::string_view text, std::string& lowered,
+                    std::vector<std::string_view>& out) {
+  lowered.resize(text.size());
+  for (std::size_t k = 0; k < text.size(); ++k)
+    lowered[k] = (char_class(text[k]) & kUpper) ? static_cast<char>(text[k] - 'A' + 'a') : text[k];
+  out.clear();
+  const std::string_view s = lowered;
   std::size_t i = 0;
-  const std::string_view s = lower;
   while (i < s.size()) {
-    while (i < s.size() && is_space(s[i])) ++i;
+    while (i < s.size() && (char_class(s[i]) & kSpace)) ++i;
     std::size_t j = i;
-    while (j < s.size() && !is_space(s[j])) ++j;
+    while (j < s.size() && !(char_class(s[j]) & kSpace)) ++j;
     if (j > i) tokenize_chunk(s.substr(i, j - i), out);
     i = j;
   }
+}
+
+std::size_t TokenCounter::add(std::string_view caption) {
+  tokenize_views(caption, lowered_, tokens_);
+  for (const auto token : tokens_) {
+    const auto it = counts_.find(token);
+    if (it != counts_.end()) {
+      ++it->second;
+    } else {
+      counts_.emplace(words_.emplace_back(token), 1);
+    }
+  }
+  return tokens_.size();
+}
+
+std::unordered_map<std::string, std::int64_t> TokenCounter::counts() const {
+  std::unordered_map<std::string, std::int64_t> out;
+  out.reserve(counts_.size());
+  for (const auto& [word, n] : counts_) out.emplace(word, n);
   return out;
+}
+
+}  // namespace detail
+
+std::vector<std::string> tokenize(std::string_view text) {
+  std::string lowered;
+  std::vector<std::string_view> views;
+  detail::tokenize_views(text, lowered, views);
+  return {views.begin(), views.end()};
 }
 
 Vocabulary Vocabulary::from_tokens(std::vector<std::string> tokens,
@@ -220,23 +260,21 @@ Vocabulary Vocabulary::from_counts(const std::unordered_map<std::string, std::in
 
 Vocabulary Vocabulary::build_from_captions(const std::vector<std::string>& captions,
                                            const VocabularyOptions& options) {
-  std::unordered_map<std::string, std::int64_t> counts;
-  for (const auto& caption : captions)
-    for (auto& token : tokenize(caption)) ++counts[std::move(token)];
-  return from_counts(counts, options);
+  detail::TokenCounter counter;
+  for (const auto& caption : captions) counter.add(caption);
+  return from_counts(counter.counts(), options);
 }
 
 Vocabulary Vocabulary::build(const std::vector<std::string>& annotation_files,
                              const VocabularyOptions& options) {
   if (annotation_files.empty())
     throw InvalidArgument("vocabulary: no annotation file given to build from");
-  std::unordered_map<std::string, std::int64_t> counts;
+  detail::TokenCounter counter;
   for (const auto& file : annotation_files) {
     const auto annotations = CocoAnnotations::load(file);
-    for (const auto& caption : annotations.captions())
-      for (auto& token : tokenize(caption.caption)) ++counts[std::move(token)];
+    for (const auto& caption : annotations.captions()) counter.add(caption.caption);
   }
-  return from_counts(counts, options);
+  return from_counts(counter.counts(), options);
 }
 
 std::string Vocabulary::to_string() const {

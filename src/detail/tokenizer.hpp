@@ -1,0 +1,34 @@
+// The caption tokenizer's core (private). Tokens come out as views into a lower-cased copy of
+// the text, so that counting the words of 200k captions allocates only for words not seen yet.
+#pragma once
+
+#include <cstdint>
+#include <deque>
+#include <string>
+#include <string_view>
+#include <unordered_map>
+#include <vector>
+
+namespace imcap::detail {
+
+/// Tokenizes `text` as imcap::tokenize does. `lowered` receives the lower-cased text and the
+/// views in `out` (cleared first) point into it. Both buffers are reused across calls.
+void tokenize_views(std::string_view text, std::string& lowered,
+                    std::vector<std::string_view>& out);
+
+/// Counts tokens over many captions.
+class TokenCounter {
+ public:
+  /// Tokenizes `caption` and counts its tokens; returns how many it had.
+  std::size_t add(std::string_view caption);
+  /// The counts so far, keyed by token.
+  std::unordered_map<std::string, std::int64_t> counts() const;
+
+ private:
+  std::deque<std::string> words_;  // stable storage for the keys of counts_
+  std::unordered_map<std::string_view, std::int64_t> counts_;
+  std::string lowered_;
+  std::vector<std::string_view> tokens_;
+};
+
+}  // namespace imcap::detail
