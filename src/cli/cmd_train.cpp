@@ -55,6 +55,10 @@ void launch_workers(const TrainArgs& a) {
     throw UsageError(
         "--nproc starts its own workers: it does not go with a launcher's environment "
         "(WORLD_SIZE is set)");
+  if (!has_distributed_support())
+    throw Error(
+        "this build has no distributed support (LibTorch's c10d with Gloo was not found when "
+        "imcap was configured; see docs/distributed.md)");
   const auto cmdline = own_command_line();
   std::vector<std::string> args;
   bool has_threads = false;
