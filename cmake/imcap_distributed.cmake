@@ -4,7 +4,7 @@
 # where LibTorch was built with that backend and exports it (Debian's libtorch has Gloo and needs
 # libgloo-dev's headers; CUDA builds of LibTorch have NCCL). Each backend is probed by compiling
 # and linking a small program against Torch; the defines go on <source> alone, the one file that
-# talks to c10d. Without Gloo the feature is built off: `imcap train` then says so at run time.
+# talks to c10d. With neither the feature is built off: `imcap train` then says so at run time.
 include(CheckCXXSourceCompiles)
 include(CMakePushCheckState)
 
@@ -47,12 +47,6 @@ int main(int argc, char**) {
   }
   return 0;
 }]=] ${gloo_libs})
-  if(NOT IMCAP_HAVE_C10D_GLOO)
-    message(WARNING "imcap: LibTorch's c10d with Gloo is not usable here (missing libgloo-dev "
-                    "headers, or a LibTorch built without distributed support): `imcap train` "
-                    "runs on one process only")
-    return()
-  endif()
   _imcap_probe_c10d(IMCAP_HAVE_C10D_NCCL USE_C10D_NCCL [=[
 #include <torch/csrc/distributed/c10d/ProcessGroupNCCL.hpp>
 int main(int argc, char**) {
@@ -64,19 +58,31 @@ int main(int argc, char**) {
   }
   return 0;
 }]=])
-  set(defs USE_C10D_GLOO IMCAP_HAVE_C10D_GLOO=1)
+  if(NOT IMCAP_HAVE_C10D_GLOO AND NOT IMCAP_HAVE_C10D_NCCL)
+    message(WARNING "imcap: LibTorch's c10d is not usable here (no Gloo: missing libgloo-dev "
+                    "headers, or a LibTorch built without distributed support; no NCCL): "
+                    "`imcap train` runs on one process only")
+    return()
+  endif()
+  set(defs "")
+  if(IMCAP_HAVE_C10D_GLOO)
+    list(APPEND defs USE_C10D_GLOO IMCAP_HAVE_C10D_GLOO=1)
+    if(gloo_libs)
+      target_link_libraries(${target} PRIVATE ${gloo_libs})
+    endif()
+  endif()
   if(IMCAP_HAVE_C10D_NCCL)
     list(APPEND defs USE_C10D_NCCL IMCAP_HAVE_C10D_NCCL=1)
   endif()
   set_property(SOURCE ${source} APPEND PROPERTY COMPILE_DEFINITIONS ${defs})
   # The precompiled header was made without the c10d defines; this one file parses its own.
   set_property(SOURCE ${source} PROPERTY SKIP_PRECOMPILE_HEADERS ON)
-  if(gloo_libs)
-    target_link_libraries(${target} PRIVATE ${gloo_libs})
-  endif()
-  if(IMCAP_HAVE_C10D_NCCL)
+  if(IMCAP_HAVE_C10D_GLOO AND IMCAP_HAVE_C10D_NCCL)
     message(STATUS "imcap: distributed training on c10d: Gloo and NCCL")
-  else()
+  elseif(IMCAP_HAVE_C10D_GLOO)
     message(STATUS "imcap: distributed training on c10d: Gloo (no NCCL in this LibTorch)")
+  else()
+    message(STATUS "imcap: distributed training on c10d: NCCL only (no Gloo: CPU training "
+                   "runs on one process)")
   endif()
 endfunction()

@@ -18,10 +18,13 @@
 
 #include "imcap/error.hpp"
 
-#if IMCAP_HAVE_C10D_GLOO
+#if IMCAP_HAVE_C10D_GLOO || IMCAP_HAVE_C10D_NCCL
+#define IMCAP_HAVE_C10D 1
 #include <torch/csrc/distributed/c10d/PrefixStore.hpp>
-#include <torch/csrc/distributed/c10d/ProcessGroupGloo.hpp>
 #include <torch/csrc/distributed/c10d/TCPStore.hpp>
+#endif
+#if IMCAP_HAVE_C10D_GLOO
+#include <torch/csrc/distributed/c10d/ProcessGroupGloo.hpp>
 #endif
 #if IMCAP_HAVE_C10D_NCCL
 #include <c10/cuda/CUDAFunctions.h>
@@ -82,7 +85,7 @@ std::optional<DistributedOptions> distributed_options_from_env() {
 }
 
 bool has_distributed_support() {
-#if IMCAP_HAVE_C10D_GLOO
+#if IMCAP_HAVE_C10D
   return true;
 #else
   return false;
@@ -97,7 +100,7 @@ bool has_nccl_support() {
 #endif
 }
 
-#if IMCAP_HAVE_C10D_GLOO
+#if IMCAP_HAVE_C10D
 
 namespace {
 
@@ -113,11 +116,11 @@ std::string describe(const std::exception& e) {
   return e.what();
 }
 
-bool is_loopback(const std::string& host) {
+[[maybe_unused]] bool is_loopback(const std::string& host) {
   return host == "localhost" || host == "::1" || host.rfind("127.", 0) == 0;
 }
 
-std::vector<std::string> split(const std::string& text, char sep) {
+[[maybe_unused]] std::vector<std::string> split(const std::string& text, char sep) {
   std::vector<std::string> out;
   std::size_t start = 0;
   for (;;) {
@@ -170,6 +173,12 @@ ProcessGroup::ProcessGroup(const DistributedOptions& options, const c10::Device&
   Impl& s = *impl_;
   s.options = options;
   s.device = device;
+#if !IMCAP_HAVE_C10D_GLOO
+  if (!device.is_cuda())
+    throw Error(
+        "distributed: this build's c10d has NCCL but not Gloo: data-parallel training needs "
+        "--device cuda");
+#endif
   const auto timeout = s.timeout();
   try {
     c10d::TCPStoreOptions so;
@@ -211,6 +220,7 @@ ProcessGroup::ProcessGroup(const DistributedOptions& options, const c10::Device&
       s.device = c10::kCPU;
 #endif
     }
+#if IMCAP_HAVE_C10D_GLOO
     if (!s.group) {
       auto gloo_options = c10d::ProcessGroupGloo::Options::create(timeout);
       if (const auto ifname = std::getenv("GLOO_SOCKET_IFNAME"); ifname != nullptr && *ifname)
@@ -224,6 +234,12 @@ ProcessGroup::ProcessGroup(const DistributedOptions& options, const c10::Device&
       s.group = c10::make_intrusive<c10d::ProcessGroupGloo>(s.store, options.rank,
                                                             options.world_size, gloo_options);
     }
+#else
+    if (!s.group)
+      throw Error(
+          "distributed: this build's c10d has NCCL but not Gloo: data-parallel training needs "
+          "--device cuda");
+#endif
   } catch (const std::exception& e) {
     throw Error(fmt::format("distributed: rank {} of {} could not connect to the others ({}): {}",
                             options.rank, options.world_size, s.device.is_cuda() ? "nccl" : "gloo",

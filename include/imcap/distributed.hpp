@@ -43,9 +43,11 @@ struct DistributedOptions {
 /// set. Throws InvalidArgument naming the variable when one is malformed or out of range.
 std::optional<DistributedOptions> distributed_options_from_env();
 
-/// Whether this build has c10d with Gloo (CPU collectives). Without it, ProcessGroup throws.
+/// Whether this build has c10d (Gloo for CPU collectives, or NCCL for CUDA ones, or both).
+/// Without it, ProcessGroup throws.
 bool has_distributed_support();
-/// Whether this build has c10d's NCCL backend (CUDA collectives).
+/// Whether this build has c10d's NCCL backend (CUDA collectives; CUDA tensors go through Gloo
+/// on CPU copies otherwise).
 bool has_nccl_support();
 
 /// Reductions of ProcessGroup::all_reduce.
