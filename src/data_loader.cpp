@@ -103,6 +103,9 @@ DataLoader::DataLoader(const CocoDataset& dataset, DataLoaderOptions options)
     throw InvalidArgument(fmt::format("data loader: workers = {} is negative", options_.workers));
   if (dataset_.size() == 0) throw InvalidArgument("data loader: the dataset has no captions");
   if (options_.prefetch == 0) options_.prefetch = 1;
+  if (options_.shard_count == 0 || options_.shard_index >= options_.shard_count)
+    throw InvalidArgument(fmt::format("data loader: shard {} of {} does not exist",
+                                      options_.shard_index, options_.shard_count));
 }
 
 DataLoader::~DataLoader() { state_->join(); }
@@ -188,10 +191,35 @@ void DataLoader::skip(std::size_t n) {
 
 namespace {
 
+// The part `shard` of `count` of a batch: contiguous, as equal in captions as possible; with
+// whole images, cuts move to the nearest image boundary so that no image is decoded twice.
+std::vector<std::size_t> shard_of(const CocoDataset& data, const std::vector<std::size_t>& batch,
+                                  std::size_t shard, std::size_t count, bool whole_images) {
+  if (count == 1) return batch;
+  const std::size_t n = batch.size();
+  auto cut = [&](std::size_t k) -> std::size_t {
+    const std::size_t ideal = (n * k + count / 2) / count;
+    if (!whole_images || ideal == 0 || ideal == n) return ideal;
+    auto boundary = [&](std::size_t p) {
+      return p == 0 || p == n || data.image_id_of(batch[p - 1]) != data.image_id_of(batch[p]);
+    };
+    for (std::size_t d = 0;; ++d) {
+      if (ideal >= d && boundary(ideal - d)) return ideal - d;
+      if (ideal + d <= n && boundary(ideal + d)) return ideal + d;
+    }
+  };
+  const std::size_t begin = cut(shard), end = std::max(begin, cut(shard + 1));
+  return {batch.begin() + static_cast<std::ptrdiff_t>(begin),
+          batch.begin() + static_cast<std::ptrdiff_t>(end)};
+}
+
 Batch build_batch(const CocoDataset& data, const DataLoaderOptions& options, std::size_t epoch,
-                  std::size_t index, const std::vector<std::size_t>& captions) {
+                  std::size_t index, const std::vector<std::size_t>& planned) {
   Batch batch;
   batch.index = index;
+  batch.global_size = planned.size();
+  const auto captions = shard_of(data, planned, options.shard_index, options.shard_count,
+                                 options.mode == BatchMode::image_major);
   batch.caption_indices = captions;
   std::unordered_map<std::int64_t, std::int64_t> row_of;
   std::vector<std::int64_t> rows;
@@ -209,7 +237,7 @@ Batch build_batch(const CocoDataset& data, const DataLoaderOptions& options, std
   batch.image_index = torch::tensor(rows, torch::kInt64);
   const auto& vocab = data.vocabulary();
   pad_captions(seqs, vocab.pad_id().value_or(vocab.end_id()), batch);
-  if (options.load_images) {
+  if (options.load_images && !batch.image_ids.empty()) {
     std::vector<torch::Tensor> images;
     images.reserve(batch.image_ids.size());
     for (const auto id : batch.image_ids) {

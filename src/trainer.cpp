@@ -15,6 +15,7 @@
 #include <nlohmann/json.hpp>
 
 #include "detail/io.hpp"
+#include "imcap/distributed.hpp"
 #include "imcap/error.hpp"
 #include "imcap/metrics.hpp"
 
@@ -24,6 +25,9 @@ namespace {
 
 using Clock = std::chrono::steady_clock;
 using nlohmann::json;
+
+// Spreads the ranks' per-step dropout seeds apart (rank 0 keeps the one-process seeds).
+constexpr std::uint64_t kRankSeedStride = 0x9e3779b97f4a7c15ull;
 
 volatile std::sig_atomic_t g_stop_requested = 0;
 
@@ -88,6 +92,9 @@ struct Trainer::Impl {
   const CocoDataset& train;
   const CocoDataset* val;
   TrainerOptions options;
+  ProcessGroup* group;  // null: one process
+  int rank = 0;
+  int world = 1;
   std::vector<torch::Tensor> params;
   std::unique_ptr<torch::optim::Optimizer> optimizer;
   DataLoader loader;
@@ -103,10 +110,24 @@ struct Trainer::Impl {
   std::ofstream log;
 
   Impl(CaptionModel& m, const CocoDataset& t, const CocoDataset* v, TrainerOptions o)
-      : model(m), train(t), val(v), options(std::move(o)), loader(t, loader_options(options)) {}
+      : model(m),
+        train(t),
+        val(v),
+        options(std::move(o)),
+        group(options.process_group.get()),
+        rank(group != nullptr ? group->rank() : 0),
+        world(group != nullptr ? group->world_size() : 1),
+        loader(t, loader_options(options)) {}
+
+  // Rank 0 writes the log and the checkpoints, and reports progress.
+  bool writer() const { return rank == 0; }
 
   static DataLoaderOptions loader_options(const TrainerOptions& o) {
     DataLoaderOptions d;
+    if (o.process_group) {
+      d.shard_count = static_cast<std::size_t>(o.process_group->world_size());
+      d.shard_index = static_cast<std::size_t>(o.process_group->rank());
+    }
     d.batch_size = o.batch_size;
     d.mode = o.batching;
     d.seed = o.seed;
@@ -117,14 +138,14 @@ struct Trainer::Impl {
   std::string path(const char* name) const { return detail::join_path(options.out_dir, name); }
 
   void write_log(const json& line) {
+    if (!writer()) return;
     log << line.dump() << '\n';
     log.flush();
     if (!log) throw IoError(fmt::format("{}: cannot write the log", path("log.jsonl")));
   }
 
   // The state to resume from: the next batch to train is batch `next_step` of `next_epoch`.
-  TrainingState training_state(std::size_t next_epoch, std::size_t next_step) const {
-    TrainingState s;
+  std::string training_state_json(std::size_t next_epoch, std::size_t next_step) const {
     json j{{"epoch", next_epoch},
            {"step_in_epoch", next_step},
            {"global_step", global_step},
@@ -136,12 +157,21 @@ struct Trainer::Impl {
            {"best_val_loss", std::isfinite(best_val_loss) ? json(best_val_loss) : json(nullptr)},
            {"bad_epochs", bad_epochs}};
     if (has_best) j["best"] = validation_json(best);
-    s.json = j.dump();
+    return j.dump();
+  }
+
+  std::string optimizer_state() const {
     torch::serialize::OutputArchive archive;
     optimizer->save(archive);
     std::ostringstream bytes;
     archive.save_to(bytes);
-    const std::string b = bytes.str();
+    return bytes.str();
+  }
+
+  TrainingState training_state(std::size_t next_epoch, std::size_t next_step) const {
+    TrainingState s;
+    s.json = training_state_json(next_epoch, next_step);
+    const std::string b = optimizer_state();
     s.tensors.insert("optimizer",
                      torch::from_blob(const_cast<char*>(b.data()),
                                       {static_cast<std::int64_t>(b.size())}, torch::kUInt8)
@@ -160,6 +190,11 @@ struct Trainer::Impl {
           fmt::format("{}: its vocabulary differs from the model being trained", file));
     if (s.json.empty() || !s.tensors.contains("optimizer"))
       throw FormatError(fmt::format("{}: holds no training state to resume from", file));
+    const auto bytes = s.tensors.at("optimizer").contiguous();
+    apply_state(s.json,
+                std::string(reinterpret_cast<const char*>(bytes.data_ptr<std::uint8_t>()),
+                            static_cast<std::size_t>(bytes.numel())),
+                file);
     {
       torch::NoGradGuard no_grad;
       auto copy = [](torch::nn::Module& to, const torch::nn::Module& from) {
@@ -171,7 +206,12 @@ struct Trainer::Impl {
       copy(*model.encoder(), *saved.encoder());
       copy(*model.decoder(), *saved.decoder());
     }
-    const json j = json::parse(s.json);
+  }
+
+  // Progress and optimizer state of a checkpoint (read by rank 0, sent to the other ranks).
+  void apply_state(const std::string& state_json, const std::string& optimizer_bytes,
+                   const std::string& file) {
+    const json j = json::parse(state_json);
     if (j.value("optimizer", std::string()) != options.optimizer ||
         j.value("batch_size", std::size_t{0}) != options.batch_size ||
         j.value("seed", std::uint64_t{0}) != options.seed ||
@@ -192,16 +232,35 @@ struct Trainer::Impl {
       has_best = true;
       best = validation_from_json(j["best"]);
     }
-    const auto bytes = s.tensors.at("optimizer").contiguous();
-    std::istringstream in(std::string(reinterpret_cast<const char*>(bytes.data_ptr<std::uint8_t>()),
-                                      static_cast<std::size_t>(bytes.numel())));
+    std::istringstream in(optimizer_bytes);
     torch::serialize::InputArchive archive;
     archive.load_from(in);
     optimizer->load(archive);
     set_lr(*optimizer, lr);
   }
 
+  // Every rank starts from rank 0's weights (and, on resume, its progress and optimizer state).
+  void synchronise_start(const std::string& last) {
+    std::vector<torch::Tensor> state;
+    for (auto* m : {static_cast<torch::nn::Module*>(model.encoder().get()),
+                    static_cast<torch::nn::Module*>(model.decoder().get())}) {
+      for (auto& p : m->parameters()) state.push_back(p);
+      for (auto& b : m->buffers()) state.push_back(b);
+    }
+    group->broadcast(state, 0);
+    if (!options.resume) return;
+    std::string state_json, optimizer_bytes;
+    if (writer()) {
+      state_json = training_state_json(epoch, step_in_epoch);
+      optimizer_bytes = optimizer_state();
+    }
+    state_json = group->broadcast_bytes(state_json, 0);
+    optimizer_bytes = group->broadcast_bytes(optimizer_bytes, 0);
+    if (!writer()) apply_state(state_json, optimizer_bytes, last);
+  }
+
   void save_checkpoint(const char* name, std::size_t next_epoch, std::size_t next_step) {
+    if (!writer()) return;
     const TrainingState state = training_state(next_epoch, next_step);
     model.save(path(name), &state);
   }
@@ -210,6 +269,12 @@ struct Trainer::Impl {
 Trainer::Trainer(CaptionModel& model, const CocoDataset& train, const CocoDataset* val,
                  TrainerOptions options) {
   if (options.out_dir.empty()) throw InvalidArgument("trainer: out_dir is required");
+  if (options.process_group &&
+      options.batch_size < static_cast<std::size_t>(options.process_group->world_size()))
+    throw InvalidArgument(fmt::format(
+        "trainer: batch size {} is smaller than the {} processes: each step needs a caption for "
+        "each (the batch size counts all processes together)",
+        options.batch_size, options.process_group->world_size()));
   if (options.epochs < 1)
     throw InvalidArgument(fmt::format("trainer: epochs = {} must be at least 1", options.epochs));
   if (!(options.lr > 0))
@@ -235,16 +300,19 @@ Trainer::Trainer(CaptionModel& model, const CocoDataset& train, const CocoDatase
         impl_->params,
         torch::optim::SGDOptions(o.lr).momentum(o.momentum).weight_decay(o.weight_decay));
   impl_->lr = o.lr;
-  detail::create_directories(o.out_dir);
-  if (o.resume) {
-    const auto last = impl_->path("last.imcap");
-    if (!detail::path_exists(last))
-      throw IoError(fmt::format("{}: no checkpoint to resume from", last));
-    impl_->restore(last);
+  const auto last = impl_->path("last.imcap");
+  if (impl_->writer()) {
+    detail::create_directories(o.out_dir);
+    if (o.resume) {
+      if (!detail::path_exists(last))
+        throw IoError(fmt::format("{}: no checkpoint to resume from", last));
+      impl_->restore(last);
+    }
+    impl_->log.open(impl_->path("log.jsonl"), o.resume ? std::ios::app : std::ios::trunc);
+    if (!impl_->log)
+      throw IoError(fmt::format("{}: cannot open the log for writing", impl_->path("log.jsonl")));
   }
-  impl_->log.open(impl_->path("log.jsonl"), o.resume ? std::ios::app : std::ios::trunc);
-  if (!impl_->log)
-    throw IoError(fmt::format("{}: cannot open the log for writing", impl_->path("log.jsonl")));
+  if (impl_->group != nullptr) impl_->synchronise_start(last);
 }
 
 Trainer::~Trainer() = default;
@@ -267,8 +335,16 @@ Validation Trainer::validate() {
   std::mt19937_64 rng(s.options.seed);
   constexpr std::size_t kChunk = 32;
   const auto pad = s.model.vocab().pad_id().value_or(s.model.vocab().end_id());
+  // With several processes each captions every world-th chunk; the captions' ids are summed
+  // into one table that every rank decodes, so all ranks agree on the scores (and thus on the
+  // learning-rate schedule and on best.imcap).
+  std::map<std::int64_t, std::vector<std::int64_t>> found_ids;
   for (std::size_t start = 0; start < n; start += kChunk) {
     const std::size_t end = std::min(n, start + kChunk);
+    if ((start / kChunk) % static_cast<std::size_t>(s.world) != static_cast<std::size_t>(s.rank)) {
+      for (std::size_t i = start; i < end; ++i) refs[ids[i]] = val.references(ids[i]);
+      continue;
+    }
     std::vector<torch::Tensor> images;
     std::vector<const std::vector<std::int64_t>*> seqs;
     std::vector<std::int64_t> rows;
@@ -291,7 +367,40 @@ Validation Trainer::validate() {
     loss_sum += caption_loss(logits, captions, lengths).item<double>() * count;
     tokens += count;
     const auto found = captioner.caption_features(features, s.options.val_search);
-    for (std::size_t i = start; i < end; ++i) candidates[ids[i]] = found[i - start].text;
+    for (std::size_t i = start; i < end; ++i) {
+      candidates[ids[i]] = found[i - start].text;
+      found_ids[ids[i]] = found[i - start].ids;
+    }
+  }
+  if (s.group != nullptr) {
+    auto sums = torch::tensor({loss_sum, tokens}, torch::kFloat64);
+    s.group->all_reduce(sums);
+    loss_sum = sums[0].item<double>();
+    tokens = sums[1].item<double>();
+    std::int64_t longest = 0;
+    for (const auto& [id, t] : found_ids) longest = std::max<std::int64_t>(longest, t.size());
+    auto width = torch::tensor({longest}, torch::kInt64);
+    s.group->all_reduce(width, ReduceOp::max);
+    // Row i: the caption's length, then its ids (zeros on the ranks that did not caption i).
+    auto table =
+        torch::zeros({static_cast<std::int64_t>(n), width.item<std::int64_t>() + 1}, torch::kInt64);
+    auto rows = table.accessor<std::int64_t, 2>();
+    for (std::size_t i = 0; i < n; ++i) {
+      const auto it = found_ids.find(ids[i]);
+      if (it == found_ids.end()) continue;
+      rows[i][0] = static_cast<std::int64_t>(it->second.size());
+      for (std::size_t k = 0; k < it->second.size(); ++k) rows[i][k + 1] = it->second[k];
+    }
+    s.group->all_reduce(table);
+    rows = table.accessor<std::int64_t, 2>();
+    for (std::size_t i = 0; i < n; ++i) {
+      std::vector<std::int64_t> caption(static_cast<std::size_t>(rows[i][0]));
+      for (std::size_t k = 0; k < caption.size(); ++k) caption[k] = rows[i][k + 1];
+      std::string text;
+      for (const auto& w : s.model.vocab().decode_tokens(caption))
+        text += (text.empty() ? "" : " ") + w;
+      candidates[ids[i]] = text;
+    }
   }
   Validation v;
   v.images = n;
@@ -311,7 +420,8 @@ TrainResult Trainer::fit() {
   TrainResult result;
   const auto t0 = Clock::now();
   g_stop_requested = 0;
-  const bool tty = o.progress && ::isatty(STDERR_FILENO) != 0;
+  const bool progress = o.progress && s.writer();
+  const bool tty = progress && ::isatty(STDERR_FILENO) != 0;
   const auto device = s.model.device();
   const std::size_t per_epoch = s.loader.batches_per_epoch();
   const std::size_t total_steps = per_epoch * static_cast<std::size_t>(o.epochs);
@@ -325,23 +435,64 @@ TrainResult Trainer::fit() {
     if (s.step_in_epoch > 0) s.loader.skip(s.step_in_epoch);
     while (auto batch = s.loader.next()) {
       s.model.train(true);
-      // A per-step seed makes dropout reproducible across a resume without storing RNG state.
-      torch::manual_seed(o.seed * 1000003ull + s.global_step);
-      const auto images = batch->images.to(device);
-      const auto captions = batch->captions.to(device);
-      const auto lengths = batch->lengths.to(device);
-      const auto features =
-          s.model.encoder()->forward(images).index_select(0, batch->image_index.to(device));
-      const auto logits = s.model.decoder()->forward(features, captions, lengths);
-      const auto loss = caption_loss(logits, captions, lengths);
-      const double loss_value = loss.item<double>();
+      // A per-step seed makes dropout reproducible across a resume without storing RNG state;
+      // each rank draws its own masks.
+      torch::manual_seed(o.seed * 1000003ull + s.global_step +
+                         static_cast<std::uint64_t>(s.rank) * kRankSeedStride);
+      // A rank's part of a batch is empty when the batch has fewer captions (or images) than
+      // there are ranks; the rank then only takes part in the collectives.
+      const bool has_data = batch->size() > 0;
+      torch::Tensor loss;
+      double loss_value = 0.0, rank_tokens = 0.0, all_tokens = 0.0;
+      if (has_data) {
+        const auto images = batch->images.to(device);
+        const auto captions = batch->captions.to(device);
+        const auto lengths = batch->lengths.to(device);
+        const auto features =
+            s.model.encoder()->forward(images).index_select(0, batch->image_index.to(device));
+        const auto logits = s.model.decoder()->forward(features, captions, lengths);
+        loss = caption_loss(logits, captions, lengths);
+        loss_value = loss.item<double>();
+        rank_tokens = static_cast<double>(batch->lengths.sum().item<std::int64_t>());
+      }
+      double step_captions = static_cast<double>(batch->size());
+      bool stop_requested = false;
+      if (s.group != nullptr) {
+        // One small all-reduce: the batch's token-weighted loss and token count, its captions,
+        // and whether any rank must stop (time limit, signal), so that all stop at one step.
+        const bool want_stop =
+            (o.max_seconds > 0 && seconds_since(t0) >= o.max_seconds) || g_stop_requested != 0;
+        auto stats = torch::tensor(
+            {loss_value * rank_tokens, rank_tokens, step_captions, want_stop ? 1.0 : 0.0},
+            torch::kFloat64);
+        s.group->all_reduce(stats);
+        const auto st = stats.accessor<double, 1>();
+        all_tokens = st[1];
+        loss_value = st[0] / all_tokens;
+        step_captions = st[2];
+        stop_requested = st[3] > 0;
+      }
       if (!std::isfinite(loss_value))
         throw Error(
             fmt::format("training diverged: the loss is {} at step {} (epoch {}); the last "
                         "checkpoint {} is kept. Try a lower --lr.",
                         loss_value, s.global_step + 1, s.epoch + 1, s.path("last.imcap")));
       s.optimizer->zero_grad();
-      loss.backward();
+      if (s.group == nullptr) {
+        loss.backward();
+      } else {
+        // caption_loss is a mean over this rank's tokens. Weighted by the rank's share of the
+        // batch's tokens (times the world size), the ranks' averaged gradient is the gradient of
+        // the whole batch's mean loss: the step one process would take on the whole batch.
+        if (has_data) (loss * (rank_tokens * s.world / all_tokens)).backward();
+        std::vector<torch::Tensor> grads;
+        grads.reserve(s.params.size());
+        for (auto& p : s.params) {
+          if (!p.grad().defined()) p.mutable_grad() = torch::zeros_like(p);
+          grads.push_back(p.grad());
+        }
+        s.group->all_reduce_mean(grads, o.bucket_bytes);
+      }
       if (o.clip_norm > 0) torch::nn::utils::clip_grad_norm_(s.params, o.clip_norm);
       s.optimizer->step();
       ++s.step_in_epoch;
@@ -349,7 +500,7 @@ TrainResult Trainer::fit() {
       result.losses.push_back(loss_value);
       result.last_loss = loss_value;
       ema_loss = result.losses.size() == 1 ? loss_value : 0.95 * ema_loss + 0.05 * loss_value;
-      window_captions += static_cast<double>(batch->size());
+      window_captions += step_captions;
       const double elapsed = seconds_since(t0);
       const bool log_now = s.global_step % std::max<std::size_t>(1, o.log_interval) == 0;
       if (log_now || tty) {
@@ -363,7 +514,7 @@ TrainResult Trainer::fit() {
             format_duration(o.max_seconds > 0 ? std::min(eta, o.max_seconds - elapsed) : eta));
         if (tty) std::cerr << '\r' << line << "\033[K" << std::flush;
         if (log_now) {
-          if (!tty && o.progress) std::cerr << line << '\n';
+          if (!tty && progress) std::cerr << line << '\n';
           s.write_log({{"type", "step"},
                        {"epoch", s.epoch + 1},
                        {"step", s.global_step},
@@ -375,8 +526,11 @@ TrainResult Trainer::fit() {
           window_start = Clock::now();
         }
       }
-      if ((o.max_seconds > 0 && elapsed >= o.max_seconds) ||
-          (o.max_steps > 0 && s.global_step >= o.max_steps) || g_stop_requested != 0) {
+      const bool time_or_signal =
+          s.group != nullptr
+              ? stop_requested
+              : (o.max_seconds > 0 && elapsed >= o.max_seconds) || g_stop_requested != 0;
+      if (time_or_signal || (o.max_steps > 0 && s.global_step >= o.max_steps)) {
         stop = true;
         break;
       }
@@ -398,7 +552,7 @@ TrainResult Trainer::fit() {
                    {"cider", v.cider},
                    {"images", v.images},
                    {"elapsed_s", seconds_since(t0)}});
-      if (o.progress)
+      if (progress)
         std::cerr << fmt::format(
             "validation after epoch {}: loss {:.4f} perplexity {:.2f} BLEU-4 {:.4f} CIDEr {:.4f}\n",
             s.epoch + 1, v.loss, v.perplexity, v.bleu4, v.cider);
@@ -429,10 +583,12 @@ TrainResult Trainer::fit() {
     result.stopped_early = true;
     if (s.step_in_epoch > 0 && s.step_in_epoch < per_epoch)
       s.save_checkpoint("last.imcap", s.epoch, s.step_in_epoch);
-    if (o.progress)
+    if (progress)
       std::cerr << fmt::format("stopped after step {}; saved {}\n", s.global_step,
                                s.path("last.imcap"));
   }
+  // The other ranks wait for rank 0's checkpoint: if writing it fails, they fail too.
+  if (s.group != nullptr) s.group->barrier();
   result.steps = s.global_step;
   result.best_validation = s.best;
   result.seconds = seconds_since(t0);

@@ -48,6 +48,12 @@ struct DataLoaderOptions {
   int workers = 2;         ///< threads that decode and transform images (0 = in next()). Default 2.
   std::size_t prefetch = 4;  ///< batches prepared ahead of the consumer. Default 4.
   bool load_images = true;   ///< false: captions only (images stays undefined). Default true.
+  /// Data parallelism: each planned batch is cut into shard_count contiguous parts (in
+  /// image_major mode at image boundaries) and this loader yields part shard_index. The plan is
+  /// the same for every shard (it depends on seed, epoch and batch_size only), so the shards of
+  /// an epoch are disjoint and together are the one-process epoch. Default 1 (no sharding).
+  std::size_t shard_count = 1;
+  std::size_t shard_index = 0;  ///< the part this loader yields, 0 to shard_count - 1. Default 0.
 };
 
 /// One batch. Images appear once even when several of their captions are in the batch.
@@ -60,12 +66,14 @@ struct Batch {
   std::vector<std::int64_t> image_ids;       ///< [U] COCO image id of each row of `images`
   std::vector<std::size_t> caption_indices;  ///< [B] dataset caption index of each row
   std::size_t index = 0;                     ///< position of the batch in its epoch
+  std::size_t global_size = 0;               ///< captions of the whole batch, all shards together
 
   std::size_t size() const { return caption_indices.size(); }
 };
 
 /// Produces the batches of an epoch. For a given seed, epoch and options the batches and the
-/// random transforms are identical whatever the number of workers.
+/// random transforms are identical whatever the number of workers. A shard's batch may be empty
+/// (fewer captions or images than shards); it then has no images and zero-row tensors.
 class DataLoader {
  public:
   /// The dataset must outlive the loader. Throws InvalidArgument for a zero batch size or an

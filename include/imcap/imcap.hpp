@@ -5,6 +5,7 @@
 #include "imcap/coco_dataset.hpp"
 #include "imcap/data_loader.hpp"
 #include "imcap/decoder.hpp"
+#include "imcap/distributed.hpp"
 #include "imcap/encoder.hpp"
 #include "imcap/error.hpp"
 #include "imcap/features.hpp"

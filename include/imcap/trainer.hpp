@@ -11,6 +11,7 @@
 
 #include <atomic>
 #include <cstdint>
+#include <memory>
 #include <string>
 
 #include "imcap/captioner.hpp"
@@ -19,6 +20,8 @@
 #include "imcap/model.hpp"
 
 namespace imcap {
+
+class ProcessGroup;
 
 /// Learning-rate schedules.
 enum class LrSchedule {
@@ -32,7 +35,7 @@ enum class LrSchedule {
 struct TrainerOptions {
   std::string out_dir;          ///< where last.imcap, best.imcap and log.jsonl go. Required.
   int epochs = 3;               ///< passes over the training captions. Default 3.
-  std::size_t batch_size = 64;  ///< captions per step. Default 64.
+  std::size_t batch_size = 64;  ///< captions per step, all processes together. Default 64.
   BatchMode batching = BatchMode::padded;  ///< how captions are grouped. Default padded.
   std::string optimizer = "adam";          ///< "adam" or "sgd" (with momentum). Default adam.
   double lr = 1e-3;                        ///< learning rate. Default 1e-3.
@@ -52,6 +55,15 @@ struct TrainerOptions {
   CaptionOptions val_search{/*beam_size=*/1};  ///< search used for validation captions (greedy).
   bool resume = false;                         ///< continue from out_dir/last.imcap. Default false.
   bool progress = true;  ///< a progress bar on a terminal, plain lines otherwise.
+  /// Data-parallel training (docs/distributed.md): the ranks of this group start from rank 0's
+  /// parameters, each trains on its contiguous part of every batch of the shared plan, and
+  /// their gradients are averaged so that each step equals one process's step on the whole
+  /// batch. Only rank 0 writes last.imcap, best.imcap and log.jsonl (out_dir need not exist on
+  /// the other machines; resume reads rank 0's last.imcap and sends it to the others).
+  /// Default none: one process.
+  std::shared_ptr<ProcessGroup> process_group;
+  std::size_t bucket_bytes =
+      25u << 20;  ///< gradient all-reduce bucket size, bytes. Default 25 MiB.
 };
 
 /// Parses "none", "step" or "plateau"; throws InvalidArgument otherwise.

@@ -1,13 +1,19 @@
 // imcap train: train a captioning model on a COCO-format folder.
+#include <stdlib.h>
+#include <unistd.h>
+
 #include <chrono>
 #include <memory>
+#include <thread>
 
 #include <fmt/format.h>
 #include <torch/torch.h>
 
 #include "cli/cli_common.hpp"
 #include "cli/commands.hpp"
+#include "cli/launch.hpp"
 #include "detail/io.hpp"
+#include "imcap/distributed.hpp"
 #include "imcap/error.hpp"
 #include "imcap/trainer.hpp"
 #include "imcap/weights.hpp"
@@ -20,10 +26,11 @@ struct TrainArgs {
   std::string annotations, images, val_annotations, val_images, out;
   std::string encoder = "resnet50", weights, device = "cpu", inject = "par", trainable = "auto";
   std::string optimizer = "adam", schedule = "none", batching = "image_major";
-  int image_size = 224, vocab_threshold = 5, epochs = 3, threads = 0, workers = 2;
+  int image_size = 224, vocab_threshold = 5, epochs = 3, threads = 0, workers = 2, nproc = 0;
   std::int64_t embed_size = 256, hidden_size = 512, num_layers = 1;
   std::size_t batch_size = 64, log_interval = 50, val_max_images = 500, max_steps = 0;
   double lr = 1e-3, max_seconds = 0, clip = 5.0, weight_decay = 0, dropout = 0, flip = 0.5;
+  double dist_timeout = 300;
   std::uint64_t seed = 1;
   bool resume = false, head_bn = false;
 };
@@ -42,16 +49,97 @@ int parse_trainable(const std::string& s, bool pretrained) {
                                kResNetStages));
 }
 
+// `--nproc N`: the same command line, less --nproc, in N local workers.
+void launch_workers(const TrainArgs& a) {
+  if (distributed_options_from_env())
+    throw UsageError(
+        "--nproc starts its own workers: it does not go with a launcher's environment "
+        "(WORLD_SIZE is set)");
+  if (!has_distributed_support())
+    throw Error(
+        "this build has no distributed support (LibTorch's c10d with Gloo was not found when "
+        "imcap was configured; see docs/distributed.md)");
+  const auto cmdline = own_command_line();
+  std::vector<std::string> args;
+  bool has_threads = false;
+  for (std::size_t i = 1; i < cmdline.size(); ++i) {
+    const auto& arg = cmdline[i];
+    if (arg == "--nproc") {
+      ++i;
+      continue;
+    }
+    if (arg.rfind("--nproc=", 0) == 0) continue;
+    has_threads = has_threads || arg == "--threads" || arg.rfind("--threads=", 0) == 0;
+    args.push_back(arg);
+  }
+  // The workers share this machine's cores rather than each taking them all.
+  if (!has_threads) {
+    const int cores = static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
+    args.push_back("--threads");
+    args.push_back(std::to_string(std::max(1, cores / a.nproc)));
+  }
+  run_local_workers(a.nproc, args);
+}
+
+// Torch threads for a worker of a distributed job: --threads, else OMP_NUM_THREADS (torchrun
+// sets it to 1 for several workers per machine), else the cores shared by the local workers.
+int worker_threads(int requested) {
+  if (requested > 0) return requested;
+  if (const char* omp = std::getenv("OMP_NUM_THREADS"); omp != nullptr && std::atoi(omp) > 0)
+    return std::atoi(omp);
+  int local = 1;
+  if (const char* n = std::getenv("LOCAL_WORLD_SIZE"); n != nullptr && std::atoi(n) > 0)
+    local = std::atoi(n);
+  return std::max(1, static_cast<int>(std::max(1u, std::thread::hardware_concurrency())) / local);
+}
+
+// Rank 0's last.imcap on every rank (the other machines need not see OUT): rank 0 reads it and
+// sends its bytes; the others load them from a private temporary file.
+CaptionModel load_for_resume(const std::string& last, const torch::Device& device,
+                             ProcessGroup* group) {
+  if (group == nullptr || group->world_size() == 1) return CaptionModel::load(last, device);
+  const std::string bytes =
+      group->broadcast_bytes(group->rank() == 0 ? detail::read_file(last) : std::string());
+  if (group->rank() == 0) return CaptionModel::load(last, device);
+  const char* base = std::getenv("TMPDIR");
+  std::string tmp =
+      std::string(base != nullptr && *base != '\0' ? base : "/tmp") + "/imcap-resume-XXXXXX";
+  const int fd = ::mkstemp(tmp.data());
+  if (fd < 0) throw IoError(tmp + ": cannot create a temporary file");
+  ::close(fd);
+  try {
+    detail::write_file_atomic(tmp, bytes);
+    auto model = CaptionModel::load(tmp, device);
+    ::unlink(tmp.c_str());
+    return model;
+  } catch (...) {
+    ::unlink(tmp.c_str());
+    throw;
+  }
+}
+
 void run_train(const TrainArgs& a) {
-  set_threads(a.threads);
+  if (a.nproc > 0) return launch_workers(a);
+  const auto dist = distributed_options_from_env();
+  set_threads(dist ? worker_threads(a.threads) : a.threads);
   if (a.val_annotations.empty() != a.val_images.empty())
     throw UsageError("--val-annotations and --val-images go together");
-  const torch::Device device = parse_device(a.device);
+  torch::Device device = parse_device(a.device);
+  std::shared_ptr<ProcessGroup> group;
+  if (dist) {
+    DistributedOptions d = *dist;
+    d.timeout_seconds = a.dist_timeout;
+    // One GPU per local worker, as torchrun's LOCAL_RANK means.
+    if (device.is_cuda() && !device.has_index())
+      device = torch::Device(torch::kCUDA, static_cast<c10::DeviceIndex>(d.local_rank));
+    group = std::make_shared<ProcessGroup>(d, device);
+  }
+  const bool chatty = group == nullptr || group->rank() == 0;
   const std::string last = detail::join_path(a.out, "last.imcap");
   torch::manual_seed(a.seed);
   std::unique_ptr<CaptionModel> model;
   if (a.resume) {
-    model = std::make_unique<CaptionModel>(CaptionModel::load(last, device));
+    model = std::make_unique<CaptionModel>(load_for_resume(last, device, group.get()));
   } else {
     ModelConfig config;
     config.encoder.arch = parse_resnet_arch(a.encoder);
@@ -101,19 +189,28 @@ void run_train(const TrainArgs& a) {
   o.max_steps = a.max_steps;
   o.val_max_images = a.val_max_images;
   o.resume = a.resume;
-  fmt::print("training {} ({}), {} captions of {} images, vocabulary {}, {} trainable parameters\n",
-             to_string(cfg.encoder.arch), to_string(cfg.decoder.image_inject), train.size(),
-             train.num_images(), model->vocab().size(), [&] {
-               std::int64_t n = 0;
-               for (const auto& p : model->encoder()->parameters())
-                 n += p.requires_grad() ? p.numel() : 0;
-               for (const auto& p : model->decoder()->parameters())
-                 n += p.requires_grad() ? p.numel() : 0;
-               return n;
-             }());
+  o.process_group = group;
+  if (group && chatty)
+    fmt::print("data-parallel on {} processes ({}), {} captions per process and step\n",
+               group->world_size(), group->backend(),
+               (a.batch_size + static_cast<std::size_t>(group->world_size()) - 1) /
+                   static_cast<std::size_t>(group->world_size()));
+  if (chatty)
+    fmt::print(
+        "training {} ({}), {} captions of {} images, vocabulary {}, {} trainable parameters\n",
+        to_string(cfg.encoder.arch), to_string(cfg.decoder.image_inject), train.size(),
+        train.num_images(), model->vocab().size(), [&] {
+          std::int64_t n = 0;
+          for (const auto& p : model->encoder()->parameters())
+            n += p.requires_grad() ? p.numel() : 0;
+          for (const auto& p : model->decoder()->parameters())
+            n += p.requires_grad() ? p.numel() : 0;
+          return n;
+        }());
   Trainer trainer(*model, train, val.get(), o);
   Trainer::install_signal_handlers();
   const auto r = trainer.fit();
+  if (!chatty) return;
   fmt::print("{} steps, {} epochs, last loss {:.4f}, {:.1f} s{}\n", r.steps, r.epochs_completed,
              r.last_loss, r.seconds, r.stopped_early ? " (stopped early; --resume continues)" : "");
   if (r.has_validation)
@@ -169,7 +266,8 @@ void add_train_command(CLI::App& app) {
   cmd->add_option("--epochs", a->epochs, "Epochs")
       ->capture_default_str()
       ->check(CLI::Range(1, 100000));
-  cmd->add_option("--batch-size", a->batch_size, "Captions per step")
+  cmd->add_option("--batch-size", a->batch_size,
+                  "Captions per step (all processes together when data-parallel)")
       ->capture_default_str()
       ->check(CLI::Range(1, 1 << 20));
   cmd->add_option("--batching", a->batching,
@@ -214,6 +312,16 @@ void add_train_command(CLI::App& app) {
   cmd->add_option("--workers", a->workers, "Image decoding threads")
       ->capture_default_str()
       ->check(CLI::Range(0, 256));
+  cmd->add_option("--nproc", a->nproc,
+                  "Train data-parallel in this many local processes (as torchrun would start "
+                  "them); 0: one process, or the launcher's environment (docs/distributed.md)")
+      ->capture_default_str()
+      ->check(CLI::Range(0, 1024));
+  cmd->add_option("--dist-timeout", a->dist_timeout,
+                  "Seconds a data-parallel process waits for the others (rendezvous, each "
+                  "collective) before it fails")
+      ->capture_default_str()
+      ->check(CLI::PositiveNumber);
   cmd->callback([a] { run_train(*a); });
 }
 
