@@ -14,6 +14,7 @@
 #include <nlohmann/json.hpp>
 
 #include "detail/io.hpp"
+#include "detail/token_table.hpp"
 #include "imcap/coco_dataset.hpp"
 #include "imcap/error.hpp"
 
@@ -62,65 +63,6 @@ void for_each_eval_token(std::string_view caption, std::string& buffer, F&& f) {
     f(token);
   }
 }
-
-// Token text -> dense id (open addressing, linear probing).
-class TokenTable {
- public:
-  static constexpr std::size_t kInitialSlots = 1024;  // a power of two, doubled when half full
-
-  TokenTable() : slots_(kInitialSlots, kNoId), hashes_(kInitialSlots) {}
-
-  std::uint32_t intern(std::string_view token) {
-    const std::uint64_t h = hash(token);
-    std::size_t mask = slots_.size() - 1;
-    for (std::size_t i = h & mask;; i = (i + 1) & mask) {
-      const std::uint32_t id = slots_[i];
-      if (id == kNoId) {
-        const auto new_id = static_cast<std::uint32_t>(begin_.size() - 1);
-        arena_.append(token);
-        begin_.push_back(arena_.size());
-        slots_[i] = new_id;
-        hashes_[i] = h;
-        if (2 * (begin_.size() - 1) > slots_.size()) grow();
-        return new_id;
-      }
-      if (hashes_[i] == h && text(id) == token) return id;
-    }
-  }
-
-  std::size_t size() const { return begin_.size() - 1; }
-
- private:
-  static std::uint64_t hash(std::string_view s) {
-    std::uint64_t h = 1469598103934665603ull;  // FNV-1a
-    for (const char c : s) h = (h ^ static_cast<unsigned char>(c)) * 1099511628211ull;
-    return h * 0x9E3779B97F4A7C15ull;
-  }
-
-  std::string_view text(std::uint32_t id) const {
-    return std::string_view(arena_).substr(begin_[id], begin_[id + 1] - begin_[id]);
-  }
-
-  void grow() {
-    std::vector<std::uint32_t> slots(slots_.size() * 2, kNoId);
-    std::vector<std::uint64_t> hashes(slots.size());
-    const std::size_t mask = slots.size() - 1;
-    for (std::size_t j = 0; j < slots_.size(); ++j) {
-      if (slots_[j] == kNoId) continue;
-      std::size_t i = hashes_[j] & mask;
-      while (slots[i] != kNoId) i = (i + 1) & mask;
-      slots[i] = slots_[j];
-      hashes[i] = hashes_[j];
-    }
-    slots_.swap(slots);
-    hashes_.swap(hashes);
-  }
-
-  std::vector<std::uint32_t> slots_;
-  std::vector<std::uint64_t> hashes_;
-  std::string arena_;
-  std::vector<std::size_t> begin_{0};
-};
 
 // Sorts keys in increasing order and permutes values alike: an LSD radix sort with as many passes
 // as the largest key needs. Streaming passes beat a hash table's cache misses on millions of keys.
@@ -221,7 +163,7 @@ class Evaluator {
   ImageScores score_image(const EvalImage& image, std::size_t first_caption,
                           std::array<std::int64_t, 2 * kMaxOrder + 2>& bleu_totals);
 
-  TokenTable token_table_;
+  detail::TokenTable token_table_;
   std::string token_buffer_;
   std::vector<std::uint32_t> tokens_;
   std::vector<Caption> captions_;  // per image: the candidate, then its references

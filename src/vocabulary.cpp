@@ -169,12 +169,9 @@ void tokenize_views(std::string_view text, std::string& lowered,
 std::size_t TokenCounter::add(std::string_view caption) {
   tokenize_views(caption, lowered_, tokens_);
   for (const auto token : tokens_) {
-    const auto it = counts_.find(token);
-    if (it != counts_.end()) {
-      ++it->second;
-    } else {
-      counts_.emplace(words_.emplace_back(token), 1);
-    }
+    const std::uint32_t id = table_.intern(token);
+    if (id == counts_.size()) counts_.push_back(0);
+    ++counts_[id];
   }
   return tokens_.size();
 }
@@ -182,7 +179,7 @@ std::size_t TokenCounter::add(std::string_view caption) {
 std::unordered_map<std::string, std::int64_t> TokenCounter::counts() const {
   std::unordered_map<std::string, std::int64_t> out;
   out.reserve(counts_.size());
-  for (const auto& [word, n] : counts_) out.emplace(word, n);
+  for (std::uint32_t id = 0; id < counts_.size(); ++id) out.emplace(table_.text(id), counts_[id]);
   return out;
 }
 

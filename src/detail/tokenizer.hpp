@@ -3,11 +3,12 @@
 #pragma once
 
 #include <cstdint>
-#include <deque>
 #include <string>
 #include <string_view>
 #include <unordered_map>
 #include <vector>
+
+#include "detail/token_table.hpp"
 
 namespace imcap::detail {
 
@@ -25,8 +26,8 @@ class TokenCounter {
   std::unordered_map<std::string, std::int64_t> counts() const;
 
  private:
-  std::deque<std::string> words_;  // stable storage for the keys of counts_
-  std::unordered_map<std::string_view, std::int64_t> counts_;
+  TokenTable table_;
+  std::vector<std::int64_t> counts_;  // by TokenTable id
   std::string lowered_;
   std::vector<std::string_view> tokens_;
 };
