@@ -14,6 +14,8 @@
 #include <stdexcept>
 #include <string>
 #include <string_view>
+#include <utility>
+#include <vector>
 
 #include "imcap/coco_dataset.hpp"
 #include "imcap/error.hpp"
@@ -153,6 +155,15 @@ inline void model(std::string_view data) {
     CaptionModel::load(scratch.write(data));
   } catch (const Error&) {
   }
+}
+
+/// Every target with its name (the folder of its corpus, fuzz/corpus/<name>/).
+inline const std::vector<std::pair<const char*, void (*)(std::string_view)>>& targets() {
+  static const std::vector<std::pair<const char*, void (*)(std::string_view)>> all{
+      {"image", image},   {"coco", coco},       {"vocabulary", vocabulary},
+      {"pickle", pickle}, {"weights", weights}, {"safetensors", safetensors},
+      {"model", model}};
+  return all;
 }
 
 }  // namespace imcap::fuzz

@@ -196,16 +196,8 @@ std::size_t saved_step(const std::string& path) {
 
 TEST_CASE("every fuzz corpus input, whole and truncated, only ever raises imcap::Error",
           "[robustness]") {
-  const std::vector<std::pair<std::string, void (*)(std::string_view)>> targets{
-      {"image", imcap::fuzz::image},
-      {"coco", imcap::fuzz::coco},
-      {"vocabulary", imcap::fuzz::vocabulary},
-      {"pickle", imcap::fuzz::pickle},
-      {"weights", imcap::fuzz::weights},
-      {"safetensors", imcap::fuzz::safetensors},
-      {"model", imcap::fuzz::model}};
   std::size_t inputs = 0;
-  for (const auto& [name, run] : targets) {
+  for (const auto& [name, run] : imcap::fuzz::targets()) {
     const std::string dir = kFuzzDir + "/corpus/" + name;
     const auto files = list_dir(dir);
     INFO(dir);
