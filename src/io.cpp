@@ -1,4 +1,5 @@
 // Private file helpers (detail/io.hpp).
+#include <dirent.h>
 #include <fcntl.h>
 #include <sys/stat.h>
 #include <unistd.h>
@@ -6,6 +7,7 @@
 #include <cerrno>
 #include <cstdio>
 #include <cstring>
+#include <memory>
 #include <random>
 
 #include <fmt/format.h>
@@ -70,10 +72,18 @@ std::string read_file(const std::string& path, std::uint64_t max_bytes) {
   return out;
 }
 
+namespace {
+
+// The temporary files of write_file_atomic: hidden, and never ending in the target's extension,
+// so that nothing mistakes a partial one for a valid file.
+std::string temp_prefix(const std::string& path) { return "." + file_name(path) + ".tmp-"; }
+
+}  // namespace
+
 void write_file_atomic(const std::string& path, std::string_view data) {
   const std::string dir = parent_path(path);
   std::random_device rd;
-  const std::string tmp = join_path(dir, fmt::format(".{}.tmp-{:08x}", file_name(path), rd()));
+  const std::string tmp = join_path(dir, fmt::format("{}{:08x}", temp_prefix(path), rd()));
   {
     FdGuard f{::open(tmp.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0644)};
     if (f.fd < 0)
@@ -103,6 +113,22 @@ void write_file_atomic(const std::string& path, std::string_view data) {
   }
   FdGuard d{::open(dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC)};
   if (d.fd >= 0) ::fsync(d.fd);  // best effort: makes the rename itself durable
+}
+
+std::size_t remove_stale_temp_files(const std::string& path) {
+  const std::string dir = parent_path(path);
+  const std::string prefix = temp_prefix(path);
+  std::unique_ptr<DIR, int (*)(DIR*)> d(::opendir(dir.c_str()), &::closedir);
+  if (!d) return 0;
+  std::size_t removed = 0;
+  while (const dirent* entry = ::readdir(d.get())) {
+    const std::string name = entry->d_name;
+    if (name.size() == prefix.size() + 8 && name.compare(0, prefix.size(), prefix) == 0 &&
+        name.find_first_not_of("0123456789abcdef", prefix.size()) == std::string::npos &&
+        ::unlink(join_path(dir, name).c_str()) == 0)
+      ++removed;
+  }
+  return removed;
 }
 
 void append_utf8(std::string& out, std::uint32_t cp) {

@@ -194,6 +194,18 @@ CaptionModel CaptionModel::load(const std::string& path, const torch::Device& de
     throw FormatError(
         fmt::format("{}: the vocabulary has {} tokens but the decoder was built for {}", path,
                     vocab.size(), config.decoder.vocab_size));
+  // The config sizes the model; a hostile one could ask for terabytes. The file must hold at
+  // least the weights the config implies, so check that before allocating anything.
+  const auto& d = config.decoder;
+  const std::int64_t needed = d.vocab_size * d.embed_size + d.vocab_size * d.hidden_size +
+                              d.num_layers * 4 * d.hidden_size * d.hidden_size +
+                              feature_dim(config.encoder.arch) * config.encoder.embed_size;
+  std::int64_t held = 0;
+  for (const auto& [name, tensor] : tensors)
+    if (name.rfind(kTrainingPrefix, 0) != 0) held += tensor.numel();
+  if (needed > held)
+    throw FormatError(fmt::format("{}: the config needs at least {} weights but the file holds {}",
+                                  path, needed, held));
   CaptionModel model(config, std::move(vocab));
   try {
     load_state_dict(*model.encoder_, with_prefix(tensors, kEncoderPrefix));

@@ -2,6 +2,7 @@
 
 #include <unistd.h>
 
+#include <cerrno>
 #include <chrono>
 #include <cmath>
 #include <csignal>
@@ -32,6 +33,19 @@ constexpr std::uint64_t kRankSeedStride = 0x9e3779b97f4a7c15ull;
 volatile std::sig_atomic_t g_stop_requested = 0;
 
 extern "C" void imcap_on_stop_signal(int) { g_stop_requested = 1; }
+
+// A run killed while writing the log can leave half a line; the resumed run's lines must not
+// be glued to it.
+void drop_partial_last_line(const std::string& path) {
+  if (!detail::is_regular_file(path)) return;
+  const std::string text = detail::read_file(path);
+  if (text.empty() || text.back() == '\n') return;
+  const auto keep = text.find_last_of('\n');
+  const off_t size = keep == std::string::npos ? 0 : static_cast<off_t>(keep + 1);
+  if (::truncate(path.c_str(), size) != 0)
+    throw IoError(fmt::format("{}: cannot cut the partial last line: {}", path,
+                              detail::errno_message(errno)));
+}
 
 double seconds_since(Clock::time_point t) {
   return std::chrono::duration<double>(Clock::now() - t).count();
@@ -303,10 +317,13 @@ Trainer::Trainer(CaptionModel& model, const CocoDataset& train, const CocoDatase
   const auto last = impl_->path("last.imcap");
   if (impl_->writer()) {
     detail::create_directories(o.out_dir);
+    for (const char* name : {"last.imcap", "best.imcap"})
+      detail::remove_stale_temp_files(impl_->path(name));
     if (o.resume) {
       if (!detail::path_exists(last))
         throw IoError(fmt::format("{}: no checkpoint to resume from", last));
       impl_->restore(last);
+      drop_partial_last_line(impl_->path("log.jsonl"));
     }
     impl_->log.open(impl_->path("log.jsonl"), o.resume ? std::ios::app : std::ios::trunc);
     if (!impl_->log)
@@ -472,11 +489,14 @@ TrainResult Trainer::fit() {
         step_captions = st[2];
         stop_requested = st[3] > 0;
       }
-      if (!std::isfinite(loss_value))
-        throw Error(
-            fmt::format("training diverged: the loss is {} at step {} (epoch {}); the last "
-                        "checkpoint {} is kept. Try a lower --lr.",
-                        loss_value, s.global_step + 1, s.epoch + 1, s.path("last.imcap")));
+      if (!std::isfinite(loss_value)) {
+        const std::string last = s.path("last.imcap");
+        throw Error(fmt::format(
+            "training diverged: the loss is {} at step {} (epoch {}); {}. Try a lower --lr.",
+            loss_value, s.global_step + 1, s.epoch + 1,
+            detail::path_exists(last) ? fmt::format("the last checkpoint {} is kept", last)
+                                      : std::string("no checkpoint was written")));
+      }
       s.optimizer->zero_grad();
       if (s.group == nullptr) {
         loss.backward();

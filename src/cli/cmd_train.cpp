@@ -32,7 +32,7 @@ struct TrainArgs {
   double lr = 1e-3, max_seconds = 0, clip = 5.0, weight_decay = 0, dropout = 0, flip = 0.5;
   double dist_timeout = 300;
   std::uint64_t seed = 1;
-  bool resume = false, head_bn = false;
+  bool resume = false, head_bn = false, skip_missing = false;
 };
 
 int parse_trainable(const std::string& s, bool pretrained) {
@@ -167,11 +167,13 @@ void run_train(const TrainArgs& a) {
   tf.train = true;
   tf.flip_probability = a.flip;
   const ImageTransform train_tf(tf);
-  CocoDataset train(a.annotations, a.images, model->vocab(), train_tf);
+  CocoDatasetOptions data_options;
+  data_options.skip_missing_images = a.skip_missing;
+  CocoDataset train(a.annotations, a.images, model->vocab(), train_tf, data_options);
   std::unique_ptr<CocoDataset> val;
   if (!a.val_annotations.empty())
     val = std::make_unique<CocoDataset>(a.val_annotations, a.val_images, model->vocab(),
-                                        model->eval_transform());
+                                        model->eval_transform(), data_options);
   TrainerOptions o;
   o.out_dir = a.out;
   o.epochs = a.epochs;
@@ -304,6 +306,9 @@ void add_train_command(CLI::App& app) {
       ->capture_default_str()
       ->check(CLI::Range(0.0, 1.0));
   cmd->add_flag("--resume", a->resume, "Continue from OUT/last.imcap");
+  cmd->add_flag("--skip-missing-images", a->skip_missing,
+                "Train without the images whose files are missing (a warning lists them) "
+                "instead of stopping with the list");
   cmd->add_option("--device", a->device, "cpu, cuda or cuda:N")->capture_default_str();
   cmd->add_option("--seed", a->seed, "Random seed")->capture_default_str();
   cmd->add_option("--threads", a->threads, "Torch threads (0: one per core)")

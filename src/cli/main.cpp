@@ -1,8 +1,10 @@
 // The imcap command-line tool. Exit codes: 0 success, 1 bad input ("imcap: error: ..." on
 // stderr), 2 bad usage.
+#include <cstdio>
 #include <exception>
 #include <iostream>
 
+#include <c10/util/Exception.h>
 #include <CLI/CLI.hpp>
 
 #include "cli/cli_common.hpp"
@@ -33,8 +35,16 @@ int main(int argc, char** argv) {
   } catch (const imcap::cli::UsageError& e) {
     std::cerr << "imcap: usage error: " << e.what() << "\nRun with --help for more information.\n";
     return 2;
+  } catch (const c10::Error& e) {  // LibTorch's message, without its C++ backtrace
+    std::cerr << "imcap: error: " << e.what_without_backtrace() << '\n';
+    return 1;
   } catch (const std::exception& e) {
     std::cerr << "imcap: error: " << e.what() << '\n';
+    return 1;
+  }
+  // Output that could not be written (a full disk, a closed pipe) is an error, not a success.
+  if (!std::cout || std::fflush(stdout) != 0 || std::ferror(stdout) != 0) {
+    std::cerr << "imcap: error: <stdout>: cannot write the output\n";
     return 1;
   }
   return 0;

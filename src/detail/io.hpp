@@ -19,6 +19,11 @@ std::string read_file(const std::string& path, std::uint64_t max_bytes = UINT64_
 /// Throws IoError naming the file (disk full, unwritable folder, ...).
 void write_file_atomic(const std::string& path, std::string_view data);
 
+/// Removes the temporary files that write_file_atomic(path, ...) leaves when its process is
+/// killed mid-write (".NAME.tmp-XXXXXXXX" next to path); returns how many it removed. Only for
+/// paths no other process is writing at the same time.
+std::size_t remove_stale_temp_files(const std::string& path);
+
 /// Appends the UTF-8 encoding of a code point (at most U+10FFFF) to out.
 void append_utf8(std::string& out, std::uint32_t code_point);
 
