@@ -166,7 +166,46 @@ DecoderState DecoderImpl::init_state(const torch::Tensor& features) {
   return state;
 }
 
+namespace {
+
+// y = x W^T + b for x [B, K]: a matrix-vector product (BLAS gemv) for one row, where the
+// general product (gemm) would first pack all of W, at every decoding step.
+torch::Tensor affine(const torch::Tensor& x, const torch::Tensor& w, const torch::Tensor& b) {
+  if (x.size(0) == 1) return at::addmv(b, w, x[0]).unsqueeze(0);
+  return at::addmm(b, x, w.t());
+}
+
+}  // namespace
+
 DecoderStepOutput DecoderImpl::step_inputs(const torch::Tensor& inputs, const DecoderState& state) {
+  const bool dropout = is_training() && options_.dropout > 0 && options_.num_layers > 1;
+  if (!torch::GradMode::is_enabled() && !dropout) {
+    // Inference: the LSTM cell by hand, PyTorch's equations and gate order (i, f, g, o), with
+    // one product per weight matrix and no autograd or packed-sequence bookkeeping.
+    const std::vector<torch::Tensor> w = lstm->all_weights();  // per layer: W_ih, W_hh, b_ih, b_hh
+    DecoderStepOutput out;
+    std::vector<torch::Tensor> hs, cs;
+    torch::Tensor x = inputs;
+    for (int64_t l = 0; l < options_.num_layers; ++l) {
+      const auto& w_ih = w[static_cast<std::size_t>(4 * l)];
+      const auto& w_hh = w[static_cast<std::size_t>(4 * l + 1)];
+      const auto& b_ih = w[static_cast<std::size_t>(4 * l + 2)];
+      const auto& b_hh = w[static_cast<std::size_t>(4 * l + 3)];
+      const torch::Tensor h = state.h[l], c = state.c[l];
+      torch::Tensor gates = affine(x, w_ih, b_ih);
+      gates += affine(h, w_hh, b_hh);
+      const auto chunks = gates.chunk(4, /*dim=*/1);
+      const torch::Tensor c_next = chunks[1].sigmoid() * c + chunks[0].sigmoid() * chunks[2].tanh();
+      x = chunks[3].sigmoid() * c_next.tanh();
+      hs.push_back(x);
+      cs.push_back(c_next);
+    }
+    out.logits = affine(x, linear->weight, linear->bias);
+    out.state.h = torch::stack(hs);
+    out.state.c = torch::stack(cs);
+    out.state.image = state.image;
+    return out;
+  }
   auto [hidden, hc] =
       lstm->forward(inputs.unsqueeze(1), std::make_tuple(state.h, state.c));  // one time step
   DecoderStepOutput out;
