@@ -169,10 +169,23 @@ DecoderState DecoderImpl::init_state(const torch::Tensor& features) {
 namespace {
 
 // y = x W^T + b for x [B, K]: a matrix-vector product (BLAS gemv) for one row, where the
-// general product (gemm) would first pack all of W, at every decoding step.
+// general product (gemm) would first pack all of W, at every decoding step. With several Torch
+// threads the rows of W are split between them: the CLI keeps OpenBLAS single-threaded then
+// (cli_common.cpp), so a gemv would otherwise use one core.
 torch::Tensor affine(const torch::Tensor& x, const torch::Tensor& w, const torch::Tensor& b) {
-  if (x.size(0) == 1) return at::addmv(b, w, x[0]).unsqueeze(0);
-  return at::addmm(b, x, w.t());
+  if (x.size(0) != 1) return at::addmm(b, x, w.t());
+  const torch::Tensor v = x[0];
+  constexpr int64_t kRowsPerTask = 1024;
+  const int64_t rows = w.size(0);
+  if (!w.device().is_cpu() || at::get_num_threads() == 1 || rows < 2 * kRowsPerTask ||
+      !w.is_contiguous() || !b.defined())
+    return at::addmv(b, w, v).unsqueeze(0);
+  torch::Tensor out = at::empty({rows}, w.options());
+  at::parallel_for(0, rows, kRowsPerTask, [&](int64_t begin, int64_t end) {
+    torch::Tensor slice = out.slice(0, begin, end);
+    at::addmv_out(slice, b.slice(0, begin, end), w.slice(0, begin, end), v);
+  });
+  return out.unsqueeze(0);
 }
 
 }  // namespace

@@ -132,7 +132,7 @@ TEST_CASE("cached features are checked against the annotations and the model", "
   const auto set = d.features(m, f.train_annotations, f.train_images, "train.st");
   const imcap::ImageTransform tf = m.eval_transform();
   // An image without a row of features is missing, like a missing file.
-  imcap::FeatureSet partial{set.features.slice(0, 1), set.image_ids.slice(0, 1)};
+  imcap::FeatureSet partial{set.features.slice(0, 0, 1), set.image_ids.slice(0, 0, 1)};
   CHECK_THROWS_WITH(
       imcap::CocoDataset(f.train_annotations, "", *d.vocab, tf, with_features(partial)),
       Catch::Contains("have no features") && Catch::Contains("captions_train.json"));
