@@ -352,8 +352,7 @@ TrainResult Trainer::fit() {
       const auto captions = batch->captions.to(device);
       const auto lengths = batch->lengths.to(device);
       const auto features = encode(s.model, images).index_select(0, batch->image_index.to(device));
-      const auto logits = s.model.decoder()->forward(features, captions, lengths);
-      const auto loss = caption_loss(logits, captions, lengths);
+      const auto loss = s.model.decoder()->loss(features, captions, lengths);
       const double loss_value = loss.item<double>();
       if (!std::isfinite(loss_value))
         throw Error(

@@ -581,3 +581,49 @@ TEST_CASE("the folded inference path computes the same features as the modules",
     CHECK(resnet->forward_features(images).requires_grad());
   }
 }
+
+TEST_CASE("Decoder::loss equals caption_loss of forward, value and gradients", "[models]") {
+  const int saved_threads = torch::get_num_threads();
+  for (const int threads : {1, 2}) {
+    torch::set_num_threads(threads);
+    for (const bool padded : {false, true}) {
+      INFO("threads " << threads << ", padded " << padded);
+      torch::manual_seed(21);
+      imcap::DecoderOptions options;
+      options.vocab_size = 37;
+      options.embed_size = 6;
+      options.hidden_size = 10;
+      options.image_inject = imcap::ImageInject::kPar;
+      imcap::Decoder decoder(options);
+      const torch::Tensor features = torch::randn({5, 6});
+      const torch::Tensor captions = torch::randint(0, 37, {5, 7}, torch::kLong);
+      const torch::Tensor lengths =
+          padded ? torch::tensor({7, 3, 5, 1, 6}, torch::kLong) : torch::Tensor();
+      auto grads = [&](const torch::Tensor& loss) {
+        decoder->zero_grad();
+        loss.backward();
+        std::vector<torch::Tensor> out;
+        for (const auto& p : decoder->parameters()) out.push_back(p.grad().clone());
+        return out;
+      };
+      const torch::Tensor expected =
+          imcap::caption_loss(decoder->forward(features, captions, lengths), captions, lengths);
+      const auto expected_grads = grads(expected);
+      const torch::Tensor fused = decoder->loss(features, captions, lengths);
+      CHECK(std::abs(fused.item<double>() - expected.item<double>()) <
+            1e-6 * expected.item<double>());
+      const auto fused_grads = grads(fused);
+      REQUIRE(fused_grads.size() == expected_grads.size());
+      for (std::size_t i = 0; i < fused_grads.size(); ++i) {
+        INFO("parameter " << i);
+        CHECK(max_abs_error(fused_grads[i], expected_grads[i]) <
+              1e-5 * (1.0 + expected_grads[i].abs().max().item<double>()));
+      }
+      // The graph holds one buffer, turned into the gradient: a second backward is refused.
+      const torch::Tensor again = decoder->loss(features, captions, lengths);
+      again.backward({}, /*retain_graph=*/true);
+      CHECK_THROWS_WITH(again.backward(), Catch::Contains("only once"));
+    }
+  }
+  torch::set_num_threads(saved_threads);
+}

@@ -137,8 +137,7 @@ Json measure_train(CaptionModel& model, const BenchArgs& a, const Plan& plan,
   const auto lengths = torch::full({batch}, len, torch::kLong);
   auto step = [&] {
     const auto features = encoder->embed_features(feats);
-    const auto logits = decoder->forward(features, captions, lengths);
-    const auto loss = caption_loss(logits, captions, lengths);
+    const auto loss = decoder->loss(features, captions, lengths);
     adam.zero_grad();
     loss.backward();
     adam.step();
