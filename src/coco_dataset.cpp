@@ -208,14 +208,35 @@ CocoDataset::CocoDataset(CocoAnnotations annotations, const std::string& image_r
       vocab_(std::move(vocab)),
       transform_(std::move(transform)),
       options_(std::move(options)) {
-  if (!detail::is_directory(image_root_))
+  const bool features = options_.features.defined();
+  if (features) {
+    const auto& f = options_.features;
+    const auto& ids = options_.feature_image_ids;
+    if (f.dim() != 2 || !f.is_floating_point())
+      throw InvalidArgument(fmt::format("{}: features must be a float [N, C] tensor, got {} dims",
+                                        annotations_.source(), f.dim()));
+    if (!ids.defined() || ids.dim() != 1 || ids.scalar_type() != at::kLong ||
+        ids.size(0) != f.size(0))
+      throw InvalidArgument(
+          fmt::format("{}: feature_image_ids must be int64 [N] with N = {} rows of features",
+                      annotations_.source(), f.size(0)));
+    options_.features = f.to(at::kFloat).contiguous();
+    const auto cpu_ids = ids.to(at::kCPU).contiguous();
+    const auto* id = cpu_ids.data_ptr<std::int64_t>();
+    for (std::int64_t r = 0; r < cpu_ids.size(0); ++r) feature_rows_[id[r]] = r;
+  } else if (!detail::is_directory(image_root_)) {
     throw IoError(fmt::format("{}: image folder does not exist or is not a folder", image_root_));
+  }
   std::vector<std::string> missing;
   std::unordered_set<std::int64_t> skipped;
   for (const auto& img : annotations_.images()) {
     if (annotations_.captions_of(img.id).empty()) continue;
-    if (!detail::is_regular_file(detail::join_path(image_root_, img.file_name))) {
-      missing.push_back(img.file_name);
+    const bool found = features
+                           ? feature_rows_.count(img.id) != 0
+                           : detail::is_regular_file(detail::join_path(image_root_, img.file_name));
+    if (!found) {
+      missing.push_back(features ? fmt::format("{} (id {})", img.file_name, img.id)
+                                 : img.file_name);
       skipped.insert(img.id);
     }
   }
@@ -224,11 +245,17 @@ CocoDataset::CocoDataset(CocoAnnotations annotations, const std::string& image_r
     std::string list;
     for (std::size_t i = 0; i < show; ++i) list += (i ? ", " : "") + missing[i];
     if (missing.size() > show) list += fmt::format(", ... ({} more)", missing.size() - show);
-    if (!options_.skip_missing_images)
+    const std::string where = features ? "the features" : image_root_;
+    const char* what = features ? "image(s) without features" : "missing image file(s)";
+    if (!options_.skip_missing_images) {
+      if (features)
+        throw InvalidArgument(fmt::format("{}: {} image(s) listed in {} have no features: {}",
+                                          where, missing.size(), annotations_.source(), list));
       throw IoError(fmt::format("{}: {} image file(s) listed in {} are missing: {}", image_root_,
                                 missing.size(), annotations_.source(), list));
-    std::cerr << fmt::format("imcap: warning: {}: skipping {} missing image file(s): {}\n",
-                             image_root_, missing.size(), list);
+    }
+    std::cerr << fmt::format("imcap: warning: {}: skipping {} {}: {}\n", where, missing.size(),
+                             what, list);
   }
   for (const auto& img : annotations_.images()) {
     if (skipped.count(img.id) != 0) continue;
@@ -277,6 +304,12 @@ Image CocoDataset::raw_image(std::int64_t image_id) const {
 }
 
 at::Tensor CocoDataset::image(std::int64_t image_id, std::mt19937_64& rng) const {
+  if (has_features()) {
+    const auto it = feature_rows_.find(image_id);
+    if (it == feature_rows_.end())
+      throw InvalidArgument(fmt::format("dataset: image id {} has no features", image_id));
+    return options_.features[it->second];
+  }
   // JPEGs are downscaled while decoding as far as the transform allows.
   return transform_(
       decode_image(image_path(image_id), transform_.fast_decode_options(options_.decode)), rng);

@@ -1,5 +1,7 @@
 #include "imcap/decoder.hpp"
 
+#include <functional>
+
 #include <fmt/format.h>
 #include <torch/torch.h>
 
@@ -112,6 +114,102 @@ void DecoderImpl::check_features(const torch::Tensor& features) const {
 
 torch::Tensor DecoderImpl::forward(const torch::Tensor& features, const torch::Tensor& captions,
                                    const torch::Tensor& lengths) {
+  return linear(hidden_states(features, captions, lengths));
+}
+
+namespace {
+
+// Runs f(begin, end) on consecutive parts of [0, n), one per Torch thread, in parallel. Inside,
+// ATen runs single-threaded (and the CLI keeps OpenBLAS at one thread when Torch has several),
+// so each matrix product gets its own core instead of two thread pools fighting over them.
+void split_rows(int64_t n, const std::function<void(int64_t, int64_t)>& f) {
+  const int64_t parts = std::min<int64_t>(at::get_num_threads(), n);
+  if (parts <= 1) {
+    f(0, n);
+    return;
+  }
+  at::parallel_for(0, parts, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t p = begin; p < end; ++p) f(n * p / parts, n * (p + 1) / parts);
+  });
+}
+
+// loss = mean over rows with a target of (logsumexp(x_n) - x_n[t_n]), x = h W^T + b: the output
+// projection and cross_entropy(ignore_index) in one. Backward turns the saved logits into
+// softmax - onehot in place.
+struct ProjectedCrossEntropy : torch::autograd::Function<ProjectedCrossEntropy> {
+  static torch::autograd::variable_list forward(torch::autograd::AutogradContext* ctx,
+                                                const torch::Tensor& h, const torch::Tensor& w,
+                                                const torch::Tensor& b,
+                                                const torch::Tensor& targets) {
+    const int64_t n = h.size(0), v = w.size(0);
+    const torch::Tensor hc = h.contiguous();
+    torch::Tensor logits = at::empty({n, v}, h.options());
+    split_rows(n, [&](int64_t r0, int64_t r1) {
+      torch::Tensor out = logits.slice(0, r0, r1);
+      at::addmm_out(out, b, hc.slice(0, r0, r1), w.t());
+    });
+    const torch::Tensor lse = at::logsumexp(logits, /*dim=*/1);
+    const torch::Tensor valid = targets.ne(kIgnoreIndex);
+    const torch::Tensor picked = logits.gather(1, targets.clamp_min(0).unsqueeze(1)).squeeze(1);
+    const torch::Tensor count = valid.sum().to(h.scalar_type());
+    const torch::Tensor loss = ((lse - picked) * valid).sum() / count;
+    ctx->save_for_backward({hc, w});
+    ctx->saved_data["logits"] = logits;
+    ctx->saved_data["lse"] = lse;
+    ctx->saved_data["targets"] = targets;
+    ctx->saved_data["valid"] = valid;
+    ctx->saved_data["count"] = count;
+    return {loss};
+  }
+
+  static torch::autograd::variable_list backward(torch::autograd::AutogradContext* ctx,
+                                                 torch::autograd::variable_list grads) {
+    const auto saved = ctx->get_saved_variables();
+    const torch::Tensor& h = saved[0];
+    const torch::Tensor& w = saved[1];
+    auto& slot = ctx->saved_data["logits"];
+    if (slot.isNone())
+      throw InvalidArgument("Decoder::loss: backward can run only once on its graph");
+    torch::Tensor g = slot.toTensor();
+    slot = c10::IValue();  // the buffer becomes the gradient
+    const torch::Tensor lse = ctx->saved_data["lse"].toTensor();
+    const torch::Tensor targets = ctx->saved_data["targets"].toTensor();
+    const torch::Tensor valid = ctx->saved_data["valid"].toTensor();
+    const torch::Tensor scale = grads[0] / ctx->saved_data["count"].toTensor();
+    const torch::Tensor row_scale = valid.to(g.scalar_type()) * scale;
+    // g = (softmax(x) - onehot(t)) * scale on rows with a target, 0 elsewhere.
+    g.sub_(lse.unsqueeze(1)).exp_().mul_(row_scale.unsqueeze(1));
+    g.scatter_add_(1, targets.clamp_min(0).unsqueeze(1), -row_scale.unsqueeze(1));
+    const int64_t n = g.size(0), v = g.size(1);
+    torch::Tensor grad_h = at::empty_like(h);
+    torch::Tensor grad_w = at::empty_like(w);
+    split_rows(n, [&](int64_t r0, int64_t r1) {
+      torch::Tensor out = grad_h.slice(0, r0, r1);
+      at::mm_out(out, g.slice(0, r0, r1), w);
+    });
+    split_rows(v, [&](int64_t r0, int64_t r1) {
+      torch::Tensor out = grad_w.slice(0, r0, r1);
+      at::mm_out(out, g.slice(1, r0, r1).t(), h);
+    });
+    return {grad_h, grad_w, g.sum(0), torch::Tensor()};
+  }
+};
+
+}  // namespace
+
+torch::Tensor DecoderImpl::loss(const torch::Tensor& features, const torch::Tensor& captions,
+                                const torch::Tensor& lengths) {
+  const torch::Tensor hidden = hidden_states(features, captions, lengths);
+  torch::Tensor targets = captions;
+  if (lengths.defined())
+    targets = captions.masked_fill(~length_mask(lengths, captions.size(1)), kIgnoreIndex);
+  return ProjectedCrossEntropy::apply(hidden.reshape({-1, options_.hidden_size}), linear->weight,
+                                      linear->bias, targets.reshape({-1}))[0];
+}
+
+torch::Tensor DecoderImpl::hidden_states(const torch::Tensor& features,
+                                         const torch::Tensor& captions,
+                                         const torch::Tensor& lengths) {
   check_features(features);
   const int64_t batch = features.size(0);
   detail::check_tensor(captions.defined() && captions.dim() == 2 && captions.size(0) == batch &&
@@ -141,8 +239,7 @@ torch::Tensor DecoderImpl::forward(const torch::Tensor& features, const torch::T
       break;
   }
   const DecoderState state = init_state(features);
-  torch::Tensor hidden = std::get<0>(lstm->forward(inputs, std::make_tuple(state.h, state.c)));
-  return linear(hidden);
+  return std::get<0>(lstm->forward(inputs, std::make_tuple(state.h, state.c)));
 }
 
 DecoderState DecoderImpl::init_state(const torch::Tensor& features) {
@@ -166,7 +263,59 @@ DecoderState DecoderImpl::init_state(const torch::Tensor& features) {
   return state;
 }
 
+namespace {
+
+// y = x W^T + b for x [B, K]: a matrix-vector product (BLAS gemv) for one row, where the
+// general product (gemm) would first pack all of W, at every decoding step. With several Torch
+// threads the rows of W are split between them: the CLI keeps OpenBLAS single-threaded then
+// (cli_common.cpp), so a gemv would otherwise use one core.
+torch::Tensor affine(const torch::Tensor& x, const torch::Tensor& w, const torch::Tensor& b) {
+  if (x.size(0) != 1) return at::addmm(b, x, w.t());
+  const torch::Tensor v = x[0];
+  constexpr int64_t kRowsPerTask = 1024;
+  const int64_t rows = w.size(0);
+  if (!w.device().is_cpu() || at::get_num_threads() == 1 || rows < 2 * kRowsPerTask ||
+      !w.is_contiguous() || !b.defined())
+    return at::addmv(b, w, v).unsqueeze(0);
+  torch::Tensor out = at::empty({rows}, w.options());
+  at::parallel_for(0, rows, kRowsPerTask, [&](int64_t begin, int64_t end) {
+    torch::Tensor slice = out.slice(0, begin, end);
+    at::addmv_out(slice, b.slice(0, begin, end), w.slice(0, begin, end), v);
+  });
+  return out.unsqueeze(0);
+}
+
+}  // namespace
+
 DecoderStepOutput DecoderImpl::step_inputs(const torch::Tensor& inputs, const DecoderState& state) {
+  const bool dropout = is_training() && options_.dropout > 0 && options_.num_layers > 1;
+  if (!torch::GradMode::is_enabled() && !dropout) {
+    // Inference: the LSTM cell by hand, PyTorch's equations and gate order (i, f, g, o), with
+    // one product per weight matrix and no autograd or packed-sequence bookkeeping.
+    const std::vector<torch::Tensor> w = lstm->all_weights();  // per layer: W_ih, W_hh, b_ih, b_hh
+    DecoderStepOutput out;
+    std::vector<torch::Tensor> hs, cs;
+    torch::Tensor x = inputs;
+    for (int64_t l = 0; l < options_.num_layers; ++l) {
+      const auto& w_ih = w[static_cast<std::size_t>(4 * l)];
+      const auto& w_hh = w[static_cast<std::size_t>(4 * l + 1)];
+      const auto& b_ih = w[static_cast<std::size_t>(4 * l + 2)];
+      const auto& b_hh = w[static_cast<std::size_t>(4 * l + 3)];
+      const torch::Tensor h = state.h[l], c = state.c[l];
+      torch::Tensor gates = affine(x, w_ih, b_ih);
+      gates += affine(h, w_hh, b_hh);
+      const auto chunks = gates.chunk(4, /*dim=*/1);
+      const torch::Tensor c_next = chunks[1].sigmoid() * c + chunks[0].sigmoid() * chunks[2].tanh();
+      x = chunks[3].sigmoid() * c_next.tanh();
+      hs.push_back(x);
+      cs.push_back(c_next);
+    }
+    out.logits = affine(x, linear->weight, linear->bias);
+    out.state.h = torch::stack(hs);
+    out.state.c = torch::stack(cs);
+    out.state.image = state.image;
+    return out;
+  }
   auto [hidden, hc] =
       lstm->forward(inputs.unsqueeze(1), std::make_tuple(state.h, state.c));  // one time step
   DecoderStepOutput out;

@@ -4,6 +4,7 @@
 #include <torch/torch.h>
 
 #include <array>
+#include <mutex>
 #include <utility>
 
 #include "detail/tensor_check.hpp"
@@ -77,7 +78,116 @@ void check_trainable_stages(int n) {
   }
 }
 
+// ---- Inference path: batch norm folded into the convolutions ----
+
+// A convolution with its batch norm folded in: y = conv(x, W * s) + (beta - mean * s), where
+// s = gamma / sqrt(var + eps), per output channel.
+struct FoldedConv {
+  torch::Tensor weight;  // dense, or pre-arranged for oneDNN
+  torch::Tensor bias;
+  std::vector<int64_t> stride, padding;
+};
+
+struct FoldedBlock {
+  std::vector<FoldedConv> convs;  // conv1, conv2 (, conv3 for a bottleneck)
+  bool has_downsample = false;
+  FoldedConv downsample;
+};
+
+// What a plan was computed from: every parameter and buffer, with its version counter (bumped
+// by every in-place change: optimizer steps, copy_, running statistics).
+struct TensorStamp {
+  const void* impl;
+  const void* data;
+  int64_t version;
+  bool operator==(const TensorStamp& o) const {
+    return impl == o.impl && data == o.data && version == o.version;
+  }
+};
+
+FoldedConv fold(const nn::Conv2d& conv, const nn::BatchNorm2d& bn, bool mkldnn) {
+  torch::NoGradGuard no_grad;
+  FoldedConv f;
+  const int64_t k = conv->weight.size(2);
+  const int64_t stride = (*conv->options.stride())[0];
+  f.stride = {stride, stride};
+  f.padding = {k / 2, k / 2};  // the convolutions of a ResNet pad by half their kernel
+  const auto w = conv->weight.to(torch::kFloat);
+  const auto scale = bn->weight.to(torch::kFloat) *
+                     torch::rsqrt(bn->running_var.to(torch::kFloat) + bn->options.eps());
+  f.weight = (w * scale.view({-1, 1, 1, 1})).to(conv->weight.dtype()).contiguous();
+  f.bias = (bn->bias.to(torch::kFloat) - bn->running_mean.to(torch::kFloat) * scale)
+               .to(conv->weight.dtype());
+  if (mkldnn) {
+    f.weight = at::mkldnn_reorder_conv2d_weight(f.weight.to_mkldnn(), f.padding, f.stride,
+                                                /*dilation=*/{1, 1}, /*groups=*/1);
+    f.bias = f.bias.to_mkldnn();
+  }
+  return f;
+}
+
+FoldedBlock fold_block(torch::nn::Module& block, bool mkldnn) {
+  FoldedBlock b;
+  nn::Sequential downsample{nullptr};
+  if (auto* bottleneck = block.as<BottleneckImpl>()) {
+    b.convs = {fold(bottleneck->conv1, bottleneck->bn1, mkldnn),
+               fold(bottleneck->conv2, bottleneck->bn2, mkldnn),
+               fold(bottleneck->conv3, bottleneck->bn3, mkldnn)};
+    downsample = bottleneck->downsample;
+  } else if (auto* basic = block.as<BasicBlockImpl>()) {
+    b.convs = {fold(basic->conv1, basic->bn1, mkldnn), fold(basic->conv2, basic->bn2, mkldnn)};
+    downsample = basic->downsample;
+  } else {
+    throw InvalidArgument("ResNet: a stage holds something other than residual blocks");
+  }
+  if (downsample) {
+    b.has_downsample = true;
+    b.downsample =
+        fold(nn::Conv2d(std::dynamic_pointer_cast<nn::Conv2dImpl>(downsample->ptr(0))),
+             nn::BatchNorm2d(std::dynamic_pointer_cast<nn::BatchNorm2dImpl>(downsample->ptr(1))),
+             mkldnn);
+  }
+  return b;
+}
+
+struct InferencePlan {
+  bool mkldnn = false;  // weights pre-arranged for oneDNN; activations in its layout
+  FoldedConv stem;
+  std::vector<FoldedBlock> blocks;
+  std::vector<TensorStamp> stamps;
+};
+
+torch::Tensor run(const FoldedConv& c, const torch::Tensor& x, bool mkldnn) {
+  if (mkldnn)
+    return at::mkldnn_convolution(x, c.weight, c.bias, c.padding, c.stride, /*dilation=*/{1, 1},
+                                  /*groups=*/1);
+  return at::conv2d(x, c.weight, c.bias, c.stride, c.padding);
+}
+
+// The backbone's forward_features with folded convolutions.
+torch::Tensor forward_folded(const InferencePlan& plan, const torch::Tensor& images) {
+  const bool mk = plan.mkldnn;
+  torch::Tensor x = mk ? images.to(torch::kFloat).contiguous().to_mkldnn() : images;
+  x = run(plan.stem, x, mk).relu_();
+  x = at::max_pool2d(x, /*kernel_size=*/{3, 3}, /*stride=*/{2, 2}, /*padding=*/{1, 1});
+  for (const FoldedBlock& b : plan.blocks) {
+    torch::Tensor out = x;
+    for (std::size_t i = 0; i < b.convs.size(); ++i) {
+      out = run(b.convs[i], out, mk);
+      if (i + 1 < b.convs.size()) out.relu_();
+    }
+    out.add_(b.has_downsample ? run(b.downsample, x, mk) : x);
+    x = out.relu_();
+  }
+  return mk ? x.to_dense() : x;
+}
+
 }  // namespace
+
+struct ResNetImpl::InferenceCache {
+  std::mutex mutex;
+  std::shared_ptr<const InferencePlan> plan;
+};
 
 ResNetArch parse_resnet_arch(const std::string& name) {
   for (const auto& s : kArchSpecs) {
@@ -131,7 +241,8 @@ torch::Tensor BottleneckImpl::forward(const torch::Tensor& x) {
   return torch::relu(out);
 }
 
-ResNetImpl::ResNetImpl(const ResNetOptions& options) : options_(options) {
+ResNetImpl::ResNetImpl(const ResNetOptions& options)
+    : options_(options), inference_(std::make_unique<InferenceCache>()) {
   check_trainable_stages(options.trainable_stages);
   if (options.num_classes < 0) {
     throw InvalidArgument(
@@ -213,10 +324,56 @@ void ResNetImpl::train(bool on) {
   }
 }
 
+ResNetImpl::~ResNetImpl() = default;
+
 int64_t ResNetImpl::feature_dim() const { return imcap::feature_dim(options_.arch); }
+
+void ResNetImpl::set_fast_inference(bool on) {
+  fast_inference_ = on;
+  if (!on) {
+    std::lock_guard<std::mutex> lock(inference_->mutex);
+    inference_->plan.reset();
+  }
+}
 
 torch::Tensor ResNetImpl::forward_features(const torch::Tensor& images) {
   check_images(images);
+  // The folded path computes the same function when no batch norm is in training mode and
+  // nothing needs a gradient.
+  const bool all_eval = !requested_training_ || options_.trainable_stages == 0;
+  if (fast_inference_ && all_eval && !images.requires_grad() &&
+      images.layout() == torch::kStrided) {
+    std::vector<TensorStamp> stamps;
+    bool needs_grad = false;
+    for (const auto& list : {parameters(), buffers()}) {
+      for (const auto& t : list) {
+        needs_grad = needs_grad || (torch::GradMode::is_enabled() && t.requires_grad());
+        stamps.push_back({t.unsafeGetTensorImpl(), t.data_ptr(), t._version()});
+      }
+    }
+    if (!needs_grad) {
+      std::shared_ptr<const InferencePlan> plan;
+      {
+        std::lock_guard<std::mutex> lock(inference_->mutex);
+        plan = inference_->plan;
+        if (!plan || plan->stamps != stamps) {
+          auto p = std::make_shared<InferencePlan>();
+          p->mkldnn = at::hasMKLDNN() && conv1->weight.device().is_cpu() &&
+                      conv1->weight.scalar_type() == torch::kFloat;
+          p->stem = fold(conv1, bn1, p->mkldnn);
+          for (const auto& layer : {layer1, layer2, layer3, layer4}) {
+            for (const auto& child : layer->children()) {
+              p->blocks.push_back(fold_block(*child, p->mkldnn));
+            }
+          }
+          p->stamps = std::move(stamps);
+          inference_->plan = p;
+          plan = std::move(p);
+        }
+      }
+      return forward_folded(*plan, images);
+    }
+  }
   torch::Tensor x = torch::relu(bn1(conv1(images)));
   x = torch::max_pool2d(x, /*kernel_size=*/3, /*stride=*/2, /*padding=*/1);
   x = layer1->forward(x);

@@ -16,6 +16,7 @@
 #include <nlohmann/json.hpp>
 
 #include "detail/io.hpp"
+#include "detail/memory.hpp"
 #include "imcap/distributed.hpp"
 #include "imcap/error.hpp"
 #include "imcap/metrics.hpp"
@@ -82,6 +83,13 @@ Validation validation_from_json(const json& j) {
   v.cider = j.value("cider", 0.0);
   v.images = j.value("images", std::size_t{0});
   return v;
+}
+
+// The encoder's output for a batch: the CNN and head on images [U, 3, H, W], or the head
+// alone on precomputed features [U, C] (a dataset with CocoDatasetOptions::features).
+torch::Tensor encode(CaptionModel& model, const torch::Tensor& images) {
+  if (images.dim() == 2) return model.encoder()->embed_features(images);
+  return model.encoder()->forward(images);
 }
 
 }  // namespace
@@ -300,6 +308,19 @@ Trainer::Trainer(CaptionModel& model, const CocoDataset& train, const CocoDatase
     throw InvalidArgument("trainer: the training set's vocabulary differs from the model's");
   if (val != nullptr && val->vocabulary() != model.vocab())
     throw InvalidArgument("trainer: the validation set's vocabulary differs from the model's");
+  for (const CocoDataset* d : {&train, val}) {
+    if (d == nullptr || !d->has_features() || d->image_ids().empty()) continue;
+    std::mt19937_64 rng(0);
+    const auto row = d->image(d->image_ids().front(), rng);
+    if (row.size(0) != model.encoder()->feature_dim())
+      throw InvalidArgument(fmt::format(
+          "trainer: the precomputed features have {} values per image, the model's "
+          "CNN ({}) gives {}",
+          row.size(0), to_string(model.config().encoder.arch), model.encoder()->feature_dim()));
+    if (model.encoder()->backbone->trainable_stages() > 0)
+      throw InvalidArgument(
+          "trainer: training on precomputed features needs a frozen CNN (trainable stages 0)");
+  }
   impl_ = std::make_unique<Impl>(model, train, val, std::move(options));
   auto& o = impl_->options;
   for (auto& p : model.encoder()->parameters())
@@ -373,7 +394,7 @@ Validation Trainer::validate() {
       }
       refs[ids[i]] = val.references(ids[i]);
     }
-    const auto features = s.model.encoder()->forward(torch::stack(images).to(device));
+    const auto features = encode(s.model, torch::stack(images).to(device));
     Batch b;
     pad_captions(seqs, pad, b);
     const auto captions = b.captions.to(device);
@@ -466,9 +487,8 @@ TrainResult Trainer::fit() {
         const auto captions = batch->captions.to(device);
         const auto lengths = batch->lengths.to(device);
         const auto features =
-            s.model.encoder()->forward(images).index_select(0, batch->image_index.to(device));
-        const auto logits = s.model.decoder()->forward(features, captions, lengths);
-        loss = caption_loss(logits, captions, lengths);
+            encode(s.model, images).index_select(0, batch->image_index.to(device));
+        loss = s.model.decoder()->loss(features, captions, lengths);
         loss_value = loss.item<double>();
         rank_tokens = static_cast<double>(batch->lengths.sum().item<std::int64_t>());
       }
@@ -541,7 +561,8 @@ TrainResult Trainer::fit() {
                        {"loss", loss_value},
                        {"lr", s.lr},
                        {"captions_per_s", rate},
-                       {"elapsed_s", elapsed}});
+                       {"elapsed_s", elapsed},
+                       {"rss_mib", detail::to_mib(detail::current_rss_bytes())}});
           window_captions = 0.0;
           window_start = Clock::now();
         }

@@ -495,3 +495,135 @@ TEST_CASE("wrong shapes and options give clear errors", "[models]") {
   CHECK_THROWS_AS(imcap::caption_loss(torch::zeros({2, 3, 10}), torch::zeros({2, 4}, torch::kLong)),
                   imcap::InvalidArgument);
 }
+
+TEST_CASE("decoder inference steps equal the LSTM module's, for one row and several", "[models]") {
+  torch::manual_seed(11);
+  imcap::DecoderOptions options;
+  options.vocab_size = 40;
+  options.embed_size = 6;
+  options.hidden_size = 10;
+  options.num_layers = 2;
+  imcap::Decoder decoder(options);
+  decoder->eval();
+  for (const int64_t rows : {1, 4}) {
+    INFO("rows " << rows);
+    const torch::Tensor features = torch::randn({rows, 6});
+    const torch::Tensor ids = torch::randint(0, 40, {rows}, torch::kLong);
+    // With autograd on, step() runs torch::nn::LSTM; without, the hand-written cell.
+    const imcap::DecoderStepOutput module_start = decoder->start(features);
+    const imcap::DecoderStepOutput module_step = decoder->step(ids, module_start.state);
+    REQUIRE(module_step.logits.requires_grad());
+    torch::NoGradGuard no_grad;
+    const imcap::DecoderStepOutput fast_start = decoder->start(features);
+    const imcap::DecoderStepOutput fast_step = decoder->step(ids, fast_start.state);
+    CHECK(max_abs_error(fast_start.logits, module_start.logits) < 1e-5);
+    CHECK(max_abs_error(fast_step.logits, module_step.logits) < 1e-5);
+    CHECK(max_abs_error(fast_step.state.h, module_step.state.h) < 1e-6);
+    CHECK(max_abs_error(fast_step.state.c, module_step.state.c) < 1e-6);
+    CHECK(fast_step.state.h.sizes() == torch::IntArrayRef({2, rows, 10}));
+  }
+}
+
+TEST_CASE("the folded inference path computes the same features as the modules", "[models]") {
+  torch::manual_seed(5);
+  for (const auto arch : {imcap::ResNetArch::kResNet18, imcap::ResNetArch::kResNet50}) {
+    INFO(imcap::to_string(arch));
+    imcap::ResNetOptions options;
+    options.arch = arch;
+    options.trainable_stages = 0;
+    imcap::ResNet resnet(options);
+    {
+      // Batch-norm statistics and affine parameters far from their initial 0 and 1.
+      torch::NoGradGuard no_grad;
+      for (auto& m : resnet->modules(/*include_self=*/false)) {
+        if (auto* bn = m->as<torch::nn::BatchNorm2d>()) {
+          bn->weight.uniform_(0.5, 1.5);
+          bn->bias.uniform_(-0.2, 0.2);
+          bn->running_mean.uniform_(-0.3, 0.3);
+          bn->running_var.uniform_(0.5, 2.0);
+        }
+      }
+    }
+    resnet->eval();
+    const torch::Tensor images = torch::randn({2, 3, 64, 80});
+    auto reference = [&] {
+      torch::NoGradGuard no_grad;
+      resnet->set_fast_inference(false);
+      torch::Tensor out = resnet->forward_features(images);
+      resnet->set_fast_inference(true);
+      return out;
+    };
+    REQUIRE(resnet->fast_inference());
+    torch::Tensor expected = reference();
+    {
+      torch::NoGradGuard no_grad;
+      const torch::Tensor folded = resnet->forward_features(images);
+      REQUIRE(folded.sizes() == expected.sizes());
+      CHECK(relative_error(folded, expected) < 1e-5);
+      CHECK(folded.layout() == torch::kStrided);
+      // A changed statistic is seen at the next call: the folded weights are rebuilt.
+      resnet->layer1->ptr(0)->named_buffers()["bn1.running_var"].mul_(3.0);
+    }
+    expected = reference();
+    {
+      torch::NoGradGuard no_grad;
+      CHECK(relative_error(resnet->forward_features(images), expected) < 1e-5);
+    }
+    // A frozen backbone takes the folded path during training too (autograd on, nothing to
+    // differentiate), and gives the same features.
+    resnet->train(true);
+    const torch::Tensor frozen = resnet->forward_features(images);
+    CHECK_FALSE(frozen.requires_grad());
+    CHECK(relative_error(frozen, expected) < 1e-5);
+    // A trainable backbone in training mode runs the modules (batch statistics, gradients).
+    resnet->set_trainable_stages(imcap::kResNetStages);
+    resnet->train(true);
+    CHECK(resnet->forward_features(images).requires_grad());
+  }
+}
+
+TEST_CASE("Decoder::loss equals caption_loss of forward, value and gradients", "[models]") {
+  const int saved_threads = torch::get_num_threads();
+  for (const int threads : {1, 2}) {
+    torch::set_num_threads(threads);
+    for (const bool padded : {false, true}) {
+      INFO("threads " << threads << ", padded " << padded);
+      torch::manual_seed(21);
+      imcap::DecoderOptions options;
+      options.vocab_size = 37;
+      options.embed_size = 6;
+      options.hidden_size = 10;
+      options.image_inject = imcap::ImageInject::kPar;
+      imcap::Decoder decoder(options);
+      const torch::Tensor features = torch::randn({5, 6});
+      const torch::Tensor captions = torch::randint(0, 37, {5, 7}, torch::kLong);
+      const torch::Tensor lengths =
+          padded ? torch::tensor({7, 3, 5, 1, 6}, torch::kLong) : torch::Tensor();
+      auto grads = [&](const torch::Tensor& loss) {
+        decoder->zero_grad();
+        loss.backward();
+        std::vector<torch::Tensor> out;
+        for (const auto& p : decoder->parameters()) out.push_back(p.grad().clone());
+        return out;
+      };
+      const torch::Tensor expected =
+          imcap::caption_loss(decoder->forward(features, captions, lengths), captions, lengths);
+      const auto expected_grads = grads(expected);
+      const torch::Tensor fused = decoder->loss(features, captions, lengths);
+      CHECK(std::abs(fused.item<double>() - expected.item<double>()) <
+            1e-6 * expected.item<double>());
+      const auto fused_grads = grads(fused);
+      REQUIRE(fused_grads.size() == expected_grads.size());
+      for (std::size_t i = 0; i < fused_grads.size(); ++i) {
+        INFO("parameter " << i);
+        CHECK(max_abs_error(fused_grads[i], expected_grads[i]) <
+              1e-5 * (1.0 + expected_grads[i].abs().max().item<double>()));
+      }
+      // The graph holds one buffer, turned into the gradient: a second backward is refused.
+      const torch::Tensor again = decoder->loss(features, captions, lengths);
+      again.backward({}, /*retain_graph=*/true);
+      CHECK_THROWS_WITH(again.backward(), Catch::Contains("only once"));
+    }
+  }
+  torch::set_num_threads(saved_threads);
+}

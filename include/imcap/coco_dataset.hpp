@@ -86,6 +86,14 @@ struct CocoDatasetOptions {
   bool skip_missing_images = false;
   /// Drop captions longer than this many tokens (without <start>/<end>); 0 = keep all. Default 0.
   std::size_t max_caption_tokens = 0;
+  /// Precomputed image features, [N, C] float (FeatureSet::features, from `imcap features`),
+  /// used instead of the image files: image() returns an image's row [C] (no transform), and
+  /// image files are neither read nor checked. Undefined (default): images are decoded.
+  at::Tensor features;
+  /// COCO image id of each row of `features`, [N] int64 (FeatureSet::image_ids). Every
+  /// captioned image needs a row; images without one count as missing (see
+  /// skip_missing_images).
+  at::Tensor feature_image_ids;
 };
 
 /// One training example.
@@ -119,8 +127,11 @@ class CocoDataset {
   const std::vector<std::int64_t>& caption_ids(std::size_t index) const;
   /// Image id of caption `index`.
   std::int64_t image_id_of(std::size_t index) const;
-  /// Decoded and transformed image by image id.
+  /// Decoded and transformed image by image id ([3, H, W]), or its precomputed features ([C])
+  /// when the dataset has them.
   at::Tensor image(std::int64_t image_id, std::mt19937_64& rng) const;
+  /// Whether image() returns precomputed features (CocoDatasetOptions::features).
+  bool has_features() const { return options_.features.defined(); }
   /// Decoded image (no transform) by image id.
   Image raw_image(std::int64_t image_id) const;
   /// Full path of an image file.
@@ -146,7 +157,8 @@ class CocoDataset {
   std::vector<std::vector<std::int64_t>> caption_ids_;  // dataset index -> token ids
   std::vector<std::int64_t> image_ids_;
   std::unordered_map<std::int64_t, std::vector<std::size_t>>
-      by_image_;  // image id -> dataset indices
+      by_image_;                                                 // image id -> dataset indices
+  std::unordered_map<std::int64_t, std::int64_t> feature_rows_;  // image id -> row of features
 };
 
 }  // namespace imcap

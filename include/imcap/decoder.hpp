@@ -82,6 +82,14 @@ struct DecoderImpl : torch::nn::Module {
   torch::Tensor forward(const torch::Tensor& features, const torch::Tensor& captions,
                         const torch::Tensor& lengths = {});
 
+  /// The teacher-forced training loss, caption_loss(forward(features, captions, lengths),
+  /// captions, lengths), with the same value and gradients, computed faster: the output
+  /// projection and the softmax cross-entropy are one autograd function that keeps one
+  /// (B*T, V) buffer (the logits, then their gradient in place) and splits its matrix products
+  /// between Torch's threads. Its graph supports one backward pass.
+  torch::Tensor loss(const torch::Tensor& features, const torch::Tensor& captions,
+                     const torch::Tensor& lengths = {});
+
   /// The state before step 0: zeros, or tanh(init_h/init_c(features)) with kInit.
   DecoderState init_state(const torch::Tensor& features);
   /// Step 0 from the image: init_state(features), then one step whose logits score the first
@@ -110,6 +118,9 @@ struct DecoderImpl : torch::nn::Module {
 
  private:
   void check_features(const torch::Tensor& features) const;
+  // The LSTM's outputs (B, T, H) under teacher forcing: forward() without the projection.
+  torch::Tensor hidden_states(const torch::Tensor& features, const torch::Tensor& captions,
+                              const torch::Tensor& lengths);
   DecoderStepOutput step_inputs(const torch::Tensor& inputs, const DecoderState& state);
 
   DecoderOptions options_;

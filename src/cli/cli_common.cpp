@@ -18,10 +18,21 @@ void set_threads(int threads) {
   // Torch's threads on top, the two pools fight over the cores: training the demo's model ran
   // at 109 captions/s with both at 2 threads and at 214 with OpenBLAS at 1 (2 cores,
   // docs/performance.md). So OpenBLAS runs single-threaded inside Torch's parallel regions.
+  set_blas_threads(threads > 1 ? 1 : threads);
+}
+
+bool set_blas_threads(int threads) {
   using SetThreads = void (*)(int);
-  if (auto* set_blas =
-          reinterpret_cast<SetThreads>(::dlsym(RTLD_DEFAULT, "openblas_set_num_threads")))
-    set_blas(threads > 1 ? 1 : threads);
+  auto* set_blas = reinterpret_cast<SetThreads>(::dlsym(RTLD_DEFAULT, "openblas_set_num_threads"));
+  if (set_blas == nullptr) return false;
+  set_blas(threads);
+  return true;
+}
+
+int blas_threads() {
+  using GetThreads = int (*)();
+  auto* get = reinterpret_cast<GetThreads>(::dlsym(RTLD_DEFAULT, "openblas_get_num_threads"));
+  return get == nullptr ? 0 : get();
 }
 
 torch::Device parse_device(const std::string& name) {

@@ -18,6 +18,10 @@ class UsageError : public std::runtime_error {
 /// Sets the number of intra-op threads Torch uses (0: one per core), and OpenBLAS's to 1 when
 /// Torch's are several, so that the two thread pools do not compete for the cores.
 void set_threads(int threads);
+/// Sets OpenBLAS's own thread count when OpenBLAS is loaded; returns whether it was.
+bool set_blas_threads(int threads);
+/// OpenBLAS's thread count, 0 when OpenBLAS is not loaded.
+int blas_threads();
 
 /// "cpu", "cuda" or "cuda:N" as a device; throws InvalidArgument when CUDA is unavailable and
 /// UsageError for other names.

@@ -3,6 +3,7 @@
 #include <unistd.h>
 
 #include <chrono>
+#include <iostream>
 #include <memory>
 #include <thread>
 
@@ -15,6 +16,7 @@
 #include "detail/io.hpp"
 #include "imcap/distributed.hpp"
 #include "imcap/error.hpp"
+#include "imcap/features.hpp"
 #include "imcap/trainer.hpp"
 #include "imcap/weights.hpp"
 
@@ -23,7 +25,7 @@ namespace imcap::cli {
 namespace {
 
 struct TrainArgs {
-  std::string annotations, images, val_annotations, val_images, out;
+  std::string annotations, images, val_annotations, val_images, out, features, val_features;
   std::string encoder = "resnet50", weights, device = "cpu", inject = "par", trainable = "auto";
   std::string optimizer = "adam", schedule = "none", batching = "image_major";
   int image_size = 224, vocab_threshold = 5, epochs = 3, threads = 0, workers = 2, nproc = 0;
@@ -122,8 +124,12 @@ void run_train(const TrainArgs& a) {
   if (a.nproc > 0) return launch_workers(a);
   const auto dist = distributed_options_from_env();
   set_threads(dist ? worker_threads(a.threads) : a.threads);
-  if (a.val_annotations.empty() != a.val_images.empty())
-    throw UsageError("--val-annotations and --val-images go together");
+  if (a.images.empty() && a.features.empty())
+    throw UsageError("--images or --features is required");
+  if (!a.val_annotations.empty() && a.val_images.empty() && a.val_features.empty())
+    throw UsageError("--val-annotations needs --val-images or --val-features");
+  if (a.val_annotations.empty() && !(a.val_images.empty() && a.val_features.empty()))
+    throw UsageError("--val-images and --val-features need --val-annotations");
   torch::Device device = parse_device(a.device);
   std::shared_ptr<ProcessGroup> group;
   if (dist) {
@@ -145,7 +151,9 @@ void run_train(const TrainArgs& a) {
     config.encoder.arch = parse_resnet_arch(a.encoder);
     config.encoder.embed_size = a.embed_size;
     config.encoder.head_batch_norm = a.head_bn;
-    config.encoder.trainable_stages = parse_trainable(a.trainable, !a.weights.empty());
+    // Precomputed features come from a frozen CNN: "auto" freezes it.
+    config.encoder.trainable_stages =
+        parse_trainable(a.trainable, !a.weights.empty() || !a.features.empty());
     config.decoder.hidden_size = a.hidden_size;
     config.decoder.num_layers = a.num_layers;
     config.decoder.dropout = a.dropout;
@@ -167,13 +175,26 @@ void run_train(const TrainArgs& a) {
   tf.train = true;
   tf.flip_probability = a.flip;
   const ImageTransform train_tf(tf);
-  CocoDatasetOptions data_options;
-  data_options.skip_missing_images = a.skip_missing;
-  CocoDataset train(a.annotations, a.images, model->vocab(), train_tf, data_options);
+  // With --features the CNN does not run: the dataset hands out the cached pooled features.
+  auto dataset_options = [&a](const std::string& features) {
+    CocoDatasetOptions d;
+    d.skip_missing_images = a.skip_missing;
+    if (!features.empty()) {
+      FeatureSet set = load_features(features);
+      d.features = set.features;
+      d.feature_image_ids = set.image_ids;
+    }
+    return d;
+  };
+  if (chatty && !a.features.empty() && a.weights.empty() && !a.resume)
+    std::cerr << "imcap: warning: --features without --weights: the saved model's CNN is "
+                 "randomly initialised; pass the weights that computed the features so that the "
+                 "model can caption images\n";
+  CocoDataset train(a.annotations, a.images, model->vocab(), train_tf, dataset_options(a.features));
   std::unique_ptr<CocoDataset> val;
   if (!a.val_annotations.empty())
     val = std::make_unique<CocoDataset>(a.val_annotations, a.val_images, model->vocab(),
-                                        model->eval_transform(), data_options);
+                                        model->eval_transform(), dataset_options(a.val_features));
   TrainerOptions o;
   o.out_dir = a.out;
   o.epochs = a.epochs;
@@ -227,9 +248,14 @@ void add_train_command(CLI::App& app) {
   auto a = std::make_shared<TrainArgs>();
   auto* cmd = app.add_subcommand("train", "Train a captioning model on a COCO-format dataset");
   cmd->add_option("--annotations", a->annotations, "Training COCO captions JSON")->required();
-  cmd->add_option("--images", a->images, "Training image folder")->required();
+  cmd->add_option("--images", a->images, "Training image folder (or --features)");
+  cmd->add_option("--features", a->features,
+                  "Pooled CNN features of the training images (from imcap features): trains the "
+                  "decoder and embedding head without running the CNN");
   cmd->add_option("--val-annotations", a->val_annotations, "Validation COCO captions JSON");
   cmd->add_option("--val-images", a->val_images, "Validation image folder");
+  cmd->add_option("--val-features", a->val_features,
+                  "Pooled CNN features of the validation images (from imcap features)");
   cmd->add_option("--out", a->out, "Output folder: last.imcap, best.imcap, log.jsonl")->required();
   cmd->add_option("--encoder", a->encoder, "CNN")
       ->capture_default_str()

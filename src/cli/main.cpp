@@ -27,6 +27,7 @@ int main(int argc, char** argv) {
   imcap::cli::add_demo_command(app);
   imcap::cli::add_eval_command(app);
   imcap::cli::add_weights_command(app);
+  imcap::cli::add_bench_command(app);
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {

@@ -1,0 +1,454 @@
+// imcap bench: the figures of ../shared/bench/python_baseline.py (same shapes, medians after
+// warm-up, the same JSON keys), measured on imcap's own code paths, plus data loading with all
+// threads, COCO annotation loading, the vocabulary build and peak memory. See
+// docs/performance.md.
+#include <algorithm>
+#include <chrono>
+#include <iostream>
+#include <memory>
+#include <random>
+#include <sstream>
+#include <thread>
+
+#include <fmt/format.h>
+#include <torch/torch.h>
+
+#include "cli/bench_support.hpp"
+#include "cli/cli_common.hpp"
+#include "cli/commands.hpp"
+#include "detail/io.hpp"
+#include "detail/memory.hpp"
+#include "imcap/captioner.hpp"
+#include "imcap/coco_dataset.hpp"
+#include "imcap/decoder.hpp"
+#include "imcap/encoder.hpp"
+#include "imcap/error.hpp"
+#include "imcap/image.hpp"
+#include "imcap/model.hpp"
+#include "imcap/search.hpp"
+#include "imcap/vocabulary.hpp"
+
+namespace imcap::cli {
+
+namespace {
+
+using bench::Json;
+using bench::Reps;
+
+// The parts `--only` can select, in the order they run.
+const std::vector<std::string> kParts = {"encoder", "greedy", "train", "data",
+                                         "full",    "coco",   "memory"};
+
+struct BenchArgs {
+  bool json = false, quick = false, smoke = false;
+  int threads = 0, blas_threads = -1, data_threads = 0;
+  std::string annotations, jpeg_dir, arch = "resnet152", only;
+  std::int64_t vocab = 10000, embed = 256, hidden = 512;
+  int image_size = 224, train_batch = 128, caption_len = 14, jpegs = 64;
+  int jpeg_width = 640, jpeg_height = 480, max_steps = 20;
+  std::size_t memory_steps = 0;
+  std::uint64_t seed = 0;
+  bool head_bn = true;
+};
+
+struct Plan {
+  Reps enc_b1, enc_b8, greedy, train, pipe, full, coco;
+};
+
+Plan make_plan(const BenchArgs& a) {
+  // The baseline's (warm-up, repetitions) per measurement; coco is imcap's own.
+  if (a.smoke) return {{0, 1}, {0, 1}, {0, 1}, {0, 1}, {0, 1}, {0, 1}, {0, 1}};
+  if (a.quick) return {{1, 3}, {1, 2}, {3, 10}, {1, 3}, {1, 2}, {1, 3}, {0, 1}};
+  return {{3, 15}, {2, 7}, {20, 100}, {3, 15}, {2, 7}, {3, 15}, {1, 3}};
+}
+
+Json reps_json(Reps r) { return Json::array({r.warmup, r.reps}); }
+
+// Log lines go to stderr ("# ..." as the baseline's), so that stdout holds only the JSON.
+template <typename... Args>
+void note(fmt::format_string<Args...> format, Args&&... args) {
+  std::cerr << "# " << fmt::format(format, std::forward<Args>(args)...) << '\n' << std::flush;
+}
+
+Vocabulary bench_vocabulary(std::int64_t size) {
+  std::vector<std::string> tokens = {"<pad>", "<start>", "<end>", "<unk>"};
+  for (std::int64_t i = 4; i < size; ++i) tokens.push_back(fmt::format("w{}", i));
+  return Vocabulary::from_tokens(std::move(tokens));
+}
+
+// The baseline's model: the tutorial's EncoderCNN (frozen ResNet, Linear + BatchNorm1d head)
+// and DecoderRNN (pre-inject, one LSTM layer).
+ModelConfig bench_config(const BenchArgs& a) {
+  ModelConfig c;
+  c.encoder.arch = parse_resnet_arch(a.arch);
+  c.encoder.embed_size = a.embed;
+  c.encoder.head_batch_norm = a.head_bn;
+  c.encoder.trainable_stages = 0;
+  c.decoder.embed_size = a.embed;
+  c.decoder.hidden_size = a.hidden;
+  c.decoder.num_layers = 1;
+  c.decoder.image_inject = ImageInject::kPre;
+  c.image_crop = a.image_size;
+  c.image_resize = static_cast<int>(a.image_size * 256.0 / 224.0 + 0.5);
+  return c;
+}
+
+Json measure_encoder(CaptionModel& model, const BenchArgs& a, const Plan& plan) {
+  Json out;
+  torch::NoGradGuard no_grad;
+  model.train(false);
+  for (const auto& [bs, reps] : {std::pair{1, plan.enc_b1}, std::pair{8, plan.enc_b8}}) {
+    const auto x = torch::randn({bs, 3, a.image_size, a.image_size});
+    const auto ts = bench::time_ms([&] { model.encoder()->forward(x); }, reps);
+    out[fmt::format("batch{}", bs)] = bench::summarize(ts, 1.0 / bs);
+    note("encoder batch {}: {:.1f} ms/image", bs, bench::median(ts) / bs);
+  }
+  return out;
+}
+
+Json measure_greedy(CaptionModel& model, const BenchArgs& a, const Plan& plan) {
+  model.train(false);
+  const auto features = torch::randn({1, a.embed});
+  const DecoderStepper stepper(model.decoder());
+  SearchOptions opts;  // no <end>: all max_steps steps, as the notebook's sample()
+  opts.max_length = a.max_steps;
+  const auto ts = bench::time_ms([&] { greedy_search(stepper, features, opts); }, plan.greedy);
+  note("greedy decode: {:.2f} ms", bench::median(ts));
+  return bench::summarize(ts);
+}
+
+Json measure_train(CaptionModel& model, const BenchArgs& a, const Plan& plan,
+                   std::size_t memory_steps, Json* memory) {
+  Encoder& encoder = model.encoder();
+  Decoder& decoder = model.decoder();
+  model.train(true);
+  // The decoder and the encoder's head train; the CNN is not run (features are precomputed).
+  std::vector<torch::Tensor> params;
+  for (auto& p : decoder->parameters()) params.push_back(p);
+  for (auto& p : encoder->embed->parameters()) params.push_back(p);
+  if (encoder->bn)
+    for (auto& p : encoder->bn->parameters()) params.push_back(p);
+  torch::optim::Adam adam(params, torch::optim::AdamOptions(1e-3));
+  const std::int64_t batch = a.train_batch, len = a.caption_len;
+  const auto feats = torch::randn({batch, encoder->feature_dim()});
+  auto captions = torch::randint(4, a.vocab, {batch, len}, torch::kLong);
+  captions.select(1, 0).fill_(model.vocab().start_id());
+  captions.select(1, len - 1).fill_(model.vocab().end_id());
+  const auto lengths = torch::full({batch}, len, torch::kLong);
+  auto step = [&] {
+    const auto features = encoder->embed_features(feats);
+    const auto loss = decoder->loss(features, captions, lengths);
+    adam.zero_grad();
+    loss.backward();
+    adam.step();
+  };
+  const auto ts = bench::time_ms(step, plan.train);
+  Json out = bench::summarize(ts);
+  out["tokens_per_step"] = batch * len;
+  std::int64_t n = 0;
+  for (const auto& p : params) n += p.numel();
+  out["trainable_params"] = n;
+  note("train step: {:.1f} ms", bench::median(ts));
+  if (memory != nullptr && memory_steps > 0) {
+    // Resident memory over a long run: it must not grow with the number of steps.
+    Json rss = Json::object();
+    for (std::size_t i = 1; i <= memory_steps; ++i) {
+      step();
+      if (i == 1 || i == 10 || i % 100 == 0 || i == memory_steps)
+        rss[std::to_string(i)] =
+            std::round(detail::to_mib(detail::current_rss_bytes()) * 10.0) / 10.0;
+    }
+    (*memory)["train_rss_mib_at_step"] = rss;
+    note("train RSS (MiB) by step: {}", rss.dump());
+  }
+  model.train(false);
+  return out;
+}
+
+// Images per second of passes over the files, split between `threads` threads (after the
+// warm-up passes).
+Json measure_pipeline(const std::vector<std::string>& files, int threads, Reps reps, int resize,
+                      int crop) {
+  const ImageTransform train = ImageTransform::train(resize, crop);
+  const DecodeOptions decode = train.fast_decode_options();
+  int pass = 0;
+  auto one_pass = [&] {
+    ++pass;
+    std::vector<std::exception_ptr> errors(static_cast<std::size_t>(threads));
+    auto work = [&](int t) {
+      try {
+        std::mt19937_64 rng(static_cast<std::uint64_t>(pass * 1000 + t));
+        for (std::size_t i = static_cast<std::size_t>(t); i < files.size();
+             i += static_cast<std::size_t>(threads))
+          train(decode_image(files[i], decode), rng);
+      } catch (...) {
+        errors[static_cast<std::size_t>(t)] = std::current_exception();
+      }
+    };
+    if (threads == 1) {
+      work(0);
+    } else {
+      std::vector<std::thread> pool;
+      for (int t = 0; t < threads; ++t) pool.emplace_back(work, t);
+      for (auto& th : pool) th.join();
+    }
+    for (const auto& e : errors)
+      if (e) std::rethrow_exception(e);
+  };
+  const auto ts = bench::time_ms(one_pass, reps);
+  std::vector<double> rates;
+  for (double t : ts) rates.push_back(static_cast<double>(files.size()) / (t / 1e3));
+  Json out = bench::summarize(rates);
+  out.erase("reps");
+  out["passes"] = rates.size();
+  out["images_per_pass"] = files.size();
+  out["ms_per_image_median"] =
+      std::round(bench::median(ts) / static_cast<double>(files.size()) * 1e3) / 1e3;
+  return out;
+}
+
+Json measure_full(const Captioner& captioner, const std::string& path, const Plan& plan,
+                  std::string* caption) {
+  const auto ts = bench::time_ms([&] { *caption = captioner.caption(path).text; }, plan.full);
+  note("full caption: {:.1f} ms", bench::median(ts));
+  return bench::summarize(ts);
+}
+
+void measure_coco(const BenchArgs& a, const Plan& plan, const std::string& tmp, Json& res,
+                  Json& config) {
+  std::string file = a.annotations;
+  if (file.empty()) {
+    // COCO 2014 val's shape: 40,504 images with about 5 captions each.
+    file = detail::join_path(tmp, "captions_synthetic.json");
+    const int images = a.smoke ? 50 : 40504;
+    const auto bytes = bench::write_coco_annotations(file, images, 5, 20000, a.seed);
+    config["annotations"] =
+        fmt::format("generated: {} images x 5 captions, {:.1f} MB", images, bytes / 1e6);
+  } else {
+    config["annotations"] = file;
+  }
+  std::size_t images = 0, captions = 0, words = 0;
+  const auto load = bench::time_ms(
+      [&] {
+        const auto ann = CocoAnnotations::load(file);
+        images = ann.images().size();
+        captions = ann.captions().size();
+      },
+      plan.coco);
+  const auto build = bench::time_ms([&] { words = Vocabulary::build({file}).size(); }, plan.coco);
+  Json l = bench::summarize(load);
+  l["images"] = images;
+  l["captions"] = captions;
+  Json b = bench::summarize(build);
+  b["vocabulary_size"] = words;
+  res["coco_annotations_load_ms"] = l;
+  res["vocabulary_build_ms"] = b;
+  note("COCO annotations: load {:.0f} ms, vocabulary build {:.0f} ms ({} captions)",
+       bench::median(load), bench::median(build), captions);
+}
+
+void print_table(const Json& res) {
+  auto row = [](const std::string& name, const Json& j, const char* unit) {
+    fmt::print("{:<38} {:>10.3f} {:>10.3f} {:>10.3f}  {}\n", name, j.at("median").get<double>(),
+               j.at("min").get<double>(), j.at("max").get<double>(), unit);
+  };
+  fmt::print("{:<38} {:>10} {:>10} {:>10}\n", "figure", "median", "min", "max");
+  if (res.contains("encoder_ms_per_image")) {
+    row("encoder_ms_per_image.batch1", res["encoder_ms_per_image"]["batch1"], "ms/image");
+    row("encoder_ms_per_image.batch8", res["encoder_ms_per_image"]["batch8"], "ms/image");
+  }
+  const std::pair<const char*, const char*> keys[] = {
+      {"greedy_decode_ms", "ms"},
+      {"decoder_train_step_ms", "ms"},
+      {"data_pipeline_images_per_s", "images/s, 1 thread"},
+      {"data_pipeline_images_per_s_all_threads", "images/s, all threads"},
+      {"full_caption_ms", "ms"},
+      {"coco_annotations_load_ms", "ms"},
+      {"vocabulary_build_ms", "ms"}};
+  for (const auto& [key, unit] : keys)
+    if (res.contains(key)) row(key, res[key], unit);
+  if (res.contains("memory"))
+    fmt::print("peak RSS {:.1f} MiB\n", res["memory"]["peak_rss_mib"].get<double>());
+  fmt::print("benchmark wall time {:.1f} s\n", res["benchmark_wall_s"].get<double>());
+}
+
+void run_bench(BenchArgs a) {
+  if (a.smoke) {
+    a.arch = "resnet18";
+    a.image_size = 32;
+    a.vocab = 50;
+    a.embed = 8;
+    a.hidden = 16;
+    a.train_batch = 4;
+    a.jpegs = 4;
+    a.jpeg_width = 80;
+    a.jpeg_height = 60;
+    a.max_steps = 5;
+  }
+  std::vector<std::string> parts = kParts;
+  if (!a.only.empty()) {
+    parts.clear();
+    std::stringstream in(a.only);
+    std::string p;
+    while (std::getline(in, p, ',')) {
+      if (std::find(kParts.begin(), kParts.end(), p) == kParts.end())
+        throw UsageError(fmt::format("--only '{}': expected a comma-separated list of {}", p,
+                                     fmt::join(kParts, ", ")));
+      parts.push_back(p);
+    }
+  }
+  auto wanted = [&](const char* part) {
+    return std::find(parts.begin(), parts.end(), part) != parts.end();
+  };
+  set_threads(a.threads);
+  if (a.blas_threads >= 0) set_blas_threads(a.blas_threads);
+  const int cores = static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
+  const int data_threads = a.data_threads > 0 ? a.data_threads : cores;
+  torch::manual_seed(static_cast<std::uint64_t>(a.seed));
+  const Plan plan = make_plan(a);
+  Json env = bench::environment();
+  env["threads_flag"] = a.threads;
+  env["blas_threads_flag"] = a.blas_threads;
+  env["quick"] = a.quick;
+  note("imcap {}, LibTorch {}, torch threads {}, OpenBLAS threads {}",
+       env["imcap"].get<std::string>(), env["torch"].get<std::string>(), torch::get_num_threads(),
+       blas_threads());
+
+  const auto t0 = std::chrono::steady_clock::now();
+  const std::string tmp = bench::make_temp_dir("imcap-bench-");
+  struct Cleanup {
+    std::string dir;
+    ~Cleanup() { bench::remove_flat_dir(dir); }
+  } cleanup{tmp};
+
+  auto model = std::make_shared<CaptionModel>(bench_config(a), bench_vocabulary(a.vocab));
+  model->train(false);
+  Json res, memory;
+  memory["rss_mib_model_built"] = std::round(detail::to_mib(detail::current_rss_bytes()) * 10) / 10;
+
+  if (wanted("encoder")) res["encoder_ms_per_image"] = measure_encoder(*model, a, plan);
+  if (wanted("greedy")) res["greedy_decode_ms"] = measure_greedy(*model, a, plan);
+  if (wanted("train") || (wanted("memory") && a.memory_steps > 0))
+    res["decoder_train_step_ms"] =
+        measure_train(*model, a, plan, wanted("memory") ? a.memory_steps : 0, &memory);
+
+  std::vector<std::string> files;
+  if (wanted("data") || wanted("full")) {
+    if (!a.jpeg_dir.empty()) {
+      files = bench::list_jpegs(a.jpeg_dir);
+      if (files.empty())
+        throw InvalidArgument(fmt::format("--jpeg-dir {}: no .jpg files", a.jpeg_dir));
+    } else {
+      files = bench::write_photo_jpegs(tmp, a.jpegs, a.jpeg_width, a.jpeg_height, a.seed);
+    }
+  }
+  const int resize = bench_config(a).image_resize, crop = a.image_size;
+  if (wanted("data")) {
+    res["data_pipeline_images_per_s"] = measure_pipeline(files, 1, plan.pipe, resize, crop);
+    note("data pipeline: {:.1f} images/s",
+         res["data_pipeline_images_per_s"]["median"].get<double>());
+    Json all = measure_pipeline(files, data_threads, plan.pipe, resize, crop);
+    all["threads"] = data_threads;
+    res["data_pipeline_images_per_s_all_threads"] = all;
+    note("data pipeline, {} threads: {:.1f} images/s", data_threads, all["median"].get<double>());
+  }
+  std::string caption;
+  if (wanted("full")) {
+    CaptionOptions co;
+    co.beam_size = 1;
+    co.max_length = a.max_steps;
+    co.forbid_unk = false;  // the baseline's sample() masks nothing
+    const Captioner captioner(model, co);
+    res["full_caption_ms"] = measure_full(captioner, files.front(), plan, &caption);
+  }
+  res["benchmark_wall_s"] =
+      std::round(std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count() *
+                 10) /
+      10;
+
+  Json config;
+  config["cnn"] = fmt::format("{} (random init), frozen, eval", a.arch);
+  config["encoder_head_bn"] = a.head_bn;
+  config["vocab"] = a.vocab;
+  config["embed"] = a.embed;
+  config["hidden"] = a.hidden;
+  config["lstm_layers"] = 1;
+  config["max_decode_steps"] = a.max_steps;
+  config["train_batch"] = a.train_batch;
+  config["caption_len"] = a.caption_len;
+  config["optimizer"] = "Adam(lr=1e-3)";
+  config["input"] = fmt::format("{}x{}", a.image_size, a.image_size);
+  config["jpegs"] = a.jpeg_dir.empty() ? fmt::format("{} generated {}x{}, q90", files.size(),
+                                                     a.jpeg_width, a.jpeg_height)
+                                       : fmt::format("{} from {}", files.size(), a.jpeg_dir);
+  config["full_caption_transform"] =
+      fmt::format("Resize({})+CenterCrop({})+ToTensor+Normalize", resize, crop);
+  config["reps_warmup"] = {{"enc_b1", reps_json(plan.enc_b1)}, {"enc_b8", reps_json(plan.enc_b8)},
+                           {"greedy", reps_json(plan.greedy)}, {"train", reps_json(plan.train)},
+                           {"pipe", reps_json(plan.pipe)},     {"full", reps_json(plan.full)},
+                           {"coco", reps_json(plan.coco)}};
+  if (wanted("coco")) measure_coco(a, plan, tmp, res, config);
+  if (!caption.empty()) config["full_caption_example"] = caption;
+  memory["peak_rss_mib"] = std::round(detail::to_mib(detail::peak_rss_bytes()) * 10) / 10;
+  memory["rss_mib_end"] = std::round(detail::to_mib(detail::current_rss_bytes()) * 10) / 10;
+  res["memory"] = memory;
+  res["config"] = config;
+  res["env"] = env;
+  if (a.json)
+    std::cout << res.dump(1) << '\n';
+  else
+    print_table(res);
+}
+
+}  // namespace
+
+void add_bench_command(CLI::App& app) {
+  auto a = std::make_shared<BenchArgs>();
+  auto* cmd = app.add_subcommand(
+      "bench", "Measure encoder, decoding, training step, data pipeline and captioning speed");
+  cmd->add_flag("--json", a->json,
+                "Print one JSON object with the keys of ../shared/bench/python_baseline.py");
+  cmd->add_flag("--quick", a->quick, "Fewer repetitions (under a minute)");
+  cmd->add_option("--threads", a->threads, "Torch threads (0: one per core)")
+      ->capture_default_str()
+      ->check(CLI::NonNegativeNumber);
+  cmd->add_option("--blas-threads", a->blas_threads,
+                  "OpenBLAS threads (-1: the CLI's rule, 1 when Torch has several)")
+      ->capture_default_str()
+      ->check(CLI::Range(-1, 1024));
+  cmd->add_option("--data-threads", a->data_threads,
+                  "Threads of the all-threads data pipeline figure (0: one per core)")
+      ->capture_default_str()
+      ->check(CLI::NonNegativeNumber);
+  cmd->add_option("--annotations", a->annotations,
+                  "COCO captions file to time loading and the vocabulary build on (default: a "
+                  "generated file of COCO 2014 val's size)");
+  cmd->add_option(
+      "--jpeg-dir", a->jpeg_dir,
+      "Use the .jpg files of this folder (e.g. the baseline's) instead of generated ones");
+  cmd->add_option("--only", a->only,
+                  "Comma-separated parts to run: encoder, greedy, train, data, full, coco, memory");
+  cmd->add_option("--memory-steps", a->memory_steps,
+                  "With the memory part: run this many training steps and report the RSS by step")
+      ->capture_default_str();
+  cmd->add_option("--encoder", a->arch, "CNN")
+      ->capture_default_str()
+      ->check(CLI::IsMember({"resnet18", "resnet34", "resnet50", "resnet101", "resnet152"}));
+  cmd->add_option("--vocab", a->vocab, "Vocabulary size")
+      ->capture_default_str()
+      ->check(CLI::Range(8, 1 << 24));
+  cmd->add_option("--embed", a->embed, "Embedding size")
+      ->capture_default_str()
+      ->check(CLI::Range(1, 65536));
+  cmd->add_option("--hidden", a->hidden, "LSTM hidden size")
+      ->capture_default_str()
+      ->check(CLI::Range(1, 65536));
+  cmd->add_flag("!--no-bn", a->head_bn, "Encoder head without BatchNorm1d");
+  cmd->add_option("--seed", a->seed, "Random seed")->capture_default_str();
+  // Tiny shapes (ResNet-18 at 32 px, vocabulary 50, one repetition): checks that every part
+  // runs and the output's shape, in seconds. For tests.
+  cmd->add_flag("--smoke", a->smoke)->group("");
+  cmd->callback([a] { run_bench(*a); });
+}
+
+}  // namespace imcap::cli

@@ -1,0 +1,90 @@
+// imcap bench: the JSON has the keys and nesting of ../shared/bench/python_baseline.py's output
+// (checked here without that file, which a user's clone lacks), at tiny shapes (--smoke).
+#include <catch2/catch.hpp>
+
+#include <nlohmann/json.hpp>
+
+#include "support.hpp"
+
+namespace {
+
+using nlohmann::json;
+
+void check_figure(const json& j, const std::string& key) {
+  INFO(key);
+  REQUIRE(j.contains(key));
+  const json& f = j.at(key);
+  for (const char* k : {"median", "min", "max"}) {
+    INFO(k);
+    REQUIRE(f.contains(k));
+    CHECK(f[k].is_number());
+  }
+  CHECK(f["min"].get<double>() <= f["median"].get<double>());
+  CHECK(f["median"].get<double>() <= f["max"].get<double>());
+  CHECK(f["min"].get<double>() > 0.0);
+}
+
+}  // namespace
+
+TEST_CASE("imcap bench --json prints the baseline's keys and nesting", "[bench][cli]") {
+  const auto r = imcap::test::run_cli({"bench", "--json", "--quick", "--smoke", "--threads", "1"});
+  INFO(r.err);
+  REQUIRE(r.exit_code == 0);
+  const json j = json::parse(r.out);
+  // The figures of python_baseline.py, in its nesting.
+  REQUIRE(j.contains("encoder_ms_per_image"));
+  check_figure(j["encoder_ms_per_image"], "batch1");
+  check_figure(j["encoder_ms_per_image"], "batch8");
+  CHECK(j["encoder_ms_per_image"]["batch1"]["reps"] == 1);
+  check_figure(j, "greedy_decode_ms");
+  check_figure(j, "decoder_train_step_ms");
+  // Smoke shapes: batch 4 x 14 tokens; vocabulary 50, E 8, H 16, ResNet-18 (512) head with BN:
+  // embedding 400 + LSTM 1,664 + output 850 + Linear(512, 8) 4,104 + BatchNorm1d 16.
+  CHECK(j["decoder_train_step_ms"]["tokens_per_step"] == 56);
+  CHECK(j["decoder_train_step_ms"]["trainable_params"] == 7034);
+  check_figure(j, "data_pipeline_images_per_s");
+  CHECK(j["data_pipeline_images_per_s"]["images_per_pass"] == 4);
+  CHECK(j["data_pipeline_images_per_s"]["passes"] == 1);
+  CHECK(j["data_pipeline_images_per_s"]["ms_per_image_median"].get<double>() > 0.0);
+  check_figure(j, "full_caption_ms");
+  CHECK(j["benchmark_wall_s"].is_number());
+  for (const char* k : {"cnn", "vocab", "embed", "hidden", "train_batch", "caption_len",
+                        "max_decode_steps", "reps_warmup"}) {
+    INFO(k);
+    CHECK(j["config"].contains(k));
+  }
+  CHECK(j["config"]["vocab"] == 50);
+  for (const char* k : {"torch", "cpu_count", "torch_num_threads", "mkldnn_enabled", "openblas"}) {
+    INFO(k);
+    CHECK(j["env"].contains(k));
+  }
+  CHECK(j["env"]["torch_num_threads"] == 1);
+  // imcap's own figures.
+  check_figure(j, "data_pipeline_images_per_s_all_threads");
+  CHECK(j["data_pipeline_images_per_s_all_threads"]["threads"].get<int>() >= 1);
+  check_figure(j, "coco_annotations_load_ms");
+  CHECK(j["coco_annotations_load_ms"]["images"] == 50);
+  CHECK(j["coco_annotations_load_ms"]["captions"] == 250);
+  check_figure(j, "vocabulary_build_ms");
+  CHECK(j["vocabulary_build_ms"]["vocabulary_size"].get<int>() > 4);
+  CHECK(j["memory"]["peak_rss_mib"].get<double>() > 1.0);
+}
+
+TEST_CASE("imcap bench runs selected parts and rejects unknown ones", "[bench][cli]") {
+  auto r = imcap::test::run_cli(
+      {"bench", "--json", "--smoke", "--only", "greedy,coco", "--threads", "1"});
+  INFO(r.err);
+  REQUIRE(r.exit_code == 0);
+  const json j = json::parse(r.out);
+  check_figure(j, "greedy_decode_ms");
+  check_figure(j, "vocabulary_build_ms");
+  CHECK_FALSE(j.contains("encoder_ms_per_image"));
+  CHECK_FALSE(j.contains("full_caption_ms"));
+  // Without --json: a table.
+  r = imcap::test::run_cli({"bench", "--smoke", "--only", "greedy", "--threads", "1"});
+  REQUIRE(r.exit_code == 0);
+  CHECK_THAT(r.out, Catch::Contains("greedy_decode_ms"));
+  r = imcap::test::run_cli({"bench", "--only", "encoder,warp"});
+  CHECK(r.exit_code == 2);
+  CHECK_THAT(r.err, Catch::Contains("'warp'"));
+}

@@ -1,0 +1,203 @@
+// Feature caching: training the decoder and the embedding head on pooled CNN features computed
+// once by `imcap features`, instead of running the frozen CNN every epoch.
+#include <catch2/catch.hpp>
+
+#include <cmath>
+
+#include <torch/torch.h>
+
+#include "detail/io.hpp"
+#include "imcap/error.hpp"
+#include "imcap/features.hpp"
+#include "imcap/synthetic.hpp"
+#include "imcap/trainer.hpp"
+#include "support.hpp"
+
+namespace {
+
+struct Data {
+  imcap::test::TempDir tmp;
+  imcap::SyntheticDataset files;
+  std::unique_ptr<imcap::Vocabulary> vocab;
+
+  Data() {
+    imcap::SyntheticOptions so;
+    so.train_images = 24;
+    so.val_images = 6;
+    so.image_size = 32;
+    files = imcap::generate_synthetic_dataset(tmp.file("data"), so);
+    vocab = std::make_unique<imcap::Vocabulary>(
+        imcap::Vocabulary::build({files.train_annotations}, {1}));
+  }
+
+  // A frozen ResNet-18 at 32 px: resize == crop, so the training transform (no flip) and the
+  // evaluation transform that `imcap features` uses see the same pixels.
+  imcap::CaptionModel model(int trainable_stages = 0) const {
+    torch::manual_seed(9);
+    imcap::ModelConfig c;
+    c.encoder.arch = imcap::ResNetArch::kResNet18;
+    c.encoder.embed_size = 16;
+    c.encoder.head_batch_norm = true;
+    c.encoder.trainable_stages = trainable_stages;
+    c.decoder.hidden_size = 32;
+    c.decoder.image_inject = imcap::ImageInject::kPre;
+    c.image_resize = 32;
+    c.image_crop = 32;
+    return imcap::CaptionModel(c, *vocab);
+  }
+
+  imcap::TrainerOptions options(const std::string& out) const {
+    imcap::TrainerOptions o;
+    o.out_dir = tmp.file(out);
+    o.epochs = 2;
+    o.batch_size = 20;
+    o.batching = imcap::BatchMode::image_major;
+    o.workers = 1;
+    o.progress = false;
+    o.val_max_images = 6;
+    return o;
+  }
+
+  // Features of every image of a split, through a file as `imcap features` writes it.
+  imcap::FeatureSet features(imcap::CaptionModel& m, const std::string& annotations,
+                             const std::string& images, const std::string& name) const {
+    imcap::FeatureOptions fo;
+    fo.crop = 32;
+    fo.resize = 32;
+    fo.batch_size = 7;
+    fo.workers = 1;
+    imcap::save_features(
+        tmp.file(name),
+        imcap::extract_features(m.encoder()->backbone, imcap::CocoAnnotations::load(annotations),
+                                images, fo));
+    return imcap::load_features(tmp.file(name));
+  }
+};
+
+imcap::CocoDatasetOptions with_features(const imcap::FeatureSet& set) {
+  imcap::CocoDatasetOptions o;
+  o.features = set.features;
+  o.feature_image_ids = set.image_ids;
+  return o;
+}
+
+}  // namespace
+
+TEST_CASE("training on cached features equals training with the frozen CNN", "[features]") {
+  Data d;
+  const auto& f = d.files;
+  auto with_cnn = d.model();
+  imcap::TransformOptions tf = with_cnn.eval_transform().options();
+  tf.train = true;
+  tf.flip_probability = 0.0;
+  const imcap::ImageTransform train_tf(tf);
+  imcap::CocoDataset train(f.train_annotations, f.train_images, *d.vocab, train_tf);
+  imcap::CocoDataset val(f.val_annotations, f.val_images, *d.vocab, with_cnn.eval_transform());
+  const auto a = imcap::Trainer(with_cnn, train, &val, d.options("cnn")).fit();
+
+  auto cached = d.model();
+  const auto cnn_before =
+      cached.encoder()->backbone->named_parameters()["layer4.1.conv2.weight"].clone();
+  const auto train_set = d.features(cached, f.train_annotations, f.train_images, "train.st");
+  const auto val_set = d.features(cached, f.val_annotations, f.val_images, "val.st");
+  CHECK(train_set.features.size(1) == 512);
+  // No image folder is needed once the features exist.
+  imcap::CocoDataset train_f(f.train_annotations, "", *d.vocab, train_tf, with_features(train_set));
+  imcap::CocoDataset val_f(f.val_annotations, "", *d.vocab, cached.eval_transform(),
+                           with_features(val_set));
+  CHECK(train_f.has_features());
+  std::mt19937_64 rng(0);
+  CHECK(train_f.image(train_f.image_ids().front(), rng).sizes() == torch::IntArrayRef({512}));
+  const auto b = imcap::Trainer(cached, train_f, &val_f, d.options("cached")).fit();
+
+  REQUIRE(a.losses.size() == b.losses.size());
+  REQUIRE(a.losses.size() >= 4);
+  for (std::size_t i = 0; i < a.losses.size(); ++i) {
+    INFO("step " << i);
+    CHECK(std::abs(a.losses[i] - b.losses[i]) < 1e-4 * std::abs(a.losses[i]));
+  }
+  CHECK(a.losses.back() < a.losses.front());
+  CHECK(std::abs(a.last_validation.loss - b.last_validation.loss) < 1e-4 * a.last_validation.loss);
+  CHECK(a.last_validation.bleu4 == Approx(b.last_validation.bleu4));
+  // The CNN did not move, the head and the decoder did.
+  CHECK(torch::equal(cached.encoder()->backbone->named_parameters()["layer4.1.conv2.weight"],
+                     cnn_before));
+  CHECK(imcap::detail::path_exists(d.tmp.file("cached/last.imcap")));
+}
+
+TEST_CASE("cached features are checked against the annotations and the model", "[features]") {
+  Data d;
+  const auto& f = d.files;
+  auto m = d.model();
+  const auto set = d.features(m, f.train_annotations, f.train_images, "train.st");
+  const imcap::ImageTransform tf = m.eval_transform();
+  // An image without a row of features is missing, like a missing file.
+  imcap::FeatureSet partial{set.features.slice(0, 0, 1), set.image_ids.slice(0, 0, 1)};
+  CHECK_THROWS_WITH(
+      imcap::CocoDataset(f.train_annotations, "", *d.vocab, tf, with_features(partial)),
+      Catch::Contains("have no features") && Catch::Contains("captions_train.json"));
+  auto skip = with_features(partial);
+  skip.skip_missing_images = true;
+  imcap::CocoDataset some(f.train_annotations, "", *d.vocab, tf, skip);
+  CHECK(some.num_images() == 1);
+  // Row counts that disagree.
+  auto bad = with_features(set);
+  bad.feature_image_ids = set.image_ids.slice(0, 0, 3);
+  CHECK_THROWS_AS(imcap::CocoDataset(f.train_annotations, "", *d.vocab, tf, bad),
+                  imcap::InvalidArgument);
+  // Features of another width than the model's CNN, or a CNN that would train.
+  imcap::CocoDataset narrow(f.train_annotations, "", *d.vocab, tf,
+                            with_features({set.features.slice(1, 0, 100), set.image_ids}));
+  CHECK_THROWS_WITH(imcap::Trainer(m, narrow, nullptr, d.options("narrow")),
+                    Catch::Contains("100 values per image") && Catch::Contains("512"));
+  auto trainable = d.model(/*trainable_stages=*/1);
+  imcap::CocoDataset full(f.train_annotations, "", *d.vocab, tf, with_features(set));
+  CHECK_THROWS_WITH(imcap::Trainer(trainable, full, nullptr, d.options("t")),
+                    Catch::Contains("frozen CNN"));
+}
+
+TEST_CASE("imcap train --features trains from imcap features output", "[features][cli]") {
+  Data d;
+  const auto& f = d.files;
+  auto r = imcap::test::run_cli({"features", "--annotations", f.train_annotations, "--images",
+                                 f.train_images, "--encoder", "resnet18", "--image-size", "32",
+                                 "--threads", "1", "--out", d.tmp.file("train.safetensors")});
+  INFO(r.err);
+  REQUIRE(r.exit_code == 0);
+  const std::vector<std::string> common = {"train",
+                                           "--annotations",
+                                           f.train_annotations,
+                                           "--features",
+                                           d.tmp.file("train.safetensors"),
+                                           "--image-size",
+                                           "32",
+                                           "--embed-size",
+                                           "16",
+                                           "--hidden-size",
+                                           "32",
+                                           "--vocab-threshold",
+                                           "1",
+                                           "--max-steps",
+                                           "3",
+                                           "--batch-size",
+                                           "20",
+                                           "--threads",
+                                           "1"};
+  auto args = common;
+  args.insert(args.end(), {"--encoder", "resnet18", "--out", d.tmp.file("run")});
+  r = imcap::test::run_cli(args);
+  INFO(r.err);
+  REQUIRE(r.exit_code == 0);
+  CHECK_THAT(r.err, Catch::Contains("--features without --weights"));
+  CHECK(imcap::detail::path_exists(d.tmp.file("run/last.imcap")));
+  // ResNet-50 features are 2048 wide: the ResNet-18 cache does not fit.
+  args = common;
+  args.insert(args.end(), {"--encoder", "resnet50", "--out", d.tmp.file("run50")});
+  r = imcap::test::run_cli(args);
+  CHECK(r.exit_code == 1);
+  CHECK_THAT(r.err, Catch::Contains("512 values per image"));
+  // Neither images nor features: bad usage.
+  CHECK(imcap::test::run_cli(
+            {"train", "--annotations", f.train_annotations, "--out", d.tmp.file("x")})
+            .exit_code == 2);
+}
