@@ -3,8 +3,8 @@
 //
 //   imcap_bench_metrics [ANNOTATIONS.json] [REPEATS=5]
 //
-// With an annotation file (e.g. captions_val2014.json), each image's first caption is the
-// candidate and its other captions are the references. Without one, a corpus of 40,504 images x
+// With an annotation file (e.g. captions_val2014.json), every caption of an image is a reference
+// and the candidate is the next image's first caption. Without one, a corpus of 40,504 images x
 // 5 references is generated from a fixed seed: Zipf-distributed words from a 10k vocabulary,
 // captions of 8 to 13 words, candidates sharing about half their words with a reference.
 #include <fmt/format.h>
@@ -13,6 +13,7 @@
 #include <chrono>
 #include <cmath>
 #include <ctime>
+#include <iterator>
 #include <map>
 #include <random>
 #include <string>
@@ -30,9 +31,11 @@ using Candidates = std::map<std::int64_t, std::string>;
 void from_annotations(const std::string& path, References& refs, Candidates& cands) {
   const auto annotations = imcap::CocoAnnotations::load(path);
   for (const auto& c : annotations.captions()) refs[c.image_id].push_back(c.caption);
-  for (auto& [id, captions] : refs) {
-    cands[id] = captions.front();
-    if (captions.size() > 1) captions.erase(captions.begin());
+  // Each image's candidate is the first caption of the next image (the last takes the first
+  // image's): realistic text, scored against all of the image's own captions.
+  for (auto it = refs.begin(); it != refs.end(); ++it) {
+    const auto next = std::next(it) == refs.end() ? refs.begin() : std::next(it);
+    cands[it->first] = next->second.front();
   }
 }
 
