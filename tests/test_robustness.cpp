@@ -499,8 +499,9 @@ TEST_CASE(
       return false;
     };
     Child c = spawn_cli(run_args, d.tmp.file("log" + std::to_string(round)));
-    // Odd rounds wait for a checkpoint write to begin, then kill within 0-150 ms of it; even
-    // rounds kill at a random moment 0.5-4 s after the start.
+    // Odd rounds wait for a checkpoint write to begin, then kill within 0-5 ms of it (a write
+    // can finish in well under 100 ms); even rounds kill at a random moment 0.5-4 s after the
+    // start.
     const bool at_write = round % 2 == 1;
     const auto start = std::chrono::steady_clock::now();
     const auto limit =
@@ -510,7 +511,7 @@ TEST_CASE(
     while (std::chrono::steady_clock::now() < limit) {
       if (at_write && writing()) {
         std::this_thread::sleep_for(
-            std::chrono::milliseconds(std::uniform_int_distribution<>(0, 150)(rng)));
+            std::chrono::microseconds(std::uniform_int_distribution<>(0, 5000)(rng)));
         break;
       }
       int status = 0;
