@@ -6,6 +6,7 @@
 #include <cstring>
 #include <memory>
 #include <string>
+#include <vector>
 
 #include "detail/io.hpp"
 #include "imcap/error.hpp"
@@ -137,9 +138,70 @@ void check_header_size(const unsigned char* p, std::size_t n, const std::string&
   check_pixels(name, f, w, h, options);
 }
 
+std::string chunk_type_name(const unsigned char* t) {
+  std::string out;
+  for (int i = 0; i < 4; ++i)
+    out += (t[i] >= 0x20 && t[i] < 0x7f) ? std::string(1, static_cast<char>(t[i]))
+                                         : fmt::format("\\x{:02x}", t[i]);
+  return out;
+}
+
+// Walks a PNG's chunks up to IEND and checks that each one lies inside the data. stb_image trusts
+// a chunk's declared length and grows its IDAT buffer to it before reading, so a 100-byte file
+// could make it allocate 2 GiB. Returns true, and fills `cleaned`, when the data must be
+// rewritten without the empty IDAT chunks that precede the first non-empty one: stb_image copies
+// those with memcpy into its still-null buffer, which is undefined behaviour. An empty chunk
+// carries no data, so dropping it changes nothing else.
+bool check_png_chunks(const unsigned char* p, std::size_t n, const std::string& name,
+                      std::string& cleaned) {
+  std::size_t off = 8;  // after the signature
+  bool seen_idat_data = false;
+  std::vector<std::size_t> drop;  // offsets of the 12-byte empty IDAT chunks to leave out
+  for (;;) {
+    if (off == n)
+      throw FormatError(fmt::format("{}: truncated PNG: no IEND chunk after {} bytes", name, n));
+    if (n - off < 12)
+      throw FormatError(fmt::format(
+          "{}: truncated PNG: the chunk at offset {} needs at least 12 bytes, {} remain", name, off,
+          n - off));
+    const std::uint32_t length = be32(p + off);
+    const unsigned char* type = p + off + 4;
+    if (length > 0x7fffffffu)
+      throw FormatError(fmt::format(
+          "{}: malformed PNG: chunk '{}' at offset {} declares {} bytes, above the PNG limit of "
+          "2^31-1",
+          name, chunk_type_name(type), off, length));
+    if (length > n - off - 12)
+      throw FormatError(fmt::format(
+          "{}: truncated PNG: chunk '{}' at offset {} declares {} bytes of data, {} remain", name,
+          chunk_type_name(type), off, length, n - off - 12));
+    if (std::memcmp(type, "IDAT", 4) == 0) {
+      if (length == 0 && !seen_idat_data) drop.push_back(off);
+      seen_idat_data = seen_idat_data || length > 0;
+    }
+    off += 12 + std::size_t{length};
+    if (std::memcmp(type, "IEND", 4) == 0) break;
+  }
+  if (drop.empty()) return false;
+  cleaned.clear();
+  cleaned.reserve(n);
+  std::size_t from = 0;
+  for (std::size_t at : drop) {
+    cleaned.append(reinterpret_cast<const char*>(p) + from, at - from);
+    from = at + 12;
+  }
+  cleaned.append(reinterpret_cast<const char*>(p) + from, n - from);
+  return true;
+}
+
 Image decode_stb(const unsigned char* data, std::size_t size, const std::string& name, Format f,
                  const DecodeOptions& options) {
   check_header_size(data, size, name, f, options);
+  std::string cleaned;
+  if (f == Format::kPng && check_png_chunks(data, size, name, cleaned)) {
+    data = reinterpret_cast<const unsigned char*>(cleaned.data());
+    size = cleaned.size();
+  }
   if (size > static_cast<std::size_t>(INT32_MAX))
     throw FormatError(
         fmt::format("{}: {} data of {} bytes is too large to decode", name, format_name(f), size));

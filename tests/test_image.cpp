@@ -80,14 +80,31 @@ std::string be32(std::uint32_t v) {
   return {char(v >> 24), char((v >> 16) & 0xff), char((v >> 8) & 0xff), char(v & 0xff)};
 }
 
+std::string png_chunk(const std::string& type, const std::string& data) {
+  return be32(static_cast<std::uint32_t>(data.size())) + type + data + be32(crc32(type + data));
+}
+
 // A PNG whose IHDR declares width x height (valid CRC), followed by a tiny IDAT and IEND.
 std::string png_header_only(std::uint32_t width, std::uint32_t height) {
-  auto chunk = [](const std::string& type, const std::string& data) {
-    return be32(static_cast<std::uint32_t>(data.size())) + type + data + be32(crc32(type + data));
-  };
   const std::string ihdr = be32(width) + be32(height) + std::string("\x08\x02\x00\x00\x00", 5);
-  return std::string("\x89PNG\r\n\x1a\n", 8) + chunk("IHDR", ihdr) +
-         chunk("IDAT", std::string("\x78\x9c\x03\x00\x00\x00\x00\x01", 8)) + chunk("IEND", "");
+  return std::string("\x89PNG\r\n\x1a\n", 8) + png_chunk("IHDR", ihdr) +
+         png_chunk("IDAT", std::string("\x78\x9c\x03\x00\x00\x00\x00\x01", 8)) +
+         png_chunk("IEND", "");
+}
+
+// The offset of the first chunk of `type` in a PNG file.
+std::size_t find_png_chunk(const std::string& png, const char* type) {
+  std::size_t off = 8;
+  while (off + 12 <= png.size()) {
+    if (png.compare(off + 4, 4, type) == 0) return off;
+    const auto len = (std::size_t(static_cast<unsigned char>(png[off])) << 24) |
+                     (std::size_t(static_cast<unsigned char>(png[off + 1])) << 16) |
+                     (std::size_t(static_cast<unsigned char>(png[off + 2])) << 8) |
+                     std::size_t(static_cast<unsigned char>(png[off + 3]));
+    off += 12 + len;
+  }
+  FAIL("no " << type << " chunk");
+  return 0;
 }
 
 template <typename E>
@@ -234,6 +251,40 @@ TEST_CASE("malformed image files are rejected with errors naming the file", "[im
       write_bytes(tmp.file("cut.png"), png.substr(0, keep));
       check_throws<imcap::FormatError>(tmp.file("cut.png"), defaults, "PNG");
     }
+  }
+  SECTION("PNG chunk past the end of the data") {
+    // stb_image would size its IDAT buffer from the declared length before reading any of it.
+    std::string png = read_bytes(dir + "/rgb.png");
+    const std::size_t idat = find_png_chunk(png, "IDAT");
+    png.replace(idat, 4, be32(0x7ffffff0u));
+    write_bytes(tmp.file("long_idat.png"), png);
+    check_throws<imcap::FormatError>(
+        tmp.file("long_idat.png"), defaults,
+        fmt::format("chunk 'IDAT' at offset {} declares {} bytes", idat, 0x7ffffff0u));
+    png.replace(idat, 4, be32(0x80000000u));
+    write_bytes(tmp.file("huge_idat.png"), png);
+    check_throws<imcap::FormatError>(tmp.file("huge_idat.png"), defaults, "above the PNG limit");
+    const std::string ok = read_bytes(dir + "/rgb.png");
+    write_bytes(tmp.file("no_iend.png"), ok.substr(0, find_png_chunk(ok, "IEND")));
+    check_throws<imcap::FormatError>(tmp.file("no_iend.png"), defaults, "no IEND chunk");
+  }
+  SECTION("empty IDAT chunks decode as if absent") {
+    const std::string png = read_bytes(dir + "/rgb.png");
+    const Image want = imcap::decode_image(dir + "/rgb.png");
+    const std::size_t idat = find_png_chunk(png, "IDAT");
+    const std::string empty = png_chunk("IDAT", "");
+    // Two before the data (stb_image would copy them into a null buffer), one after it.
+    const std::size_t iend = find_png_chunk(png, "IEND");
+    const std::string edited = png.substr(0, idat) + empty + empty + png.substr(idat, iend - idat) +
+                               empty + png.substr(iend);
+    const Image got = imcap::decode_image_memory(edited.data(), edited.size(), "edited.png");
+    CHECK(got.width == want.width);
+    CHECK(got.height == want.height);
+    CHECK(got.pixels == want.pixels);
+    // Only empty IDAT chunks: no image data at all.
+    const std::string none = png.substr(0, idat) + empty + png.substr(iend);
+    CHECK_THROWS_AS(imcap::decode_image_memory(none.data(), none.size(), "none.png"),
+                    imcap::FormatError);
   }
   SECTION("truncated BMP") {
     const std::string bmp = read_bytes(dir + "/rgb.bmp");
