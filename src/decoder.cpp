@@ -133,6 +133,16 @@ void split_rows(int64_t n, const std::function<void(int64_t, int64_t)>& f) {
   });
 }
 
+// Runs f(begin, end) on consecutive blocks of the rows [r0, r1) of a matrix with `cols` columns,
+// each block about 256 KB, so that an elementwise chain over a block stays in the core's cache
+// instead of streaming the whole (B*T, V) matrix from memory once per operation, with a temporary
+// of that size for each.
+void for_row_blocks(int64_t r0, int64_t r1, int64_t cols,
+                    const std::function<void(int64_t, int64_t)>& f) {
+  const int64_t rows = std::max<int64_t>(1, (int64_t{1} << 16) / std::max<int64_t>(cols, 1));
+  for (int64_t q = r0; q < r1; q += rows) f(q, std::min(q + rows, r1));
+}
+
 // loss = mean over rows with a target of (logsumexp(x_n) - x_n[t_n]), x = h W^T + b: the output
 // projection and cross_entropy(ignore_index) in one. Backward turns the saved logits into
 // softmax - onehot in place.
@@ -144,11 +154,15 @@ struct ProjectedCrossEntropy : torch::autograd::Function<ProjectedCrossEntropy> 
     const int64_t n = h.size(0), v = w.size(0);
     const torch::Tensor hc = h.contiguous();
     torch::Tensor logits = at::empty({n, v}, h.options());
+    torch::Tensor lse = at::empty({n}, h.options());
     split_rows(n, [&](int64_t r0, int64_t r1) {
       torch::Tensor out = logits.slice(0, r0, r1);
       at::addmm_out(out, b, hc.slice(0, r0, r1), w.t());
+      for_row_blocks(r0, r1, v, [&](int64_t q0, int64_t q1) {
+        torch::Tensor part = lse.slice(0, q0, q1);
+        at::logsumexp_out(part, logits.slice(0, q0, q1), /*dim=*/1);
+      });
     });
-    const torch::Tensor lse = at::logsumexp(logits, /*dim=*/1);
     const torch::Tensor valid = targets.ne(kIgnoreIndex);
     const torch::Tensor picked = logits.gather(1, targets.clamp_min(0).unsqueeze(1)).squeeze(1);
     const torch::Tensor count = valid.sum().to(h.scalar_type());
@@ -178,7 +192,14 @@ struct ProjectedCrossEntropy : torch::autograd::Function<ProjectedCrossEntropy> 
     const torch::Tensor scale = grads[0] / ctx->saved_data["count"].toTensor();
     const torch::Tensor row_scale = valid.to(g.scalar_type()) * scale;
     // g = (softmax(x) - onehot(t)) * scale on rows with a target, 0 elsewhere.
-    g.sub_(lse.unsqueeze(1)).exp_().mul_(row_scale.unsqueeze(1));
+    split_rows(g.size(0), [&](int64_t r0, int64_t r1) {
+      for_row_blocks(r0, r1, g.size(1), [&](int64_t q0, int64_t q1) {
+        g.slice(0, q0, q1)
+            .sub_(lse.slice(0, q0, q1).unsqueeze(1))
+            .exp_()
+            .mul_(row_scale.slice(0, q0, q1).unsqueeze(1));
+      });
+    });
     g.scatter_add_(1, targets.clamp_min(0).unsqueeze(1), -row_scale.unsqueeze(1));
     const int64_t n = g.size(0), v = g.size(1);
     torch::Tensor grad_h = at::empty_like(h);

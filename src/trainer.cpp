@@ -15,6 +15,7 @@
 #include <torch/torch.h>
 #include <nlohmann/json.hpp>
 
+#include "detail/fused_adam.hpp"
 #include "detail/io.hpp"
 #include "detail/memory.hpp"
 #include "imcap/distributed.hpp"
@@ -328,7 +329,7 @@ Trainer::Trainer(CaptionModel& model, const CocoDataset& train, const CocoDatase
   for (auto& p : model.decoder()->parameters())
     if (p.requires_grad()) impl_->params.push_back(p);
   if (o.optimizer == "adam")
-    impl_->optimizer = std::make_unique<torch::optim::Adam>(
+    impl_->optimizer = std::make_unique<detail::FusedAdam>(
         impl_->params, torch::optim::AdamOptions(o.lr).weight_decay(o.weight_decay));
   else
     impl_->optimizer = std::make_unique<torch::optim::SGD>(

@@ -584,19 +584,20 @@ TEST_CASE("the folded inference path computes the same features as the modules",
 
 TEST_CASE("Decoder::loss equals caption_loss of forward, value and gradients", "[models]") {
   const int saved_threads = torch::get_num_threads();
-  for (const int threads : {1, 2}) {
+  // A vocabulary of 3,000 makes the fused loss work on several row blocks (of 2^16 values).
+  for (const auto& [threads, vocab] : {std::pair{1, 37}, std::pair{2, 37}, std::pair{2, 3000}}) {
     torch::set_num_threads(threads);
     for (const bool padded : {false, true}) {
-      INFO("threads " << threads << ", padded " << padded);
+      INFO("threads " << threads << ", vocabulary " << vocab << ", padded " << padded);
       torch::manual_seed(21);
       imcap::DecoderOptions options;
-      options.vocab_size = 37;
+      options.vocab_size = vocab;
       options.embed_size = 6;
       options.hidden_size = 10;
       options.image_inject = imcap::ImageInject::kPar;
       imcap::Decoder decoder(options);
       const torch::Tensor features = torch::randn({5, 6});
-      const torch::Tensor captions = torch::randint(0, 37, {5, 7}, torch::kLong);
+      const torch::Tensor captions = torch::randint(0, vocab, {5, 7}, torch::kLong);
       const torch::Tensor lengths =
           padded ? torch::tensor({7, 3, 5, 1, 6}, torch::kLong) : torch::Tensor();
       auto grads = [&](const torch::Tensor& loss) {

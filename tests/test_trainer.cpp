@@ -8,6 +8,7 @@
 #include <torch/torch.h>
 #include <nlohmann/json.hpp>
 
+#include "detail/fused_adam.hpp"
 #include "detail/io.hpp"
 #include "imcap/captioner.hpp"
 #include "imcap/error.hpp"
@@ -120,6 +121,94 @@ TEST_CASE("the trainer refuses a mismatched resume and bad options", "[trainer]"
                     Catch::Contains("resume with the same"));
   o.optimizer = "rmsprop";
   CHECK_THROWS_AS(imcap::Trainer(model, train, nullptr, o), imcap::InvalidArgument);
+}
+
+TEST_CASE("the trainer's fused Adam step equals torch::optim::Adam and shares its state",
+          "[trainer]") {
+  using imcap::detail::FusedAdam;
+  const int saved_threads = torch::get_num_threads();
+  // Parameters of several sizes (one not a multiple of any vector width, one split between
+  // threads), with gradients that change every step.
+  auto make_params = [] {
+    torch::manual_seed(5);
+    return std::vector<torch::Tensor>{torch::randn({3}).requires_grad_(),
+                                      torch::randn({70000}).requires_grad_(),
+                                      torch::randn({17, 9}).requires_grad_()};
+  };
+  auto set_grads = [](std::vector<torch::Tensor>& params, int step) {
+    torch::NoGradGuard no_grad;
+    for (std::size_t i = 0; i < params.size(); ++i) {
+      auto gen = torch::make_generator<torch::CPUGeneratorImpl>(100 * step + i);
+      params[i].mutable_grad() = torch::randn(params[i].sizes(), gen) * (1.0 + step);
+    }
+    params[0].mutable_grad() = torch::Tensor();  // a parameter without a gradient is skipped
+  };
+  // The largest difference relative to 1 + |value|: float rounding leaves a few units in the
+  // last place (about 1.2e-7 relative each); one wrong term of the update (of size lr = 3e-2)
+  // would leave far more.
+  auto max_rel = [](const std::vector<torch::Tensor>& a, const std::vector<torch::Tensor>& b) {
+    double worst = 0;
+    for (std::size_t i = 0; i < a.size(); ++i)
+      worst = std::max(worst, ((a[i] - b[i]).abs() / (b[i].abs() + 1)).max().item<double>());
+    return worst;
+  };
+  for (const int threads : {1, 2}) {
+    torch::set_num_threads(threads);
+    for (const double decay : {0.0, 0.01}) {
+      INFO("threads " << threads << ", weight decay " << decay);
+      auto ref_params = make_params();
+      auto fused_params = make_params();
+      const auto options = torch::optim::AdamOptions(3e-2).weight_decay(decay);
+      torch::optim::Adam ref(ref_params, options);
+      FusedAdam fused(fused_params, options);
+      for (int step = 0; step < 25; ++step) {
+        set_grads(ref_params, step);
+        set_grads(fused_params, step);
+        ref.step();
+        fused.step();
+      }
+      CHECK(torch::equal(fused_params[0], ref_params[0]));  // never stepped
+      CHECK(!torch::equal(fused_params[1], make_params()[1]));
+      INFO("largest relative difference: " << max_rel(fused_params, ref_params));
+      CHECK(max_rel(fused_params, ref_params) < 1e-6);
+
+      // Either optimizer's saved state loads into the other and goes on identically.
+      std::ostringstream saved;
+      {
+        torch::serialize::OutputArchive archive;
+        fused.save(archive);
+        archive.save_to(saved);
+      }
+      auto resumed_params = std::vector<torch::Tensor>{};
+      for (const auto& p : fused_params)
+        resumed_params.push_back(p.detach().clone().requires_grad_());
+      torch::optim::Adam resumed(resumed_params, options);
+      {
+        std::istringstream in(saved.str());
+        torch::serialize::InputArchive archive;
+        archive.load_from(in);
+        resumed.load(archive);
+      }
+      set_grads(fused_params, 99);
+      set_grads(resumed_params, 99);
+      fused.step();
+      resumed.step();
+      CHECK(max_rel(fused_params, resumed_params) < 1e-6);
+    }
+  }
+  torch::set_num_threads(saved_threads);
+  // amsgrad is Adam's own step.
+  auto a = make_params();
+  auto b = make_params();
+  torch::optim::Adam ref(a, torch::optim::AdamOptions(1e-2).amsgrad(true));
+  FusedAdam fused(b, torch::optim::AdamOptions(1e-2).amsgrad(true));
+  for (int step = 0; step < 3; ++step) {
+    set_grads(a, step);
+    set_grads(b, step);
+    ref.step();
+    fused.step();
+  }
+  for (std::size_t i = 0; i < a.size(); ++i) CHECK(torch::equal(a[i], b[i]));
 }
 
 TEST_CASE("one Captioner serves several threads with the same captions as serial use",

@@ -16,6 +16,7 @@
 #include "cli/bench_support.hpp"
 #include "cli/cli_common.hpp"
 #include "cli/commands.hpp"
+#include "detail/fused_adam.hpp"
 #include "detail/io.hpp"
 #include "detail/memory.hpp"
 #include "imcap/captioner.hpp"
@@ -128,7 +129,7 @@ Json measure_train(CaptionModel& model, const BenchArgs& a, const Plan& plan,
   for (auto& p : encoder->embed->parameters()) params.push_back(p);
   if (encoder->bn)
     for (auto& p : encoder->bn->parameters()) params.push_back(p);
-  torch::optim::Adam adam(params, torch::optim::AdamOptions(1e-3));
+  detail::FusedAdam adam(params, torch::optim::AdamOptions(1e-3));  // the Trainer's Adam
   const std::int64_t batch = a.train_batch, len = a.caption_len;
   const auto feats = torch::randn({batch, encoder->feature_dim()});
   auto captions = torch::randint(4, a.vocab, {batch, len}, torch::kLong);

@@ -1,0 +1,129 @@
+#include "detail/fused_adam.hpp"
+
+#include <ATen/Parallel.h>
+
+#include <cmath>
+#include <memory>
+#include <sstream>
+#include <string>
+#include <type_traits>
+
+namespace imcap::detail {
+namespace {
+
+// The optimizer's state is keyed by the parameter's TensorImpl: LibTorch 1.13 keys by its
+// address printed as a string, LibTorch 2.x by the pointer itself.
+using StateMap =
+    std::remove_reference_t<decltype(std::declval<torch::optim::Optimizer&>().state())>;
+using StateKey = typename StateMap::key_type;
+
+template <typename Key>
+Key key_of(c10::TensorImpl* impl) {
+  if constexpr (std::is_same_v<Key, std::string>) {
+    std::ostringstream os;  // what c10::guts::to_string did
+    os << impl;
+    return os.str();
+  } else {
+    return impl;
+  }
+}
+
+StateKey state_key(const torch::Tensor& p) { return key_of<StateKey>(p.unsafeGetTensorImpl()); }
+
+bool plain_float_cpu(const torch::Tensor& t) {
+  return t.defined() && t.device().is_cpu() && t.scalar_type() == torch::kFloat &&
+         t.layout() == torch::kStrided && t.is_contiguous();
+}
+
+struct Coefficients {
+  float beta1, one_minus_beta1, beta2, one_minus_beta2, sqrt_bias_correction2, eps, neg_step_size,
+      weight_decay;
+};
+
+// The same operations as Adam's, element by element, in float:
+//   g += wd * p; m = m * b1 + (1 - b1) * g; v = v * b2 + (1 - b2) * g * g;
+//   p += -lr / bc1 * (m / (sqrt(v) / sqrt(bc2) + eps))
+void update(float* p, const float* grad, float* m, float* v, int64_t begin, int64_t end,
+            const Coefficients& c) {
+  for (int64_t i = begin; i < end; ++i) {
+    float g = grad[i];
+    if (c.weight_decay != 0.0f) g = g + c.weight_decay * p[i];
+    const float mi = m[i] * c.beta1 + c.one_minus_beta1 * g;
+    const float vi = v[i] * c.beta2 + c.one_minus_beta2 * (g * g);
+    m[i] = mi;
+    v[i] = vi;
+    const float denom = std::sqrt(vi) / c.sqrt_bias_correction2 + c.eps;
+    p[i] = p[i] + c.neg_step_size * (mi / denom);
+  }
+}
+
+}  // namespace
+
+bool FusedAdam::fusable() const {
+  for (const auto& group : param_groups_) {
+    const auto& options = static_cast<const torch::optim::AdamOptions&>(group.options());
+    if (options.amsgrad()) return false;
+    for (const auto& p : group.params()) {
+      if (!p.grad().defined()) continue;
+      if (!plain_float_cpu(p) || !plain_float_cpu(p.grad())) return false;
+      const auto it = state_.find(state_key(p));
+      if (it == state_.end()) continue;
+      const auto& s = static_cast<const torch::optim::AdamParamState&>(*it->second);
+      if (!plain_float_cpu(s.exp_avg()) || !plain_float_cpu(s.exp_avg_sq()) ||
+          s.exp_avg().numel() != p.numel() || s.exp_avg_sq().numel() != p.numel())
+        return false;
+    }
+  }
+  return true;
+}
+
+torch::Tensor FusedAdam::step(LossClosure closure) {
+  torch::NoGradGuard no_grad;
+  torch::Tensor loss;
+  if (closure != nullptr) {
+    at::AutoGradMode enable_grad(true);
+    loss = closure();
+  }
+  if (!fusable()) {
+    torch::optim::Adam::step(nullptr);
+    return loss;
+  }
+  for (auto& group : param_groups_) {
+    const auto& options = static_cast<const torch::optim::AdamOptions&>(group.options());
+    for (auto& p : group.params()) {
+      if (!p.grad().defined()) continue;
+      const StateKey key = state_key(p);
+      auto it = state_.find(key);
+      if (it == state_.end()) {
+        auto fresh = std::make_unique<torch::optim::AdamParamState>();
+        fresh->step(0);
+        fresh->exp_avg(torch::zeros_like(p, torch::MemoryFormat::Preserve));
+        fresh->exp_avg_sq(torch::zeros_like(p, torch::MemoryFormat::Preserve));
+        it = state_.insert_or_assign(key, std::move(fresh)).first;
+      }
+      auto& s = static_cast<torch::optim::AdamParamState&>(*it->second);
+      s.step(s.step() + 1);
+      const double beta1 = std::get<0>(options.betas());
+      const double beta2 = std::get<1>(options.betas());
+      const double bias_correction1 = 1 - std::pow(beta1, static_cast<double>(s.step()));
+      const double bias_correction2 = 1 - std::pow(beta2, static_cast<double>(s.step()));
+      const Coefficients c{static_cast<float>(beta1),
+                           static_cast<float>(1 - beta1),
+                           static_cast<float>(beta2),
+                           static_cast<float>(1 - beta2),
+                           static_cast<float>(std::sqrt(bias_correction2)),
+                           static_cast<float>(options.eps()),
+                           static_cast<float>(-options.lr() / bias_correction1),
+                           static_cast<float>(options.weight_decay())};
+      float* pp = p.data_ptr<float>();
+      const float* gp = p.grad().data_ptr<float>();
+      float* mp = s.exp_avg().data_ptr<float>();
+      float* vp = s.exp_avg_sq().data_ptr<float>();
+      at::parallel_for(0, p.numel(), 1 << 15,
+                       [&](int64_t begin, int64_t end) { update(pp, gp, mp, vp, begin, end, c); });
+    }
+  }
+  return loss;
+}
+
+}  // namespace imcap::detail
