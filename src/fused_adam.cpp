@@ -43,8 +43,8 @@ struct Coefficients {
 // The same operations as Adam's, element by element, in float:
 //   g += wd * p; m = m * b1 + (1 - b1) * g; v = v * b2 + (1 - b2) * g * g;
 //   p += -lr / bc1 * (m / (sqrt(v) / sqrt(bc2) + eps))
-void update(float* p, const float* grad, float* m, float* v, int64_t begin, int64_t end,
-            const Coefficients& c) {
+void update(float* __restrict p, const float* __restrict grad, float* __restrict m,
+            float* __restrict v, int64_t begin, int64_t end, const Coefficients c) {
   for (int64_t i = begin; i < end; ++i) {
     float g = grad[i];
     if (c.weight_decay != 0.0f) g = g + c.weight_decay * p[i];
@@ -121,6 +121,12 @@ torch::Tensor FusedAdam::step(LossClosure closure) {
       float* vp = s.exp_avg_sq().data_ptr<float>();
       at::parallel_for(0, p.numel(), 1 << 15,
                        [&](int64_t begin, int64_t end) { update(pp, gp, mp, vp, begin, end, c); });
+      // Written through raw pointers: bump the versions as the in-place tensor operations of
+      // Adam would, so that what caches a tensor's contents (the encoder's folded inference
+      // weights, autograd's saved-tensor checks) sees the change.
+      p.unsafeGetTensorImpl()->bump_version();
+      s.exp_avg().unsafeGetTensorImpl()->bump_version();
+      s.exp_avg_sq().unsafeGetTensorImpl()->bump_version();
     }
   }
   return loss;

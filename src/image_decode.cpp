@@ -148,10 +148,12 @@ std::string chunk_type_name(const unsigned char* t) {
 
 // Walks a PNG's chunks up to IEND and checks that each one lies inside the data. stb_image trusts
 // a chunk's declared length and grows its IDAT buffer to it before reading, so a 100-byte file
-// could make it allocate 2 GiB. Returns true, and fills `cleaned`, when the data must be
-// rewritten without the empty IDAT chunks that precede the first non-empty one: stb_image copies
-// those with memcpy into its still-null buffer, which is undefined behaviour. An empty chunk
-// carries no data, so dropping it changes nothing else.
+// could make it allocate 2 GiB. Critical chunks other than those stb_image knows are refused here:
+// stb_image would write their name into a static buffer for its message, a race between threads.
+// IEND's CRC may be missing (stb_image never reads it). Returns true, and fills `cleaned`, when the
+// data must be rewritten without the empty IDAT chunks that precede the first non-empty one:
+// stb_image copies those with memcpy into its still-null buffer, which is undefined behaviour. An
+// empty chunk carries no data, so dropping it changes nothing else.
 bool check_png_chunks(const unsigned char* p, std::size_t n, const std::string& name,
                       std::string& cleaned) {
   std::size_t off = 8;  // after the signature
@@ -160,7 +162,9 @@ bool check_png_chunks(const unsigned char* p, std::size_t n, const std::string& 
   for (;;) {
     if (off == n)
       throw FormatError(fmt::format("{}: truncated PNG: no IEND chunk after {} bytes", name, n));
-    if (n - off < 12)
+    const bool iend_without_crc =
+        n - off >= 8 && n - off < 12 && std::memcmp(p + off, "\0\0\0\0IEND", 8) == 0;
+    if (n - off < 12 && !iend_without_crc)
       throw FormatError(fmt::format(
           "{}: truncated PNG: the chunk at offset {} needs at least 12 bytes, {} remain", name, off,
           n - off));
@@ -171,10 +175,17 @@ bool check_png_chunks(const unsigned char* p, std::size_t n, const std::string& 
           "{}: malformed PNG: chunk '{}' at offset {} declares {} bytes, above the PNG limit of "
           "2^31-1",
           name, chunk_type_name(type), off, length));
+    if (iend_without_crc) break;
     if (length > n - off - 12)
       throw FormatError(fmt::format(
           "{}: truncated PNG: chunk '{}' at offset {} declares {} bytes of data, {} remain", name,
           chunk_type_name(type), off, length, n - off - 12));
+    const bool critical = (type[0] & 0x20) == 0;
+    if (critical && std::memcmp(type, "IHDR", 4) != 0 && std::memcmp(type, "PLTE", 4) != 0 &&
+        std::memcmp(type, "IDAT", 4) != 0 && std::memcmp(type, "IEND", 4) != 0 &&
+        std::memcmp(type, "CgBI", 4) != 0)
+      throw FormatError(fmt::format("{}: unsupported PNG: unknown critical chunk '{}' at offset {}",
+                                    name, chunk_type_name(type), off));
     if (std::memcmp(type, "IDAT", 4) == 0) {
       if (length == 0 && !seen_idat_data) drop.push_back(off);
       seen_idat_data = seen_idat_data || length > 0;

@@ -584,8 +584,10 @@ TEST_CASE("the folded inference path computes the same features as the modules",
 
 TEST_CASE("Decoder::loss equals caption_loss of forward, value and gradients", "[models]") {
   const int saved_threads = torch::get_num_threads();
-  // A vocabulary of 3,000 makes the fused loss work on several row blocks (of 2^16 values).
-  for (const auto& [threads, vocab] : {std::pair{1, 37}, std::pair{2, 37}, std::pair{2, 3000}}) {
+  // With a vocabulary of 5,000 a row block (2^16 values) holds 13 of the 35 rows: the fused loss
+  // then works on 3 blocks with one thread, and on 2 blocks per thread with two.
+  for (const auto& [threads, vocab] :
+       {std::pair{1, 37}, std::pair{2, 37}, std::pair{1, 5000}, std::pair{2, 5000}}) {
     torch::set_num_threads(threads);
     for (const bool padded : {false, true}) {
       INFO("threads " << threads << ", vocabulary " << vocab << ", padded " << padded);

@@ -356,6 +356,9 @@ TEST_CASE("CLI paths and numbers: missing, unreadable, unwritable, invalid", "[r
   for (const auto& args : std::vector<std::vector<std::string>>{
            {"caption", "--model", model, "--beam", "abc", "x.png"},
            {"caption", "--model", model, "--max-length", "-3", "x.png"},
+           {"caption", "--model", model, "--blas-threads", "0", "x.png"},
+           {"train", "--annotations", tmp.file("ann.json"), "--features", "f.safetensors", "--out",
+            tmp.file("r"), "--blas-threads", "many"},
            {"synth", "--out", tmp.file("s"), "--size", "1e99"},
            {"vocab", "--annotations", tmp.file("ann.json"), "--out", tmp.file("v"), "--threshold",
             "lots"}}) {

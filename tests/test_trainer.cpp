@@ -126,6 +126,8 @@ TEST_CASE("the trainer refuses a mismatched resume and bad options", "[trainer]"
 TEST_CASE("the trainer's fused Adam step equals torch::optim::Adam and shares its state",
           "[trainer]") {
   using imcap::detail::FusedAdam;
+  using torch::optim::AdamOptions;
+  using torch::optim::OptimizerParamGroup;
   const int saved_threads = torch::get_num_threads();
   // Parameters of several sizes (one not a multiple of any vector width, one split between
   // threads), with gradients that change every step.
@@ -135,76 +137,103 @@ TEST_CASE("the trainer's fused Adam step equals torch::optim::Adam and shares it
                                       torch::randn({70000}).requires_grad_(),
                                       torch::randn({17, 9}).requires_grad_()};
   };
-  auto set_grads = [](std::vector<torch::Tensor>& params, int step) {
+  auto set_grads = [](std::vector<torch::Tensor>& params, int step, double scale) {
     torch::NoGradGuard no_grad;
     for (std::size_t i = 0; i < params.size(); ++i) {
       auto gen = torch::make_generator<torch::CPUGeneratorImpl>(100 * step + i);
-      params[i].mutable_grad() = torch::randn(params[i].sizes(), gen) * (1.0 + step);
+      params[i].mutable_grad() = torch::randn(params[i].sizes(), gen) * (scale * (1.0 + step));
     }
     params[0].mutable_grad() = torch::Tensor();  // a parameter without a gradient is skipped
   };
   // The largest difference relative to 1 + |value|: float rounding leaves a few units in the
-  // last place (about 1.2e-7 relative each); one wrong term of the update (of size lr = 3e-2)
-  // would leave far more.
+  // last place (about 1.2e-7 relative each); one wrong term of the update (of size lr) would
+  // leave far more.
   auto max_rel = [](const std::vector<torch::Tensor>& a, const std::vector<torch::Tensor>& b) {
     double worst = 0;
     for (std::size_t i = 0; i < a.size(); ++i)
       worst = std::max(worst, ((a[i] - b[i]).abs() / (b[i].abs() + 1)).max().item<double>());
     return worst;
   };
-  for (const int threads : {1, 2}) {
-    torch::set_num_threads(threads);
-    for (const double decay : {0.0, 0.01}) {
-      INFO("threads " << threads << ", weight decay " << decay);
-      auto ref_params = make_params();
-      auto fused_params = make_params();
-      const auto options = torch::optim::AdamOptions(3e-2).weight_decay(decay);
-      torch::optim::Adam ref(ref_params, options);
-      FusedAdam fused(fused_params, options);
-      for (int step = 0; step < 25; ++step) {
-        set_grads(ref_params, step);
-        set_grads(fused_params, step);
-        ref.step();
-        fused.step();
-      }
-      CHECK(torch::equal(fused_params[0], ref_params[0]));  // never stepped
-      CHECK(!torch::equal(fused_params[1], make_params()[1]));
-      INFO("largest relative difference: " << max_rel(fused_params, ref_params));
-      CHECK(max_rel(fused_params, ref_params) < 1e-6);
-
-      // Either optimizer's saved state loads into the other and goes on identically.
-      std::ostringstream saved;
-      {
-        torch::serialize::OutputArchive archive;
-        fused.save(archive);
-        archive.save_to(saved);
-      }
-      auto resumed_params = std::vector<torch::Tensor>{};
-      for (const auto& p : fused_params)
-        resumed_params.push_back(p.detach().clone().requires_grad_());
-      torch::optim::Adam resumed(resumed_params, options);
-      {
-        std::istringstream in(saved.str());
-        torch::serialize::InputArchive archive;
-        archive.load_from(in);
-        resumed.load(archive);
-      }
-      set_grads(fused_params, 99);
-      set_grads(resumed_params, 99);
+  // Two groups: the defaults, and the last parameter with its own rate, betas and decay.
+  auto groups = [](const std::vector<torch::Tensor>& p, const AdamOptions& defaults) {
+    std::vector<OptimizerParamGroup> g;
+    g.emplace_back(std::vector<torch::Tensor>{p[0], p[1]});
+    auto own = std::make_unique<AdamOptions>(defaults);
+    own->lr(1e-2).betas({0.8, 0.99}).weight_decay(0.05);
+    g.emplace_back(std::vector<torch::Tensor>{p[2]}, std::move(own));
+    return g;
+  };
+  struct Case {
+    int threads;
+    double weight_decay, eps, grad_scale;
+  };
+  // Gradients of about 1e-7 make eps (1e-8) matter, as does eps = 0.1 for gradients of about 1.
+  for (const Case c : {Case{1, 0, 1e-8, 1}, Case{2, 0, 1e-8, 1}, Case{2, 0.01, 1e-8, 1},
+                       Case{1, 0, 1e-8, 1e-7}, Case{2, 0.01, 0.1, 1}}) {
+    torch::set_num_threads(c.threads);
+    INFO("threads " << c.threads << ", weight decay " << c.weight_decay << ", eps " << c.eps
+                    << ", gradient scale " << c.grad_scale);
+    const auto options = AdamOptions(3e-2).weight_decay(c.weight_decay).eps(c.eps);
+    auto ref_params = make_params();
+    auto fused_params = make_params();
+    torch::optim::Adam ref(groups(ref_params, options), options);
+    FusedAdam fused(groups(fused_params, options), options);
+    for (int step = 0; step < 25; ++step) {
+      set_grads(ref_params, step, c.grad_scale);
+      set_grads(fused_params, step, c.grad_scale);
+      const auto version = fused_params[1]._version();
+      ref.step();
       fused.step();
-      resumed.step();
-      CHECK(max_rel(fused_params, resumed_params) < 1e-6);
+      CHECK(fused_params[1]._version() > version);  // caches keyed on versions see the update
     }
+    CHECK(torch::equal(fused_params[0], ref_params[0]));  // never stepped
+    CHECK(!torch::equal(fused_params[1], make_params()[1]));
+    INFO("largest relative difference: " << max_rel(fused_params, ref_params));
+    CHECK(max_rel(fused_params, ref_params) < 1e-6);
+
+    // Either optimizer's saved state loads into the other and goes on as the saver does.
+    auto save = [](const torch::optim::Optimizer& opt) {
+      std::ostringstream out;
+      torch::serialize::OutputArchive archive;
+      opt.save(archive);
+      archive.save_to(out);
+      return out.str();
+    };
+    auto load = [](torch::optim::Optimizer& opt, const std::string& bytes) {
+      std::istringstream in(bytes);
+      torch::serialize::InputArchive archive;
+      archive.load_from(in);
+      opt.load(archive);
+    };
+    auto copy = [](const std::vector<torch::Tensor>& params) {
+      std::vector<torch::Tensor> out;
+      for (const auto& p : params) out.push_back(p.detach().clone().requires_grad_());
+      return out;
+    };
+    auto into_adam = copy(fused_params);
+    auto into_fused = copy(ref_params);
+    torch::optim::Adam adam_resumed(groups(into_adam, options), options);
+    FusedAdam fused_resumed(groups(into_fused, options), options);
+    load(adam_resumed, save(fused));
+    load(fused_resumed, save(ref));
+    for (auto* params : {&fused_params, &ref_params, &into_adam, &into_fused})
+      set_grads(*params, 99, c.grad_scale);
+    fused.step();
+    ref.step();
+    adam_resumed.step();
+    fused_resumed.step();
+    CHECK(max_rel(into_adam, fused_params) < 1e-6);
+    CHECK(max_rel(into_fused, ref_params) < 1e-6);
   }
   torch::set_num_threads(saved_threads);
   // amsgrad is Adam's own step.
   auto a = make_params();
   auto b = make_params();
-  torch::optim::Adam ref(a, torch::optim::AdamOptions(1e-2).amsgrad(true));
-  FusedAdam fused(b, torch::optim::AdamOptions(1e-2).amsgrad(true));
+  torch::optim::Adam ref(a, AdamOptions(1e-2).amsgrad(true));
+  FusedAdam fused(b, AdamOptions(1e-2).amsgrad(true));
   for (int step = 0; step < 3; ++step) {
-    set_grads(a, step);
-    set_grads(b, step);
+    set_grads(a, step, 1);
+    set_grads(b, step, 1);
     ref.step();
     fused.step();
   }
@@ -284,10 +313,17 @@ TEST_CASE("train, caption, predict and eval from the command line", "[trainer][c
                                  "--flip-probability",
                                  "0",
                                  "--threads",
-                                 "1"});
+                                 "1",
+                                 "--blas-threads",
+                                 "2"});
   INFO(r.err);
   REQUIRE(r.exit_code == 0);
   CHECK(imcap::detail::path_exists(t.tmp.file("run/best.imcap")));
+  // The first line names the threads (OpenBLAS's only where LibTorch uses OpenBLAS).
+  const std::string first_line = r.out.substr(0, r.out.find('\n'));
+  CHECK_THAT(first_line, Catch::StartsWith("training resnet18") && Catch::Contains("Torch 1"));
+  if (first_line.find("OpenBLAS") != std::string::npos)
+    CHECK_THAT(first_line, Catch::EndsWith("threads: Torch 1, OpenBLAS 2"));
   const auto model = t.tmp.file("run/last.imcap");
   r = imcap::test::run_cli({"caption", "--model", model, f.val_images + "/1000000.jpg", "--json"});
   REQUIRE(r.exit_code == 0);

@@ -4,6 +4,8 @@
 
 #include <thread>
 
+#include <fmt/format.h>
+
 #include <torch/torch.h>
 
 #include "detail/io.hpp"
@@ -11,14 +13,43 @@
 
 namespace imcap::cli {
 
-void set_threads(int threads) {
+void set_threads(int threads, int blas) {
   if (threads <= 0) threads = static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
   torch::set_num_threads(threads);
   // Debian's LibTorch calls OpenBLAS, which starts its own pool of one thread per core. With
   // Torch's threads on top, the two pools fight over the cores: training the demo's model ran
   // at 109 captions/s with both at 2 threads and at 214 with OpenBLAS at 1 (2 cores,
-  // docs/performance.md). So OpenBLAS runs single-threaded inside Torch's parallel regions.
-  set_blas_threads(threads > 1 ? 1 : threads);
+  // docs/performance.md). So by default OpenBLAS runs single-threaded inside Torch's parallel
+  // regions.
+  set_blas_threads(blas >= 1 ? blas : 1);
+}
+
+void add_thread_options(CLI::App* cmd, int& threads, int& blas) {
+  cmd->add_option("--threads", threads, "Torch threads (0: one per core)")
+      ->capture_default_str()
+      ->check(CLI::NonNegativeNumber);
+  cmd->add_option("--blas-threads", blas,
+                  "OpenBLAS threads (-1: 1; see docs/performance.md#threads for when 2 or more "
+                  "pay)")
+      ->capture_default_str()
+      ->check(CLI::Validator(
+          [](std::string& value) -> std::string {
+            const std::string expected = "expected -1 or a number of threads from 1 to 1024";
+            try {
+              std::size_t used = 0;
+              const int n = std::stoi(value, &used);
+              if (used == value.size() && (n == -1 || (n >= 1 && n <= 1024))) return {};
+            } catch (const std::exception&) {
+            }
+            return expected + ", got '" + value + "'";
+          },
+          "-1 or 1..1024"));
+}
+
+std::string describe_threads() {
+  const int blas = blas_threads();
+  return blas > 0 ? fmt::format("Torch {}, OpenBLAS {}", torch::get_num_threads(), blas)
+                  : fmt::format("Torch {}", torch::get_num_threads());
 }
 
 bool set_blas_threads(int threads) {

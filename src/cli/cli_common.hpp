@@ -15,9 +15,14 @@ class UsageError : public std::runtime_error {
   using std::runtime_error::runtime_error;
 };
 
-/// Sets the number of intra-op threads Torch uses (0: one per core), and OpenBLAS's to 1 when
-/// Torch's are several, so that the two thread pools do not compete for the cores.
-void set_threads(int threads);
+/// Sets the number of intra-op threads Torch uses (0: one per core), and OpenBLAS's: `blas` when
+/// it is 1 or more, else (-1, the default) 1 when Torch's are several, so that the two thread
+/// pools do not compete for the cores (docs/performance.md#threads).
+void set_threads(int threads, int blas = -1);
+/// Adds --threads and --blas-threads, bound to `threads` and `blas`, to a subcommand.
+void add_thread_options(CLI::App* cmd, int& threads, int& blas);
+/// "Torch N, OpenBLAS M" (OpenBLAS only when it is loaded), for the commands' first line.
+std::string describe_threads();
 /// Sets OpenBLAS's own thread count when OpenBLAS is loaded; returns whether it was.
 bool set_blas_threads(int threads);
 /// OpenBLAS's thread count, 0 when OpenBLAS is not loaded.

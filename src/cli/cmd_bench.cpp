@@ -301,8 +301,7 @@ void run_bench(BenchArgs a) {
   auto wanted = [&](const char* part) {
     return std::find(parts.begin(), parts.end(), part) != parts.end();
   };
-  set_threads(a.threads);
-  if (a.blas_threads >= 0) set_blas_threads(a.blas_threads);
+  set_threads(a.threads, a.blas_threads);
   const int cores = static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
   const int data_threads = a.data_threads > 0 ? a.data_threads : cores;
   torch::manual_seed(static_cast<std::uint64_t>(a.seed));
@@ -410,13 +409,7 @@ void add_bench_command(CLI::App& app) {
   cmd->add_flag("--json", a->json,
                 "Print one JSON object with the keys of ../shared/bench/python_baseline.py");
   cmd->add_flag("--quick", a->quick, "Fewer repetitions (under a minute)");
-  cmd->add_option("--threads", a->threads, "Torch threads (0: one per core)")
-      ->capture_default_str()
-      ->check(CLI::NonNegativeNumber);
-  cmd->add_option("--blas-threads", a->blas_threads,
-                  "OpenBLAS threads (-1: the CLI's rule, 1 when Torch has several)")
-      ->capture_default_str()
-      ->check(CLI::Range(-1, 1024));
+  add_thread_options(cmd, a->threads, a->blas_threads);
   cmd->add_option("--data-threads", a->data_threads,
                   "Threads of the all-threads data pipeline figure (0: one per core)")
       ->capture_default_str()

@@ -22,11 +22,11 @@ struct CaptionArgs {
   std::vector<std::string> inputs;
   CaptionOptions options;
   bool json = false;
-  int threads = 0, batch_size = 16;
+  int threads = 0, blas_threads = -1, batch_size = 16;
 };
 
 void run_caption(const CaptionArgs& a) {
-  set_threads(a.threads);
+  set_threads(a.threads, a.blas_threads);
   const auto captioner = Captioner::load(a.model, parse_device(a.device), a.options);
   nlohmann::json results = nlohmann::json::array();
   for (std::size_t start = 0; start < a.inputs.size();
@@ -50,7 +50,7 @@ void run_caption(const CaptionArgs& a) {
 }
 
 void run_predict(const CaptionArgs& a) {
-  set_threads(a.threads);
+  set_threads(a.threads, a.blas_threads);
   const auto captioner = Captioner::load(a.model, parse_device(a.device), a.options);
   const auto annotations = CocoAnnotations::load(a.annotations);
   const auto& images = annotations.images();
@@ -82,9 +82,7 @@ void add_search_options(CLI::App* cmd, CaptionArgs& a) {
       ->capture_default_str()
       ->check(CLI::Range(0.0, 10.0));
   cmd->add_option("--device", a.device, "cpu, cuda or cuda:N")->capture_default_str();
-  cmd->add_option("--threads", a.threads, "Torch threads (0: one per core)")
-      ->capture_default_str()
-      ->check(CLI::NonNegativeNumber);
+  add_thread_options(cmd, a.threads, a.blas_threads);
   cmd->add_option("--batch-size", a.batch_size, "Images per batched search")
       ->capture_default_str()
       ->check(CLI::Range(1, 4096));

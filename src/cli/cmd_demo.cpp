@@ -27,7 +27,7 @@ struct DemoArgs {
   std::string out = "imcap-demo";
   bool quick = false;
   double seconds = 0;  // 0: the default budget
-  int threads = 0;
+  int threads = 0, blas_threads = -1;
   int image_size = 32;  // the CNN's input: 64-pixel scenes downscaled, 4x cheaper than 64
   std::uint64_t seed = 1;
 };
@@ -102,7 +102,7 @@ std::string loss_svg(const std::vector<double>& losses) {
 
 void run_demo(const DemoArgs& a) {
   const auto t0 = std::chrono::steady_clock::now();
-  set_threads(a.threads);
+  set_threads(a.threads, a.blas_threads);
   SyntheticOptions so;
   so.train_images = a.quick ? 600 : 4000;
   so.val_images = a.quick ? 60 : 300;
@@ -220,9 +220,7 @@ void add_demo_command(CLI::App& app) {
   cmd->add_option("--image-size", a->image_size, "Side of the images the CNN sees, pixels")
       ->capture_default_str()
       ->check(CLI::Range(16, 64));
-  cmd->add_option("--threads", a->threads, "Torch threads (0: one per core)")
-      ->capture_default_str()
-      ->check(CLI::NonNegativeNumber);
+  add_thread_options(cmd, a->threads, a->blas_threads);
   cmd->add_option("--seed", a->seed, "Random seed")->capture_default_str();
   cmd->callback([a] { run_demo(*a); });
 }

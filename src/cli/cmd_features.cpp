@@ -16,11 +16,11 @@ namespace {
 
 struct FeaturesArgs {
   std::string annotations, images, arch = "resnet152", weights, out;
-  int image_size = 224, batch_size = 32, threads = 0;
+  int image_size = 224, batch_size = 32, threads = 0, blas_threads = -1;
 };
 
 void run_features(const FeaturesArgs& a) {
-  set_threads(a.threads);
+  set_threads(a.threads, a.blas_threads);
   ResNetOptions ro;
   ro.arch = parse_resnet_arch(a.arch);
   ResNet cnn(ro);
@@ -63,9 +63,7 @@ void add_features_command(CLI::App& app) {
   cmd->add_option("--batch-size", a->batch_size, "Images per forward pass")
       ->capture_default_str()
       ->check(CLI::Range(1, 4096));
-  cmd->add_option("--threads", a->threads, "Torch threads (0: one per core)")
-      ->capture_default_str()
-      ->check(CLI::NonNegativeNumber);
+  add_thread_options(cmd, a->threads, a->blas_threads);
   cmd->add_option("--out", a->out, "Output .safetensors file")->required();
   cmd->callback([a] { run_features(*a); });
 }

@@ -28,7 +28,8 @@ struct TrainArgs {
   std::string annotations, images, val_annotations, val_images, out, features, val_features;
   std::string encoder = "resnet50", weights, device = "cpu", inject = "par", trainable = "auto";
   std::string optimizer = "adam", schedule = "none", batching = "image_major";
-  int image_size = 224, vocab_threshold = 5, epochs = 3, threads = 0, workers = 2, nproc = 0;
+  int image_size = 224, vocab_threshold = 5, epochs = 3, threads = 0, blas_threads = -1,
+      workers = 2, nproc = 0;
   std::int64_t embed_size = 256, hidden_size = 512, num_layers = 1;
   std::size_t batch_size = 64, log_interval = 50, val_max_images = 500, max_steps = 0;
   double lr = 1e-3, max_seconds = 0, clip = 5.0, weight_decay = 0, dropout = 0, flip = 0.5;
@@ -123,7 +124,7 @@ CaptionModel load_for_resume(const std::string& last, const torch::Device& devic
 void run_train(const TrainArgs& a) {
   if (a.nproc > 0) return launch_workers(a);
   const auto dist = distributed_options_from_env();
-  set_threads(dist ? worker_threads(a.threads) : a.threads);
+  set_threads(dist ? worker_threads(a.threads) : a.threads, a.blas_threads);
   if (a.images.empty() && a.features.empty())
     throw UsageError("--images or --features is required");
   if (!a.val_annotations.empty() && a.val_images.empty() && a.val_features.empty())
@@ -220,16 +221,19 @@ void run_train(const TrainArgs& a) {
                    static_cast<std::size_t>(group->world_size()));
   if (chatty)
     fmt::print(
-        "training {} ({}), {} captions of {} images, vocabulary {}, {} trainable parameters\n",
+        "training {} ({}), {} captions of {} images, vocabulary {}, {} trainable parameters, "
+        "threads: {}\n",
         to_string(cfg.encoder.arch), to_string(cfg.decoder.image_inject), train.size(),
-        train.num_images(), model->vocab().size(), [&] {
+        train.num_images(), model->vocab().size(),
+        [&] {
           std::int64_t n = 0;
           for (const auto& p : model->encoder()->parameters())
             n += p.requires_grad() ? p.numel() : 0;
           for (const auto& p : model->decoder()->parameters())
             n += p.requires_grad() ? p.numel() : 0;
           return n;
-        }());
+        }(),
+        describe_threads());
   Trainer trainer(*model, train, val.get(), o);
   Trainer::install_signal_handlers();
   const auto r = trainer.fit();
@@ -337,9 +341,7 @@ void add_train_command(CLI::App& app) {
                 "instead of stopping with the list");
   cmd->add_option("--device", a->device, "cpu, cuda or cuda:N")->capture_default_str();
   cmd->add_option("--seed", a->seed, "Random seed")->capture_default_str();
-  cmd->add_option("--threads", a->threads, "Torch threads (0: one per core)")
-      ->capture_default_str()
-      ->check(CLI::NonNegativeNumber);
+  add_thread_options(cmd, a->threads, a->blas_threads);
   cmd->add_option("--workers", a->workers, "Image decoding threads")
       ->capture_default_str()
       ->check(CLI::Range(0, 256));

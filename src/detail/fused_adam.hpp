@@ -3,13 +3,15 @@
 
 #include <torch/torch.h>
 
+#include <utility>
 #include <vector>
 
 namespace imcap::detail {
 
-/// torch::optim::Adam whose step() updates each parameter, its two moment buffers and its
-/// gradient in one pass, split between Torch's threads, instead of six tensor operations with
-/// two full-size temporaries (sqrt and division). The equations, the state (AdamParamState) and
+/// torch::optim::Adam whose step() updates each parameter and its two moment buffers in one pass,
+/// split between Torch's threads, instead of about eight elementwise tensor operations with two
+/// or three full-size temporaries (square root, division, weight decay). Tensor versions are
+/// bumped as Adam's in-place operations would. The equations, the state (AdamParamState) and
 /// the serialized form are Adam's: a checkpoint saved by either loads into the other. The result
 /// equals Adam's up to float rounding (ATen fuses some multiply-adds; this pass does not).
 ///
@@ -19,6 +21,9 @@ class FusedAdam : public torch::optim::Adam {
  public:
   FusedAdam(const std::vector<torch::Tensor>& params, const torch::optim::AdamOptions& options)
       : torch::optim::Adam(params, options) {}
+  FusedAdam(std::vector<torch::optim::OptimizerParamGroup> groups,
+            const torch::optim::AdamOptions& defaults)
+      : torch::optim::Adam(std::move(groups), defaults) {}
 
   torch::Tensor step(LossClosure closure = nullptr) override;
 
