@@ -25,6 +25,7 @@
 #include "imcap/synthetic.hpp"
 #include "imcap/trainer.hpp"
 #include "support.hpp"
+#include "tiny.hpp"
 
 extern char** environ;
 
@@ -137,16 +138,9 @@ imcap::SyntheticDataset data_in(const std::string& dir) {
 // A frozen CNN (no train-mode BatchNorm: per-rank batch statistics would differ from the whole
 // batch's) under a trainable embedding and LSTM, without dropout.
 imcap::CaptionModel tiny_model(const imcap::Vocabulary& vocab, std::uint64_t seed) {
-  torch::manual_seed(seed);
-  imcap::ModelConfig c;
-  c.encoder.arch = imcap::ResNetArch::kResNet18;
-  c.encoder.embed_size = 16;
-  c.encoder.trainable_stages = 0;
-  c.decoder.hidden_size = 32;
-  c.decoder.image_inject = imcap::ImageInject::kPar;
-  c.image_resize = 32;
-  c.image_crop = 32;
-  return imcap::CaptionModel(c, vocab);
+  imcap::test::TinyConfig t;
+  t.inject = imcap::ImageInject::kPar;
+  return imcap::test::tiny_model(vocab, seed, t);
 }
 
 // SGD at a moderate rate: Adam divides by the gradients' running RMS, which turns float rounding

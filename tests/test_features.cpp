@@ -12,50 +12,22 @@
 #include "imcap/synthetic.hpp"
 #include "imcap/trainer.hpp"
 #include "support.hpp"
+#include "tiny.hpp"
 
 namespace {
 
-struct Data {
-  imcap::test::TempDir tmp;
-  imcap::SyntheticDataset files;
-  std::unique_ptr<imcap::Vocabulary> vocab;
-
-  Data() {
-    imcap::SyntheticOptions so;
-    so.train_images = 24;
-    so.val_images = 6;
-    so.image_size = 32;
-    files = imcap::generate_synthetic_dataset(tmp.file("data"), so);
-    vocab = std::make_unique<imcap::Vocabulary>(
-        imcap::Vocabulary::build({files.train_annotations}, {1}));
-  }
-
+struct Data : imcap::test::TinyDataset {
   // A frozen ResNet-18 at 32 px: resize == crop, so the training transform (no flip) and the
   // evaluation transform that `imcap features` uses see the same pixels.
   imcap::CaptionModel model(int trainable_stages = 0) const {
-    torch::manual_seed(9);
-    imcap::ModelConfig c;
-    c.encoder.arch = imcap::ResNetArch::kResNet18;
-    c.encoder.embed_size = 16;
-    c.encoder.head_batch_norm = true;
-    c.encoder.trainable_stages = trainable_stages;
-    c.decoder.hidden_size = 32;
-    c.decoder.image_inject = imcap::ImageInject::kPre;
-    c.image_resize = 32;
-    c.image_crop = 32;
-    return imcap::CaptionModel(c, *vocab);
+    imcap::test::TinyConfig t;
+    t.head_batch_norm = true;
+    t.trainable_stages = trainable_stages;
+    return imcap::test::tiny_model(*vocab, 9, t);
   }
 
   imcap::TrainerOptions options(const std::string& out) const {
-    imcap::TrainerOptions o;
-    o.out_dir = tmp.file(out);
-    o.epochs = 2;
-    o.batch_size = 20;
-    o.batching = imcap::BatchMode::image_major;
-    o.workers = 1;
-    o.progress = false;
-    o.val_max_images = 6;
-    return o;
+    return imcap::test::tiny_trainer_options(tmp.file(out));
   }
 
   // Features of every image of a split, through a file as `imcap features` writes it.

@@ -30,6 +30,7 @@
 #include "imcap/synthetic.hpp"
 #include "imcap/trainer.hpp"
 #include "support.hpp"
+#include "tiny.hpp"
 
 using imcap::test::read_text;
 using imcap::test::run_cli;
@@ -68,16 +69,12 @@ const std::string& small_model() {
   static TempDir dir;
   static std::string path;
   if (path.empty()) {
-    torch::manual_seed(11);
-    imcap::ModelConfig c;
-    c.encoder.arch = imcap::ResNetArch::kResNet18;
-    c.encoder.embed_size = 8;
-    c.decoder.hidden_size = 8;
-    c.image_resize = 32;
-    c.image_crop = 32;
     const auto vocab =
         imcap::Vocabulary::build_from_captions({"a red circle", "a blue square"}, {1});
-    imcap::CaptionModel(c, vocab).save(dir.file("small.imcap"));
+    imcap::test::TinyConfig t;
+    t.embed_size = 8;
+    t.hidden_size = 8;
+    imcap::test::tiny_model(vocab, 11, t).save(dir.file("small.imcap"));
     path = dir.file("small.imcap");
   }
   return path;
@@ -445,15 +442,10 @@ TEST_CASE("a non-finite loss stops training naming the step, and keeps the last 
           "[robustness][trainer]") {
   TinyData d;
   const auto vocab = imcap::Vocabulary::build({d.files.train_annotations}, {1});
-  torch::manual_seed(5);
-  imcap::ModelConfig c;
-  c.encoder.arch = imcap::ResNetArch::kResNet18;
-  c.encoder.embed_size = 8;
-  c.encoder.trainable_stages = 0;
-  c.decoder.hidden_size = 8;
-  c.image_resize = 32;
-  c.image_crop = 32;
-  imcap::CaptionModel model(c, vocab);
+  imcap::test::TinyConfig t;
+  t.embed_size = 8;
+  t.hidden_size = 8;
+  imcap::CaptionModel model = imcap::test::tiny_model(vocab, 5, t);
   imcap::CocoDataset train(d.files.train_annotations, d.files.train_images, vocab,
                            model.eval_transform());
   imcap::TrainerOptions o;

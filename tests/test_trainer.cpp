@@ -16,47 +16,20 @@
 #include "imcap/synthetic.hpp"
 #include "imcap/trainer.hpp"
 #include "support.hpp"
+#include "tiny.hpp"
 
 namespace {
 
-struct Tiny {
-  imcap::test::TempDir tmp;
-  imcap::SyntheticDataset files;
-  std::unique_ptr<imcap::Vocabulary> vocab;
-
-  Tiny() {
-    imcap::SyntheticOptions so;
-    so.train_images = 24;
-    so.val_images = 6;
-    so.image_size = 32;
-    files = imcap::generate_synthetic_dataset(tmp.file("data"), so);
-    vocab = std::make_unique<imcap::Vocabulary>(
-        imcap::Vocabulary::build({files.train_annotations}, {1}));
-  }
-
+// Par-inject with the last ResNet stage training.
+struct Tiny : imcap::test::TinyDataset {
   imcap::CaptionModel model() const {
-    torch::manual_seed(5);
-    imcap::ModelConfig c;
-    c.encoder.arch = imcap::ResNetArch::kResNet18;
-    c.encoder.embed_size = 16;
-    c.encoder.trainable_stages = 1;
-    c.decoder.hidden_size = 32;
-    c.decoder.image_inject = imcap::ImageInject::kPar;
-    c.image_resize = 32;
-    c.image_crop = 32;
-    return imcap::CaptionModel(c, *vocab);
+    imcap::test::TinyConfig t;
+    t.inject = imcap::ImageInject::kPar;
+    t.trainable_stages = 1;
+    return imcap::test::tiny_model(*vocab, 5, t);
   }
-
   imcap::TrainerOptions options(const std::string& out) const {
-    imcap::TrainerOptions o;
-    o.out_dir = tmp.file(out);
-    o.epochs = 2;
-    o.batch_size = 20;
-    o.batching = imcap::BatchMode::image_major;
-    o.workers = 1;
-    o.progress = false;
-    o.val_max_images = 6;
-    return o;
+    return imcap::test::tiny_trainer_options(tmp.file(out));
   }
 };
 
