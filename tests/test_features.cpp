@@ -136,25 +136,9 @@ TEST_CASE("imcap train --features trains from imcap features output", "[features
                                  "--threads", "1", "--out", d.tmp.file("train.safetensors")});
   INFO(r.err);
   REQUIRE(r.exit_code == 0);
-  const std::vector<std::string> common = {"train",
-                                           "--annotations",
-                                           f.train_annotations,
-                                           "--features",
-                                           d.tmp.file("train.safetensors"),
-                                           "--image-size",
-                                           "32",
-                                           "--embed-size",
-                                           "16",
-                                           "--hidden-size",
-                                           "32",
-                                           "--vocab-threshold",
-                                           "1",
-                                           "--max-steps",
-                                           "3",
-                                           "--batch-size",
-                                           "20",
-                                           "--threads",
-                                           "1"};
+  const std::vector<std::string> common = imcap::test::with_tiny_flags(
+      {"train", "--annotations", f.train_annotations, "--features", d.tmp.file("train.safetensors"),
+       "--max-steps", "3", "--batch-size", "20", "--threads", "1"});
   auto args = common;
   args.insert(args.end(), {"--encoder", "resnet18", "--out", d.tmp.file("run")});
   r = imcap::test::run_cli(args);

@@ -5,6 +5,7 @@
 #include <cstdint>
 #include <memory>
 #include <string>
+#include <vector>
 
 #include <torch/torch.h>
 
@@ -73,6 +74,14 @@ inline TrainerOptions tiny_trainer_options(const std::string& out_dir) {
   o.progress = false;
   o.val_max_images = 6;
   return o;
+}
+
+/// `args` followed by the command-line flags of tiny_config's sizes (32 px, E 16, H 32) and a
+/// vocabulary threshold of 1.
+inline std::vector<std::string> with_tiny_flags(std::vector<std::string> args) {
+  args.insert(args.end(), {"--image-size", "32", "--embed-size", "16", "--hidden-size", "32",
+                           "--vocab-threshold", "1"});
+  return args;
 }
 
 }  // namespace imcap::test
