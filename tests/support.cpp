@@ -14,6 +14,8 @@
 #define STB_IMAGE_WRITE_STATIC
 #include <stb_image_write.h>
 
+extern char** environ;  // POSIX: the process environment
+
 namespace imcap::test {
 
 std::string data_path(const std::string& name) {
@@ -42,9 +44,17 @@ TempDir::~TempDir() {
 
 std::string TempDir::file(const std::string& name) const { return path_ + "/" + name; }
 
-ProcessResult run_process(const std::vector<std::string>& argv) {
-  TempDir tmp;
-  const std::string out_path = tmp.file("out"), err_path = tmp.file("err");
+int start_process(const std::vector<std::string>& argv, const std::vector<std::string>& extra_env,
+                  const std::string& out_path, const std::string& err_path) {
+  // Everything the child needs is prepared before fork: after it, only async-signal-safe calls.
+  std::vector<std::string> env_strings;
+  for (char** p = environ; *p != nullptr; ++p) env_strings.emplace_back(*p);
+  env_strings.insert(env_strings.end(), extra_env.begin(), extra_env.end());
+  std::vector<char*> envp, args;
+  for (auto& s : env_strings) envp.push_back(s.data());
+  envp.push_back(nullptr);
+  for (const auto& a : argv) args.push_back(const_cast<char*>(a.c_str()));
+  args.push_back(nullptr);
   const pid_t pid = ::fork();
   if (pid < 0) throw std::runtime_error("fork failed");
   if (pid == 0) {
@@ -55,12 +65,16 @@ ProcessResult run_process(const std::vector<std::string>& argv) {
     ::dup2(in, 0);
     ::dup2(out, 1);
     ::dup2(err, 2);
-    std::vector<char*> args;
-    for (const auto& a : argv) args.push_back(const_cast<char*>(a.c_str()));
-    args.push_back(nullptr);
-    ::execv(args[0], args.data());
+    ::execve(args[0], args.data(), envp.data());
     ::_exit(127);
   }
+  return pid;
+}
+
+ProcessResult run_process(const std::vector<std::string>& argv) {
+  TempDir tmp;
+  const std::string out_path = tmp.file("out"), err_path = tmp.file("err");
+  const pid_t pid = start_process(argv, {}, out_path, err_path);
   int status = 0;
   while (::waitpid(pid, &status, 0) < 0) {
   }

@@ -33,6 +33,11 @@ struct ProcessResult {
   std::string err;     ///< standard error
 };
 
+/// Starts a program with arguments (no shell), the current environment plus `extra_env`
+/// ("NAME=value" entries), stdin from /dev/null and stdout and stderr into the given files.
+/// Returns its process id (throws when fork fails); the caller waits for it.
+int start_process(const std::vector<std::string>& argv, const std::vector<std::string>& extra_env,
+                  const std::string& out_path, const std::string& err_path);
 /// Runs a program with arguments (no shell), capturing stdout and stderr.
 ProcessResult run_process(const std::vector<std::string>& argv);
 /// Runs the imcap CLI built with the tests.

@@ -3,7 +3,6 @@
 #include <catch2/catch.hpp>
 
 #include <arpa/inet.h>
-#include <fcntl.h>
 #include <netinet/in.h>
 #include <signal.h>
 #include <sys/socket.h>
@@ -27,8 +26,6 @@
 #include "support.hpp"
 #include "tiny.hpp"
 
-extern char** environ;
-
 namespace {
 
 using nlohmann::json;
@@ -39,29 +36,8 @@ using Clock = std::chrono::steady_clock;
 class Child {
  public:
   Child(const std::vector<std::string>& argv, const std::vector<std::string>& env,
-        const std::string& out_path, const std::string& err_path) {
-    std::vector<std::string> env_strings;
-    for (char** p = environ; *p != nullptr; ++p) env_strings.emplace_back(*p);
-    env_strings.insert(env_strings.end(), env.begin(), env.end());
-    std::vector<char*> envp, args;
-    for (auto& s : env_strings) envp.push_back(s.data());
-    envp.push_back(nullptr);
-    for (const auto& a : argv) args.push_back(const_cast<char*>(a.c_str()));
-    args.push_back(nullptr);
-    pid_ = ::fork();
-    if (pid_ < 0) throw std::runtime_error("fork failed");
-    if (pid_ == 0) {
-      const int out = ::open(out_path.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0600);
-      const int err = ::open(err_path.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0600);
-      const int in = ::open("/dev/null", O_RDONLY);
-      if (out < 0 || err < 0 || in < 0) ::_exit(126);
-      ::dup2(in, 0);
-      ::dup2(out, 1);
-      ::dup2(err, 2);
-      ::execve(args[0], args.data(), envp.data());
-      ::_exit(127);
-    }
-  }
+        const std::string& out_path, const std::string& err_path)
+      : pid_(imcap::test::start_process(argv, env, out_path, err_path)) {}
   ~Child() {
     if (!status_) {
       ::kill(pid_, SIGKILL);
@@ -162,31 +138,10 @@ imcap::TrainerOptions tiny_options(const std::string& out) {
 }
 
 std::vector<std::string> train_args(const imcap::SyntheticDataset& f, const std::string& out) {
-  return imcap::test::with_tiny_flags({"train",
-                                       "--annotations",
-                                       f.train_annotations,
-                                       "--images",
-                                       f.train_images,
-                                       "--val-annotations",
-                                       f.val_annotations,
-                                       "--val-images",
-                                       f.val_images,
-                                       "--out",
-                                       out,
-                                       "--encoder",
-                                       "resnet18",
-                                       "--batch-size",
-                                       "10",
-                                       "--flip-probability",
-                                       "0",
-                                       "--workers",
-                                       "0",
-                                       "--log-interval",
-                                       "1",
-                                       "--val-max-images",
-                                       "4",
-                                       "--trainable-stages",
-                                       "none"});
+  return imcap::test::tiny_train_args(
+      f, out,
+      {"--batch-size", "10", "--flip-probability", "0", "--workers", "0", "--log-interval", "1",
+       "--val-max-images", "4", "--trainable-stages", "none"});
 }
 
 std::vector<double> logged_losses(const std::string& log_path) {

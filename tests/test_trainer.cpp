@@ -258,29 +258,10 @@ TEST_CASE("one Captioner serves several threads with the same captions as serial
 TEST_CASE("train, caption, predict and eval from the command line", "[trainer][cli]") {
   Tiny t;
   const auto& f = t.files;
-  auto r = imcap::test::run_cli(imcap::test::with_tiny_flags({"train",
-                                                              "--annotations",
-                                                              f.train_annotations,
-                                                              "--images",
-                                                              f.train_images,
-                                                              "--val-annotations",
-                                                              f.val_annotations,
-                                                              "--val-images",
-                                                              f.val_images,
-                                                              "--out",
-                                                              t.tmp.file("run"),
-                                                              "--encoder",
-                                                              "resnet18",
-                                                              "--epochs",
-                                                              "1",
-                                                              "--batch-size",
-                                                              "20",
-                                                              "--flip-probability",
-                                                              "0",
-                                                              "--threads",
-                                                              "1",
-                                                              "--blas-threads",
-                                                              "2"}));
+  auto r = imcap::test::run_cli(
+      imcap::test::tiny_train_args(f, t.tmp.file("run"),
+                                   {"--epochs", "1", "--batch-size", "20", "--flip-probability",
+                                    "0", "--threads", "1", "--blas-threads", "2"}));
   INFO(r.err);
   REQUIRE(r.exit_code == 0);
   CHECK(imcap::detail::path_exists(t.tmp.file("run/best.imcap")));

@@ -84,4 +84,16 @@ inline std::vector<std::string> with_tiny_flags(std::vector<std::string> args) {
   return args;
 }
 
+/// `imcap train` on a TinyDataset's images and validation split into `out`, with tiny_config's
+/// ResNet-18 and sizes, then `extra`.
+inline std::vector<std::string> tiny_train_args(const SyntheticDataset& f, const std::string& out,
+                                                const std::vector<std::string>& extra) {
+  auto args =
+      with_tiny_flags({"train", "--annotations", f.train_annotations, "--images", f.train_images,
+                       "--val-annotations", f.val_annotations, "--val-images", f.val_images,
+                       "--out", out, "--encoder", "resnet18"});
+  args.insert(args.end(), extra.begin(), extra.end());
+  return args;
+}
+
 }  // namespace imcap::test
