@@ -29,3 +29,38 @@ function(imcap_use_pch target)
     target_precompile_headers(${target} PRIVATE <torch/torch.h>)
   endif()
 endfunction()
+
+# imcap_find_aten_openmp(): sets IMCAP_WITH_OPENMP. ATen's at::parallel_for is a header template
+# that runs its body on several threads only when the calling code is compiled with OpenMP
+# (_OPENMP) and LibTorch was built with the OpenMP backend (ATen/Config.h); otherwise imcap's own
+# splits (decoding steps, the fused loss, Adam) silently run on one thread. Only with GCC: Torch
+# links GCC's libgomp, and clang's OpenMP is a second runtime (libomp).
+macro(imcap_find_aten_openmp)
+  set(IMCAP_WITH_OPENMP OFF)
+  if(IMCAP_OPENMP)
+    find_file(IMCAP_ATEN_CONFIG ATen/Config.h PATHS ${TORCH_INCLUDE_DIRS} NO_DEFAULT_PATH)
+    if(NOT IMCAP_ATEN_CONFIG)
+      find_file(IMCAP_ATEN_CONFIG ATen/Config.h)
+    endif()
+    set(aten_openmp OFF)
+    if(IMCAP_ATEN_CONFIG)
+      file(STRINGS ${IMCAP_ATEN_CONFIG} aten_openmp_line REGEX "define AT_PARALLEL_OPENMP 1")
+      if(aten_openmp_line)
+        set(aten_openmp ON)
+      endif()
+    endif()
+    if(aten_openmp AND CMAKE_CXX_COMPILER_ID STREQUAL "GNU")
+      find_package(OpenMP COMPONENTS CXX)
+      if(OpenMP_CXX_FOUND)
+        set(IMCAP_WITH_OPENMP ON)
+      else()
+        message(WARNING "LibTorch uses OpenMP but the compiler's OpenMP was not found: imcap's "
+                        "at::parallel_for splits will run on one thread")
+      endif()
+    elseif(aten_openmp)
+      message(STATUS "imcap: ${CMAKE_CXX_COMPILER_ID} is not GCC; imcap's at::parallel_for "
+                     "splits run on one thread (LibTorch's own operations are unaffected)")
+    endif()
+  endif()
+  message(STATUS "imcap: OpenMP for at::parallel_for: ${IMCAP_WITH_OPENMP}")
+endmacro()

@@ -29,12 +29,12 @@ DecoderState to_decoder_state(const SearchState& s) {
 }  // namespace
 
 StepStart DecoderStepper::start(const at::Tensor& features) const {
-  auto out = decoder_.ptr()->start(features);
+  auto out = decoder_.ptr()->start(features, weights_);
   return StepStart{out.logits, to_search_state(out.state)};  // the search normalises
 }
 
 at::Tensor DecoderStepper::step(const at::Tensor& tokens, SearchState& state) const {
-  auto out = decoder_.ptr()->step(tokens, to_decoder_state(state));
+  auto out = decoder_.ptr()->step(tokens, to_decoder_state(state), weights_);
   state = to_search_state(out.state);
   return out.logits;
 }
@@ -66,7 +66,7 @@ Captioner::Captioner(std::shared_ptr<CaptionModel> model, CaptionOptions options
 std::vector<Caption> Captioner::caption_features(const torch::Tensor& features,
                                                  const CaptionOptions& options) const {
   torch::NoGradGuard no_grad;
-  const DecoderStepper stepper(model_->decoder());
+  const DecoderStepper stepper(model_->decoder(), options.decode_weights);
   const auto results = search(stepper, features, search_options(options, model_->vocab()));
   std::vector<Caption> out;
   out.reserve(results.size());

@@ -1,10 +1,13 @@
 #include "imcap/decoder.hpp"
 
 #include <functional>
+#include <mutex>
 
+#include <ATen/ThreadLocalState.h>
 #include <fmt/format.h>
 #include <torch/torch.h>
 
+#include "detail/compressed_projection.hpp"
 #include "detail/tensor_check.hpp"
 #include "imcap/error.hpp"
 
@@ -70,6 +73,26 @@ std::string to_string(ImageInject inject) {
   return "unknown";
 }
 
+DecodeWeights parse_decode_weights(const std::string& name) {
+  if (name == "float32") return DecodeWeights::kFloat32;
+  if (name == "bfloat16") return DecodeWeights::kBFloat16;
+  if (name == "int8") return DecodeWeights::kInt8;
+  throw InvalidArgument(
+      fmt::format("unknown decode weights '{}': expected float32, bfloat16 or int8", name));
+}
+
+std::string to_string(DecodeWeights weights) {
+  switch (weights) {
+    case DecodeWeights::kFloat32:
+      return "float32";
+    case DecodeWeights::kBFloat16:
+      return "bfloat16";
+    case DecodeWeights::kInt8:
+      return "int8";
+  }
+  return "unknown";
+}
+
 DecoderState DecoderState::index_select(const torch::Tensor& rows) const {
   DecoderState out;
   out.h = h.index_select(1, rows);
@@ -78,7 +101,25 @@ DecoderState DecoderState::index_select(const torch::Tensor& rows) const {
   return out;
 }
 
-DecoderImpl::DecoderImpl(const DecoderOptions& options) : options_(options) {
+// The compressed copies of `linear`, with what they were built from: rebuilt when the weight or
+// the bias is replaced or changed in place (tensor version counters).
+struct DecoderImpl::ProjectionCache {
+  struct Entry {
+    std::shared_ptr<const detail::CompressedProjection> projection;
+    std::vector<const void*> sources;
+    std::vector<int64_t> versions;
+    bool built = false;
+  };
+  std::mutex mutex;
+  Entry bf16, int8;
+  // Decoder::loss's (B*T, V) logits buffer, kept between steps: a fresh one of that size
+  // (72 MB in the benchmark) comes from mmap and is page-faulted and zeroed by the kernel at
+  // every step.
+  torch::Tensor loss_buffer;
+};
+
+DecoderImpl::DecoderImpl(const DecoderOptions& options)
+    : options_(options), projection_cache_(std::make_shared<ProjectionCache>()) {
   check_positive("vocab_size", options.vocab_size);
   check_positive("embed_size", options.embed_size);
   check_positive("hidden_size", options.hidden_size);
@@ -121,14 +162,18 @@ namespace {
 
 // Runs f(begin, end) on consecutive parts of [0, n), one per Torch thread, in parallel. Inside,
 // ATen runs single-threaded (and the CLI keeps OpenBLAS at one thread when Torch has several),
-// so each matrix product gets its own core instead of two thread pools fighting over them.
+// so each matrix product gets its own core instead of two thread pools fighting over them. The
+// workers get the caller's thread-local state (grad mode above all: at::parallel_for does not
+// carry it, and the autograd functions below run their products without grad).
 void split_rows(int64_t n, const std::function<void(int64_t, int64_t)>& f) {
   const int64_t parts = std::min<int64_t>(at::get_num_threads(), n);
   if (parts <= 1) {
     f(0, n);
     return;
   }
+  const at::ThreadLocalState state;
   at::parallel_for(0, parts, 1, [&](int64_t begin, int64_t end) {
+    const at::ThreadLocalStateGuard guard(state);
     for (int64_t p = begin; p < end; ++p) f(n * p / parts, n * (p + 1) / parts);
   });
 }
@@ -150,10 +195,11 @@ struct ProjectedCrossEntropy : torch::autograd::Function<ProjectedCrossEntropy> 
   static torch::autograd::variable_list forward(torch::autograd::AutogradContext* ctx,
                                                 const torch::Tensor& h, const torch::Tensor& w,
                                                 const torch::Tensor& b,
-                                                const torch::Tensor& targets) {
+                                                const torch::Tensor& targets,
+                                                const torch::Tensor& buffer) {
     const int64_t n = h.size(0), v = w.size(0);
     const torch::Tensor hc = h.contiguous();
-    torch::Tensor logits = at::empty({n, v}, h.options());
+    torch::Tensor logits = buffer.defined() ? buffer : at::empty({n, v}, h.options());
     torch::Tensor lse = at::empty({n}, h.options());
     split_rows(n, [&](int64_t r0, int64_t r1) {
       torch::Tensor out = logits.slice(0, r0, r1);
@@ -212,7 +258,7 @@ struct ProjectedCrossEntropy : torch::autograd::Function<ProjectedCrossEntropy> 
       torch::Tensor out = grad_w.slice(0, r0, r1);
       at::mm_out(out, g.slice(1, r0, r1).t(), h);
     });
-    return {grad_h, grad_w, g.sum(0), torch::Tensor()};
+    return {grad_h, grad_w, g.sum(0), torch::Tensor(), torch::Tensor()};
   }
 };
 
@@ -224,8 +270,23 @@ torch::Tensor DecoderImpl::loss(const torch::Tensor& features, const torch::Tens
   torch::Tensor targets = captions;
   if (lengths.defined())
     targets = captions.masked_fill(~length_mask(lengths, captions.size(1)), kIgnoreIndex);
-  return ProjectedCrossEntropy::apply(hidden.reshape({-1, options_.hidden_size}), linear->weight,
-                                      linear->bias, targets.reshape({-1}))[0];
+  const torch::Tensor h = hidden.reshape({-1, options_.hidden_size});
+  return ProjectedCrossEntropy::apply(h, linear->weight, linear->bias, targets.reshape({-1}),
+                                      loss_buffer(h.size(0), h.options()))[0];
+}
+
+torch::Tensor DecoderImpl::loss_buffer(int64_t rows, const torch::TensorOptions& options) {
+  const int64_t cols = options_.vocab_size;
+  std::lock_guard<std::mutex> lock(projection_cache_->mutex);
+  torch::Tensor& buffer = projection_cache_->loss_buffer;
+  // Reused only when nothing else holds it or a view of it (a graph not yet backpropagated);
+  // it grows to the largest batch (captions of different lengths give different row counts).
+  const bool reusable = buffer.defined() && buffer.use_count() == 1 &&
+                        buffer.storage().use_count() == 1 && buffer.numel() >= rows * cols &&
+                        buffer.options().dtype() == options.dtype() &&
+                        buffer.device() == options.device();
+  if (!reusable) buffer = at::empty({rows * cols}, options);
+  return buffer.narrow(0, 0, rows * cols).view({rows, cols});
 }
 
 torch::Tensor DecoderImpl::hidden_states(const torch::Tensor& features,
@@ -286,29 +347,64 @@ DecoderState DecoderImpl::init_state(const torch::Tensor& features) {
 
 namespace {
 
-// y = x W^T + b for x [B, K]: a matrix-vector product (BLAS gemv) for one row, where the
-// general product (gemm) would first pack all of W, at every decoding step. With several Torch
-// threads the rows of W are split between them: the CLI keeps OpenBLAS single-threaded then
-// (cli_common.cpp), so a gemv would otherwise use one core.
+// y = x W^T + b for x [B, K]: a matrix-vector product for one row, where the general product
+// (gemm) would first pack all of W, at every decoding step. With several Torch threads the rows
+// of W are split between them, each computed by imcap's own kernel: the CLI keeps OpenBLAS
+// single-threaded then (cli_common.cpp), and OpenBLAS serializes calls made from several
+// threads at once (a split BLAS gemv ran at half the speed of one OpenBLAS gemv on 2 threads).
 torch::Tensor affine(const torch::Tensor& x, const torch::Tensor& w, const torch::Tensor& b) {
   if (x.size(0) != 1) return at::addmm(b, x, w.t());
-  const torch::Tensor v = x[0];
-  constexpr int64_t kRowsPerTask = 1024;
+  constexpr int64_t kRowsPerTask = 256;
   const int64_t rows = w.size(0);
   if (!w.device().is_cpu() || at::get_num_threads() == 1 || rows < 2 * kRowsPerTask ||
-      !w.is_contiguous() || !b.defined())
-    return at::addmv(b, w, v).unsqueeze(0);
-  torch::Tensor out = at::empty({rows}, w.options());
+      !w.is_contiguous() || w.scalar_type() != torch::kFloat || !b.defined() ||
+      !b.is_contiguous() || b.scalar_type() != torch::kFloat || x.scalar_type() != torch::kFloat) {
+    return at::addmv(b, w, x[0]).unsqueeze(0);
+  }
+  const torch::Tensor v = x[0].contiguous();
+  torch::Tensor out = at::empty({1, rows}, w.options());
+  const float* wp = w.data_ptr<float>();
+  const float* vp = v.data_ptr<float>();
+  const float* bp = b.data_ptr<float>();
+  float* op = out.data_ptr<float>();
   at::parallel_for(0, rows, kRowsPerTask, [&](int64_t begin, int64_t end) {
-    torch::Tensor slice = out.slice(0, begin, end);
-    at::addmv_out(slice, b.slice(0, begin, end), w.slice(0, begin, end), v);
+    detail::affine_rows(wp, vp, bp, w.size(1), begin, end, op);
   });
-  return out.unsqueeze(0);
+  return out;
 }
 
 }  // namespace
 
-DecoderStepOutput DecoderImpl::step_inputs(const torch::Tensor& inputs, const DecoderState& state) {
+torch::Tensor DecoderImpl::project(const torch::Tensor& hidden, DecodeWeights weights) {
+  if (weights != DecodeWeights::kFloat32 &&
+      hidden.size(0) <= detail::CompressedProjection::kMaxRows &&
+      linear->weight.device().is_cpu()) {
+    const torch::Tensor& w = linear->weight;
+    const torch::Tensor& b = linear->bias;
+    const std::vector<const void*> sources = {w.unsafeGetTensorImpl(), w.data_ptr(),
+                                              b.defined() ? b.unsafeGetTensorImpl() : nullptr,
+                                              b.defined() ? b.data_ptr() : nullptr};
+    const std::vector<int64_t> versions = {w._version(), b.defined() ? b._version() : 0};
+    std::shared_ptr<const detail::CompressedProjection> projection;
+    {
+      std::lock_guard<std::mutex> lock(projection_cache_->mutex);
+      auto& entry =
+          weights == DecodeWeights::kInt8 ? projection_cache_->int8 : projection_cache_->bf16;
+      if (!entry.built || entry.sources != sources || entry.versions != versions) {
+        entry.projection = detail::CompressedProjection::build(w, b, weights);
+        entry.sources = sources;
+        entry.versions = versions;
+        entry.built = true;
+      }
+      projection = entry.projection;
+    }
+    if (projection && projection->accepts(hidden)) return projection->forward(hidden, w, b);
+  }
+  return affine(hidden, linear->weight, linear->bias);
+}
+
+DecoderStepOutput DecoderImpl::step_inputs(const torch::Tensor& inputs, const DecoderState& state,
+                                           DecodeWeights weights) {
   const bool dropout = is_training() && options_.dropout > 0 && options_.num_layers > 1;
   if (!torch::GradMode::is_enabled() && !dropout) {
     // Inference: the LSTM cell by hand, PyTorch's equations and gate order (i, f, g, o), with
@@ -331,7 +427,7 @@ DecoderStepOutput DecoderImpl::step_inputs(const torch::Tensor& inputs, const De
       hs.push_back(x);
       cs.push_back(c_next);
     }
-    out.logits = affine(x, linear->weight, linear->bias);
+    out.logits = project(x, weights);
     out.state.h = torch::stack(hs);
     out.state.c = torch::stack(cs);
     out.state.image = state.image;
@@ -347,14 +443,14 @@ DecoderStepOutput DecoderImpl::step_inputs(const torch::Tensor& inputs, const De
   return out;
 }
 
-DecoderStepOutput DecoderImpl::start(const torch::Tensor& features) {
+DecoderStepOutput DecoderImpl::start(const torch::Tensor& features, DecodeWeights weights) {
   DecoderState state = init_state(features);
-  if (options_.image_inject == ImageInject::kPre) return step_inputs(features, state);
-  return step_embedded(features.new_zeros({features.size(0), options_.embed_size}), state);
+  if (options_.image_inject == ImageInject::kPre) return step_inputs(features, state, weights);
+  return step_embedded(features.new_zeros({features.size(0), options_.embed_size}), state, weights);
 }
 
 DecoderStepOutput DecoderImpl::step_embedded(const torch::Tensor& word_embeddings,
-                                             const DecoderState& state) {
+                                             const DecoderState& state, DecodeWeights weights) {
   detail::check_tensor(state.h.defined() && state.h.dim() == 3 && state.c.defined(),
                        "decoder state h", "a state from init_state, start or step", state.h);
   const int64_t batch = state.h.size(1);
@@ -368,16 +464,17 @@ DecoderStepOutput DecoderImpl::step_embedded(const torch::Tensor& word_embedding
     detail::check_tensor(
         state.image.defined() && state.image.dim() == 2 && state.image.size(0) == batch,
         "decoder state image", fmt::format("features of shape [{}, E]", batch), state.image);
-    return step_inputs(torch::cat({word_embeddings, state.image}, /*dim=*/1), state);
+    return step_inputs(torch::cat({word_embeddings, state.image}, /*dim=*/1), state, weights);
   }
-  return step_inputs(word_embeddings, state);
+  return step_inputs(word_embeddings, state, weights);
 }
 
-DecoderStepOutput DecoderImpl::step(const torch::Tensor& ids, const DecoderState& state) {
+DecoderStepOutput DecoderImpl::step(const torch::Tensor& ids, const DecoderState& state,
+                                    DecodeWeights weights) {
   detail::check_tensor(ids.defined() && ids.dim() == 1 && ids.scalar_type() == torch::kLong,
                        "decoder step ids", "int64 ids of shape [B]", ids);
   check_ids(ids, options_.vocab_size, "decoder step ids");
-  return step_embedded(embed(ids), state);
+  return step_embedded(embed(ids), state, weights);
 }
 
 torch::Tensor DecoderImpl::sample(const torch::Tensor& features, int64_t max_len, int64_t end_id) {

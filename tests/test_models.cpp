@@ -10,6 +10,7 @@
 #include <utility>
 #include <vector>
 
+#include "imcap/captioner.hpp"
 #include "imcap/decoder.hpp"
 #include "imcap/encoder.hpp"
 #include "imcap/error.hpp"
@@ -95,6 +96,18 @@ TensorMap buffers_copy(const torch::nn::Module& m) {
   TensorMap out;
   for (const auto& b : m.named_buffers()) out[b.key()] = b.value().clone();
   return out;
+}
+
+// A single-layer pre-inject decoder with random weights, in eval mode.
+imcap::Decoder eval_decoder(int64_t vocab, int64_t embed, int64_t hidden, uint64_t seed) {
+  torch::manual_seed(seed);
+  imcap::DecoderOptions options;
+  options.vocab_size = vocab;
+  options.embed_size = embed;
+  options.hidden_size = hidden;
+  imcap::Decoder decoder(options);
+  decoder->eval();
+  return decoder;
 }
 
 // Runs the torchvision reference for `arch` and checks pooled features and logits.
@@ -521,6 +534,94 @@ TEST_CASE("decoder inference steps equal the LSTM module's, for one row and seve
     CHECK(max_abs_error(fast_step.state.h, module_step.state.h) < 1e-6);
     CHECK(max_abs_error(fast_step.state.c, module_step.state.c) < 1e-6);
     CHECK(fast_step.state.h.sizes() == torch::IntArrayRef({2, rows, 10}));
+  }
+}
+
+TEST_CASE("compressed decode weights keep each row's best scores exact and bound the rest",
+          "[models]") {
+  torch::manual_seed(21);
+  imcap::DecoderOptions options;
+  options.vocab_size = 3000;  // several row blocks of the compressed kernel
+  options.embed_size = 24;
+  options.hidden_size = 72;  // not a multiple of the kernel's 32 columns
+  imcap::Decoder decoder(options);
+  decoder->eval();
+  torch::NoGradGuard no_grad;
+  // Two words whose weights differ by less than bfloat16 or int8 resolve, placed on top by
+  // their bias: only the float32 recomputation orders them.
+  decoder->linear->weight[7].copy_(decoder->linear->weight[5] * (1 + 1e-3f));
+  decoder->linear->bias[5].fill_(0.3f);
+  decoder->linear->bias[7].fill_(0.3f);
+  // The float32 scores of one step's hidden state, row by row (matrix-vector products, as the
+  // recomputation does).
+  auto float32_scores = [&](const imcap::DecoderState& state) {
+    std::vector<torch::Tensor> rows;
+    for (int64_t r = 0; r < state.h.size(1); ++r)
+      rows.push_back(at::addmv(decoder->linear->bias, decoder->linear->weight, state.h[0][r]));
+    return torch::stack(rows);
+  };
+  for (const auto weights : {imcap::DecodeWeights::kBFloat16, imcap::DecodeWeights::kInt8}) {
+    for (const int64_t rows : {1, 3}) {
+      INFO(imcap::to_string(weights) << ", rows " << rows);
+      const torch::Tensor features = torch::randn({rows, 24});
+      const torch::Tensor ids = torch::randint(0, 3000, {rows}, torch::kLong);
+      const auto start = decoder->start(features, weights);
+      const auto step = decoder->step(ids, start.state, weights);
+      CHECK(torch::equal(start.state.h, decoder->start(features).state.h));
+      for (const auto& out : {start, step}) {
+        const torch::Tensor ref = float32_scores(out.state);
+        const auto [ref_top, ref_ids] = ref.topk(imcap::kExactDecodeScores, /*dim=*/1);
+        const auto [got_top, got_ids] = out.logits.topk(imcap::kExactDecodeScores, /*dim=*/1);
+        INFO("float32 top " << ref_top << ref_ids << "\ncompressed top " << got_top << got_ids);
+        CHECK(torch::equal(got_ids, ref_ids));
+        CHECK(max_abs_error(got_top, ref_top) < 1e-6);
+        // The rest is the compressed product: close, not equal.
+        const double error = max_abs_error(out.logits, ref);
+        CHECK(error > 0.0);
+        CHECK(error < (weights == imcap::DecodeWeights::kInt8 ? 2e-2 : 5e-3));
+      }
+    }
+  }
+  // The copy follows in-place changes of the weights.
+  const torch::Tensor features = torch::randn({1, 24});
+  const auto before = decoder->start(features, imcap::DecodeWeights::kInt8).logits;
+  decoder->linear->weight.mul_(-1);
+  const auto ref = decoder->start(features).logits;
+  const auto after = decoder->start(features, imcap::DecodeWeights::kInt8).logits;
+  CHECK(torch::equal(std::get<1>(after.max(1)), std::get<1>(ref.max(1))));
+  CHECK(max_abs_error(after, ref) < 2e-2);
+  CHECK(max_abs_error(after, before) > 0.1);
+  // More rows than the compressed path takes, and weights it cannot hold, run in float32.
+  const torch::Tensor many = torch::randn({imcap::kMaxCompressedDecodeRows + 1, 24});
+  CHECK(torch::equal(decoder->start(many, imcap::DecodeWeights::kInt8).logits,
+                     decoder->start(many).logits));
+  decoder->linear->weight[3][2].fill_(std::numeric_limits<float>::infinity());
+  CHECK(torch::allclose(decoder->start(features, imcap::DecodeWeights::kBFloat16).logits,
+                        decoder->start(features).logits, 0.0, 0.0, /*equal_nan=*/true));
+  CHECK(imcap::parse_decode_weights("int8") == imcap::DecodeWeights::kInt8);
+  CHECK_THROWS_WITH(imcap::parse_decode_weights("fp8"),
+                    Catch::Contains("'fp8'") && Catch::Contains("float32, bfloat16 or int8"));
+}
+
+TEST_CASE("greedy search chooses float32's words with compressed decode weights", "[models]") {
+  imcap::Decoder decoder = eval_decoder(/*vocab=*/500, /*embed=*/16, /*hidden=*/64, /*seed=*/23);
+  imcap::SearchOptions search;
+  search.max_length = 12;
+  search.end_id = 2;
+  search.unk_id = 3;
+  search.forbid_unk = true;
+  search.min_length = 2;
+  const torch::Tensor features = torch::randn({6, 16});
+  const auto reference = imcap::greedy_search(imcap::DecoderStepper(decoder), features, search);
+  for (const auto weights : {imcap::DecodeWeights::kBFloat16, imcap::DecodeWeights::kInt8}) {
+    INFO(imcap::to_string(weights));
+    const auto got =
+        imcap::greedy_search(imcap::DecoderStepper(decoder, weights), features, search);
+    REQUIRE(got.size() == reference.size());
+    for (std::size_t i = 0; i < got.size(); ++i) {
+      CHECK(got[i].tokens == reference[i].tokens);
+      CHECK(std::abs(got[i].log_prob - reference[i].log_prob) < 1e-2);
+    }
   }
 }
 

@@ -354,6 +354,7 @@ TEST_CASE("CLI paths and numbers: missing, unreadable, unwritable, invalid", "[r
            {"caption", "--model", model, "--beam", "abc", "x.png"},
            {"caption", "--model", model, "--max-length", "-3", "x.png"},
            {"caption", "--model", model, "--blas-threads", "0", "x.png"},
+           {"caption", "--model", model, "--decode-weights", "fp8", "x.png"},
            {"train", "--annotations", tmp.file("ann.json"), "--features", "f.safetensors", "--out",
             tmp.file("r"), "--blas-threads", "many"},
            {"synth", "--out", tmp.file("s"), "--size", "1e99"},

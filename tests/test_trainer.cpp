@@ -1,6 +1,7 @@
 // Trainer, Captioner and the train/caption/predict/demo commands, on tiny synthetic data.
 #include <catch2/catch.hpp>
 
+#include <cmath>
 #include <fstream>
 #include <future>
 #include <thread>
@@ -278,6 +279,20 @@ TEST_CASE("train, caption, predict and eval from the command line", "[trainer][c
   CHECK(j[0].contains("caption"));
   CHECK(j[0]["tokens"].is_array());
   CHECK(j[0]["log_prob"].get<double>() <= 0.0);
+  // Compressed decode weights choose the same greedy words, with nearly the same log p.
+  std::vector<nlohmann::json> greedy;
+  for (const std::string weights : {"float32", "bfloat16", "int8"}) {
+    r = imcap::test::run_cli({"caption", "--model", model, f.val_images + "/1000000.jpg", "--json",
+                              "--beam", "1", "--decode-weights", weights});
+    INFO(weights << ": " << r.err);
+    REQUIRE(r.exit_code == 0);
+    greedy.push_back(nlohmann::json::parse(r.out).at(0));
+  }
+  for (std::size_t i = 1; i < greedy.size(); ++i) {
+    CHECK(greedy[i]["tokens"] == greedy[0]["tokens"]);
+    CHECK(std::abs(greedy[i]["log_prob"].get<double>() - greedy[0]["log_prob"].get<double>()) <
+          0.05);
+  }
 #ifdef IMCAP_EXAMPLES_DIR
   // The bundled example captions with the trained model, as the CLI does (both beam 3).
   const auto example = imcap::test::run_process(

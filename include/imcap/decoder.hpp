@@ -17,6 +17,7 @@
 #include <torch/nn/pimpl.h>
 
 #include <cstdint>
+#include <memory>
 #include <string>
 
 namespace imcap {
@@ -33,6 +34,37 @@ enum class ImageInject {
 ImageInject parse_image_inject(const std::string& name);
 /// "pre", "par" or "init".
 std::string to_string(ImageInject inject);
+
+/// How inference steps (start, step and step_embedded without autograd) store the weights of the
+/// output projection `linear`, the bytes that bound a decoding step's speed at small batches.
+///
+/// With kBFloat16 (half the bytes) or kInt8 (a quarter, one scale per row) every score gets a
+/// known error bound (the compression error's norm times |h|, plus float rounding), and the
+/// scores that could be among the kExactDecodeScores (8) highest of their row are recomputed from
+/// the float32 weights. So the 8 best words of each row, their order and their scores are
+/// float32's, and greedy search chooses the same words (it masks at most two ids); the other
+/// scores, and so the log-softmax normaliser and the log-probabilities, differ by at most their
+/// bound (about 1e-3 with int8 on trained weights, usually far less). Beam search's choices can
+/// differ from float32's only between candidates whose scores tie within that bound. The compressed
+/// copy is built on first use and rebuilt when the weights change. Only CPU float32 steps of at
+/// most kMaxCompressedDecodeRows (16) rows use it; others, and weights with non-finite values, run
+/// in float32.
+enum class DecodeWeights {
+  kFloat32,   ///< the weights as they are (default)
+  kBFloat16,  ///< bfloat16 copy: relative error <= 2^-9 per weight
+  kInt8,      ///< int8 copy with a float scale per row
+};
+
+/// Scores per row that compressed decode weights keep equal to float32's: the highest ones.
+inline constexpr int64_t kExactDecodeScores = 8;
+/// Most rows (images times beams) of a step that use compressed decode weights; a larger step
+/// is a compute-bound matrix product that reads each weight once anyway, and runs in float32.
+inline constexpr int64_t kMaxCompressedDecodeRows = 16;
+
+/// Parses "float32", "bfloat16" or "int8"; throws InvalidArgument otherwise.
+DecodeWeights parse_decode_weights(const std::string& name);
+/// "float32", "bfloat16" or "int8".
+std::string to_string(DecodeWeights weights);
 
 /// Options of the decoder.
 struct DecoderOptions {
@@ -86,7 +118,8 @@ struct DecoderImpl : torch::nn::Module {
   /// captions, lengths), with the same value and gradients, computed faster: the output
   /// projection and the softmax cross-entropy are one autograd function that keeps one
   /// (B*T, V) buffer (the logits, then their gradient in place) and splits its matrix products
-  /// between Torch's threads. Its graph supports one backward pass.
+  /// between Torch's threads. Its graph supports one backward pass. The buffer is kept for the
+  /// next call once the graph is released (a fresh one costs page faults at every step).
   torch::Tensor loss(const torch::Tensor& features, const torch::Tensor& captions,
                      const torch::Tensor& lengths = {});
 
@@ -94,11 +127,15 @@ struct DecoderImpl : torch::nn::Module {
   DecoderState init_state(const torch::Tensor& features);
   /// Step 0 from the image: init_state(features), then one step whose logits score the first
   /// token (`<start>` for models trained on the notebooks' captions).
-  DecoderStepOutput start(const torch::Tensor& features);
+  /// `weights`: see DecodeWeights (start, step and step_embedded alike).
+  DecoderStepOutput start(const torch::Tensor& features,
+                          DecodeWeights weights = DecodeWeights::kFloat32);
   /// One step: ids (B) int64 of the previous tokens -> logits of the next (B, V) and state.
-  DecoderStepOutput step(const torch::Tensor& ids, const DecoderState& state);
+  DecoderStepOutput step(const torch::Tensor& ids, const DecoderState& state,
+                         DecodeWeights weights = DecodeWeights::kFloat32);
   /// One step from word embeddings (B, E) instead of ids (kPar appends state.image itself).
-  DecoderStepOutput step_embedded(const torch::Tensor& word_embeddings, const DecoderState& state);
+  DecoderStepOutput step_embedded(const torch::Tensor& word_embeddings, const DecoderState& state,
+                                  DecodeWeights weights = DecodeWeights::kFloat32);
 
   /// Greedy decoding, equal to the notebooks' DecoderRNN.sample() run on each row: start(),
   /// then feed back the arg-max up to max_len ids in all. Returns (B, L) int64, L <= max_len.
@@ -121,9 +158,16 @@ struct DecoderImpl : torch::nn::Module {
   // The LSTM's outputs (B, T, H) under teacher forcing: forward() without the projection.
   torch::Tensor hidden_states(const torch::Tensor& features, const torch::Tensor& captions,
                               const torch::Tensor& lengths);
-  DecoderStepOutput step_inputs(const torch::Tensor& inputs, const DecoderState& state);
+  DecoderStepOutput step_inputs(const torch::Tensor& inputs, const DecoderState& state,
+                                DecodeWeights weights);
+  // The output projection of an inference step.
+  torch::Tensor project(const torch::Tensor& hidden, DecodeWeights weights);
+  // loss()'s (rows, V) logits buffer, reused between calls when free.
+  torch::Tensor loss_buffer(int64_t rows, const torch::TensorOptions& options);
 
   DecoderOptions options_;
+  struct ProjectionCache;  // compressed copies of `linear` (src/decoder.cpp)
+  std::shared_ptr<ProjectionCache> projection_cache_;
 };
 TORCH_MODULE(Decoder);
 

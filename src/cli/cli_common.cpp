@@ -2,6 +2,8 @@
 
 #include <dlfcn.h>
 
+#include <map>
+#include <string>
 #include <thread>
 
 #include <fmt/format.h>
@@ -44,6 +46,17 @@ void add_thread_options(CLI::App* cmd, int& threads, int& blas) {
             return expected + ", got '" + value + "'";
           },
           "-1 or 1..1024"));
+}
+
+void add_decode_weights_option(CLI::App* cmd, DecodeWeights& weights) {
+  const std::map<std::string, DecodeWeights> names = {{"float32", DecodeWeights::kFloat32},
+                                                      {"bfloat16", DecodeWeights::kBFloat16},
+                                                      {"int8", DecodeWeights::kInt8}};
+  cmd->add_option("--decode-weights", weights,
+                  "Output projection while decoding: float32, or bfloat16/int8 (faster on a "
+                  "CPU, same greedy words; docs/search.md#decode-weights)")
+      ->transform(CLI::CheckedTransformer(names))
+      ->default_str("float32");
 }
 
 std::string describe_threads() {

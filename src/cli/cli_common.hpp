@@ -6,6 +6,8 @@
 #include <torch/types.h>
 #include <CLI/CLI.hpp>
 
+#include "imcap/decoder.hpp"
+
 namespace imcap::cli {
 
 /// Thrown by a subcommand for bad usage that CLI11 cannot see (e.g. two options that conflict
@@ -21,6 +23,8 @@ class UsageError : public std::runtime_error {
 void set_threads(int threads, int blas = -1);
 /// Adds --threads and --blas-threads, bound to `threads` and `blas`, to a subcommand.
 void add_thread_options(CLI::App* cmd, int& threads, int& blas);
+/// Adds --decode-weights float32|bfloat16|int8 (imcap::DecodeWeights), bound to `weights`.
+void add_decode_weights_option(CLI::App* cmd, DecodeWeights& weights);
 /// "Torch N, OpenBLAS M" (OpenBLAS only when it is loaded), for the commands' first line.
 std::string describe_threads();
 /// Sets OpenBLAS's own thread count when OpenBLAS is loaded; returns whether it was.

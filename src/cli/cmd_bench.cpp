@@ -50,6 +50,7 @@ struct BenchArgs {
   std::size_t memory_steps = 0;
   std::uint64_t seed = 0;
   bool head_bn = true;
+  DecodeWeights decode_weights = DecodeWeights::kFloat32;
 };
 
 struct Plan {
@@ -110,7 +111,7 @@ Json measure_encoder(CaptionModel& model, const BenchArgs& a, const Plan& plan) 
 Json measure_greedy(CaptionModel& model, const BenchArgs& a, const Plan& plan) {
   model.train(false);
   const auto features = torch::randn({1, a.embed});
-  const DecoderStepper stepper(model.decoder());
+  const DecoderStepper stepper(model.decoder(), a.decode_weights);
   SearchOptions opts;  // no <end>: all max_steps steps, as the notebook's sample()
   opts.max_length = a.max_steps;
   const auto ts = bench::time_ms([&] { greedy_search(stepper, features, opts); }, plan.greedy);
@@ -358,6 +359,7 @@ void run_bench(BenchArgs a) {
     co.beam_size = 1;
     co.max_length = a.max_steps;
     co.forbid_unk = false;  // the baseline's sample() masks nothing
+    co.decode_weights = a.decode_weights;
     const Captioner captioner(model, co);
     res["full_caption_ms"] = measure_full(captioner, files.front(), plan, &caption);
   }
@@ -374,6 +376,7 @@ void run_bench(BenchArgs a) {
   config["hidden"] = a.hidden;
   config["lstm_layers"] = 1;
   config["max_decode_steps"] = a.max_steps;
+  config["decode_weights"] = to_string(a.decode_weights);
   config["train_batch"] = a.train_batch;
   config["caption_len"] = a.caption_len;
   config["optimizer"] = "Adam(lr=1e-3)";
@@ -439,6 +442,7 @@ void add_bench_command(CLI::App& app) {
       ->check(CLI::Range(1, 65536));
   cmd->add_flag("!--no-bn", a->head_bn, "Encoder head without BatchNorm1d");
   cmd->add_option("--seed", a->seed, "Random seed")->capture_default_str();
+  add_decode_weights_option(cmd, a->decode_weights);
   // Tiny shapes (ResNet-18 at 32 px, vocabulary 50, one repetition): checks that every part
   // runs and the output's shape, in seconds. For tests.
   cmd->add_flag("--smoke", a->smoke)->group("");

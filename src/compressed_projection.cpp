@@ -1,0 +1,308 @@
+#include "detail/compressed_projection.hpp"
+
+#include <ATen/Parallel.h>
+
+#include <algorithm>
+#include <array>
+#include <atomic>
+#include <cmath>
+#include <cstring>
+#include <limits>
+
+#if (defined(__x86_64__) || defined(__i386__)) && (defined(__GNUC__) || defined(__clang__))
+#include <immintrin.h>
+#define IMCAP_X86_KERNELS 1
+#endif
+
+namespace imcap::detail {
+namespace {
+
+// Weight rows per task: 256 rows of 512 are 128 KB (int8) or 256 KB (bfloat16), so a block
+// stays in the core's L2 cache while every row of x is scored against it.
+constexpr int64_t kRowsPerTask = 256;
+
+std::uint16_t to_bfloat16(float v) {  // round to nearest even; v finite
+  std::uint32_t bits = 0;
+  std::memcpy(&bits, &v, sizeof bits);
+  bits += 0x7FFFu + ((bits >> 16) & 1u);
+  return static_cast<std::uint16_t>(bits >> 16);
+}
+
+float from_bfloat16(std::uint16_t h) {
+  const std::uint32_t bits = static_cast<std::uint32_t>(h) << 16;
+  float v = 0.0f;
+  std::memcpy(&v, &bits, sizeof v);
+  return v;
+}
+
+// The weights as floats, one (scalar) or eight (AVX2) at a time.
+struct Float32Weights {
+  static float one(const float* w) { return *w; }
+#ifdef IMCAP_X86_KERNELS
+  __attribute__((target("avx2,fma"))) static __m256 eight(const float* w) {
+    return _mm256_loadu_ps(w);
+  }
+#endif
+};
+
+struct BFloat16Weights {
+  static float one(const std::uint16_t* w) { return from_bfloat16(*w); }
+#ifdef IMCAP_X86_KERNELS
+  __attribute__((target("avx2,fma"))) static __m256 eight(const std::uint16_t* w) {
+    const __m128i h = _mm_loadu_si128(reinterpret_cast<const __m128i*>(w));
+    return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(h), 16));
+  }
+#endif
+};
+
+struct Int8Weights {
+  static float one(const std::int8_t* w) { return static_cast<float>(*w); }
+#ifdef IMCAP_X86_KERNELS
+  __attribute__((target("avx2,fma"))) static __m256 eight(const std::int8_t* w) {
+    const __m128i b = _mm_loadl_epi64(reinterpret_cast<const __m128i*>(w));
+    return _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(b));
+  }
+#endif
+};
+
+template <typename Weights, typename T>
+float dot_scalar(const T* w, const float* x, int64_t k) {
+  float sum = 0.0f;
+  for (int64_t i = 0; i < k; ++i) sum += Weights::one(w + i) * x[i];
+  return sum;
+}
+
+#ifdef IMCAP_X86_KERNELS
+
+bool have_avx2() {
+  static const bool yes = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+  return yes;
+}
+
+// Four independent accumulators of eight lanes hide the FMA latency.
+template <typename Weights, typename T>
+__attribute__((target("avx2,fma"))) float dot_avx2(const T* w, const float* x, int64_t k) {
+  __m256 a0 = _mm256_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
+  int64_t i = 0;
+  for (; i + 32 <= k; i += 32) {
+    a0 = _mm256_fmadd_ps(Weights::eight(w + i), _mm256_loadu_ps(x + i), a0);
+    a1 = _mm256_fmadd_ps(Weights::eight(w + i + 8), _mm256_loadu_ps(x + i + 8), a1);
+    a2 = _mm256_fmadd_ps(Weights::eight(w + i + 16), _mm256_loadu_ps(x + i + 16), a2);
+    a3 = _mm256_fmadd_ps(Weights::eight(w + i + 24), _mm256_loadu_ps(x + i + 24), a3);
+  }
+  const __m256 a = _mm256_add_ps(_mm256_add_ps(a0, a1), _mm256_add_ps(a2, a3));
+  __m128 s = _mm_add_ps(_mm256_castps256_ps128(a), _mm256_extractf128_ps(a, 1));
+  s = _mm_hadd_ps(s, s);
+  s = _mm_hadd_ps(s, s);
+  return _mm_cvtss_f32(s) + dot_scalar<Weights>(w + i, x + i, k - i);
+}
+
+#endif
+
+// w . x over k values, with AVX2 and FMA where the CPU has them.
+template <typename Weights, typename T>
+float dot(const T* w, const float* x, int64_t k) {
+#ifdef IMCAP_X86_KERNELS
+  if (have_avx2()) return dot_avx2<Weights>(w, x, k);
+#endif
+  return dot_scalar<Weights>(w, x, k);
+}
+
+// A bound on the relative rounding error of a float dot product of length k in any summation
+// order (k u per term, doubled for the scaling and the bias), with u = 2^-24.
+double rounding_factor(int64_t k) { return static_cast<double>(k + 16) * std::ldexp(1.0, -23); }
+
+}  // namespace
+
+void affine_rows(const float* w, const float* x, const float* b, int64_t k, int64_t begin,
+                 int64_t end, float* out) {
+  for (int64_t j = begin; j < end; ++j) {
+    out[j] = dot<Float32Weights>(w + j * k, x, k) + (b != nullptr ? b[j] : 0.0f);
+  }
+}
+
+std::shared_ptr<const CompressedProjection> CompressedProjection::build(const torch::Tensor& weight,
+                                                                        const torch::Tensor& bias,
+                                                                        DecodeWeights type) {
+  if (type == DecodeWeights::kFloat32 || !weight.defined() || weight.dim() != 2 ||
+      !weight.device().is_cpu() || weight.scalar_type() != torch::kFloat ||
+      weight.layout() != torch::kStrided || weight.size(0) == 0 || weight.size(1) == 0) {
+    return nullptr;
+  }
+  if (bias.defined() && (bias.dim() != 1 || bias.size(0) != weight.size(0) ||
+                         !bias.device().is_cpu() || bias.scalar_type() != torch::kFloat)) {
+    return nullptr;
+  }
+  const torch::Tensor w = weight.contiguous();
+  std::shared_ptr<CompressedProjection> p(new CompressedProjection());
+  p->type_ = type;
+  p->rows_ = w.size(0);
+  p->cols_ = w.size(1);
+  const int64_t rows = p->rows_, cols = p->cols_;
+  const auto n = static_cast<std::size_t>(rows * cols);
+  if (type == DecodeWeights::kBFloat16) {
+    p->bf16_.resize(n);
+  } else {
+    p->int8_.resize(n);
+    p->scale_.resize(static_cast<std::size_t>(rows));
+  }
+  p->bias_.assign(static_cast<std::size_t>(rows), 0.0f);
+  if (bias.defined()) {
+    const torch::Tensor b = bias.contiguous();
+    std::copy_n(b.data_ptr<float>(), rows, p->bias_.begin());
+  }
+  p->err_per_norm_.resize(static_cast<std::size_t>(rows));
+  p->err_const_.resize(static_cast<std::size_t>(rows));
+  const double gamma = rounding_factor(cols);
+  const float* src = w.data_ptr<float>();
+  std::atomic<bool> ok{true};
+  at::parallel_for(0, rows, kRowsPerTask, [&](int64_t begin, int64_t end) {
+    for (int64_t j = begin; j < end && ok; ++j) {
+      const float* row = src + j * cols;
+      const auto uj = static_cast<std::size_t>(j);
+      double max_abs = 0.0;
+      for (int64_t i = 0; i < cols; ++i) {
+        if (!std::isfinite(row[i])) {
+          ok = false;
+          return;
+        }
+        max_abs = std::max(max_abs, std::fabs(static_cast<double>(row[i])));
+      }
+      // |W_j|, |W~_j| and |W_j - W~_j|, in double.
+      double norm = 0.0, norm_compressed = 0.0, norm_error = 0.0;
+      if (type == DecodeWeights::kBFloat16) {
+        std::uint16_t* out = p->bf16_.data() + j * cols;
+        for (int64_t i = 0; i < cols; ++i) {
+          out[i] = to_bfloat16(row[i]);
+          const double approx = from_bfloat16(out[i]);
+          if (!std::isfinite(approx)) {
+            ok = false;
+            return;
+          }
+          norm += static_cast<double>(row[i]) * row[i];
+          norm_compressed += approx * approx;
+          norm_error += (row[i] - approx) * (row[i] - approx);
+        }
+      } else {
+        std::int8_t* out = p->int8_.data() + j * cols;
+        // Rows of only tiny values are stored as zeros (their scale would be subnormal): the
+        // bound then is the row's own norm.
+        const float scale =
+            max_abs < std::ldexp(1.0, -100) ? 0.0f : static_cast<float>(max_abs / 127.0);
+        p->scale_[uj] = scale;
+        for (int64_t i = 0; i < cols; ++i) {
+          const double q =
+              scale == 0.0f
+                  ? 0.0
+                  : std::clamp(std::nearbyint(static_cast<double>(row[i]) / scale), -127.0, 127.0);
+          out[i] = static_cast<std::int8_t>(q);
+          const double approx = static_cast<double>(scale) * q;
+          norm += static_cast<double>(row[i]) * row[i];
+          norm_compressed += approx * approx;
+          norm_error += (row[i] - approx) * (row[i] - approx);
+        }
+      }
+      // |compressed score - float32 score| <= |W_j - W~_j| |x| (Cauchy-Schwarz) plus the
+      // rounding of both products, each at most gamma (sum |terms| + |b_j|), with the sums of
+      // |terms| bounded by |W_j| |x| and |W~_j| |x|. Widened by 2^-10 for the bound's own
+      // float arithmetic.
+      constexpr double kMargin = 1.0 + 1.0 / 1024;
+      const double b = std::fabs(static_cast<double>(p->bias_[uj]));
+      p->err_per_norm_[uj] =
+          static_cast<float>(kMargin * (std::sqrt(norm_error) +
+                                        gamma * (std::sqrt(norm) + std::sqrt(norm_compressed))));
+      p->err_const_[uj] = static_cast<float>(kMargin * 2.0 * gamma * b);
+      if (!std::isfinite(p->err_per_norm_[uj]) || !std::isfinite(p->err_const_[uj])) {
+        ok = false;
+        return;
+      }
+    }
+  });
+  if (!ok) return nullptr;
+  return p;
+}
+
+bool CompressedProjection::accepts(const torch::Tensor& x) const {
+  return x.defined() && x.dim() == 2 && x.size(1) == cols_ && x.size(0) >= 1 &&
+         x.size(0) <= kMaxRows && x.device().is_cpu() && x.scalar_type() == torch::kFloat &&
+         x.layout() == torch::kStrided;
+}
+
+void CompressedProjection::scores(const float* x, int64_t batch, int64_t begin, int64_t end,
+                                  float* out) const {
+  for (int64_t r = 0; r < batch; ++r) {
+    const float* xr = x + r * cols_;
+    float* o = out + r * rows_;
+    if (type_ == DecodeWeights::kBFloat16) {
+      for (int64_t j = begin; j < end; ++j) {
+        o[j] = dot<BFloat16Weights>(bf16_.data() + j * cols_, xr, cols_) +
+               bias_[static_cast<std::size_t>(j)];
+      }
+    } else {
+      for (int64_t j = begin; j < end; ++j) {
+        const auto uj = static_cast<std::size_t>(j);
+        o[j] = scale_[uj] * dot<Int8Weights>(int8_.data() + j * cols_, xr, cols_) + bias_[uj];
+      }
+    }
+  }
+}
+
+torch::Tensor CompressedProjection::forward(const torch::Tensor& x, const torch::Tensor& weight,
+                                            const torch::Tensor& bias) const {
+  const torch::Tensor xc = x.contiguous();
+  const int64_t batch = xc.size(0);
+  torch::Tensor out = at::empty({batch, rows_}, xc.options());
+  const float* xp = xc.data_ptr<float>();
+  float* op = out.data_ptr<float>();
+  at::parallel_for(0, rows_, kRowsPerTask,
+                   [&](int64_t begin, int64_t end) { scores(xp, batch, begin, end, op); });
+
+  auto exact = [&](int64_t r, const torch::Tensor& ids) {  // float32 scores of ids for row r
+    const torch::Tensor w = weight.index_select(0, ids);
+    return bias.defined() ? at::addmv(bias.index_select(0, ids), w, xc[r]) : at::mv(w, xc[r]);
+  };
+  const int64_t top = std::min(kExactTop, rows_);
+  std::vector<std::int64_t> candidates;
+  for (int64_t r = 0; r < batch; ++r) {
+    const float* xr = xp + r * cols_;
+    double norm = 0.0;
+    for (int64_t i = 0; i < cols_; ++i) norm += static_cast<double>(xr[i]) * xr[i];
+    norm = std::sqrt(norm);
+    float* o = op + r * rows_;
+    auto error = [&](int64_t j) {
+      const auto uj = static_cast<std::size_t>(j);
+      return static_cast<double>(err_per_norm_[uj]) * norm + err_const_[uj];
+    };
+    // The top-th highest lower bound, over a small sorted array (descending).
+    std::array<double, kExactTop> best;
+    best.fill(-std::numeric_limits<double>::infinity());
+    bool finite = std::isfinite(norm);
+    for (int64_t j = 0; j < rows_ && finite; ++j) {
+      finite = std::isfinite(o[j]);
+      const double lower = o[j] - error(j);
+      if (lower > best[static_cast<std::size_t>(top - 1)]) {
+        auto k = static_cast<std::size_t>(top - 1);
+        for (; k > 0 && best[k - 1] < lower; --k) best[k] = best[k - 1];
+        best[k] = lower;
+      }
+    }
+    const double threshold = best[static_cast<std::size_t>(top - 1)];
+    candidates.clear();
+    for (int64_t j = 0; j < rows_ && finite; ++j) {
+      if (o[j] + error(j) >= threshold) candidates.push_back(j);
+    }
+    torch::Tensor row = out[r];
+    if (!finite || static_cast<int64_t>(candidates.size()) > rows_ / 4) {
+      // Inputs too large for the bounds, or no separation: the float32 product.
+      row.copy_(bias.defined() ? at::addmv(bias, weight, xc[r]) : at::mv(weight, xc[r]));
+      continue;
+    }
+    const torch::Tensor ids =
+        torch::from_blob(candidates.data(), {static_cast<int64_t>(candidates.size())}, torch::kLong)
+            .clone();
+    row.index_copy_(0, ids, exact(r, ids));
+  }
+  return out;
+}
+
+}  // namespace imcap::detail
