@@ -25,6 +25,7 @@ FIGURES = [
     ("data_pipeline_images_per_s", None, "images/s", True),
     ("data_pipeline_images_per_s_all_threads", None, "images/s", True),
     ("full_caption_ms", None, "ms", False),
+    ("full_caption_over_encoder", None, "x encoder", False),
     ("coco_annotations_load_ms", None, "ms", False),
     ("vocabulary_build_ms", None, "ms", False),
 ]

@@ -3,11 +3,11 @@
 #include <functional>
 #include <mutex>
 
-#include <ATen/ThreadLocalState.h>
 #include <fmt/format.h>
 #include <torch/torch.h>
 
 #include "detail/compressed_projection.hpp"
+#include "detail/lstm_sequence.hpp"
 #include "detail/tensor_check.hpp"
 #include "imcap/error.hpp"
 
@@ -160,24 +160,6 @@ torch::Tensor DecoderImpl::forward(const torch::Tensor& features, const torch::T
 
 namespace {
 
-// Runs f(begin, end) on consecutive parts of [0, n), one per Torch thread, in parallel. Inside,
-// ATen runs single-threaded (and the CLI keeps OpenBLAS at one thread when Torch has several),
-// so each matrix product gets its own core instead of two thread pools fighting over them. The
-// workers get the caller's thread-local state (grad mode above all: at::parallel_for does not
-// carry it, and the autograd functions below run their products without grad).
-void split_rows(int64_t n, const std::function<void(int64_t, int64_t)>& f) {
-  const int64_t parts = std::min<int64_t>(at::get_num_threads(), n);
-  if (parts <= 1) {
-    f(0, n);
-    return;
-  }
-  const at::ThreadLocalState state;
-  at::parallel_for(0, parts, 1, [&](int64_t begin, int64_t end) {
-    const at::ThreadLocalStateGuard guard(state);
-    for (int64_t p = begin; p < end; ++p) f(n * p / parts, n * (p + 1) / parts);
-  });
-}
-
 // Runs f(begin, end) on consecutive blocks of the rows [r0, r1) of a matrix with `cols` columns,
 // each block about 256 KB, so that an elementwise chain over a block stays in the core's cache
 // instead of streaming the whole (B*T, V) matrix from memory once per operation, with a temporary
@@ -201,7 +183,7 @@ struct ProjectedCrossEntropy : torch::autograd::Function<ProjectedCrossEntropy> 
     const torch::Tensor hc = h.contiguous();
     torch::Tensor logits = buffer.defined() ? buffer : at::empty({n, v}, h.options());
     torch::Tensor lse = at::empty({n}, h.options());
-    split_rows(n, [&](int64_t r0, int64_t r1) {
+    detail::split_rows(n, [&](int64_t r0, int64_t r1) {
       torch::Tensor out = logits.slice(0, r0, r1);
       at::addmm_out(out, b, hc.slice(0, r0, r1), w.t());
       for_row_blocks(r0, r1, v, [&](int64_t q0, int64_t q1) {
@@ -238,7 +220,7 @@ struct ProjectedCrossEntropy : torch::autograd::Function<ProjectedCrossEntropy> 
     const torch::Tensor scale = grads[0] / ctx->saved_data["count"].toTensor();
     const torch::Tensor row_scale = valid.to(g.scalar_type()) * scale;
     // g = (softmax(x) - onehot(t)) * scale on rows with a target, 0 elsewhere.
-    split_rows(g.size(0), [&](int64_t r0, int64_t r1) {
+    detail::split_rows(g.size(0), [&](int64_t r0, int64_t r1) {
       for_row_blocks(r0, r1, g.size(1), [&](int64_t q0, int64_t q1) {
         g.slice(0, q0, q1)
             .sub_(lse.slice(0, q0, q1).unsqueeze(1))
@@ -250,11 +232,11 @@ struct ProjectedCrossEntropy : torch::autograd::Function<ProjectedCrossEntropy> 
     const int64_t n = g.size(0), v = g.size(1);
     torch::Tensor grad_h = at::empty_like(h);
     torch::Tensor grad_w = at::empty_like(w);
-    split_rows(n, [&](int64_t r0, int64_t r1) {
+    detail::split_rows(n, [&](int64_t r0, int64_t r1) {
       torch::Tensor out = grad_h.slice(0, r0, r1);
       at::mm_out(out, g.slice(0, r0, r1), w);
     });
-    split_rows(v, [&](int64_t r0, int64_t r1) {
+    detail::split_rows(v, [&](int64_t r0, int64_t r1) {
       torch::Tensor out = grad_w.slice(0, r0, r1);
       at::mm_out(out, g.slice(1, r0, r1).t(), h);
     });
@@ -321,6 +303,8 @@ torch::Tensor DecoderImpl::hidden_states(const torch::Tensor& features,
       break;
   }
   const DecoderState state = init_state(features);
+  if (detail::lstm_sequence_supported(inputs, lstm))
+    return detail::lstm_sequence(inputs, state.h, state.c, lstm);
   return std::get<0>(lstm->forward(inputs, std::make_tuple(state.h, state.c)));
 }
 

@@ -47,6 +47,8 @@ TEST_CASE("imcap bench --json prints the baseline's keys and nesting", "[bench][
   CHECK(j["data_pipeline_images_per_s"]["passes"] == 1);
   CHECK(j["data_pipeline_images_per_s"]["ms_per_image_median"].get<double>() > 0.0);
   check_figure(j, "full_caption_ms");
+  check_figure(j, "full_caption_over_encoder");
+  CHECK(j["config"]["decode_weights"] == "float32");
   CHECK(j["benchmark_wall_s"].is_number());
   for (const char* k : {"cnn", "vocab", "embed", "hidden", "train_batch", "caption_len",
                         "max_decode_steps", "reps_warmup"}) {

@@ -10,6 +10,7 @@
 #include <utility>
 #include <vector>
 
+#include "detail/lstm_sequence.hpp"
 #include "imcap/captioner.hpp"
 #include "imcap/decoder.hpp"
 #include "imcap/encoder.hpp"
@@ -534,6 +535,34 @@ TEST_CASE("decoder inference steps equal the LSTM module's, for one row and seve
     CHECK(max_abs_error(fast_step.state.h, module_step.state.h) < 1e-6);
     CHECK(max_abs_error(fast_step.state.c, module_step.state.c) < 1e-6);
     CHECK(fast_step.state.h.sizes() == torch::IntArrayRef({2, rows, 10}));
+  }
+}
+
+TEST_CASE("the sequence LSTM equals torch::nn::LSTM, outputs and gradients", "[models]") {
+  torch::manual_seed(31);
+  for (const int64_t layers : {1, 2}) {
+    INFO("layers " << layers);
+    torch::nn::LSTM lstm(torch::nn::LSTMOptions(12, 20).num_layers(layers).batch_first(true));
+    const torch::Tensor x = torch::randn({5, 7, 12}).requires_grad_();
+    const torch::Tensor h0 = torch::randn({layers, 5, 20}).requires_grad_();
+    const torch::Tensor c0 = torch::randn({layers, 5, 20}).requires_grad_();
+    const torch::Tensor weight = torch::randn({5, 7, 20});  // a loss that weighs every output
+    REQUIRE(imcap::detail::lstm_sequence_supported(x, lstm));
+    std::vector<torch::Tensor> leaves = {x, h0, c0};
+    for (const auto& p : lstm->parameters()) leaves.push_back(p);
+    auto outputs_and_grads = [&](const torch::Tensor& y) {
+      std::vector<torch::Tensor> out = {y.detach().clone()};
+      for (const auto& g : torch::autograd::grad({(y * weight).sum()}, leaves)) out.push_back(g);
+      return out;
+    };
+    const auto ref = outputs_and_grads(std::get<0>(lstm->forward(x, std::make_tuple(h0, c0))));
+    const auto got = outputs_and_grads(imcap::detail::lstm_sequence(x, h0, c0, lstm));
+    REQUIRE(got.size() == ref.size());
+    for (std::size_t i = 0; i < ref.size(); ++i) {
+      INFO("tensor " << i);
+      REQUIRE(got[i].sizes() == ref[i].sizes());
+      CHECK(max_abs_error(got[i], ref[i]) < 1e-5);
+    }
   }
 }
 
