@@ -114,11 +114,45 @@ double rounding_factor(int64_t k) { return static_cast<double>(k + 16) * std::ld
 
 }  // namespace
 
-void affine_rows(const float* w, const float* x, const float* b, int64_t k, int64_t begin,
-                 int64_t end, float* out) {
-  for (int64_t j = begin; j < end; ++j) {
-    out[j] = dot<Float32Weights>(w + j * k, x, k) + (b != nullptr ? b[j] : 0.0f);
-  }
+namespace {
+
+// One float32 score, W_j . x + b_j: the float32 decoding path and the compressed path's
+// recomputation both call this (not inlined: one code, one rounding), so their scores are equal.
+__attribute__((noinline)) float float32_score(const float* w_j, const float* x, int64_t k,
+                                              float b_j) {
+  return dot<Float32Weights>(w_j, x, k) + b_j;
+}
+
+}  // namespace
+
+bool rowwise_affine_supported(const torch::Tensor& x, const torch::Tensor& w,
+                              const torch::Tensor& b) {
+  auto plain = [](const torch::Tensor& t) {
+    return t.device().is_cpu() && t.scalar_type() == torch::kFloat && t.layout() == torch::kStrided;
+  };
+  return x.defined() && w.defined() && x.dim() == 2 && w.dim() == 2 && x.size(1) == w.size(1) &&
+         plain(x) && plain(w) && w.is_contiguous() &&
+         (!b.defined() || (plain(b) && b.dim() == 1 && b.size(0) == w.size(0)));
+}
+
+torch::Tensor rowwise_affine(const torch::Tensor& x, const torch::Tensor& w,
+                             const torch::Tensor& b) {
+  const torch::Tensor xc = x.contiguous();
+  const torch::Tensor bc = b.defined() ? b.contiguous() : torch::zeros({w.size(0)}, w.options());
+  const int64_t batch = xc.size(0), rows = w.size(0), k = w.size(1);
+  torch::Tensor out = at::empty({batch, rows}, w.options());
+  const float* wp = w.data_ptr<float>();
+  const float* xp = xc.data_ptr<float>();
+  const float* bp = bc.data_ptr<float>();
+  float* op = out.data_ptr<float>();
+  at::parallel_for(0, rows, kRowsPerTask, [&](int64_t begin, int64_t end) {
+    for (int64_t r = 0; r < batch; ++r) {
+      for (int64_t j = begin; j < end; ++j) {
+        op[r * rows + j] = float32_score(wp + j * k, xp + r * k, k, bp[j]);
+      }
+    }
+  });
+  return out;
 }
 
 std::shared_ptr<const CompressedProjection> CompressedProjection::build(const torch::Tensor& weight,
@@ -257,10 +291,8 @@ torch::Tensor CompressedProjection::forward(const torch::Tensor& x, const torch:
   at::parallel_for(0, rows_, kRowsPerTask,
                    [&](int64_t begin, int64_t end) { scores(xp, batch, begin, end, op); });
 
-  auto exact = [&](int64_t r, const torch::Tensor& ids) {  // float32 scores of ids for row r
-    const torch::Tensor w = weight.index_select(0, ids);
-    return bias.defined() ? at::addmv(bias.index_select(0, ids), w, xc[r]) : at::mv(w, xc[r]);
-  };
+  const torch::Tensor wc = weight.contiguous();
+  const float* wp = wc.data_ptr<float>();
   const int64_t top = std::min(kExactTop, rows_);
   std::vector<std::int64_t> candidates;
   for (int64_t r = 0; r < batch; ++r) {
@@ -291,16 +323,14 @@ torch::Tensor CompressedProjection::forward(const torch::Tensor& x, const torch:
     for (int64_t j = 0; j < rows_ && finite; ++j) {
       if (o[j] + error(j) >= threshold) candidates.push_back(j);
     }
-    torch::Tensor row = out[r];
     if (!finite || static_cast<int64_t>(candidates.size()) > rows_ / 4) {
       // Inputs too large for the bounds, or no separation: the float32 product.
-      row.copy_(bias.defined() ? at::addmv(bias, weight, xc[r]) : at::mv(weight, xc[r]));
+      out[r].copy_(rowwise_affine(xc.slice(0, r, r + 1), weight, bias)[0]);
       continue;
     }
-    const torch::Tensor ids =
-        torch::from_blob(candidates.data(), {static_cast<int64_t>(candidates.size())}, torch::kLong)
-            .clone();
-    row.index_copy_(0, ids, exact(r, ids));
+    for (const int64_t j : candidates) {
+      o[j] = float32_score(wp + j * cols_, xr, cols_, bias_[static_cast<std::size_t>(j)]);
+    }
   }
   return out;
 }

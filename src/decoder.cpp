@@ -106,7 +106,8 @@ DecoderState DecoderState::index_select(const torch::Tensor& rows) const {
 struct DecoderImpl::ProjectionCache {
   struct Entry {
     std::shared_ptr<const detail::CompressedProjection> projection;
-    std::vector<const void*> sources;
+    torch::Tensor weight, bias;  // held, so that their addresses cannot be reused by others
+    std::vector<const void*> data;
     std::vector<int64_t> versions;
     bool built = false;
   };
@@ -337,54 +338,49 @@ namespace {
 // single-threaded then (cli_common.cpp), and OpenBLAS serializes calls made from several
 // threads at once (a split BLAS gemv ran at half the speed of one OpenBLAS gemv on 2 threads).
 torch::Tensor affine(const torch::Tensor& x, const torch::Tensor& w, const torch::Tensor& b) {
-  if (x.size(0) != 1) return at::addmm(b, x, w.t());
-  constexpr int64_t kRowsPerTask = 256;
-  const int64_t rows = w.size(0);
-  if (!w.device().is_cpu() || at::get_num_threads() == 1 || rows < 2 * kRowsPerTask ||
-      !w.is_contiguous() || w.scalar_type() != torch::kFloat || !b.defined() ||
-      !b.is_contiguous() || b.scalar_type() != torch::kFloat || x.scalar_type() != torch::kFloat) {
-    return at::addmv(b, w, x[0]).unsqueeze(0);
+  constexpr int64_t kMinRowsToSplit = 512;
+  if (x.size(0) == 1 && at::get_num_threads() > 1 && w.size(0) >= kMinRowsToSplit &&
+      detail::rowwise_affine_supported(x, w, b)) {
+    return detail::rowwise_affine(x, w, b);
   }
-  const torch::Tensor v = x[0].contiguous();
-  torch::Tensor out = at::empty({1, rows}, w.options());
-  const float* wp = w.data_ptr<float>();
-  const float* vp = v.data_ptr<float>();
-  const float* bp = b.data_ptr<float>();
-  float* op = out.data_ptr<float>();
-  at::parallel_for(0, rows, kRowsPerTask, [&](int64_t begin, int64_t end) {
-    detail::affine_rows(wp, vp, bp, w.size(1), begin, end, op);
-  });
-  return out;
+  if (x.size(0) != 1) return at::addmm(b, x, w.t());
+  return at::addmv(b, w, x[0]).unsqueeze(0);
 }
 
 }  // namespace
 
 torch::Tensor DecoderImpl::project(const torch::Tensor& hidden, DecodeWeights weights) {
-  if (weights != DecodeWeights::kFloat32 &&
-      hidden.size(0) <= detail::CompressedProjection::kMaxRows &&
-      linear->weight.device().is_cpu()) {
-    const torch::Tensor& w = linear->weight;
-    const torch::Tensor& b = linear->bias;
-    const std::vector<const void*> sources = {w.unsafeGetTensorImpl(), w.data_ptr(),
-                                              b.defined() ? b.unsafeGetTensorImpl() : nullptr,
-                                              b.defined() ? b.data_ptr() : nullptr};
-    const std::vector<int64_t> versions = {w._version(), b.defined() ? b._version() : 0};
-    std::shared_ptr<const detail::CompressedProjection> projection;
-    {
-      std::lock_guard<std::mutex> lock(projection_cache_->mutex);
-      auto& entry =
-          weights == DecodeWeights::kInt8 ? projection_cache_->int8 : projection_cache_->bf16;
-      if (!entry.built || entry.sources != sources || entry.versions != versions) {
-        entry.projection = detail::CompressedProjection::build(w, b, weights);
-        entry.sources = sources;
-        entry.versions = versions;
-        entry.built = true;
-      }
-      projection = entry.projection;
-    }
-    if (projection && projection->accepts(hidden)) return projection->forward(hidden, w, b);
+  const torch::Tensor& w = linear->weight;
+  const torch::Tensor& b = linear->bias;
+  // Small CPU steps use imcap's kernel in float32 too: the scores that compressed weights
+  // recompute are then those of the float32 path, bit for bit.
+  if (hidden.size(0) > detail::CompressedProjection::kMaxRows ||
+      !detail::rowwise_affine_supported(hidden, w, b)) {
+    return affine(hidden, w, b);
   }
-  return affine(hidden, linear->weight, linear->bias);
+  // Inference-mode tensors have no version counter to key a compressed copy on.
+  if (weights == DecodeWeights::kFloat32 || w.is_inference() || (b.defined() && b.is_inference()))
+    return detail::rowwise_affine(hidden, w, b);
+  const std::vector<const void*> data = {w.data_ptr(), b.defined() ? b.data_ptr() : nullptr};
+  const std::vector<int64_t> versions = {w._version(), b.defined() ? b._version() : 0};
+  std::shared_ptr<const detail::CompressedProjection> projection;
+  {
+    std::lock_guard<std::mutex> lock(projection_cache_->mutex);
+    auto& entry =
+        weights == DecodeWeights::kInt8 ? projection_cache_->int8 : projection_cache_->bf16;
+    if (!entry.built || !entry.weight.is_same(w) || !entry.bias.is_same(b) || entry.data != data ||
+        entry.versions != versions) {
+      entry.projection = detail::CompressedProjection::build(w, b, weights);
+      entry.weight = w;
+      entry.bias = b;
+      entry.data = data;
+      entry.versions = versions;
+      entry.built = true;
+    }
+    projection = entry.projection;
+  }
+  if (projection && projection->accepts(hidden)) return projection->forward(hidden, w, b);
+  return detail::rowwise_affine(hidden, w, b);
 }
 
 DecoderStepOutput DecoderImpl::step_inputs(const torch::Tensor& inputs, const DecoderState& state,

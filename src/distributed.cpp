@@ -282,7 +282,13 @@ void ProcessGroup::broadcast(std::vector<at::Tensor>& tensors, int root) {
     torch::NoGradGuard no_grad;
     for (auto& t : tensors) {
       if (!t.defined()) continue;
-      if (!args[k][0].is_same(t)) t.copy_(args[k][0]);
+      if (args[k][0].is_same(t)) {
+        // Written by the backend in place: bump the version as copy_ would, so that caches
+        // keyed on it (the encoder's folded weights, compressed decode weights) see the change.
+        t.unsafeGetTensorImpl()->bump_version();
+      } else {
+        t.copy_(args[k][0]);
+      }
       ++k;
     }
   });
@@ -299,6 +305,8 @@ void ProcessGroup::all_reduce(at::Tensor& tensor, ReduceOp op) {
     if (!direct) {
       torch::NoGradGuard no_grad;
       tensor.copy_(arg[0]);
+    } else {
+      tensor.unsafeGetTensorImpl()->bump_version();  // written in place (see broadcast)
     }
   });
 }

@@ -72,9 +72,8 @@ struct LstmLayer : torch::autograd::Function<LstmLayer> {
       h = h_t;
       c = c_t;
     }
-    ctx->save_for_backward({x2, h0, c0, w_ih, w_hh});
+    ctx->save_for_backward({x2, h0, c0, w_ih, w_hh, hs});  // hs: the output, saved as one
     ctx->saved_data["acts"] = acts;
-    ctx->saved_data["hs"] = hs.detach();  // not the output itself: that would be a cycle
     ctx->saved_data["cs"] = cs;
     ctx->saved_data["tanh_cs"] = tanh_cs;
     ctx->saved_data["input_sizes"] = x.sizes().vec();
@@ -87,7 +86,7 @@ struct LstmLayer : torch::autograd::Function<LstmLayer> {
     const torch::Tensor &x2 = saved[0], &h0 = saved[1], &c0 = saved[2], &w_ih = saved[3],
                         &w_hh = saved[4];
     const torch::Tensor acts = ctx->saved_data["acts"].toTensor();
-    const torch::Tensor hs = ctx->saved_data["hs"].toTensor();
+    const torch::Tensor& hs = saved[5];
     const torch::Tensor cs = ctx->saved_data["cs"].toTensor();
     const torch::Tensor tanh_cs = ctx->saved_data["tanh_cs"].toTensor();
     const int64_t steps = acts.size(0), batch = acts.size(1), hidden = hs.size(2);

@@ -12,12 +12,17 @@
 
 namespace imcap::detail {
 
-/// out[j] = W[j] . x + b[j] for rows j in [begin, end) of a row-major float W (V, k); b may be
-/// null. Each row's sum is computed in one fixed order, whatever the split between threads.
-/// For the decoding steps' matrix-vector products when Torch's threads split them: OpenBLAS
-/// serializes calls that come from several threads at once.
-void affine_rows(const float* w, const float* x, const float* b, int64_t k, int64_t begin,
-                 int64_t end, float* out);
+/// x (B, k) W^T + b, without autograd, for CPU float32 tensors: W (V, k) contiguous, b (V) or
+/// undefined, with imcap's own kernel: every score is summed in one fixed order whatever the
+/// batch, the split between Torch's threads (rows of W in blocks) or the decode weights, so a
+/// step's float32 scores equal those that compressed decode weights recompute. For the decoding
+/// steps' products: OpenBLAS serializes calls from several threads at once, and its gemm would
+/// pack all of W at every step.
+torch::Tensor rowwise_affine(const torch::Tensor& x, const torch::Tensor& w,
+                             const torch::Tensor& b);
+/// Whether rowwise_affine takes these tensors.
+bool rowwise_affine_supported(const torch::Tensor& x, const torch::Tensor& w,
+                              const torch::Tensor& b);
 
 /// y = x W^T + b for a few rows x, reading a compressed copy of W: bfloat16 (half the bytes) or
 /// int8 with one scale per row (a quarter). A decoding step at batch 1 is bound by the bytes of
@@ -27,12 +32,13 @@ void affine_rows(const float* w, const float* x, const float* b, int64_t k, int6
 /// (the compression error's norm times |x|, plus float rounding of both products). The scores
 /// whose upper bound reaches the kExactTop-th best lower bound of their row are recomputed from
 /// the float32 weights, so each row's kExactTop highest scores, their order and their ids are
-/// those of the float32 product; every other score is within E_j of it.
+/// those of the float32 product (rowwise_affine's, bit for bit); every other score is within E_j
+/// of it.
 class CompressedProjection {
  public:
-  /// Scores guaranteed exact per row: the searches mask at most two ids (<unk>, and <end>
-  /// under a minimum length), so greedy search's choice stays float32's, and so do beam
-  /// search's candidates for beams up to 6.
+  /// Scores guaranteed exact per row: the searches mask at most three ids (<unk>, <start>
+  /// after the first step, <end> under a minimum length), so greedy search's choice stays
+  /// float32's, and so do beam search's candidates for beams up to 5.
   static constexpr int64_t kExactTop = kExactDecodeScores;
   /// Batches above this run the float32 product: a matrix product then is compute-bound and
   /// reads each weight once for all rows anyway.
