@@ -2,7 +2,6 @@
 
 #include <dlfcn.h>
 
-#include <map>
 #include <string>
 #include <thread>
 
@@ -49,13 +48,12 @@ void add_thread_options(CLI::App* cmd, int& threads, int& blas) {
 }
 
 void add_decode_weights_option(CLI::App* cmd, DecodeWeights& weights) {
-  const std::map<std::string, DecodeWeights> names = {{"float32", DecodeWeights::kFloat32},
-                                                      {"bfloat16", DecodeWeights::kBFloat16},
-                                                      {"int8", DecodeWeights::kInt8}};
-  cmd->add_option("--decode-weights", weights,
-                  "Output projection while decoding: float32, or bfloat16/int8 (faster on a "
-                  "CPU, same greedy words; docs/search.md#decode-weights)")
-      ->transform(CLI::CheckedTransformer(names))
+  cmd->add_option_function<std::string>(
+         "--decode-weights",
+         [&weights](const std::string& name) { weights = parse_decode_weights(name); },
+         "Output projection while decoding: float32, or bfloat16/int8 (faster on a CPU, same "
+         "greedy words; docs/search.md#decode-weights)")
+      ->check(CLI::IsMember({"float32", "bfloat16", "int8"}))
       ->default_str("float32");
 }
 
