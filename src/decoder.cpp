@@ -1,7 +1,9 @@
 #include "imcap/decoder.hpp"
 
 #include <functional>
+#include <initializer_list>
 #include <mutex>
+#include <utility>
 
 #include <fmt/format.h>
 #include <torch/torch.h>
@@ -53,45 +55,52 @@ void check_ids(const torch::Tensor& ids, int64_t vocab_size, const char* what) {
 
 }  // namespace
 
-ImageInject parse_image_inject(const std::string& name) {
-  if (name == "pre") return ImageInject::kPre;
-  if (name == "par") return ImageInject::kPar;
-  if (name == "init") return ImageInject::kInit;
-  throw InvalidArgument(
-      fmt::format("unknown image inject mode '{}': expected pre, par or init", name));
+namespace {
+
+// The names of an enum's values, in one table for parsing and printing.
+template <typename E>
+using EnumNames = std::initializer_list<std::pair<E, const char*>>;
+
+const EnumNames<ImageInject> kImageInjectNames = {
+    {ImageInject::kPre, "pre"}, {ImageInject::kPar, "par"}, {ImageInject::kInit, "init"}};
+const EnumNames<DecodeWeights> kDecodeWeightsNames = {{DecodeWeights::kFloat32, "float32"},
+                                                      {DecodeWeights::kBFloat16, "bfloat16"},
+                                                      {DecodeWeights::kInt8, "int8"}};
+
+// "unknown <what> '<name>': expected a, b or c".
+template <typename E>
+E parse_enum(const EnumNames<E>& names, const std::string& name, const char* what) {
+  std::string expected;
+  std::size_t i = 0;
+  for (const auto& [value, text] : names) {
+    if (name == text) return value;
+    if (i > 0) expected += i + 1 == names.size() ? " or " : ", ";
+    expected += text;
+    ++i;
+  }
+  throw InvalidArgument(fmt::format("unknown {} '{}': expected {}", what, name, expected));
 }
 
-std::string to_string(ImageInject inject) {
-  switch (inject) {
-    case ImageInject::kPre:
-      return "pre";
-    case ImageInject::kPar:
-      return "par";
-    case ImageInject::kInit:
-      return "init";
-  }
+template <typename E>
+std::string enum_name(const EnumNames<E>& names, E value) {
+  for (const auto& [v, text] : names)
+    if (v == value) return text;
   return "unknown";
 }
+
+}  // namespace
+
+ImageInject parse_image_inject(const std::string& name) {
+  return parse_enum(kImageInjectNames, name, "image inject mode");
+}
+
+std::string to_string(ImageInject inject) { return enum_name(kImageInjectNames, inject); }
 
 DecodeWeights parse_decode_weights(const std::string& name) {
-  if (name == "float32") return DecodeWeights::kFloat32;
-  if (name == "bfloat16") return DecodeWeights::kBFloat16;
-  if (name == "int8") return DecodeWeights::kInt8;
-  throw InvalidArgument(
-      fmt::format("unknown decode weights '{}': expected float32, bfloat16 or int8", name));
+  return parse_enum(kDecodeWeightsNames, name, "decode weights");
 }
 
-std::string to_string(DecodeWeights weights) {
-  switch (weights) {
-    case DecodeWeights::kFloat32:
-      return "float32";
-    case DecodeWeights::kBFloat16:
-      return "bfloat16";
-    case DecodeWeights::kInt8:
-      return "int8";
-  }
-  return "unknown";
-}
+std::string to_string(DecodeWeights weights) { return enum_name(kDecodeWeightsNames, weights); }
 
 DecoderState DecoderState::index_select(const torch::Tensor& rows) const {
   DecoderState out;

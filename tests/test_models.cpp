@@ -148,6 +148,9 @@ TEST_CASE("architecture names and feature sizes", "[models]") {
   CHECK(imcap::parse_image_inject("par") == imcap::ImageInject::kPar);
   CHECK(imcap::to_string(imcap::ImageInject::kInit) == "init");
   CHECK_THROWS_AS(imcap::parse_image_inject("post"), imcap::InvalidArgument);
+  CHECK_THROWS_WITH(imcap::parse_image_inject("post"),
+                    "unknown image inject mode 'post': expected pre, par or init");
+  CHECK(imcap::to_string(imcap::DecodeWeights::kBFloat16) == "bfloat16");
 }
 
 TEST_CASE("ResNet state-dict names and shapes equal torchvision's", "[models]") {
