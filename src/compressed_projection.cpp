@@ -112,9 +112,12 @@ float dot(const T* w, const float* x, int64_t k) {
 // order (k u per term, doubled for the scaling and the bias), with u = 2^-24.
 double rounding_factor(int64_t k) { return static_cast<double>(k + 16) * std::ldexp(1.0, -23); }
 
-}  // namespace
-
-namespace {
+// v as a float no smaller than v (a bound must not shrink when stored).
+float round_up(double v) {
+  const auto f = static_cast<float>(v);
+  return static_cast<double>(f) >= v ? f
+                                     : std::nextafter(f, std::numeric_limits<float>::infinity());
+}
 
 // One float32 score, W_j . x + b_j: the float32 decoding path and the compressed path's
 // recomputation both call this (not inlined: one code, one rounding), so their scores are equal.
@@ -239,13 +242,16 @@ std::shared_ptr<const CompressedProjection> CompressedProjection::build(const to
       // |compressed score - float32 score| <= |W_j - W~_j| |x| (Cauchy-Schwarz) plus the
       // rounding of both products, each at most gamma (sum |terms| + |b_j|), with the sums of
       // |terms| bounded by |W_j| |x| and |W~_j| |x|. Widened by 2^-10 for the bound's own
-      // float arithmetic.
+      // float arithmetic, and rounded up to float. Underflow (subnormal products and sums, or
+      // their flushing to zero) adds at most 2^-126 per operation of either product, which the
+      // relative terms do not cover.
       constexpr double kMargin = 1.0 + 1.0 / 1024;
       const double b = std::fabs(static_cast<double>(p->bias_[uj]));
+      const double underflow = static_cast<double>(2 * cols + 8) * std::ldexp(1.0, -126);
       p->err_per_norm_[uj] =
-          static_cast<float>(kMargin * (std::sqrt(norm_error) +
-                                        gamma * (std::sqrt(norm) + std::sqrt(norm_compressed))));
-      p->err_const_[uj] = static_cast<float>(kMargin * 2.0 * gamma * b);
+          round_up(kMargin * (std::sqrt(norm_error) +
+                              gamma * (std::sqrt(norm) + std::sqrt(norm_compressed))));
+      p->err_const_[uj] = round_up(kMargin * 2.0 * gamma * b + underflow);
       if (!std::isfinite(p->err_per_norm_[uj]) || !std::isfinite(p->err_const_[uj])) {
         ok = false;
         return;

@@ -10,6 +10,7 @@
 
 #include "detail/compressed_projection.hpp"
 #include "detail/lstm_sequence.hpp"
+#include "detail/parallel.hpp"
 #include "detail/tensor_check.hpp"
 #include "imcap/error.hpp"
 
