@@ -9,6 +9,7 @@
 #include <torch/torch.h>
 
 #include "detail/compressed_projection.hpp"
+#include "detail/huge_pages.hpp"
 #include "detail/lstm_sequence.hpp"
 #include "detail/parallel.hpp"
 #include "detail/tensor_check.hpp"
@@ -127,6 +128,24 @@ struct DecoderImpl::ProjectionCache {
   // (72 MB in the benchmark) comes from mmap and is page-faulted and zeroed by the kernel at
   // every step.
   torch::Tensor loss_buffer;
+
+  // The CPU weights of a decoding step get huge pages (detail/huge_pages.hpp) once: held here,
+  // with their addresses, so that a new or moved weight gets them too.
+  std::vector<torch::Tensor> paged;
+  std::vector<const void*> paged_data;
+
+  void advise_huge_pages(std::vector<torch::Tensor> weights) {
+    std::vector<const void*> data;
+    for (const auto& w : weights) {
+      if (!w.defined() || !w.device().is_cpu() || !w.has_storage()) return;
+      data.push_back(w.storage().data());
+    }
+    std::lock_guard<std::mutex> lock(mutex);
+    if (data == paged_data) return;
+    for (const auto& w : weights) detail::advise_huge_pages(w);
+    paged = std::move(weights);
+    paged_data = std::move(data);
+  }
 };
 
 DecoderImpl::DecoderImpl(const DecoderOptions& options)
@@ -400,6 +419,11 @@ DecoderStepOutput DecoderImpl::step_inputs(const torch::Tensor& inputs, const De
     // Inference: the LSTM cell by hand, PyTorch's equations and gate order (i, f, g, o), with
     // one product per weight matrix and no autograd or packed-sequence bookkeeping.
     const std::vector<torch::Tensor> w = lstm->all_weights();  // per layer: W_ih, W_hh, b_ih, b_hh
+    {
+      std::vector<torch::Tensor> streamed = w;
+      streamed.push_back(linear->weight);
+      projection_cache_->advise_huge_pages(std::move(streamed));
+    }
     DecoderStepOutput out;
     std::vector<torch::Tensor> hs, cs;
     torch::Tensor x = inputs;

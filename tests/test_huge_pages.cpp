@@ -1,0 +1,108 @@
+// Huge pages for the weights a decoding step streams (src/huge_pages.cpp).
+#include <torch/torch.h>
+#include <catch2/catch.hpp>
+
+#include <cstdint>
+#include <fstream>
+#include <sstream>
+#include <string>
+
+#include "detail/compressed_projection.hpp"
+#include "detail/huge_pages.hpp"
+#include "imcap/decoder.hpp"
+
+namespace {
+
+// The AnonHugePages, in bytes, of the mapping that holds the first whole 2 MiB page inside a
+// buffer that starts at `data` (madvise splits a mapping where its range begins), from
+// /proc/self/smaps; -1 when no mapping holds it or the file cannot be read.
+int64_t huge_bytes_at(const void* data) {
+  constexpr std::uintptr_t kPage = std::uintptr_t{2} << 20;
+  std::ifstream smaps("/proc/self/smaps");
+  const std::uintptr_t where = (reinterpret_cast<std::uintptr_t>(data) + kPage - 1) & ~(kPage - 1);
+  std::string line;
+  bool inside = false;
+  while (std::getline(smaps, line)) {
+    std::uintptr_t begin = 0, end = 0;
+    char dash = 0;
+    std::istringstream head(line);
+    if (head >> std::hex >> begin >> dash >> end && dash == '-') {
+      inside = begin <= where && where < end;
+      continue;
+    }
+    if (inside && line.rfind("AnonHugePages:", 0) == 0) {
+      std::istringstream value(line.substr(14));
+      int64_t kb = 0;
+      value >> kb;
+      return kb * 1024;
+    }
+  }
+  return -1;
+}
+
+}  // namespace
+
+TEST_CASE("advise_huge_pages backs a tensor with huge pages and keeps its values", "[huge_pages]") {
+  const torch::Tensor t = torch::randn({4096, 512});  // 8 MiB: at least three whole huge pages
+  const torch::Tensor copy = t.clone();
+  const std::size_t advised = imcap::detail::advise_huge_pages(t);
+  CHECK(torch::equal(t, copy));
+  if (!imcap::detail::huge_pages_available()) {
+    WARN("transparent huge pages are not available here (set to never, or Linux before 6.1)");
+    CHECK(advised == 0);
+    return;
+  }
+  CHECK(advised >= std::size_t{6} << 20);
+  CHECK(advised <= t.nbytes());
+  CHECK(huge_bytes_at(t.data_ptr()) >= static_cast<int64_t>(advised));
+}
+
+TEST_CASE("advise_huge_pages declines what it cannot back", "[huge_pages]") {
+  CHECK(imcap::detail::advise_huge_pages(nullptr, std::size_t{64} << 20) == 0);
+  CHECK(imcap::detail::advise_huge_pages(torch::Tensor()) == 0);
+  const torch::Tensor small = torch::randn({256, 256});  // 256 KiB: no whole huge page inside
+  CHECK(imcap::detail::advise_huge_pages(small) == 0);
+  const torch::Tensor big = torch::randn({4096, 512});
+  CHECK(imcap::detail::advise_huge_pages(big.data_ptr(), 4096) == 0);
+}
+
+TEST_CASE("decoding steps give the decoder's weights huge pages, also after they are replaced",
+          "[huge_pages][models]") {
+  torch::manual_seed(5);
+  imcap::DecoderOptions options;
+  options.vocab_size = 5000;  // a 10 MB output projection
+  options.embed_size = 16;
+  options.hidden_size = 512;
+  imcap::Decoder decoder(options);
+  decoder->eval();
+  torch::NoGradGuard no_grad;
+  const torch::Tensor features = torch::randn({1, 16});
+  const torch::Tensor weight = decoder->linear->weight;
+  // The step's scores are rowwise_affine's, the float32 kernel, before and after the advice.
+  const imcap::DecoderStepOutput start = decoder->start(features);
+  const torch::Tensor reference =
+      imcap::detail::rowwise_affine(start.state.h[0], weight.clone(), decoder->linear->bias);
+  CHECK(torch::equal(start.logits, reference));
+  if (!imcap::detail::huge_pages_available()) {
+    WARN("transparent huge pages are not available here");
+    return;
+  }
+  CHECK(huge_bytes_at(weight.data_ptr()) >= int64_t{4} << 20);
+  CHECK(huge_bytes_at(decoder->lstm->all_weights()[1].data_ptr()) >= int64_t{2} << 20);  // W_hh
+
+  // A new weight (as after loading a file into a fresh tensor) is advised at the next step.
+  const void* old_data = weight.data_ptr();
+  decoder->linear->weight.set_data(torch::randn({5000, 512}));
+  REQUIRE(decoder->linear->weight.data_ptr() != old_data);
+  std::ifstream mode("/sys/kernel/mm/transparent_hugepage/enabled");
+  std::string modes;
+  std::getline(mode, modes);
+  if (modes.find("[always]") == std::string::npos) {  // else fresh memory may have them already
+    CHECK(huge_bytes_at(decoder->linear->weight.data_ptr()) < int64_t{4} << 20);
+  }
+  const imcap::DecoderStepOutput again = decoder->start(features);
+  CHECK(huge_bytes_at(decoder->linear->weight.data_ptr()) >= int64_t{4} << 20);
+  CHECK(torch::equal(
+      again.logits, imcap::detail::rowwise_affine(again.state.h[0], decoder->linear->weight.clone(),
+                                                  decoder->linear->bias)));
+}
