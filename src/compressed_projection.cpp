@@ -21,9 +21,25 @@
 namespace imcap::detail {
 namespace {
 
-// Weight rows per task: 256 rows of 512 are 128 KB (int8) or 256 KB (bfloat16), so a block
-// stays in the core's L2 cache while every row of x is scored against it.
+// The least number of weight rows worth a thread (at::parallel_for's grain: with OpenMP each
+// thread gets one contiguous part of the rows).
 constexpr int64_t kRowsPerTask = 256;
+
+// Weight rows scored against every row of x before the next ones: 64 rows of 512 are 128 KB in
+// float32, so a block is read from memory once and from the core's L2 cache for the other rows
+// of x (beam search scores 3 to 16 rows per step).
+constexpr int64_t kBlockRows = 64;
+
+// f(j, r) for every weight row j in [begin, end) and row r of x, block by block.
+template <typename F>
+void for_blocks(int64_t begin, int64_t end, int64_t batch, F&& f) {
+  for (int64_t block = begin; block < end; block += kBlockRows) {
+    const int64_t block_end = std::min(end, block + kBlockRows);
+    for (int64_t r = 0; r < batch; ++r) {
+      for (int64_t j = block; j < block_end; ++j) f(j, r);
+    }
+  }
+}
 
 // How far ahead of its loads the dot product asks for weights: 16 KB, eight float32 rows of
 // 512. A decoding step streams tens of MB once; with the hardware prefetcher alone the cores
@@ -163,11 +179,9 @@ torch::Tensor rowwise_affine(const torch::Tensor& x, const torch::Tensor& w,
   const float* bp = bc.data_ptr<float>();
   float* op = out.data_ptr<float>();
   at::parallel_for(0, rows, kRowsPerTask, [&](int64_t begin, int64_t end) {
-    for (int64_t r = 0; r < batch; ++r) {
-      for (int64_t j = begin; j < end; ++j) {
-        op[r * rows + j] = float32_score(wp + j * k, xp + r * k, k, bp[j]);
-      }
-    }
+    for_blocks(begin, end, batch, [&](int64_t j, int64_t r) {
+      op[r * rows + j] = float32_score(wp + j * k, xp + r * k, k, bp[j]);
+    });
   });
   return out;
 }
@@ -289,20 +303,17 @@ bool CompressedProjection::accepts(const torch::Tensor& x) const {
 
 void CompressedProjection::scores(const float* x, int64_t batch, int64_t begin, int64_t end,
                                   float* out) const {
-  for (int64_t r = 0; r < batch; ++r) {
-    const float* xr = x + r * cols_;
-    float* o = out + r * rows_;
-    if (type_ == DecodeWeights::kBFloat16) {
-      for (int64_t j = begin; j < end; ++j) {
-        o[j] = dot<BFloat16Weights>(bf16_.data() + j * cols_, xr, cols_) +
-               bias_[static_cast<std::size_t>(j)];
-      }
-    } else {
-      for (int64_t j = begin; j < end; ++j) {
-        const auto uj = static_cast<std::size_t>(j);
-        o[j] = scale_[uj] * dot<Int8Weights>(int8_.data() + j * cols_, xr, cols_) + bias_[uj];
-      }
-    }
+  if (type_ == DecodeWeights::kBFloat16) {
+    for_blocks(begin, end, batch, [&](int64_t j, int64_t r) {
+      out[r * rows_ + j] = dot<BFloat16Weights>(bf16_.data() + j * cols_, x + r * cols_, cols_) +
+                           bias_[static_cast<std::size_t>(j)];
+    });
+  } else {
+    for_blocks(begin, end, batch, [&](int64_t j, int64_t r) {
+      const auto uj = static_cast<std::size_t>(j);
+      out[r * rows_ + j] =
+          scale_[uj] * dot<Int8Weights>(int8_.data() + j * cols_, x + r * cols_, cols_) + bias_[uj];
+    });
   }
 }
 

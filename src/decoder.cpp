@@ -362,14 +362,15 @@ DecoderState DecoderImpl::init_state(const torch::Tensor& features) {
 namespace {
 
 // y = x W^T + b for x [B, K]: a matrix-vector product for one row, where the general product
-// (gemm) would first pack all of W, at every decoding step. With several Torch threads the rows
-// of W are split between them, each computed by imcap's own kernel: the CLI keeps OpenBLAS
-// single-threaded then (cli_common.cpp), and OpenBLAS serializes calls made from several
-// threads at once (a split BLAS gemv ran at half the speed of one OpenBLAS gemv on 2 threads).
+// (gemm) would first pack all of W, at every decoding step. With several Torch threads and a
+// few rows (a beam), the rows of W are split between the threads, each computed by imcap's own
+// kernel: the CLI keeps OpenBLAS single-threaded then (cli_common.cpp), and OpenBLAS
+// serializes calls made from several threads at once (a split BLAS gemv ran at half the speed
+// of one OpenBLAS gemv on 2 threads).
 torch::Tensor affine(const torch::Tensor& x, const torch::Tensor& w, const torch::Tensor& b) {
   constexpr int64_t kMinRowsToSplit = 512;
-  if (x.size(0) == 1 && at::get_num_threads() > 1 && w.size(0) >= kMinRowsToSplit &&
-      detail::rowwise_affine_supported(x, w, b)) {
+  if (x.size(0) <= detail::CompressedProjection::kMaxRows && at::get_num_threads() > 1 &&
+      w.size(0) >= kMinRowsToSplit && detail::rowwise_affine_supported(x, w, b)) {
     return detail::rowwise_affine(x, w, b);
   }
   if (x.size(0) != 1) return at::addmm(b, x, w.t());
