@@ -1,4 +1,5 @@
-// Huge pages for the weights a decoding step streams (src/huge_pages.cpp).
+// The kernels of a decoding step: the split float32 product and huge pages for the weights it
+// streams (src/compressed_projection.cpp, src/huge_pages.cpp).
 #include <torch/torch.h>
 #include <catch2/catch.hpp>
 
@@ -6,6 +7,7 @@
 #include <fstream>
 #include <sstream>
 #include <string>
+#include <vector>
 
 #include "detail/compressed_projection.hpp"
 #include "detail/huge_pages.hpp"
@@ -42,7 +44,7 @@ int64_t huge_bytes_at(const void* data) {
 
 }  // namespace
 
-TEST_CASE("advise_huge_pages backs a tensor with huge pages and keeps its values", "[huge_pages]") {
+TEST_CASE("advise_huge_pages backs a tensor with huge pages and keeps its values", "[kernels]") {
   const torch::Tensor t = torch::randn({4096, 512});  // 8 MiB: at least three whole huge pages
   const torch::Tensor copy = t.clone();
   const std::size_t advised = imcap::detail::advise_huge_pages(t);
@@ -57,7 +59,7 @@ TEST_CASE("advise_huge_pages backs a tensor with huge pages and keeps its values
   CHECK(huge_bytes_at(t.data_ptr()) >= static_cast<int64_t>(advised));
 }
 
-TEST_CASE("advise_huge_pages declines what it cannot back", "[huge_pages]") {
+TEST_CASE("advise_huge_pages declines what it cannot back", "[kernels]") {
   CHECK(imcap::detail::advise_huge_pages(nullptr, std::size_t{64} << 20) == 0);
   CHECK(imcap::detail::advise_huge_pages(torch::Tensor()) == 0);
   const torch::Tensor small = torch::randn({256, 256});  // 256 KiB: no whole huge page inside
@@ -67,7 +69,7 @@ TEST_CASE("advise_huge_pages declines what it cannot back", "[huge_pages]") {
 }
 
 TEST_CASE("decoding steps give the decoder's weights huge pages, also after they are replaced",
-          "[huge_pages][models]") {
+          "[kernels][models]") {
   torch::manual_seed(5);
   imcap::DecoderOptions options;
   options.vocab_size = 5000;  // a 10 MB output projection
@@ -105,4 +107,34 @@ TEST_CASE("decoding steps give the decoder's weights huge pages, also after they
   CHECK(torch::equal(
       again.logits, imcap::detail::rowwise_affine(again.state.h[0], decoder->linear->weight.clone(),
                                                   decoder->linear->bias)));
+}
+
+TEST_CASE("rowwise_affine equals addmm, row by row whatever the batch and threads", "[kernels]") {
+  torch::manual_seed(9);
+  const int saved_threads = torch::get_num_threads();
+  for (const int64_t k : {7, 32, 72, 512}) {
+    for (const int64_t rows : {1, 63, 64, 65, 3000}) {
+      const torch::Tensor w = torch::randn({rows, k});
+      const torch::Tensor b = torch::randn({rows});
+      const torch::Tensor x = torch::randn({16, k});
+      std::vector<torch::Tensor> single;  // each row of x alone, on one thread
+      torch::set_num_threads(1);
+      for (int64_t r = 0; r < 16; ++r) {
+        single.push_back(imcap::detail::rowwise_affine(x.slice(0, r, r + 1), w, b));
+      }
+      for (const int threads : {1, 2}) {
+        torch::set_num_threads(threads);
+        for (const int64_t batch : {1, 3, 16}) {
+          INFO("k " << k << ", rows " << rows << ", threads " << threads << ", batch " << batch);
+          const torch::Tensor xs = x.slice(0, 0, batch);
+          const torch::Tensor got = imcap::detail::rowwise_affine(xs, w, b);
+          REQUIRE(got.sizes() == torch::IntArrayRef({batch, rows}));
+          const torch::Tensor want = at::addmm(b, xs, w.t());
+          CHECK(torch::allclose(got, want, /*rtol=*/1e-5, /*atol=*/1e-4));
+          for (int64_t r = 0; r < batch; ++r) CHECK(torch::equal(got[r], single[r][0]));
+        }
+      }
+    }
+  }
+  torch::set_num_threads(saved_threads);
 }
