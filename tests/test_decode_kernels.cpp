@@ -3,6 +3,8 @@
 #include <torch/torch.h>
 #include <catch2/catch.hpp>
 
+#include <sys/mman.h>
+
 #include <cstdint>
 #include <fstream>
 #include <sstream>
@@ -92,9 +94,17 @@ TEST_CASE("decoding steps give the decoder's weights huge pages, also after they
   CHECK(huge_bytes_at(weight.data_ptr()) >= int64_t{4} << 20);
   CHECK(huge_bytes_at(decoder->lstm->all_weights()[1].data_ptr()) >= int64_t{2} << 20);  // W_hh
 
-  // A new weight (as after loading a file into a fresh tensor) is advised at the next step.
+  // A new weight (as after loading a file into a fresh tensor) is advised at the next step. It
+  // lives in a mapping of its own: memory that malloc reuses from an advised range would be
+  // backed by huge pages already.
+  const std::size_t bytes = std::size_t{5000} * 512 * sizeof(float);
+  void* mapped = mmap(nullptr, bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+  REQUIRE(mapped != MAP_FAILED);
+  const torch::Tensor fresh = torch::from_blob(
+      mapped, {5000, 512}, [bytes](void* p) { munmap(p, bytes); }, torch::kFloat);
+  fresh.copy_(torch::randn({5000, 512}));
   const void* old_data = weight.data_ptr();
-  decoder->linear->weight.set_data(torch::randn({5000, 512}));
+  decoder->linear->weight.set_data(fresh);
   REQUIRE(decoder->linear->weight.data_ptr() != old_data);
   std::ifstream mode("/sys/kernel/mm/transparent_hugepage/enabled");
   std::string modes;
