@@ -97,11 +97,11 @@ TEST_CASE("decoding steps give the decoder's weights huge pages, also after they
   // A new weight (as after loading a file into a fresh tensor) is advised at the next step. It
   // lives in a mapping of its own: memory that malloc reuses from an advised range would be
   // backed by huge pages already.
-  const std::size_t bytes = std::size_t{5000} * 512 * sizeof(float);
+  constexpr std::size_t bytes = std::size_t{5000} * 512 * sizeof(float);
   void* mapped = mmap(nullptr, bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
   REQUIRE(mapped != MAP_FAILED);
   const torch::Tensor fresh = torch::from_blob(
-      mapped, {5000, 512}, [bytes](void* p) { munmap(p, bytes); }, torch::kFloat);
+      mapped, {5000, 512}, [](void* p) { munmap(p, bytes); }, torch::kFloat);
   fresh.copy_(torch::randn({5000, 512}));
   const void* old_data = weight.data_ptr();
   decoder->linear->weight.set_data(fresh);
