@@ -138,7 +138,7 @@ struct DecoderImpl::ProjectionCache {
     std::vector<const void*> data;
     for (const auto& w : weights) {
       if (!w.defined() || !w.device().is_cpu() || !w.has_storage()) return;
-      data.push_back(w.storage().data());
+      data.push_back(w.storage().data_ptr().get());
     }
     std::lock_guard<std::mutex> lock(mutex);
     if (data == paged_data) return;

@@ -59,7 +59,7 @@ std::size_t advise_huge_pages(const void* data, std::size_t bytes) {
 std::size_t advise_huge_pages(const torch::Tensor& tensor) {
   if (!tensor.defined() || !tensor.device().is_cpu() || !tensor.has_storage()) return 0;
   const auto& storage = tensor.storage();
-  return advise_huge_pages(storage.data(), storage.nbytes());
+  return advise_huge_pages(storage.data_ptr().get(), storage.nbytes());
 }
 
 bool huge_pages_available() {
