@@ -1,5 +1,6 @@
 #include "detail/huge_pages.hpp"
 
+#include <cerrno>
 #include <cstdint>
 #include <cstdlib>
 #include <fstream>
@@ -48,7 +49,12 @@ std::size_t advise_huge_pages(const void* data, std::size_t bytes) {
   // The first is a hint for later faults (khugepaged may also collapse the range later); the
   // second collapses the pages now. Both fail harmlessly where they are not supported.
   if (madvise(start, length, MADV_HUGEPAGE) != 0) return 0;
-  return madvise(start, length, MADV_COLLAPSE) == 0 ? length : 0;
+  // EAGAIN: a page was locked or busy for a moment (another thread faulting, compaction).
+  for (int attempt = 0; attempt < 3; ++attempt) {
+    if (madvise(start, length, MADV_COLLAPSE) == 0) return length;
+    if (errno != EAGAIN) break;
+  }
+  return 0;
 #else
   (void)data;
   (void)bytes;
