@@ -41,11 +41,6 @@ void for_blocks(int64_t begin, int64_t end, int64_t batch, F&& f) {
   }
 }
 
-// How far ahead of its loads the dot product asks for weights: 16 KB, eight float32 rows of
-// 512. A decoding step streams tens of MB once; with the hardware prefetcher alone the cores
-// wait on the last-level cache (docs/performance.md#decoding-memory).
-constexpr std::uintptr_t kPrefetchBytes = 16384;
-
 std::uint16_t to_bfloat16(float v) {  // round to nearest even; v finite
   std::uint32_t bits = 0;
   std::memcpy(&bits, &v, sizeof bits);
@@ -98,6 +93,11 @@ float dot_scalar(const T* w, const float* x, int64_t k) {
 }
 
 #ifdef IMCAP_X86_KERNELS
+
+// How far ahead of its loads the dot product asks for weights: 16 KB, eight float32 rows of
+// 512. A decoding step streams tens of MB once; with the hardware prefetcher alone the cores
+// wait on the last-level cache (docs/performance.md#decoding-memory).
+constexpr std::uintptr_t kPrefetchBytes = 16384;
 
 bool have_avx2() {
   static const bool yes = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");

@@ -129,22 +129,37 @@ struct DecoderImpl::ProjectionCache {
   // every step.
   torch::Tensor loss_buffer;
 
-  // The CPU weights of a decoding step get huge pages (detail/huge_pages.hpp) once: held here,
-  // with their addresses, so that a new or moved weight gets them too.
-  std::vector<torch::Tensor> paged;
+  // The CPU weights of a decoding step get huge pages (detail/huge_pages.hpp) once they have
+  // served kStepsBeforeHugePages steps unchanged: collapsing the benchmark's 27 MB takes 10 to
+  // 40 ms, which a one-image caption would not win back. The storages are held, so that their
+  // addresses cannot be reused by other weights while they are compared.
+  std::vector<c10::Storage> paged;
   std::vector<const void*> paged_data;
+  int64_t paged_steps = 0;
 
-  void advise_huge_pages(std::vector<torch::Tensor> weights) {
+  void advise_huge_pages(const std::vector<torch::Tensor>& weights) {
+    std::vector<c10::Storage> storages;
     std::vector<const void*> data;
     for (const auto& w : weights) {
       if (!w.defined() || !w.device().is_cpu() || !w.has_storage()) return;
-      data.push_back(w.storage().data_ptr().get());
+      storages.push_back(w.storage());
+      data.push_back(storages.back().data_ptr().get());
     }
-    std::lock_guard<std::mutex> lock(mutex);
-    if (data == paged_data) return;
-    for (const auto& w : weights) detail::advise_huge_pages(w);
-    paged = std::move(weights);
-    paged_data = std::move(data);
+    {
+      std::lock_guard<std::mutex> lock(mutex);
+      bool same = data == paged_data;
+      for (std::size_t i = 0; same && i < storages.size(); ++i)
+        same = storages[i].unsafeGetStorageImpl() == paged[i].unsafeGetStorageImpl();
+      if (!same) {
+        paged = storages;
+        paged_data = data;
+        paged_steps = 0;
+      }
+      if (++paged_steps != detail::kStepsBeforeHugePages) return;
+    }
+    // Outside the lock: other threads go on decoding meanwhile.
+    for (const auto& storage : storages)
+      detail::advise_huge_pages(storage.data_ptr().get(), storage.nbytes());
   }
 };
 
@@ -423,7 +438,7 @@ DecoderStepOutput DecoderImpl::step_inputs(const torch::Tensor& inputs, const De
     {
       std::vector<torch::Tensor> streamed = w;
       streamed.push_back(linear->weight);
-      projection_cache_->advise_huge_pages(std::move(streamed));
+      projection_cache_->advise_huge_pages(streamed);
     }
     DecoderStepOutput out;
     std::vector<torch::Tensor> hs, cs;

@@ -18,7 +18,9 @@ namespace imcap::detail {
 namespace {
 
 #ifdef __linux__
-// The PMD huge page size, and whether the administrator allows transparent huge pages at all.
+// The PMD huge page size, or 0: when the administrator disallows transparent huge pages, or
+// when they are not 2 MiB (with 16 or 64 KiB base pages they are 32 or 512 MiB, more than the
+// weights).
 std::size_t huge_page_size() {
   static const std::size_t size = [] {
     std::ifstream enabled("/sys/kernel/mm/transparent_hugepage/enabled");
@@ -27,8 +29,8 @@ std::size_t huge_page_size() {
       return std::size_t{0};
     std::ifstream pmd("/sys/kernel/mm/transparent_hugepage/hpage_pmd_size");
     std::size_t bytes = 0;
-    if (!(pmd >> bytes) || bytes == 0 || (bytes & (bytes - 1)) != 0) bytes = std::size_t{2} << 20;
-    return bytes;
+    if (!(pmd >> bytes)) bytes = std::size_t{2} << 20;
+    return bytes == std::size_t{2} << 20 ? bytes : std::size_t{0};
   }();
   return size;
 }

@@ -70,6 +70,35 @@ TEST_CASE("advise_huge_pages declines what it cannot back", "[kernels]") {
   CHECK(imcap::detail::advise_huge_pages(big.data_ptr(), 4096) == 0);
 }
 
+namespace {
+
+// A [5000, 512] float tensor in a mapping of its own: memory that malloc reuses from an advised
+// range would be backed by huge pages already.
+torch::Tensor fresh_mapping_weight() {
+  constexpr std::size_t bytes = std::size_t{5000} * 512 * sizeof(float);
+  void* mapped = mmap(nullptr, bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+  REQUIRE(mapped != MAP_FAILED);
+  torch::Tensor t = torch::from_blob(
+      mapped, {5000, 512}, [](void* p) { munmap(p, bytes); }, torch::kFloat);
+  t.copy_(torch::randn({5000, 512}));
+  return t;
+}
+
+bool thp_always() {
+  std::ifstream mode("/sys/kernel/mm/transparent_hugepage/enabled");
+  std::string modes;
+  std::getline(mode, modes);
+  return modes.find("[always]") != std::string::npos;
+}
+
+// Restores Torch's thread count at the end of a scope, also when a REQUIRE fails.
+struct ThreadsGuard {
+  int saved = torch::get_num_threads();
+  ~ThreadsGuard() { torch::set_num_threads(saved); }
+};
+
+}  // namespace
+
 TEST_CASE("decoding steps give the decoder's weights huge pages, also after they are replaced",
           "[kernels][models]") {
   torch::manual_seed(5);
@@ -81,47 +110,80 @@ TEST_CASE("decoding steps give the decoder's weights huge pages, also after they
   decoder->eval();
   torch::NoGradGuard no_grad;
   const torch::Tensor features = torch::randn({1, 16});
-  const torch::Tensor weight = decoder->linear->weight;
-  // The step's scores are rowwise_affine's, the float32 kernel, before and after the advice.
-  const imcap::DecoderStepOutput start = decoder->start(features);
-  const torch::Tensor reference =
-      imcap::detail::rowwise_affine(start.state.h[0], weight.clone(), decoder->linear->bias);
-  CHECK(torch::equal(start.logits, reference));
   if (!imcap::detail::huge_pages_available()) {
     WARN("transparent huge pages are not available here");
     return;
   }
-  CHECK(huge_bytes_at(weight.data_ptr()) >= int64_t{4} << 20);
-  CHECK(huge_bytes_at(decoder->lstm->all_weights()[1].data_ptr()) >= int64_t{2} << 20);  // W_hh
-
-  // A new weight (as after loading a file into a fresh tensor) is advised at the next step. It
-  // lives in a mapping of its own: memory that malloc reuses from an advised range would be
-  // backed by huge pages already.
-  constexpr std::size_t bytes = std::size_t{5000} * 512 * sizeof(float);
-  void* mapped = mmap(nullptr, bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
-  REQUIRE(mapped != MAP_FAILED);
-  const torch::Tensor fresh = torch::from_blob(
-      mapped, {5000, 512}, [](void* p) { munmap(p, bytes); }, torch::kFloat);
-  fresh.copy_(torch::randn({5000, 512}));
-  const void* old_data = weight.data_ptr();
-  decoder->linear->weight.set_data(fresh);
-  REQUIRE(decoder->linear->weight.data_ptr() != old_data);
-  std::ifstream mode("/sys/kernel/mm/transparent_hugepage/enabled");
-  std::string modes;
-  std::getline(mode, modes);
-  if (modes.find("[always]") == std::string::npos) {  // else fresh memory may have them already
-    CHECK(huge_bytes_at(decoder->linear->weight.data_ptr()) < int64_t{4} << 20);
+  // Twice: the decoder's own weight, then a new one (set_data, as Module::to does); each is
+  // advised after kStepsBeforeHugePages steps, not before.
+  for (int round = 0; round < 2; ++round) {
+    INFO("round " << round);
+    decoder->linear->weight.set_data(fresh_mapping_weight());
+    const torch::Tensor weight = decoder->linear->weight;
+    for (int64_t step = 1; step < imcap::detail::kStepsBeforeHugePages; ++step)
+      decoder->start(features);
+    if (!thp_always()) CHECK(huge_bytes_at(weight.data_ptr()) < int64_t{4} << 20);
+    const imcap::DecoderStepOutput out = decoder->start(features);
+    CHECK(huge_bytes_at(weight.data_ptr()) >= int64_t{4} << 20);
+    CHECK(huge_bytes_at(decoder->lstm->all_weights()[1].data_ptr()) >= int64_t{2} << 20);  // W_hh
+    // The scores are rowwise_affine's, the float32 kernel, with or without huge pages.
+    CHECK(torch::equal(out.logits, imcap::detail::rowwise_affine(out.state.h[0], weight.clone(),
+                                                                 decoder->linear->bias)));
   }
-  const imcap::DecoderStepOutput again = decoder->start(features);
-  CHECK(huge_bytes_at(decoder->linear->weight.data_ptr()) >= int64_t{4} << 20);
-  CHECK(torch::equal(
-      again.logits, imcap::detail::rowwise_affine(again.state.h[0], decoder->linear->weight.clone(),
-                                                  decoder->linear->bias)));
+}
+
+TEST_CASE("decoding steps score each row of a beam as if it were alone", "[kernels][models]") {
+  torch::manual_seed(6);
+  ThreadsGuard threads;
+  torch::set_num_threads(2);
+  imcap::DecoderOptions options;
+  options.vocab_size = 700;
+  options.embed_size = 16;
+  options.hidden_size = 128;  // 512 gate rows: the LSTM products use the split kernel too
+  imcap::Decoder decoder(options);
+  decoder->eval();
+  torch::NoGradGuard no_grad;
+  const torch::Tensor features = torch::randn({3, 16});
+  const torch::Tensor ids = torch::randint(0, 700, {3}, torch::kLong);
+  const imcap::DecoderStepOutput start = decoder->start(features);
+  const imcap::DecoderStepOutput step = decoder->step(ids, start.state);
+  for (int64_t r = 0; r < 3; ++r) {
+    INFO("row " << r);
+    const imcap::DecoderStepOutput start1 = decoder->start(features.slice(0, r, r + 1));
+    const imcap::DecoderStepOutput step1 = decoder->step(ids.slice(0, r, r + 1), start1.state);
+    CHECK(torch::equal(start.logits[r], start1.logits[0]));
+    CHECK(torch::equal(step.state.h[0][r], step1.state.h[0][0]));
+    CHECK(torch::equal(step.logits[r], step1.logits[0]));
+  }
+}
+
+TEST_CASE("decoding steps run under InferenceMode as under NoGradGuard", "[kernels][models]") {
+  torch::manual_seed(7);
+  imcap::DecoderOptions options;
+  options.vocab_size = 3000;
+  options.embed_size = 16;
+  options.hidden_size = 72;
+  imcap::Decoder decoder(options);
+  decoder->eval();
+  const torch::Tensor features = torch::randn({2, 16});
+  const torch::Tensor ids = torch::randint(0, 3000, {2}, torch::kLong);
+  for (const auto weights : {imcap::DecodeWeights::kFloat32, imcap::DecodeWeights::kBFloat16}) {
+    INFO(imcap::to_string(weights));
+    torch::Tensor reference;
+    {
+      torch::NoGradGuard no_grad;
+      reference = decoder->step(ids, decoder->start(features, weights).state, weights).logits;
+    }
+    c10::InferenceMode inference;
+    const torch::Tensor got =
+        decoder->step(ids, decoder->start(features, weights).state, weights).logits;
+    CHECK(torch::equal(got, reference));
+  }
 }
 
 TEST_CASE("rowwise_affine equals addmm, row by row whatever the batch and threads", "[kernels]") {
   torch::manual_seed(9);
-  const int saved_threads = torch::get_num_threads();
+  ThreadsGuard guard;
   for (const int64_t k : {7, 32, 72, 512}) {
     for (const int64_t rows : {1, 63, 64, 65, 3000}) {
       const torch::Tensor w = torch::randn({rows, k});
@@ -146,5 +208,4 @@ TEST_CASE("rowwise_affine equals addmm, row by row whatever the batch and thread
       }
     }
   }
-  torch::set_num_threads(saved_threads);
 }
