@@ -11,9 +11,11 @@
 #include <iostream>
 #include <map>
 #include <nlohmann/json.hpp>
+#include <random>
 #include <set>
 #include <thread>
 
+#include "detail/resize.hpp"
 #include "imcap/error.hpp"
 #include "imcap/image.hpp"
 #include "support.hpp"
@@ -511,4 +513,36 @@ TEST_CASE("crops, flips and the 1x1 image", "[image]") {
   CHECK_THROWS_AS(imcap::normalize(torch::zeros({2, 4, 4}), {0, 0, 0}, {1, 1, 1}),
                   imcap::InvalidArgument);
   CHECK_THROWS_AS(imcap::normalize(t, {0, 0, 0}, {1, 0, 1}), imcap::InvalidArgument);
+}
+
+TEST_CASE("the SIMD horizontal resize gives the scalar loop's bytes", "[image]") {
+  // 3, 5, 7 and 9 taps (up to 1x, 2x, 3x and 4x smaller), odd sizes, and windows that end at
+  // the last byte of the image (its right edge on its last row).
+  std::mt19937 rng(17);
+  std::uniform_int_distribution<int> byte(0, 255);
+  struct Case {
+    int width, height, out_width, out_height;
+  };
+  const Case cases[] = {{13, 7, 20, 9},       {40, 30, 21, 17}, {97, 61, 33, 29},
+                        {640, 480, 341, 256}, {101, 3, 26, 3},  {40, 8, 10, 8}};
+  bool& simd = imcap::detail::resize_simd_enabled();
+  for (const Case& c : cases) {
+    INFO(c.width << "x" << c.height << " -> " << c.out_width << "x" << c.out_height);
+    Image img;
+    img.width = c.width;
+    img.height = c.height;
+    img.pixels.resize(static_cast<std::size_t>(c.width) * c.height * 3);
+    for (auto& p : img.pixels) p = static_cast<std::uint8_t>(byte(rng));
+    simd = false;
+    const Image scalar = imcap::resize(img, c.out_width, c.out_height);
+    simd = true;
+    const Image fast = imcap::resize(img, c.out_width, c.out_height);
+    CHECK(fast.pixels == scalar.pixels);
+    // Saturated values too: all 255 stays 255.
+    std::fill(img.pixels.begin(), img.pixels.end(), std::uint8_t{255});
+    const Image white = imcap::resize(img, c.out_width, c.out_height);
+    CHECK(std::all_of(white.pixels.begin(), white.pixels.end(),
+                      [](std::uint8_t v) { return v == 255; }));
+  }
+  simd = true;
 }
