@@ -137,14 +137,21 @@ struct DecoderImpl::ProjectionCache {
   std::vector<const void*> paged_data;
   int64_t paged_steps = 0;
 
-  void advise_huge_pages(const std::vector<torch::Tensor>& weights) {
+  void advise_huge_pages(const std::vector<torch::Tensor>& lstm_weights,
+                         const torch::Tensor& projection) {
     std::vector<c10::Storage> storages;
     std::vector<const void*> data;
-    for (const auto& w : weights) {
-      if (!w.defined() || !w.device().is_cpu() || !w.has_storage()) return;
+    storages.reserve(lstm_weights.size() + 1);
+    data.reserve(lstm_weights.size() + 1);
+    auto add = [&](const torch::Tensor& w) {
+      if (!w.defined() || !w.device().is_cpu() || !w.has_storage()) return false;
       storages.push_back(w.storage());
       data.push_back(storages.back().data_ptr().get());
-    }
+      return true;
+    };
+    for (const auto& w : lstm_weights)
+      if (!add(w)) return;
+    if (!add(projection)) return;
     {
       std::lock_guard<std::mutex> lock(mutex);
       bool same = data == paged_data;
@@ -435,11 +442,7 @@ DecoderStepOutput DecoderImpl::step_inputs(const torch::Tensor& inputs, const De
     // Inference: the LSTM cell by hand, PyTorch's equations and gate order (i, f, g, o), with
     // one product per weight matrix and no autograd or packed-sequence bookkeeping.
     const std::vector<torch::Tensor> w = lstm->all_weights();  // per layer: W_ih, W_hh, b_ih, b_hh
-    {
-      std::vector<torch::Tensor> streamed = w;
-      streamed.push_back(linear->weight);
-      projection_cache_->advise_huge_pages(streamed);
-    }
+    projection_cache_->advise_huge_pages(w, linear->weight);
     DecoderStepOutput out;
     std::vector<torch::Tensor> hs, cs;
     torch::Tensor x = inputs;

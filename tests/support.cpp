@@ -1,5 +1,7 @@
 #include "support.hpp"
 
+#include <torch/torch.h>
+
 #include <fcntl.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -17,6 +19,17 @@
 extern char** environ;  // POSIX: the process environment
 
 namespace imcap::test {
+
+imcap::Decoder eval_decoder(int64_t vocab, int64_t embed, int64_t hidden, uint64_t seed) {
+  torch::manual_seed(seed);
+  imcap::DecoderOptions options;
+  options.vocab_size = vocab;
+  options.embed_size = embed;
+  options.hidden_size = hidden;
+  imcap::Decoder decoder(options);
+  decoder->eval();
+  return decoder;
+}
 
 std::string data_path(const std::string& name) {
   return std::string(IMCAP_TEST_DATA_DIR) + "/" + name;

@@ -1,10 +1,17 @@
 // Helpers shared by the imcap tests.
 #pragma once
 
+#include <cstdint>
 #include <string>
 #include <vector>
 
+#include "imcap/decoder.hpp"
+
 namespace imcap::test {
+
+/// A single-layer pre-inject decoder with random weights drawn after manual_seed(seed), in
+/// eval mode.
+imcap::Decoder eval_decoder(int64_t vocab, int64_t embed, int64_t hidden, uint64_t seed);
 
 /// Path of a file under tests/data.
 std::string data_path(const std::string& name);

@@ -14,6 +14,9 @@
 #include "detail/compressed_projection.hpp"
 #include "detail/huge_pages.hpp"
 #include "imcap/decoder.hpp"
+#include "support.hpp"
+
+using imcap::test::eval_decoder;
 
 namespace {
 
@@ -101,13 +104,8 @@ struct ThreadsGuard {
 
 TEST_CASE("decoding steps give the decoder's weights huge pages, also after they are replaced",
           "[kernels][models]") {
-  torch::manual_seed(5);
-  imcap::DecoderOptions options;
-  options.vocab_size = 5000;  // a 10 MB output projection
-  options.embed_size = 16;
-  options.hidden_size = 512;
-  imcap::Decoder decoder(options);
-  decoder->eval();
+  // A 10 MB output projection.
+  imcap::Decoder decoder = eval_decoder(5000, 16, 512, /*seed=*/5);
   torch::NoGradGuard no_grad;
   const torch::Tensor features = torch::randn({1, 16});
   if (!imcap::detail::huge_pages_available()) {
@@ -133,15 +131,10 @@ TEST_CASE("decoding steps give the decoder's weights huge pages, also after they
 }
 
 TEST_CASE("decoding steps score each row of a beam as if it were alone", "[kernels][models]") {
-  torch::manual_seed(6);
   ThreadsGuard threads;
   torch::set_num_threads(2);
-  imcap::DecoderOptions options;
-  options.vocab_size = 700;
-  options.embed_size = 16;
-  options.hidden_size = 128;  // 512 gate rows: the LSTM products use the split kernel too
-  imcap::Decoder decoder(options);
-  decoder->eval();
+  // 512 gate rows: the LSTM products use the split kernel too.
+  imcap::Decoder decoder = eval_decoder(700, 16, 128, /*seed=*/6);
   torch::NoGradGuard no_grad;
   const torch::Tensor features = torch::randn({3, 16});
   const torch::Tensor ids = torch::randint(0, 700, {3}, torch::kLong);
@@ -158,13 +151,7 @@ TEST_CASE("decoding steps score each row of a beam as if it were alone", "[kerne
 }
 
 TEST_CASE("decoding steps run under InferenceMode as under NoGradGuard", "[kernels][models]") {
-  torch::manual_seed(7);
-  imcap::DecoderOptions options;
-  options.vocab_size = 3000;
-  options.embed_size = 16;
-  options.hidden_size = 72;
-  imcap::Decoder decoder(options);
-  decoder->eval();
+  imcap::Decoder decoder = eval_decoder(3000, 16, 72, /*seed=*/7);
   const torch::Tensor features = torch::randn({2, 16});
   const torch::Tensor ids = torch::randint(0, 3000, {2}, torch::kLong);
   for (const auto weights : {imcap::DecodeWeights::kFloat32, imcap::DecodeWeights::kBFloat16}) {

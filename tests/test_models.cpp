@@ -20,6 +20,7 @@
 
 namespace {
 
+using imcap::test::eval_decoder;
 using imcap::test::TempDir;
 using TensorMap = std::map<std::string, torch::Tensor>;
 using NamedShapes = std::vector<std::pair<std::string, std::vector<int64_t>>>;
@@ -97,18 +98,6 @@ TensorMap buffers_copy(const torch::nn::Module& m) {
   TensorMap out;
   for (const auto& b : m.named_buffers()) out[b.key()] = b.value().clone();
   return out;
-}
-
-// A single-layer pre-inject decoder with random weights, in eval mode.
-imcap::Decoder eval_decoder(int64_t vocab, int64_t embed, int64_t hidden, uint64_t seed) {
-  torch::manual_seed(seed);
-  imcap::DecoderOptions options;
-  options.vocab_size = vocab;
-  options.embed_size = embed;
-  options.hidden_size = hidden;
-  imcap::Decoder decoder(options);
-  decoder->eval();
-  return decoder;
 }
 
 // Runs the torchvision reference for `arch` and checks pooled features and logits.
