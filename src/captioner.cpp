@@ -34,7 +34,13 @@ StepStart DecoderStepper::start(const at::Tensor& features) const {
 }
 
 at::Tensor DecoderStepper::step(const at::Tensor& tokens, SearchState& state) const {
-  auto out = decoder_.ptr()->step(tokens, to_decoder_state(state), weights_);
+  DecoderImpl& decoder = *decoder_.ptr();
+  // Decoder::step checks the ids against the vocabulary on the host. On a GPU that check would
+  // wait for the device at every step (and rule out CUDA graphs); the searches pass only ids
+  // that index the scores, so there the embedding is looked up directly.
+  auto out = tokens.device().is_cpu()
+                 ? decoder.step(tokens, to_decoder_state(state), weights_)
+                 : decoder.step_embedded(decoder.embed(tokens), to_decoder_state(state), weights_);
   state = to_search_state(out.state);
   return out.logits;
 }
@@ -90,7 +96,8 @@ std::vector<Caption> Captioner::caption_tensor_batch(const torch::Tensor& images
         fmt::format("captioner: expected images [B, 3, H, W], got {} dimensions", images.dim()));
   torch::NoGradGuard no_grad;
   Encoder encoder = model_->encoder();  // a handle on the shared module; forward is not const
-  const auto features = encoder->forward(images.to(model_->device(), torch::kFloat32));
+  const auto features =
+      encoder->forward(images.to(model_->device(), torch::kFloat32), options.encoder_dtype);
   return caption_features(features, options);
 }
 

@@ -102,6 +102,9 @@ DataLoader::DataLoader(const CocoDataset& dataset, DataLoaderOptions options)
   if (options_.workers < 0)
     throw InvalidArgument(fmt::format("data loader: workers = {} is negative", options_.workers));
   if (dataset_.size() == 0) throw InvalidArgument("data loader: the dataset has no captions");
+  if (options_.pin_memory && !torch::cuda::is_available())
+    throw InvalidArgument(
+        "data loader: pin_memory needs CUDA, and this build of LibTorch or this machine has none");
   if (options_.prefetch == 0) options_.prefetch = 1;
   if (options_.shard_count == 0 || options_.shard_index >= options_.shard_count)
     throw InvalidArgument(fmt::format("data loader: shard {} of {} does not exist",
@@ -246,6 +249,11 @@ Batch build_batch(const CocoDataset& data, const DataLoaderOptions& options, std
       images.push_back(data.image(id, rng));
     }
     batch.images = torch::stack(images);
+  }
+  if (options.pin_memory) {
+    for (auto* t : {&batch.images, &batch.image_index, &batch.captions, &batch.lengths}) {
+      if (t->defined()) *t = t->pin_memory();
+    }
   }
   return batch;
 }

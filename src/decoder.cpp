@@ -29,14 +29,20 @@ void check_positive(const char* name, int64_t value) {
   }
 }
 
+// The smallest and largest value of an integer tensor, with one wait for the device on a GPU.
+std::pair<int64_t, int64_t> min_max(const torch::Tensor& t) {
+  if (t.device().is_cpu()) return {t.min().item<int64_t>(), t.max().item<int64_t>()};
+  const torch::Tensor both = torch::stack({t.min(), t.max()}).to(torch::kCPU, torch::kLong);
+  return {both[0].item<int64_t>(), both[1].item<int64_t>()};
+}
+
 void check_lengths(const torch::Tensor& lengths, int64_t batch, int64_t max_len) {
   detail::check_tensor(lengths.defined() && lengths.dim() == 1 && lengths.size(0) == batch &&
                            !lengths.is_floating_point() && !lengths.is_complex(),
                        "caption lengths", fmt::format("integer lengths of shape [{}]", batch),
                        lengths);
   if (batch == 0) return;
-  const int64_t lo = lengths.min().item<int64_t>();
-  const int64_t hi = lengths.max().item<int64_t>();
+  const auto [lo, hi] = min_max(lengths);
   if (lo < 1 || hi > max_len) {
     throw InvalidArgument(fmt::format(
         "caption lengths: expected values in [1, {}] (the caption width), got min {} and max {}",
@@ -46,8 +52,7 @@ void check_lengths(const torch::Tensor& lengths, int64_t batch, int64_t max_len)
 
 void check_ids(const torch::Tensor& ids, int64_t vocab_size, const char* what) {
   if (ids.numel() == 0) return;
-  const int64_t lo = ids.min().item<int64_t>();
-  const int64_t hi = ids.max().item<int64_t>();
+  const auto [lo, hi] = min_max(ids);
   if (lo < 0 || hi >= vocab_size) {
     throw InvalidArgument(
         fmt::format("{}: expected ids in [0, {}) (the vocabulary), got min {} and max {}", what,
@@ -216,10 +221,26 @@ namespace {
 // each block about 256 KB, so that an elementwise chain over a block stays in the core's cache
 // instead of streaming the whole (B*T, V) matrix from memory once per operation, with a temporary
 // of that size for each.
-void for_row_blocks(int64_t r0, int64_t r1, int64_t cols,
+// On a GPU the whole range is one block: one kernel over the matrix beats many small ones.
+void for_row_blocks(const torch::Tensor& on, int64_t r0, int64_t r1, int64_t cols,
                     const std::function<void(int64_t, int64_t)>& f) {
+  if (!on.device().is_cpu()) {
+    f(r0, r1);
+    return;
+  }
   const int64_t rows = std::max<int64_t>(1, (int64_t{1} << 16) / std::max<int64_t>(cols, 1));
   for (int64_t q = r0; q < r1; q += rows) f(q, std::min(q + rows, r1));
+}
+
+// detail::split_rows on the CPU; on a GPU, one call for all rows (the device runs them in
+// parallel, and kernels launched from several host threads would only queue up).
+void split_rows_of(const torch::Tensor& on, int64_t n,
+                   const std::function<void(int64_t, int64_t)>& f) {
+  if (!on.device().is_cpu()) {
+    f(0, n);
+    return;
+  }
+  detail::split_rows(n, f);
 }
 
 // loss = mean over rows with a target of (logsumexp(x_n) - x_n[t_n]), x = h W^T + b: the output
@@ -235,10 +256,10 @@ struct ProjectedCrossEntropy : torch::autograd::Function<ProjectedCrossEntropy> 
     const torch::Tensor hc = h.contiguous();
     torch::Tensor logits = buffer.defined() ? buffer : at::empty({n, v}, h.options());
     torch::Tensor lse = at::empty({n}, h.options());
-    detail::split_rows(n, [&](int64_t r0, int64_t r1) {
+    split_rows_of(h, n, [&](int64_t r0, int64_t r1) {
       torch::Tensor out = logits.slice(0, r0, r1);
       at::addmm_out(out, b, hc.slice(0, r0, r1), w.t());
-      for_row_blocks(r0, r1, v, [&](int64_t q0, int64_t q1) {
+      for_row_blocks(h, r0, r1, v, [&](int64_t q0, int64_t q1) {
         torch::Tensor part = lse.slice(0, q0, q1);
         at::logsumexp_out(part, logits.slice(0, q0, q1), /*dim=*/1);
       });
@@ -272,8 +293,8 @@ struct ProjectedCrossEntropy : torch::autograd::Function<ProjectedCrossEntropy> 
     const torch::Tensor scale = grads[0] / ctx->saved_data["count"].toTensor();
     const torch::Tensor row_scale = valid.to(g.scalar_type()) * scale;
     // g = (softmax(x) - onehot(t)) * scale on rows with a target, 0 elsewhere.
-    detail::split_rows(g.size(0), [&](int64_t r0, int64_t r1) {
-      for_row_blocks(r0, r1, g.size(1), [&](int64_t q0, int64_t q1) {
+    split_rows_of(g, g.size(0), [&](int64_t r0, int64_t r1) {
+      for_row_blocks(g, r0, r1, g.size(1), [&](int64_t q0, int64_t q1) {
         g.slice(0, q0, q1)
             .sub_(lse.slice(0, q0, q1).unsqueeze(1))
             .exp_()
@@ -284,11 +305,11 @@ struct ProjectedCrossEntropy : torch::autograd::Function<ProjectedCrossEntropy> 
     const int64_t n = g.size(0), v = g.size(1);
     torch::Tensor grad_h = at::empty_like(h);
     torch::Tensor grad_w = at::empty_like(w);
-    detail::split_rows(n, [&](int64_t r0, int64_t r1) {
+    split_rows_of(g, n, [&](int64_t r0, int64_t r1) {
       torch::Tensor out = grad_h.slice(0, r0, r1);
       at::mm_out(out, g.slice(0, r0, r1), w);
     });
-    detail::split_rows(v, [&](int64_t r0, int64_t r1) {
+    split_rows_of(g, v, [&](int64_t r0, int64_t r1) {
       torch::Tensor out = grad_w.slice(0, r0, r1);
       at::mm_out(out, g.slice(1, r0, r1).t(), h);
     });

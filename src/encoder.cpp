@@ -105,7 +105,14 @@ struct TensorStamp {
   }
 };
 
-FoldedConv fold(const nn::Conv2d& conv, const nn::BatchNorm2d& bn, bool mkldnn) {
+// How a plan stores its folded weights and runs its activations.
+struct PlanFormat {
+  torch::Dtype dtype = torch::kFloat;  // of the folded weights and the activations
+  bool mkldnn = false;                 // weights pre-arranged for oneDNN; activations in its layout
+  bool channels_last = false;          // NHWC weights and activations (cuDNN's tensor cores)
+};
+
+FoldedConv fold(const nn::Conv2d& conv, const nn::BatchNorm2d& bn, const PlanFormat& format) {
   torch::NoGradGuard no_grad;
   FoldedConv f;
   const int64_t k = conv->weight.size(2);
@@ -115,10 +122,12 @@ FoldedConv fold(const nn::Conv2d& conv, const nn::BatchNorm2d& bn, bool mkldnn) 
   const auto w = conv->weight.to(torch::kFloat);
   const auto scale = bn->weight.to(torch::kFloat) *
                      torch::rsqrt(bn->running_var.to(torch::kFloat) + bn->options.eps());
-  f.weight = (w * scale.view({-1, 1, 1, 1})).to(conv->weight.dtype()).contiguous();
-  f.bias = (bn->bias.to(torch::kFloat) - bn->running_mean.to(torch::kFloat) * scale)
-               .to(conv->weight.dtype());
-  if (mkldnn) {
+  // Folded in float32 whatever the storage, then rounded once to the plan's type.
+  f.weight = (w * scale.view({-1, 1, 1, 1})).to(format.dtype).contiguous();
+  f.bias =
+      (bn->bias.to(torch::kFloat) - bn->running_mean.to(torch::kFloat) * scale).to(format.dtype);
+  if (format.channels_last) f.weight = f.weight.contiguous(at::MemoryFormat::ChannelsLast);
+  if (format.mkldnn) {
     f.weight = at::mkldnn_reorder_conv2d_weight(f.weight.to_mkldnn(), f.padding, f.stride,
                                                 /*dilation=*/{1, 1}, /*groups=*/1);
     f.bias = f.bias.to_mkldnn();
@@ -126,16 +135,16 @@ FoldedConv fold(const nn::Conv2d& conv, const nn::BatchNorm2d& bn, bool mkldnn) 
   return f;
 }
 
-FoldedBlock fold_block(torch::nn::Module& block, bool mkldnn) {
+FoldedBlock fold_block(torch::nn::Module& block, const PlanFormat& format) {
   FoldedBlock b;
   nn::Sequential downsample{nullptr};
   if (auto* bottleneck = block.as<BottleneckImpl>()) {
-    b.convs = {fold(bottleneck->conv1, bottleneck->bn1, mkldnn),
-               fold(bottleneck->conv2, bottleneck->bn2, mkldnn),
-               fold(bottleneck->conv3, bottleneck->bn3, mkldnn)};
+    b.convs = {fold(bottleneck->conv1, bottleneck->bn1, format),
+               fold(bottleneck->conv2, bottleneck->bn2, format),
+               fold(bottleneck->conv3, bottleneck->bn3, format)};
     downsample = bottleneck->downsample;
   } else if (auto* basic = block.as<BasicBlockImpl>()) {
-    b.convs = {fold(basic->conv1, basic->bn1, mkldnn), fold(basic->conv2, basic->bn2, mkldnn)};
+    b.convs = {fold(basic->conv1, basic->bn1, format), fold(basic->conv2, basic->bn2, format)};
     downsample = basic->downsample;
   } else {
     throw InvalidArgument("ResNet: a stage holds something other than residual blocks");
@@ -145,13 +154,13 @@ FoldedBlock fold_block(torch::nn::Module& block, bool mkldnn) {
     b.downsample =
         fold(nn::Conv2d(std::dynamic_pointer_cast<nn::Conv2dImpl>(downsample->ptr(0))),
              nn::BatchNorm2d(std::dynamic_pointer_cast<nn::BatchNorm2dImpl>(downsample->ptr(1))),
-             mkldnn);
+             format);
   }
   return b;
 }
 
 struct InferencePlan {
-  bool mkldnn = false;  // weights pre-arranged for oneDNN; activations in its layout
+  PlanFormat format;
   FoldedConv stem;
   std::vector<FoldedBlock> blocks;
   std::vector<TensorStamp> stamps;
@@ -164,10 +173,16 @@ torch::Tensor run(const FoldedConv& c, const torch::Tensor& x, bool mkldnn) {
   return at::conv2d(x, c.weight, c.bias, c.stride, c.padding);
 }
 
-// The backbone's forward_features with folded convolutions.
+// The backbone's forward_features with folded convolutions, in the plan's type; the result has
+// the images' type.
 torch::Tensor forward_folded(const InferencePlan& plan, const torch::Tensor& images) {
-  const bool mk = plan.mkldnn;
-  torch::Tensor x = mk ? images.to(torch::kFloat).contiguous().to_mkldnn() : images;
+  const bool mk = plan.format.mkldnn;
+  torch::Tensor x = images.to(plan.format.dtype);
+  if (mk) {
+    x = x.contiguous().to_mkldnn();
+  } else if (plan.format.channels_last) {
+    x = x.contiguous(at::MemoryFormat::ChannelsLast);
+  }
   x = run(plan.stem, x, mk).relu_();
   x = at::max_pool2d(x, /*kernel_size=*/{3, 3}, /*stride=*/{2, 2}, /*padding=*/{1, 1});
   for (const FoldedBlock& b : plan.blocks) {
@@ -179,14 +194,16 @@ torch::Tensor forward_folded(const InferencePlan& plan, const torch::Tensor& ima
     out.add_(b.has_downsample ? run(b.downsample, x, mk) : x);
     x = out.relu_();
   }
-  return mk ? x.to_dense() : x;
+  if (mk) x = x.to_dense();
+  return x.to(images.scalar_type());
 }
 
 }  // namespace
 
 struct ResNetImpl::InferenceCache {
   std::mutex mutex;
-  std::shared_ptr<const InferencePlan> plan;
+  // One plan per compute type: float32, bfloat16, float16.
+  std::array<std::shared_ptr<const InferencePlan>, 3> plans;
 };
 
 ResNetArch parse_resnet_arch(const std::string& name) {
@@ -332,12 +349,34 @@ void ResNetImpl::set_fast_inference(bool on) {
   fast_inference_ = on;
   if (!on) {
     std::lock_guard<std::mutex> lock(inference_->mutex);
-    inference_->plan.reset();
+    for (auto& plan : inference_->plans) plan.reset();
   }
 }
 
-torch::Tensor ResNetImpl::forward_features(const torch::Tensor& images) {
+namespace {
+
+// The slot of a compute type in the inference cache.
+std::size_t plan_slot(torch::Dtype dtype) {
+  switch (dtype) {
+    case torch::kFloat:
+      return 0;
+    case torch::kBFloat16:
+      return 1;
+    case torch::kHalf:
+      return 2;
+    default:
+      throw InvalidArgument(fmt::format(
+          "encoder compute type {}: expected float32, bfloat16 or float16", c10::toString(dtype)));
+  }
+}
+
+}  // namespace
+
+torch::Tensor ResNetImpl::forward_features(const torch::Tensor& images,
+                                           std::optional<torch::Dtype> compute_dtype) {
   check_images(images);
+  const torch::Dtype weights_dtype = conv1->weight.scalar_type();
+  const torch::Dtype dtype = compute_dtype.value_or(weights_dtype);
   // The folded path computes the same function when no batch norm is in training mode and
   // nothing needs a gradient.
   const bool all_eval = !requested_training_ || options_.trainable_stages == 0;
@@ -352,27 +391,37 @@ torch::Tensor ResNetImpl::forward_features(const torch::Tensor& images) {
       }
     }
     if (!needs_grad) {
+      const std::size_t slot = plan_slot(dtype);
       std::shared_ptr<const InferencePlan> plan;
       {
         std::lock_guard<std::mutex> lock(inference_->mutex);
-        plan = inference_->plan;
+        plan = inference_->plans[slot];
         if (!plan || plan->stamps != stamps) {
           auto p = std::make_shared<InferencePlan>();
-          p->mkldnn = at::hasMKLDNN() && conv1->weight.device().is_cpu() &&
-                      conv1->weight.scalar_type() == torch::kFloat;
-          p->stem = fold(conv1, bn1, p->mkldnn);
+          const bool cpu = conv1->weight.device().is_cpu();
+          p->format.dtype = dtype;
+          p->format.mkldnn = at::hasMKLDNN() && cpu && dtype == torch::kFloat;
+          // cuDNN's tensor-core kernels want NHWC; on the CPU oneDNN has its own layout.
+          p->format.channels_last = conv1->weight.device().is_cuda();
+          p->stem = fold(conv1, bn1, p->format);
           for (const auto& layer : {layer1, layer2, layer3, layer4}) {
             for (const auto& child : layer->children()) {
-              p->blocks.push_back(fold_block(*child, p->mkldnn));
+              p->blocks.push_back(fold_block(*child, p->format));
             }
           }
           p->stamps = std::move(stamps);
-          inference_->plan = p;
+          inference_->plans[slot] = p;
           plan = std::move(p);
         }
       }
       return forward_folded(*plan, images);
     }
+  }
+  if (dtype != weights_dtype) {
+    throw InvalidArgument(fmt::format(
+        "encoder compute type {}: only the inference path (no gradients, every stage in eval "
+        "mode, set_fast_inference on) computes in another type than the weights' {}",
+        c10::toString(dtype), c10::toString(weights_dtype)));
   }
   torch::Tensor x = torch::relu(bn1(conv1(images)));
   x = torch::max_pool2d(x, /*kernel_size=*/3, /*stride=*/2, /*padding=*/1);
@@ -382,8 +431,9 @@ torch::Tensor ResNetImpl::forward_features(const torch::Tensor& images) {
   return layer4->forward(x);
 }
 
-torch::Tensor ResNetImpl::forward_pooled(const torch::Tensor& images) {
-  return forward_features(images).mean({2, 3});
+torch::Tensor ResNetImpl::forward_pooled(const torch::Tensor& images,
+                                         std::optional<torch::Dtype> compute_dtype) {
+  return forward_features(images, compute_dtype).mean({2, 3});
 }
 
 torch::Tensor ResNetImpl::forward(const torch::Tensor& images) {
@@ -421,13 +471,15 @@ torch::Tensor EncoderImpl::embed_features(const torch::Tensor& pooled) {
   return bn ? bn(embedded) : embedded;
 }
 
-torch::Tensor EncoderImpl::forward(const torch::Tensor& images) {
-  return embed_features(backbone->forward_pooled(images));
+torch::Tensor EncoderImpl::forward(const torch::Tensor& images,
+                                   std::optional<torch::Dtype> compute_dtype) {
+  return embed_features(backbone->forward_pooled(images, compute_dtype));
 }
 
-EncoderOutput EncoderImpl::forward_all(const torch::Tensor& images) {
+EncoderOutput EncoderImpl::forward_all(const torch::Tensor& images,
+                                       std::optional<torch::Dtype> compute_dtype) {
   EncoderOutput out;
-  out.spatial = backbone->forward_features(images);
+  out.spatial = backbone->forward_features(images, compute_dtype);
   out.pooled = out.spatial.mean({2, 3});
   out.embedded = embed_features(out.pooled);
   return out;

@@ -32,6 +32,18 @@ FeatureSet extract_features(ResNet& backbone, const CocoAnnotations& annotations
   std::vector<torch::Tensor> chunks;
   const std::size_t n = images.size(), bs = static_cast<std::size_t>(options.batch_size);
   std::vector<torch::Tensor> batch(bs);
+  // On a GPU the forward pass runs asynchronously: its result is fetched only after the next
+  // batch is decoded, so decoding overlaps the device's work.
+  const bool cuda = device.is_cuda();
+  torch::Tensor pending;
+  std::size_t pending_end = 0;
+  auto fetch_pending = [&] {
+    if (!pending.defined()) return;
+    chunks.push_back(pending.to(torch::kCPU));
+    pending = torch::Tensor();
+    if (options.progress)
+      std::cerr << fmt::format("\rfeatures: {}/{} images", pending_end, n) << std::flush;
+  };
   for (std::size_t start = 0; start < n; start += bs) {
     const std::size_t count = std::min(bs, n - start);
     // Decode the batch's images on `workers` threads; each thread takes every k-th image.
@@ -56,10 +68,14 @@ FeatureSet extract_features(ResNet& backbone, const CocoAnnotations& annotations
       if (e) std::rethrow_exception(e);
     auto x = torch::stack(std::vector<torch::Tensor>(
         batch.begin(), batch.begin() + static_cast<std::ptrdiff_t>(count)));
-    chunks.push_back(backbone->forward_pooled(x.to(device)).to(torch::kCPU));
-    if (options.progress)
-      std::cerr << fmt::format("\rfeatures: {}/{} images", start + count, n) << std::flush;
+    fetch_pending();
+    // Page-locked memory lets the copy to the GPU run without the host waiting for it.
+    if (cuda) x = x.pin_memory();
+    pending = backbone->forward_pooled(x.to(device, /*non_blocking=*/cuda), options.compute_dtype);
+    pending_end = start + count;
+    if (!cuda) fetch_pending();
   }
+  fetch_pending();
   if (options.progress) std::cerr << '\n';
   std::vector<std::int64_t> ids;
   ids.reserve(n);

@@ -3,7 +3,9 @@
 #include <ATen/Parallel.h>
 
 #include <cmath>
+#include <map>
 #include <memory>
+#include <optional>
 #include <sstream>
 #include <string>
 #include <type_traits>
@@ -59,6 +61,76 @@ void update(float* __restrict p, const float* __restrict grad, float* __restrict
 
 }  // namespace
 
+torch::optim::AdamParamState& FusedAdam::next_step_state(const torch::Tensor& p) {
+  const StateKey key = state_key(p);
+  auto it = state_.find(key);
+  if (it == state_.end()) {  // Adam's fresh state: step 0, zero moments
+    auto fresh = std::make_unique<torch::optim::AdamParamState>();
+    fresh->step(0);
+    fresh->exp_avg(torch::zeros_like(p, torch::MemoryFormat::Preserve));
+    fresh->exp_avg_sq(torch::zeros_like(p, torch::MemoryFormat::Preserve));
+    it = state_.insert_or_assign(key, std::move(fresh)).first;
+  }
+  auto& s = static_cast<torch::optim::AdamParamState&>(*it->second);
+  s.step(s.step() + 1);
+  return s;
+}
+
+bool FusedAdam::foreach_capable() const {
+  std::optional<torch::Device> device;
+  for (const auto& group : param_groups_) {
+    const auto& options = static_cast<const torch::optim::AdamOptions&>(group.options());
+    if (options.amsgrad()) return false;
+    for (const auto& p : group.params()) {
+      if (!p.grad().defined()) continue;
+      if (p.layout() != torch::kStrided || p.grad().layout() != torch::kStrided ||
+          !p.is_floating_point() || p.grad().scalar_type() != p.scalar_type())
+        return false;
+      if (device && *device != p.device()) return false;
+      device = p.device();
+    }
+  }
+  return true;
+}
+
+void FusedAdam::foreach_step() {
+  for (auto& group : param_groups_) {
+    const auto& options = static_cast<const torch::optim::AdamOptions&>(group.options());
+    const double beta1 = std::get<0>(options.betas());
+    const double beta2 = std::get<1>(options.betas());
+    // Parameters are updated together when their step counts agree (they differ only when a
+    // parameter had no gradient at some step).
+    std::map<int64_t, std::vector<torch::Tensor>> params_by_step;
+    for (auto& p : group.params()) {
+      if (!p.grad().defined()) continue;
+      auto& s = next_step_state(p);
+      params_by_step[s.step()].push_back(p);
+    }
+    for (auto& [step, params] : params_by_step) {
+      std::vector<torch::Tensor> grads, exp_avgs, exp_avg_sqs;
+      for (const auto& p : params) {
+        auto& s = static_cast<torch::optim::AdamParamState&>(*state_.at(state_key(p)));
+        grads.push_back(p.grad());
+        exp_avgs.push_back(s.exp_avg());
+        exp_avg_sqs.push_back(s.exp_avg_sq());
+      }
+      const double bias_correction1 = 1 - std::pow(beta1, static_cast<double>(step));
+      const double bias_correction2 = 1 - std::pow(beta2, static_cast<double>(step));
+      // Adam's operations in Adam's order, each over the whole list at once.
+      if (options.weight_decay() != 0)
+        grads = at::_foreach_add(grads, params, options.weight_decay());
+      at::_foreach_mul_(exp_avgs, beta1);
+      at::_foreach_add_(exp_avgs, grads, 1 - beta1);
+      at::_foreach_mul_(exp_avg_sqs, beta2);
+      at::_foreach_addcmul_(exp_avg_sqs, grads, grads, 1 - beta2);
+      std::vector<torch::Tensor> denoms = at::_foreach_sqrt(exp_avg_sqs);
+      at::_foreach_div_(denoms, std::sqrt(bias_correction2));
+      at::_foreach_add_(denoms, options.eps());
+      at::_foreach_addcdiv_(params, exp_avgs, denoms, -options.lr() / bias_correction1);
+    }
+  }
+}
+
 bool FusedAdam::fusable() const {
   for (const auto& group : param_groups_) {
     const auto& options = static_cast<const torch::optim::AdamOptions&>(group.options());
@@ -85,24 +157,18 @@ torch::Tensor FusedAdam::step(LossClosure closure) {
     loss = closure();
   }
   if (!fusable()) {
-    torch::optim::Adam::step(nullptr);
+    if (foreach_capable()) {
+      foreach_step();
+    } else {
+      torch::optim::Adam::step(nullptr);
+    }
     return loss;
   }
   for (auto& group : param_groups_) {
     const auto& options = static_cast<const torch::optim::AdamOptions&>(group.options());
     for (auto& p : group.params()) {
       if (!p.grad().defined()) continue;
-      const StateKey key = state_key(p);
-      auto it = state_.find(key);
-      if (it == state_.end()) {
-        auto fresh = std::make_unique<torch::optim::AdamParamState>();
-        fresh->step(0);
-        fresh->exp_avg(torch::zeros_like(p, torch::MemoryFormat::Preserve));
-        fresh->exp_avg_sq(torch::zeros_like(p, torch::MemoryFormat::Preserve));
-        it = state_.insert_or_assign(key, std::move(fresh)).first;
-      }
-      auto& s = static_cast<torch::optim::AdamParamState&>(*it->second);
-      s.step(s.step() + 1);
+      auto& s = next_step_state(p);
       const double beta1 = std::get<0>(options.betas());
       const double beta2 = std::get<1>(options.betas());
       const double bias_correction1 = 1 - std::pow(beta1, static_cast<double>(s.step()));

@@ -72,6 +72,32 @@ TEST_CASE("imcap bench --json prints the baseline's keys and nesting", "[bench][
   CHECK(j["memory"]["peak_rss_mib"].get<double>() > 1.0);
 }
 
+TEST_CASE("imcap bench --device-figures prints the GPU goals' figures", "[bench][cli]") {
+  const auto r = imcap::test::run_cli(
+      {"bench", "--json", "--smoke", "--device-figures", "--decode-batch", "5", "--threads", "1"});
+  INFO(r.err);
+  REQUIRE(r.exit_code == 0);
+  const json j = json::parse(r.out);
+  CHECK(j["device"] == "cpu");
+  // The keys bench/gpu_baseline.py prints for PyTorch eager, with the batch in the name.
+  check_figure(j["encoder_images_per_s"], "float32_batch2");
+  check_figure(j["encoder_images_per_s"], "bfloat16_batch2");
+  check_figure(j["greedy_decode_ms"], "batch1");
+  check_figure(j["greedy_decode_ms"], "batch5");
+  check_figure(j["greedy_decode_eager_ms"], "batch5");
+  CHECK(j["greedy_decode_cuda_graphs"] == false);  // on the CPU, never
+  check_figure(j, "decoder_train_step_ms");
+  CHECK(j["decoder_train_step_ms"]["tokens_per_step"] == 56);
+  for (const char* k : {"arch", "image_size", "encoder_batch", "decode_batch", "train_batch",
+                        "caption_len", "vocab", "embed", "hidden", "max_steps"}) {
+    INFO(k);
+    CHECK(j["config"].contains(k));
+  }
+  CHECK(j["config"]["decode_batch"] == 5);
+  CHECK(j["env"].contains("cudnn_benchmark"));
+  CHECK_FALSE(j.contains("data_pipeline_images_per_s"));
+}
+
 TEST_CASE("imcap bench runs selected parts and rejects unknown ones", "[bench][cli]") {
   auto r = imcap::test::run_cli(
       {"bench", "--json", "--smoke", "--only", "greedy,coco", "--threads", "1"});

@@ -191,3 +191,23 @@ TEST_CASE("a broken image surfaces as an error from next()", "[data_loader]") {
   CHECK_THROWS_AS(imcap::DataLoader(*f.data, o), imcap::InvalidArgument);
   CHECK_THROWS_AS(imcap::parse_batch_mode("random"), imcap::InvalidArgument);
 }
+
+TEST_CASE("pin_memory gives page-locked batches with CUDA, and a clear error without",
+          "[data_loader][cuda]") {
+  Fixture f;
+  imcap::DataLoaderOptions o;
+  o.batch_size = 6;
+  o.pin_memory = true;
+  if (!torch::cuda::is_available()) {
+    CHECK_THROWS_WITH(imcap::DataLoader(*f.data, o), Catch::Contains("pin_memory needs CUDA"));
+    return;
+  }
+  imcap::DataLoader loader(*f.data, o);
+  loader.start_epoch(0);
+  const auto batch = loader.next();
+  REQUIRE(batch);
+  CHECK(batch->images.is_pinned());
+  CHECK(batch->captions.is_pinned());
+  CHECK(batch->lengths.is_pinned());
+  CHECK(batch->image_index.is_pinned());
+}

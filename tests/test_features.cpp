@@ -157,3 +157,41 @@ TEST_CASE("imcap train --features trains from imcap features output", "[features
             {"train", "--annotations", f.train_annotations, "--out", d.tmp.file("x")})
             .exit_code == 2);
 }
+
+TEST_CASE("imcap features computes in bfloat16 on request and saves float32", "[features][cli]") {
+  Data d;
+  const auto& f = d.files;
+  auto features = [&](const std::vector<std::string>& extra, const std::string& out) {
+    std::vector<std::string> args = {
+        "features",  "--annotations", f.train_annotations, "--images", f.train_images,
+        "--encoder", "resnet18",      "--image-size",      "32",       "--threads",
+        "1",         "--out",         d.tmp.file(out)};
+    args.insert(args.end(), extra.begin(), extra.end());
+    return imcap::test::run_cli(args);
+  };
+  auto r = features({}, "f32.safetensors");
+  INFO(r.err);
+  REQUIRE(r.exit_code == 0);
+  r = features({"--encoder-dtype", "float32"}, "f32b.safetensors");
+  REQUIRE(r.exit_code == 0);
+  // Without --weights the initial weights come from --seed (default 0): the same features.
+  CHECK(torch::equal(imcap::load_features(d.tmp.file("f32b.safetensors")).features,
+                     imcap::load_features(d.tmp.file("f32.safetensors")).features));
+  r = features({"--encoder-dtype", "bfloat16", "--device", "cpu"}, "bf16.safetensors");
+  INFO(r.err);
+  REQUIRE(r.exit_code == 0);
+  const auto f32 = imcap::load_features(d.tmp.file("f32.safetensors")).features;
+  const auto bf16 = imcap::load_features(d.tmp.file("bf16.safetensors")).features;
+  CHECK(bf16.scalar_type() == torch::kFloat);
+  REQUIRE(bf16.sizes() == f32.sizes());
+  const double err = ((bf16 - f32).abs().max() / f32.abs().max()).item<double>();
+  CHECK(err > 1e-4);  // really computed in bfloat16
+  CHECK(err < 0.15);
+  // Bad values: usage errors (exit 2); a missing GPU: bad input (exit 1).
+  CHECK(features({"--encoder-dtype", "float64"}, "x.safetensors").exit_code == 2);
+  if (!torch::cuda::is_available()) {
+    r = features({"--device", "cuda"}, "x.safetensors");
+    CHECK(r.exit_code == 1);
+    CHECK_THAT(r.err, Catch::Contains("no CUDA device"));
+  }
+}

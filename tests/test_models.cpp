@@ -699,6 +699,111 @@ TEST_CASE("the folded inference path computes the same features as the modules",
   }
 }
 
+TEST_CASE("the inference path computes in bfloat16 when asked and returns float32", "[models]") {
+  torch::manual_seed(6);
+  imcap::EncoderOptions options;
+  options.arch = imcap::ResNetArch::kResNet18;
+  options.embed_size = 16;
+  imcap::Encoder encoder(options);
+  encoder->eval();
+  const torch::Tensor images = torch::randn({2, 3, 64, 64});
+  torch::NoGradGuard no_grad;
+  const torch::Tensor full = encoder->backbone->forward_features(images);
+  // Asking for the weights' own type is the default path, bit for bit.
+  CHECK(torch::equal(encoder->backbone->forward_features(images, torch::kFloat), full));
+  const torch::Tensor bf16 = encoder->backbone->forward_features(images, torch::kBFloat16);
+  CHECK(bf16.scalar_type() == torch::kFloat);
+  REQUIRE(bf16.sizes() == full.sizes());
+  // bfloat16 keeps 8 significant bits, and the roundings of 17 layers add up: PyTorch's own
+  // bfloat16 forward of a randomly initialised ResNet-18 (torchvision, same input size) is off
+  // by 7% of the largest feature. A wrong weight or layout would be off by about 100%.
+  const double err = relative_error(bf16, full);
+  CHECK(err > 1e-3);
+  CHECK(err < 0.15);
+  // The float32 plan is kept beside the bfloat16 one, and still gives the same bits.
+  CHECK(torch::equal(encoder->backbone->forward_features(images), full));
+  // The encoder's head computes in float32 from the bfloat16 features.
+  const torch::Tensor embedded = encoder->forward(images, torch::kBFloat16);
+  CHECK(embedded.scalar_type() == torch::kFloat);
+  CHECK(relative_error(embedded, encoder->forward(images)) < 0.15);
+  CHECK_THROWS_AS(encoder->backbone->forward_features(images, torch::kDouble),
+                  imcap::InvalidArgument);
+}
+
+TEST_CASE("the folded encoder on CUDA (channels_last) equals the CPU's", "[models][cuda]") {
+  if (!torch::cuda::is_available()) {
+    WARN("CUDA is not available: nothing to compare");
+    return;
+  }
+  torch::manual_seed(8);
+  imcap::EncoderOptions options;
+  options.arch = imcap::ResNetArch::kResNet50;
+  options.embed_size = 32;
+  imcap::Encoder encoder(options);
+  encoder->eval();
+  const torch::Tensor images = torch::randn({3, 3, 96, 96});
+  torch::NoGradGuard no_grad;
+  const torch::Tensor cpu = encoder->forward_all(images).pooled;
+  encoder->to(torch::kCUDA);
+  const torch::Tensor gpu = encoder->forward_all(images.to(torch::kCUDA)).pooled.cpu();
+  // cuDNN may use TF32 for float32 convolutions: 1e-2 of the largest feature, not 1e-5.
+  CHECK(relative_error(gpu, cpu) < 1e-2);
+  const torch::Tensor bf16 =
+      encoder->forward_all(images.to(torch::kCUDA), torch::kBFloat16).pooled.cpu();
+  CHECK(bf16.scalar_type() == torch::kFloat);
+  CHECK(relative_error(bf16, cpu) < 0.15);
+}
+
+TEST_CASE("another compute type than the weights' needs the inference path", "[models]") {
+  imcap::ResNetOptions options;
+  options.arch = imcap::ResNetArch::kResNet18;
+  imcap::ResNet resnet(options);  // every stage trains
+  resnet->train(true);
+  const torch::Tensor images = torch::randn({2, 3, 32, 32});
+  CHECK_THROWS_AS(resnet->forward_features(images, torch::kBFloat16), imcap::InvalidArgument);
+  resnet->eval();
+  resnet->set_fast_inference(false);
+  {
+    torch::NoGradGuard no_grad;
+    CHECK_THROWS_AS(resnet->forward_features(images, torch::kBFloat16), imcap::InvalidArgument);
+    resnet->set_fast_inference(true);
+    CHECK(resnet->forward_features(images, torch::kBFloat16).scalar_type() == torch::kFloat);
+  }
+}
+
+TEST_CASE("Decoder::loss on CUDA equals the CPU's, value and gradients", "[models][cuda]") {
+  if (!torch::cuda::is_available()) {
+    WARN("CUDA is not available: nothing to compare");
+    return;
+  }
+  torch::manual_seed(22);
+  imcap::DecoderOptions options;
+  options.vocab_size = 3000;
+  options.embed_size = 8;
+  options.hidden_size = 16;
+  imcap::Decoder cpu(options), cuda(options);
+  {
+    torch::NoGradGuard no_grad;
+    for (const auto& p : cpu->named_parameters())
+      cuda->named_parameters()[p.key()].copy_(p.value());
+  }
+  cuda->to(torch::kCUDA);
+  const torch::Tensor features = torch::randn({6, 8});
+  const torch::Tensor captions = torch::randint(0, 3000, {6, 9}, torch::kLong);
+  const torch::Tensor lengths = torch::tensor({9, 9, 7, 5, 3, 2}, torch::kLong);
+  const torch::Tensor want = cpu->loss(features, captions, lengths);
+  want.backward();
+  const torch::Tensor got =
+      cuda->loss(features.to(torch::kCUDA), captions.to(torch::kCUDA), lengths.to(torch::kCUDA));
+  got.backward();
+  CHECK(std::abs(got.item<double>() - want.item<double>()) < 1e-4);
+  for (const auto& p : cpu->named_parameters()) {
+    INFO(p.key());
+    const torch::Tensor g = cuda->named_parameters()[p.key()].grad().cpu();
+    CHECK(max_abs_error(g, p.value().grad()) < 1e-4);
+  }
+}
+
 TEST_CASE("Decoder::loss equals caption_loss of forward, value and gradients", "[models]") {
   const int saved_threads = torch::get_num_threads();
   // With a vocabulary of 5,000 a row block (2^16 values) holds 13 of the 35 rows: the fused loss

@@ -11,6 +11,8 @@
 #include <catch2/catch.hpp>
 #include <nlohmann/json.hpp>
 
+#include "imcap/captioner.hpp"
+#include "imcap/cuda_graph_greedy.hpp"
 #include "imcap/error.hpp"
 #include "imcap/search.hpp"
 #include "support.hpp"
@@ -661,6 +663,82 @@ TEST_CASE("searches on CUDA give the CPU's results", "[search][cuda]") {
   const auto ids_cuda = imcap::greedy_ids(cuda, features.to(torch::kCUDA), 15);
   CHECK(ids_cuda.device().is_cpu());
   CHECK(torch::equal(ids_cuda, imcap::greedy_ids(cpu, features, 15)));
+}
+
+TEST_CASE("CudaGraphGreedy gives greedy_ids ids and runs eagerly on the CPU", "[search]") {
+  imcap::Decoder decoder = imcap::test::eval_decoder(/*vocab=*/400, /*embed=*/12, /*hidden=*/24,
+                                                     /*seed=*/93);
+  const imcap::DecoderStepper stepper(decoder);
+  const imcap::CudaGraphGreedy greedy(decoder, /*max_length=*/9);
+  CHECK(greedy.max_length() == 9);
+  for (const std::int64_t batch : {1, 4}) {
+    const auto features = random_features(batch, 12, 94 + static_cast<std::uint64_t>(batch));
+    const auto got = greedy(features);
+    CHECK(got.device().is_cpu());
+    REQUIRE(got.sizes() == torch::IntArrayRef{batch, 9});
+    CHECK(torch::equal(got, imcap::greedy_ids(stepper, features, 9)));
+  }
+  CHECK(greedy(torch::zeros({0, 12})).sizes() == torch::IntArrayRef{0, 9});
+  CHECK(greedy.graphs_captured() == 0);  // graphs only on a GPU
+  CHECK_THROWS_AS(greedy(torch::zeros({2, 13})), imcap::InvalidArgument);
+  CHECK_THROWS_AS(greedy(torch::zeros({12})), imcap::InvalidArgument);
+  CHECK_THROWS_AS(imcap::CudaGraphGreedy(decoder, 0), imcap::InvalidArgument);
+  CHECK_THROWS_AS(imcap::CudaGraphGreedy(imcap::Decoder(nullptr), 5), imcap::InvalidArgument);
+}
+
+TEST_CASE("CudaGraphGreedy on CUDA replays one graph per batch size", "[search][cuda]") {
+  if (!torch::cuda::is_available()) {
+    WARN("CUDA is not available: nothing to compare");
+    return;
+  }
+  // A LibTorch that runs on a GPU has CUDA graphs: if the build's probe missed them, fail here.
+  REQUIRE(imcap::CudaGraphGreedy::available());
+  imcap::Decoder decoder = imcap::test::eval_decoder(500, 16, 32, /*seed=*/95);
+  const auto features = random_features(6, 16, 96);
+  decoder->to(torch::kCUDA);
+  const auto on_gpu = features.to(torch::kCUDA);
+  // The graph replays the eager loop's kernels: the same ids, bit for bit (the CPU's may differ
+  // where two scores nearly tie; "searches on CUDA give the CPU's results" covers those).
+  const auto want = imcap::greedy_ids(imcap::DecoderStepper(decoder), on_gpu, 12);
+  const imcap::CudaGraphGreedy greedy(decoder, 12);
+  CHECK(torch::equal(greedy(on_gpu), want));  // captured
+  CHECK(torch::equal(greedy(on_gpu), want));  // replayed
+  CHECK(greedy.graphs_captured() == 1);
+  const auto two = on_gpu.slice(0, 0, 2);
+  CHECK(torch::equal(greedy(two), imcap::greedy_ids(imcap::DecoderStepper(decoder), two, 12)));
+  CHECK(greedy.graphs_captured() == 2);
+  // In-place weight changes are read by the replay, as the eager loop reads them.
+  {
+    torch::NoGradGuard no_grad;
+    decoder->linear->bias.add_(torch::randn_like(decoder->linear->bias));
+  }
+  CHECK(
+      torch::equal(greedy(on_gpu), imcap::greedy_ids(imcap::DecoderStepper(decoder), on_gpu, 12)));
+  CHECK(greedy.graphs_captured() == 2);
+  CHECK(greedy.capture_error().empty());
+  // The other image injections and a deeper LSTM capture as well.
+  for (const auto inject : {imcap::ImageInject::kPar, imcap::ImageInject::kInit}) {
+    for (const int64_t layers : {1, 2}) {
+      INFO("inject " << imcap::to_string(inject) << ", layers " << layers);
+      imcap::DecoderOptions o;
+      o.vocab_size = 300;
+      o.embed_size = 16;
+      o.hidden_size = 24;
+      o.num_layers = layers;
+      o.image_inject = inject;
+      torch::manual_seed(97);
+      imcap::Decoder d(o);
+      d->eval();
+      d->to(torch::kCUDA);
+      // The graph replays the eager loop's kernels: the same ids, bit for bit.
+      const auto eager_ids = imcap::greedy_ids(imcap::DecoderStepper(d), on_gpu, 10);
+      const imcap::CudaGraphGreedy g(d, 10);
+      CHECK(torch::equal(g(on_gpu), eager_ids));
+      CHECK(torch::equal(g(on_gpu), eager_ids));
+      CHECK(g.graphs_captured() == 1);
+      CHECK(g.capture_error().empty());
+    }
+  }
 }
 
 TEST_CASE("greedy_ids gives the notebook's sample() ids", "[search][python]") {

@@ -16,6 +16,7 @@
 
 #include <cstdint>
 #include <memory>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -36,6 +37,10 @@ struct CaptionOptions {
   /// Storage of the output projection while decoding (see DecodeWeights): kBFloat16 or kInt8
   /// decode faster on a CPU with the same greedy words. Default kFloat32.
   DecodeWeights decode_weights = DecodeWeights::kFloat32;
+  /// Arithmetic type of the CNN (see ResNetImpl::forward_features): torch::kBFloat16 or
+  /// torch::kHalf run a GPU's tensor cores; the features change as with PyTorch's bfloat16.
+  /// Default: the weights' type (float32).
+  std::optional<torch::Dtype> encoder_dtype = std::nullopt;
 };
 
 /// One caption.
@@ -84,7 +89,9 @@ class Captioner {
 };
 
 /// Adapts a Decoder to the StepDecoder interface of the searches (state: h, c and, for
-/// par-inject models, the image feature).
+/// par-inject models, the image feature). On the CPU, step() checks the tokens against the
+/// vocabulary (Decoder::step); on a GPU it does not, since that check would make the host
+/// wait for the device at every step: pass only ids below the vocabulary size there.
 class DecoderStepper : public StepDecoder {
  public:
   explicit DecoderStepper(Decoder decoder, DecodeWeights weights = DecodeWeights::kFloat32)

@@ -48,6 +48,9 @@ struct DataLoaderOptions {
   int workers = 2;         ///< threads that decode and transform images (0 = in next()). Default 2.
   std::size_t prefetch = 4;  ///< batches prepared ahead of the consumer. Default 4.
   bool load_images = true;   ///< false: captions only (images stays undefined). Default true.
+  /// Workers copy each batch's tensors into page-locked memory, so that copies to a GPU with
+  /// non_blocking=true do not make the host wait. Needs CUDA. Default false.
+  bool pin_memory = false;
   /// Data parallelism: each planned batch is cut into shard_count contiguous parts (in
   /// image_major mode at image boundaries) and this loader yields part shard_index. The plan is
   /// the same for every shard (it depends on seed, epoch and batch_size only), so the shards of

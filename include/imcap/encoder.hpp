@@ -19,6 +19,7 @@
 
 #include <cstdint>
 #include <memory>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -83,10 +84,19 @@ struct ResNetImpl : torch::nn::Module {
   explicit ResNetImpl(const ResNetOptions& options = {});
   ~ResNetImpl() override;
 
-  /// The last stage's map: images (B, 3, H, W) float -> (B, C, ceil(H/32), ceil(W/32)).
-  torch::Tensor forward_features(const torch::Tensor& images);
+  /// The last stage's map: images (B, 3, H, W) float -> (B, C, ceil(H/32), ceil(W/32)), in the
+  /// images' type. `compute_dtype` (kFloat, kBFloat16 or kHalf; default: the weights' type) is
+  /// the type of the convolutions' arithmetic on the inference path (set_fast_inference): the
+  /// folded weights are rounded to it once, the activations stay in it, and on a GPU
+  /// (channels_last there) 16-bit types run on tensor cores. bfloat16 changes the features as
+  /// PyTorch's own bfloat16 forward does (7% of the largest feature for a randomly initialised
+  /// ResNet-18). Throws InvalidArgument when it differs from the weights' type and the
+  /// inference path does not apply (training, gradients), or for another type.
+  torch::Tensor forward_features(const torch::Tensor& images,
+                                 std::optional<torch::Dtype> compute_dtype = std::nullopt);
   /// Global average pooled features: images -> (B, C), C = feature_dim().
-  torch::Tensor forward_pooled(const torch::Tensor& images);
+  torch::Tensor forward_pooled(const torch::Tensor& images,
+                               std::optional<torch::Dtype> compute_dtype = std::nullopt);
   /// With `fc`: the classifier's logits (B, num_classes); without: forward_pooled().
   torch::Tensor forward(const torch::Tensor& images);
 
@@ -156,10 +166,13 @@ struct EncoderOutput {
 struct EncoderImpl : torch::nn::Module {
   explicit EncoderImpl(const EncoderOptions& options = {});
 
-  /// images (B, 3, H, W) float -> embedded (B, E).
-  torch::Tensor forward(const torch::Tensor& images);
+  /// images (B, 3, H, W) float -> embedded (B, E). compute_dtype: see
+  /// ResNetImpl::forward_features (the head computes in the weights' type).
+  torch::Tensor forward(const torch::Tensor& images,
+                        std::optional<torch::Dtype> compute_dtype = std::nullopt);
   /// Embedded vector, pooled features and spatial map from one backbone pass.
-  EncoderOutput forward_all(const torch::Tensor& images);
+  EncoderOutput forward_all(const torch::Tensor& images,
+                            std::optional<torch::Dtype> compute_dtype = std::nullopt);
   /// The head alone: pooled (B, C) -> embedded (B, E). For cached features.
   torch::Tensor embed_features(const torch::Tensor& pooled);
 

@@ -6,6 +6,7 @@
 //   imcap::save_features("val2014-resnet152.safetensors", set);
 #pragma once
 
+#include <optional>
 #include <string>
 
 #include <torch/types.h>
@@ -22,6 +23,9 @@ struct FeatureOptions {
   int batch_size = 32;    ///< images per forward pass. Default 32.
   int workers = 2;        ///< image decoding threads. Default 2.
   bool progress = false;  ///< print progress to stderr. Default false.
+  /// Arithmetic type of the CNN (see ResNetImpl::forward_features), e.g. torch::kBFloat16 on
+  /// a GPU. The features are saved as float32 either way. Default: the weights' type.
+  std::optional<torch::Dtype> compute_dtype = std::nullopt;
 };
 
 /// Features of a set of images.
@@ -31,7 +35,9 @@ struct FeatureSet {
 };
 
 /// Runs the backbone (in eval mode, without gradients) over every image of `annotations`
-/// with the evaluation transform. Throws IoError/FormatError naming an unreadable image.
+/// with the evaluation transform. Throws IoError/FormatError naming an unreadable image. On a
+/// GPU, batches go through page-locked memory and the next batch is decoded while the
+/// device computes the current one.
 FeatureSet extract_features(ResNet& backbone, const CocoAnnotations& annotations,
                             const std::string& image_root, const FeatureOptions& options = {});
 

@@ -3,6 +3,7 @@
 
 #include "imcap/captioner.hpp"
 #include "imcap/coco_dataset.hpp"
+#include "imcap/cuda_graph_greedy.hpp"
 #include "imcap/data_loader.hpp"
 #include "imcap/decoder.hpp"
 #include "imcap/distributed.hpp"

@@ -57,6 +57,24 @@ void add_decode_weights_option(CLI::App* cmd, DecodeWeights& weights) {
       ->default_str("float32");
 }
 
+void add_encoder_dtype_option(CLI::App* cmd, std::optional<torch::Dtype>& dtype) {
+  cmd->add_option_function<std::string>(
+         "--encoder-dtype",
+         [&dtype](const std::string& name) {
+           if (name == "float32") {
+             dtype = torch::kFloat;
+           } else if (name == "bfloat16") {
+             dtype = torch::kBFloat16;
+           } else {
+             dtype = torch::kHalf;
+           }
+         },
+         "Arithmetic of the CNN: float32, or bfloat16/float16 (a GPU's tensor cores; "
+         "docs/performance.md#gpu)")
+      ->check(CLI::IsMember({"float32", "bfloat16", "float16"}))
+      ->default_str("float32");
+}
+
 std::string describe_threads() {
   const int blas = blas_threads();
   return blas > 0 ? fmt::format("Torch {}, OpenBLAS {}", torch::get_num_threads(), blas)
@@ -82,6 +100,9 @@ torch::Device parse_device(const std::string& name) {
   if (name == "cuda" || name.rfind("cuda:", 0) == 0) {
     if (!torch::cuda::is_available())
       throw InvalidArgument("--device " + name + ": this build or machine has no CUDA device");
+    // A command's shapes repeat batch after batch, so cuDNN's one-off search for the fastest
+    // convolution algorithm per shape pays for itself (docs/performance.md#gpu).
+    at::globalContext().setBenchmarkCuDNN(true);
     return torch::Device(name);
   }
   throw UsageError("--device '" + name + "': expected cpu, cuda or cuda:N");

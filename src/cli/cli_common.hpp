@@ -1,6 +1,7 @@
 // Helpers shared by the CLI subcommands (private to the imcap executable).
 #pragma once
 
+#include <optional>
 #include <string>
 
 #include <torch/types.h>
@@ -25,6 +26,8 @@ void set_threads(int threads, int blas = -1);
 void add_thread_options(CLI::App* cmd, int& threads, int& blas);
 /// Adds --decode-weights float32|bfloat16|int8 (imcap::DecodeWeights), bound to `weights`.
 void add_decode_weights_option(CLI::App* cmd, DecodeWeights& weights);
+/// Adds --encoder-dtype float32|bfloat16|float16 (the CNN's compute type), bound to `dtype`.
+void add_encoder_dtype_option(CLI::App* cmd, std::optional<torch::Dtype>& dtype);
 /// "Torch N, OpenBLAS M" (OpenBLAS only when it is loaded), for the commands' first line.
 std::string describe_threads();
 /// Sets OpenBLAS's own thread count when OpenBLAS is loaded; returns whether it was.
@@ -33,7 +36,7 @@ bool set_blas_threads(int threads);
 int blas_threads();
 
 /// "cpu", "cuda" or "cuda:N" as a device; throws InvalidArgument when CUDA is unavailable and
-/// UsageError for other names.
+/// UsageError for other names. Choosing a CUDA device turns on cuDNN's benchmark mode.
 torch::Device parse_device(const std::string& name);
 
 /// Writes text to path crash-safely (temporary file + rename); throws imcap::IoError.

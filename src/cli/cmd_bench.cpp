@@ -4,6 +4,7 @@
 // docs/performance.md.
 #include <algorithm>
 #include <chrono>
+#include <functional>
 #include <iostream>
 #include <memory>
 #include <random>
@@ -12,15 +13,18 @@
 
 #include <fmt/format.h>
 #include <torch/torch.h>
+#include <torch/version.h>
 
 #include "cli/bench_support.hpp"
 #include "cli/cli_common.hpp"
 #include "cli/commands.hpp"
+#include "detail/cuda_info.hpp"
 #include "detail/fused_adam.hpp"
 #include "detail/io.hpp"
 #include "detail/memory.hpp"
 #include "imcap/captioner.hpp"
 #include "imcap/coco_dataset.hpp"
+#include "imcap/cuda_graph_greedy.hpp"
 #include "imcap/decoder.hpp"
 #include "imcap/encoder.hpp"
 #include "imcap/error.hpp"
@@ -43,7 +47,9 @@ const std::vector<std::string> kParts = {"encoder", "greedy", "train", "data",
 struct BenchArgs {
   bool json = false, quick = false, smoke = false;
   int threads = 0, blas_threads = -1, data_threads = 0;
-  std::string annotations, jpeg_dir, arch = "resnet152", only;
+  std::string annotations, jpeg_dir, arch = "resnet152", only, device = "cpu";
+  bool device_figures = false;
+  int encoder_batch = 256, decode_batch = 128;
   std::int64_t vocab = 10000, embed = 256, hidden = 512;
   int image_size = 224, train_batch = 128, caption_len = 14, jpegs = 64;
   int jpeg_width = 640, jpeg_height = 480, max_steps = 20;
@@ -132,17 +138,20 @@ Json measure_train(CaptionModel& model, const BenchArgs& a, const Plan& plan,
     for (auto& p : encoder->bn->parameters()) params.push_back(p);
   detail::FusedAdam adam(params, torch::optim::AdamOptions(1e-3));  // the Trainer's Adam
   const std::int64_t batch = a.train_batch, len = a.caption_len;
-  const auto feats = torch::randn({batch, encoder->feature_dim()});
+  const torch::Device device = model.device();
+  const auto feats = torch::randn({batch, encoder->feature_dim()}).to(device);
   auto captions = torch::randint(4, a.vocab, {batch, len}, torch::kLong);
   captions.select(1, 0).fill_(model.vocab().start_id());
   captions.select(1, len - 1).fill_(model.vocab().end_id());
-  const auto lengths = torch::full({batch}, len, torch::kLong);
+  captions = captions.to(device);
+  const auto lengths = torch::full({batch}, len, torch::kLong).to(device);
   auto step = [&] {
     const auto features = encoder->embed_features(feats);
     const auto loss = decoder->loss(features, captions, lengths);
     adam.zero_grad();
     loss.backward();
     adam.step();
+    if (device.is_cuda()) torch::cuda::synchronize();
   };
   const auto ts = bench::time_ms(step, plan.train);
   Json out = bench::summarize(ts);
@@ -165,6 +174,66 @@ Json measure_train(CaptionModel& model, const BenchArgs& a, const Plan& plan,
   }
   model.train(false);
   return out;
+}
+
+// ---- Device figures (`--device cuda`): the GPU goals' shapes, timed after synchronising ----
+
+void device_sync(const torch::Device& device) {
+  if (device.is_cuda()) torch::cuda::synchronize();
+}
+
+// Encoder throughput at a large batch, in float32 and bfloat16 (the folded inference path,
+// channels_last on a GPU). Per repetition: images per second; max is the best.
+Json measure_device_encoder(CaptionModel& model, const BenchArgs& a, Reps reps) {
+  Json out;
+  torch::NoGradGuard no_grad;
+  model.train(false);
+  const torch::Device device = model.device();
+  const auto x = torch::randn({a.encoder_batch, 3, a.image_size, a.image_size}).to(device);
+  for (const auto& [name, dtype] :
+       {std::pair{"float32", torch::kFloat}, std::pair{"bfloat16", torch::kBFloat16}}) {
+    const auto ts = bench::time_ms(
+        [&] {
+          model.encoder()->forward(x, dtype);
+          device_sync(device);
+        },
+        reps);
+    std::vector<double> rates;
+    for (double t : ts) rates.push_back(1e3 * static_cast<double>(a.encoder_batch) / t);
+    out[fmt::format("{}_batch{}", name, a.encoder_batch)] = bench::summarize(rates);
+    note("encoder {} batch {}: {:.0f} images/s", name, a.encoder_batch, bench::median(rates));
+  }
+  return out;
+}
+
+// The seed's sample() (max_steps argmax steps, no stop at <end>) at batch 1 and decode_batch:
+// from CUDA graphs where this build has them, and eagerly (DecoderStepper + greedy_ids).
+void measure_device_greedy(CaptionModel& model, const BenchArgs& a, Reps reps, Json& res) {
+  model.train(false);
+  const torch::Device device = model.device();
+  const CudaGraphGreedy graphed(model.decoder(), a.max_steps);
+  const DecoderStepper stepper(model.decoder(), a.decode_weights);
+  Json graph_out, eager_out;
+  for (const std::int64_t batch : {std::int64_t{1}, static_cast<std::int64_t>(a.decode_batch)}) {
+    const auto features = torch::randn({batch, a.embed}).to(device);
+    const auto key = fmt::format("batch{}", batch);
+    const auto tg = bench::time_ms([&] { graphed(features); }, reps);
+    const auto te = bench::time_ms(
+        [&] {
+          greedy_ids(stepper, features, a.max_steps);  // ends with a copy to the host
+        },
+        reps);
+    graph_out[key] = bench::summarize(tg);
+    eager_out[key] = bench::summarize(te);
+    note("greedy decode batch {}: {:.3f} ms ({}), {:.3f} ms eager", batch, bench::median(tg),
+         graphed.graphs_captured() > 0 ? "CUDA graph" : "no graph", bench::median(te));
+    if (batch == a.decode_batch) break;  // decode_batch 1
+  }
+  res["greedy_decode_ms"] = graph_out;
+  res["greedy_decode_eager_ms"] = eager_out;
+  res["greedy_decode_cuda_graphs"] = graphed.graphs_captured() > 0;
+  if (!graphed.capture_error().empty())
+    res["greedy_decode_capture_error"] = graphed.capture_error();
 }
 
 // Images per second of passes over the files, split between `threads` threads (after the
@@ -289,6 +358,82 @@ void print_table(const Json& res) {
   fmt::print("benchmark wall time {:.1f} s\n", res["benchmark_wall_s"].get<double>());
 }
 
+// The device figure set (`--device`, `--device-figures`): encoder throughput, batched greedy
+// decoding and the training step, in the shapes of the GPU goals (docs/performance.md#gpu).
+void run_device_bench(const BenchArgs& a, CaptionModel& model, const torch::Device& device,
+                      Json env, std::chrono::steady_clock::time_point start) {
+  model.to(device);
+  // The repetitions of bench/gpu_baseline.py (PyTorch eager), so that both warm up alike.
+  const Plan device_plan =
+      a.smoke   ? Plan{{0, 1}, {0, 1}, {0, 1}, {0, 1}, {0, 1}, {0, 1}, {0, 1}}
+      : a.quick ? Plan{{2, 5}, {2, 5}, {5, 20}, {5, 20}, {0, 1}, {0, 1}, {0, 1}}
+                : Plan{{5, 20}, {5, 20}, {20, 100}, {10, 50}, {0, 1}, {0, 1}, {0, 1}};
+  env["device"] = device.str();
+  env["cudnn_benchmark"] = at::globalContext().benchmarkCuDNN();
+  env["cuda_graphs_built"] = CudaGraphGreedy::available();
+  note("device {}: encoder batch {}, decode batch {}, train batch {}", device.str(),
+       a.encoder_batch, a.decode_batch, a.train_batch);
+  const Reps encoder_reps = device_plan.enc_b8;
+  Json res;
+  bool failed = false;
+  res["device"] = device.str();
+  res["gpu"] = device.is_cuda() ? detail::cuda_device_name(device.has_index() ? device.index() : 0)
+                                : std::string("cpu");
+  res["torch_version"] = TORCH_VERSION;
+  // A figure that fails is reported as {"error": ...}, and the others are still measured: one run
+  // on a lent GPU must not lose them all.
+  auto figure = [&](const char* key, const std::function<void()>& measure) {
+    try {
+      measure();
+    } catch (const std::exception& e) {
+      note("{} failed: {}", key, e.what());
+      res[key] = Json{{"error", e.what()}};
+      failed = true;
+    }
+  };
+  figure("encoder_images_per_s",
+         [&] { res["encoder_images_per_s"] = measure_device_encoder(model, a, encoder_reps); });
+  figure("greedy_decode_ms", [&] { measure_device_greedy(model, a, device_plan.greedy, res); });
+  figure("decoder_train_step_ms",
+         [&] { res["decoder_train_step_ms"] = measure_train(model, a, device_plan, 0, nullptr); });
+  res["benchmark_wall_s"] =
+      std::round(std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count() *
+                 10) /
+      10;
+  Json config;
+  config["arch"] = a.arch;
+  config["image_size"] = a.image_size;
+  config["encoder_batch"] = a.encoder_batch;
+  config["decode_batch"] = a.decode_batch;
+  config["train_batch"] = a.train_batch;
+  config["caption_len"] = a.caption_len;
+  config["vocab"] = a.vocab;
+  config["embed"] = a.embed;
+  config["hidden"] = a.hidden;
+  config["max_steps"] = a.max_steps;
+  config["encoder"] = "folded batch norm, channels_last on a GPU";
+  // (warm-up, repetitions) per figure.
+  config["reps"] = {{"encoder", reps_json(encoder_reps)},
+                    {"greedy", reps_json(device_plan.greedy)},
+                    {"train", reps_json(device_plan.train)}};
+  res["config"] = config;
+  res["env"] = env;
+  if (a.json) {
+    std::cout << res.dump(1) << '\n';
+  } else {
+    for (const char* key : {"encoder_images_per_s", "greedy_decode_ms"}) {
+      for (const auto& [name, j] : res[key].items()) {
+        if (j.is_object() && j.contains("median"))
+          fmt::print("{} {:<20} {:>10.3f}\n", key, name, j["median"].get<double>());
+      }
+    }
+    if (res["decoder_train_step_ms"].contains("median"))
+      fmt::print("decoder_train_step_ms {:<20} {:>10.3f}\n", "",
+                 res["decoder_train_step_ms"]["median"].get<double>());
+  }
+  if (failed) throw Error("imcap bench: some device figures failed (see above)");
+}
+
 void run_bench(BenchArgs a) {
   if (a.smoke) {
     a.arch = "resnet18";
@@ -297,6 +442,9 @@ void run_bench(BenchArgs a) {
     a.embed = 8;
     a.hidden = 16;
     a.train_batch = 4;
+    // The device figures' batches, unless given.
+    if (a.encoder_batch == BenchArgs{}.encoder_batch) a.encoder_batch = 2;
+    if (a.decode_batch == BenchArgs{}.decode_batch) a.decode_batch = 3;
     a.jpegs = 4;
     a.jpeg_width = 80;
     a.jpeg_height = 60;
@@ -339,6 +487,11 @@ void run_bench(BenchArgs a) {
 
   auto model = std::make_shared<CaptionModel>(bench_config(a), bench_vocabulary(a.vocab));
   model->train(false);
+  const torch::Device device = parse_device(a.device);
+  if (!device.is_cpu() || a.device_figures) {
+    run_device_bench(a, *model, device, env, t0);
+    return;
+  }
   Json res, memory;
   memory["rss_mib_model_built"] = std::round(detail::to_mib(detail::current_rss_bytes()) * 10) / 10;
 
@@ -458,6 +611,24 @@ void add_bench_command(CLI::App& app) {
   cmd->add_flag("!--no-bn", a->head_bn, "Encoder head without BatchNorm1d");
   cmd->add_option("--seed", a->seed, "Random seed")->capture_default_str();
   add_decode_weights_option(cmd, a->decode_weights);
+  cmd->add_option("--device", a->device,
+                  "cpu, cuda or cuda:N; other than cpu, measures the device figures")
+      ->capture_default_str();
+  cmd->add_flag("--device-figures", a->device_figures,
+                "Measure the device figures (encoder throughput, batched greedy decoding, "
+                "training step) even on the CPU");
+  cmd->add_option("--image-size", a->image_size, "Side of the encoder's input, pixels")
+      ->capture_default_str()
+      ->check(CLI::Range(32, 1024));
+  cmd->add_option("--encoder-batch", a->encoder_batch, "Device figures: encoder batch")
+      ->capture_default_str()
+      ->check(CLI::Range(1, 4096));
+  cmd->add_option("--decode-batch", a->decode_batch, "Device figures: greedy decoding batch")
+      ->capture_default_str()
+      ->check(CLI::Range(1, 65536));
+  cmd->add_option("--train-batch", a->train_batch, "Training step: captions per batch")
+      ->capture_default_str()
+      ->check(CLI::Range(1, 65536));
   // Tiny shapes (ResNet-18 at 32 px, vocabulary 50, one repetition): checks that every part
   // runs and the output's shape, in seconds. For tests.
   cmd->add_flag("--smoke", a->smoke)->group("");

@@ -82,6 +82,7 @@ void add_search_options(CLI::App* cmd, CaptionArgs& a) {
       ->capture_default_str()
       ->check(CLI::Range(0.0, 10.0));
   add_decode_weights_option(cmd, a.options.decode_weights);
+  add_encoder_dtype_option(cmd, a.options.encoder_dtype);
   cmd->add_option("--device", a.device, "cpu, cuda or cuda:N")->capture_default_str();
   add_thread_options(cmd, a.threads, a.blas_threads);
   cmd->add_option("--batch-size", a.batch_size, "Images per batched search")

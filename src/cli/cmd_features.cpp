@@ -1,5 +1,6 @@
 // imcap features: pooled CNN features of every image of an annotation file, as safetensors.
 #include <chrono>
+#include <cstdint>
 #include <memory>
 
 #include <fmt/format.h>
@@ -15,12 +16,15 @@ namespace imcap::cli {
 namespace {
 
 struct FeaturesArgs {
-  std::string annotations, images, arch = "resnet152", weights, out;
+  std::string annotations, images, arch = "resnet152", weights, out, device = "cpu";
   int image_size = 224, batch_size = 32, threads = 0, blas_threads = -1;
+  std::optional<torch::Dtype> encoder_dtype;
+  std::uint64_t seed = 0;
 };
 
 void run_features(const FeaturesArgs& a) {
   set_threads(a.threads, a.blas_threads);
+  torch::manual_seed(a.seed);  // the initial weights, when no --weights replace them
   ResNetOptions ro;
   ro.arch = parse_resnet_arch(a.arch);
   ResNet cnn(ro);
@@ -29,12 +33,14 @@ void run_features(const FeaturesArgs& a) {
     lo.ignore = {"fc\\..*"};  // torchvision's full-classifier files
     load_state_dict(*cnn, load_weights(a.weights), lo);
   }
+  cnn->to(parse_device(a.device));
   const auto annotations = CocoAnnotations::load(a.annotations);
   FeatureOptions fo;
   fo.crop = a.image_size;
   fo.resize = static_cast<int>(a.image_size * 256.0 / 224.0 + 0.5);
   fo.batch_size = a.batch_size;
   fo.progress = true;
+  fo.compute_dtype = a.encoder_dtype;
   const auto t0 = std::chrono::steady_clock::now();
   const auto set = extract_features(cnn, annotations, a.images, fo);
   const double s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
@@ -64,6 +70,10 @@ void add_features_command(CLI::App& app) {
       ->capture_default_str()
       ->check(CLI::Range(1, 4096));
   add_thread_options(cmd, a->threads, a->blas_threads);
+  cmd->add_option("--device", a->device, "cpu, cuda or cuda:N")->capture_default_str();
+  add_encoder_dtype_option(cmd, a->encoder_dtype);
+  cmd->add_option("--seed", a->seed, "Seed of the initial weights (without --weights)")
+      ->capture_default_str();
   cmd->add_option("--out", a->out, "Output .safetensors file")->required();
   cmd->callback([a] { run_features(*a); });
 }
