@@ -24,8 +24,10 @@ namespace imcap {
 
 namespace {
 
+#if IMCAP_HAVE_CUDA_GRAPHS
 // Graphs kept at once: each holds its own memory pool (the step's activations for its batch).
 constexpr std::size_t kMaxGraphs = 8;
+#endif
 
 // The loop of greedy_ids with a DecoderStepper: no host synchronisation, so that it can be
 // captured. The ids come from argmax over the scores, so they need no vocabulary check.

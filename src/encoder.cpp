@@ -110,7 +110,23 @@ struct PlanFormat {
   torch::Dtype dtype = torch::kFloat;  // of the folded weights and the activations
   bool mkldnn = false;                 // weights pre-arranged for oneDNN; activations in its layout
   bool channels_last = false;          // NHWC weights and activations (cuDNN's tensor cores)
+  bool fused_cudnn = false;            // conv + bias + ReLU (+ residual) in one cuDNN call each
 };
+
+// The slot of a compute type in the inference cache.
+std::size_t plan_slot(torch::Dtype dtype) {
+  switch (dtype) {
+    case torch::kFloat:
+      return 0;
+    case torch::kBFloat16:
+      return 1;
+    case torch::kHalf:
+      return 2;
+    default:
+      throw InvalidArgument(fmt::format(
+          "encoder compute type {}: expected float32, bfloat16 or float16", c10::toString(dtype)));
+  }
+}
 
 FoldedConv fold(const nn::Conv2d& conv, const nn::BatchNorm2d& bn, const PlanFormat& format) {
   torch::NoGradGuard no_grad;
@@ -173,6 +189,54 @@ torch::Tensor run(const FoldedConv& c, const torch::Tensor& x, bool mkldnn) {
   return at::conv2d(x, c.weight, c.bias, c.stride, c.padding);
 }
 
+// relu(conv(x) + bias): on a GPU one cuDNN call, where conv then relu_ reads and writes the
+// activations twice.
+torch::Tensor run_relu(const FoldedConv& c, const torch::Tensor& x, const PlanFormat& format) {
+  if (format.fused_cudnn)
+    return at::cudnn_convolution_relu(x, c.weight, c.bias, c.stride, c.padding,
+                                      /*dilation=*/{1, 1}, /*groups=*/1);
+  return run(c, x, format.mkldnn).relu_();
+}
+
+// relu(conv(x) + bias + z), the end of a residual block.
+torch::Tensor run_add_relu(const FoldedConv& c, const torch::Tensor& x, const torch::Tensor& z,
+                           const PlanFormat& format) {
+  if (format.fused_cudnn)
+    return at::cudnn_convolution_add_relu(x, c.weight, z, /*alpha=*/1, c.bias, c.stride, c.padding,
+                                          /*dilation=*/{1, 1}, /*groups=*/1);
+  torch::Tensor out = run(c, x, format.mkldnn);
+  out.add_(z);
+  return out.relu_();
+}
+
+// Whether cuDNN's fused convolutions run on `device` in `dtype` (channels_last) and agree with
+// the unfused ones: they depend on the cuDNN version and the card, so a small case is checked
+// once per plan, and the plan does without them otherwise.
+bool fused_cudnn_works(const torch::Device& device, torch::Dtype dtype) {
+  if (!device.is_cuda() || !at::globalContext().userEnabledCuDNN()) return false;
+  try {
+    torch::NoGradGuard no_grad;
+    const auto options = torch::TensorOptions().device(device).dtype(dtype);
+    const auto nhwc = at::MemoryFormat::ChannelsLast;
+    const torch::Tensor x = torch::randn({2, 16, 8, 8}, options).contiguous(nhwc);
+    const torch::Tensor z = torch::randn({2, 16, 8, 8}, options).contiguous(nhwc);
+    const torch::Tensor w = (torch::randn({16, 16, 3, 3}, options) * 0.1).contiguous(nhwc);
+    const torch::Tensor b = torch::randn({16}, options);
+    const torch::Tensor plain = at::conv2d(x, w, b, /*stride=*/{1, 1}, /*padding=*/{1, 1});
+    const torch::Tensor relu = at::cudnn_convolution_relu(x, w, b, {1, 1}, {1, 1}, {1, 1}, 1);
+    const torch::Tensor add_relu =
+        at::cudnn_convolution_add_relu(x, w, z, /*alpha=*/1, b, {1, 1}, {1, 1}, {1, 1}, 1);
+    auto close = [](const torch::Tensor& got, const torch::Tensor& want) {
+      const double scale = want.abs().max().item<double>() + 1.0;
+      return (got.to(torch::kFloat) - want.to(torch::kFloat)).abs().max().item<double>() <
+             0.05 * scale;
+    };
+    return close(relu, plain.relu()) && close(add_relu, (plain + z).relu());
+  } catch (const std::exception&) {
+    return false;
+  }
+}
+
 // The backbone's forward_features with folded convolutions, in the plan's type; the result has
 // the images' type.
 torch::Tensor forward_folded(const InferencePlan& plan, const torch::Tensor& images) {
@@ -183,16 +247,14 @@ torch::Tensor forward_folded(const InferencePlan& plan, const torch::Tensor& ima
   } else if (plan.format.channels_last) {
     x = x.contiguous(at::MemoryFormat::ChannelsLast);
   }
-  x = run(plan.stem, x, mk).relu_();
+  const PlanFormat& f = plan.format;
+  x = run_relu(plan.stem, x, f);
   x = at::max_pool2d(x, /*kernel_size=*/{3, 3}, /*stride=*/{2, 2}, /*padding=*/{1, 1});
   for (const FoldedBlock& b : plan.blocks) {
     torch::Tensor out = x;
-    for (std::size_t i = 0; i < b.convs.size(); ++i) {
-      out = run(b.convs[i], out, mk);
-      if (i + 1 < b.convs.size()) out.relu_();
-    }
-    out.add_(b.has_downsample ? run(b.downsample, x, mk) : x);
-    x = out.relu_();
+    for (std::size_t i = 0; i + 1 < b.convs.size(); ++i) out = run_relu(b.convs[i], out, f);
+    const torch::Tensor shortcut = b.has_downsample ? run(b.downsample, x, mk) : x;
+    x = run_add_relu(b.convs.back(), out, shortcut, f);
   }
   if (mk) x = x.to_dense();
   return x.to(images.scalar_type());
@@ -345,6 +407,12 @@ ResNetImpl::~ResNetImpl() = default;
 
 int64_t ResNetImpl::feature_dim() const { return imcap::feature_dim(options_.arch); }
 
+bool ResNetImpl::fused_inference(torch::Dtype compute_dtype) const {
+  std::lock_guard<std::mutex> lock(inference_->mutex);
+  const auto& plan = inference_->plans[plan_slot(compute_dtype)];
+  return plan && plan->format.fused_cudnn;
+}
+
 void ResNetImpl::set_fast_inference(bool on) {
   fast_inference_ = on;
   if (!on) {
@@ -352,25 +420,6 @@ void ResNetImpl::set_fast_inference(bool on) {
     for (auto& plan : inference_->plans) plan.reset();
   }
 }
-
-namespace {
-
-// The slot of a compute type in the inference cache.
-std::size_t plan_slot(torch::Dtype dtype) {
-  switch (dtype) {
-    case torch::kFloat:
-      return 0;
-    case torch::kBFloat16:
-      return 1;
-    case torch::kHalf:
-      return 2;
-    default:
-      throw InvalidArgument(fmt::format(
-          "encoder compute type {}: expected float32, bfloat16 or float16", c10::toString(dtype)));
-  }
-}
-
-}  // namespace
 
 torch::Tensor ResNetImpl::forward_features(const torch::Tensor& images,
                                            std::optional<torch::Dtype> compute_dtype) {
@@ -403,6 +452,8 @@ torch::Tensor ResNetImpl::forward_features(const torch::Tensor& images,
           p->format.mkldnn = at::hasMKLDNN() && cpu && dtype == torch::kFloat;
           // cuDNN's tensor-core kernels want NHWC; on the CPU oneDNN has its own layout.
           p->format.channels_last = conv1->weight.device().is_cuda();
+          p->format.fused_cudnn =
+              p->format.channels_last && fused_cudnn_works(conv1->weight.device(), dtype);
           p->stem = fold(conv1, bn1, p->format);
           for (const auto& layer : {layer1, layer2, layer3, layer4}) {
             for (const auto& child : layer->children()) {

@@ -722,6 +722,7 @@ TEST_CASE("the inference path computes in bfloat16 when asked and returns float3
   CHECK(err < 0.15);
   // The float32 plan is kept beside the bfloat16 one, and still gives the same bits.
   CHECK(torch::equal(encoder->backbone->forward_features(images), full));
+  CHECK_FALSE(encoder->backbone->fused_inference(torch::kBFloat16));  // cuDNN only
   // The encoder's head computes in float32 from the bfloat16 features.
   const torch::Tensor embedded = encoder->forward(images, torch::kBFloat16);
   CHECK(embedded.scalar_type() == torch::kFloat);
@@ -746,12 +747,15 @@ TEST_CASE("the folded encoder on CUDA (channels_last) equals the CPU's", "[model
   const torch::Tensor cpu = encoder->forward_all(images).pooled;
   encoder->to(torch::kCUDA);
   const torch::Tensor gpu = encoder->forward_all(images.to(torch::kCUDA)).pooled.cpu();
+  WARN("fused cuDNN convolutions: float32 " << encoder->backbone->fused_inference(torch::kFloat));
   // cuDNN may use TF32 for float32 convolutions: 1e-2 of the largest feature, not 1e-5.
   CHECK(relative_error(gpu, cpu) < 1e-2);
   const torch::Tensor bf16 =
       encoder->forward_all(images.to(torch::kCUDA), torch::kBFloat16).pooled.cpu();
   CHECK(bf16.scalar_type() == torch::kFloat);
   CHECK(relative_error(bf16, cpu) < 0.15);
+  WARN("fused cuDNN convolutions: bfloat16 "
+       << encoder->backbone->fused_inference(torch::kBFloat16));
 }
 
 TEST_CASE("another compute type than the weights' needs the inference path", "[models]") {

@@ -118,6 +118,11 @@ struct ResNetImpl : torch::nn::Module {
   /// whenever a weight or statistic changes. Thread-safe.
   void set_fast_inference(bool on);
   bool fast_inference() const { return fast_inference_; }
+  /// Whether the inference path in `compute_dtype` runs each convolution with its ReLU (and a
+  /// block's residual add) in one cuDNN call. Only on a GPU, where a small case checked against
+  /// the unfused convolutions when the folded weights were built decides it; false before the
+  /// first inference forward in that type.
+  bool fused_inference(torch::Dtype compute_dtype) const;
 
   torch::nn::Conv2d conv1{nullptr};
   torch::nn::BatchNorm2d bn1{nullptr};

@@ -391,8 +391,12 @@ void run_device_bench(const BenchArgs& a, CaptionModel& model, const torch::Devi
       failed = true;
     }
   };
-  figure("encoder_images_per_s",
-         [&] { res["encoder_images_per_s"] = measure_device_encoder(model, a, encoder_reps); });
+  figure("encoder_images_per_s", [&] {
+    res["encoder_images_per_s"] = measure_device_encoder(model, a, encoder_reps);
+    const ResNet& backbone = model.encoder()->backbone;
+    res["encoder_fused_cudnn"] = {{"float32", backbone->fused_inference(torch::kFloat)},
+                                  {"bfloat16", backbone->fused_inference(torch::kBFloat16)}};
+  });
   figure("greedy_decode_ms", [&] { measure_device_greedy(model, a, device_plan.greedy, res); });
   figure("decoder_train_step_ms",
          [&] { res["decoder_train_step_ms"] = measure_train(model, a, device_plan, 0, nullptr); });
