@@ -7,9 +7,6 @@
 # again with the CUDA toolkit's include folders. Where it builds, <source> alone gets
 # IMCAP_HAVE_CUDA_GRAPHS=1 (it runs the same loop eagerly without). IMCAP_CUDA_GRAPHS=OFF turns
 # the probe off.
-include(CheckCXXSourceCompiles)
-include(CMakePushCheckState)
-
 option(IMCAP_CUDA_GRAPHS "Replay greedy decoding from CUDA graphs where LibTorch has CUDA" ON)
 
 set(_imcap_cuda_graph_probe [=[
@@ -27,17 +24,6 @@ int main(int argc, char**) {
   return 0;
 }]=])
 
-function(_imcap_probe_cuda_graphs result extra_includes)
-  cmake_push_check_state(RESET)
-  set(CMAKE_REQUIRED_QUIET ON)
-  set(CMAKE_REQUIRED_INCLUDES ${TORCH_INCLUDE_DIRS} ${extra_includes})
-  set(CMAKE_REQUIRED_DEFINITIONS ${TORCH_CXX_FLAGS})
-  set(CMAKE_REQUIRED_FLAGS "-std=c++17")
-  set(CMAKE_REQUIRED_LIBRARIES ${TORCH_LIBRARIES})
-  check_cxx_source_compiles("${_imcap_cuda_graph_probe}" ${result})
-  cmake_pop_check_state()
-endfunction()
-
 function(imcap_setup_cuda_graphs target source)
   if(NOT IMCAP_CUDA_GRAPHS)
     message(STATUS "imcap: CUDA graphs off (IMCAP_CUDA_GRAPHS=OFF)")
@@ -47,12 +33,13 @@ function(imcap_setup_cuda_graphs target source)
   if(TARGET torch_cuda OR TORCH_CUDA_LIBRARIES OR C10_CUDA_LIBRARY)
     set(torch_has_cuda ON)
   endif()
-  _imcap_probe_cuda_graphs(IMCAP_HAVE_CUDA_GRAPHS "")
+  imcap_check_torch_source(IMCAP_HAVE_CUDA_GRAPHS "${_imcap_cuda_graph_probe}")
   set(includes "")
   if(NOT IMCAP_HAVE_CUDA_GRAPHS AND torch_has_cuda)
     find_package(CUDAToolkit QUIET)
     if(CUDAToolkit_FOUND)
-      _imcap_probe_cuda_graphs(IMCAP_HAVE_CUDA_GRAPHS_WITH_TOOLKIT "${CUDAToolkit_INCLUDE_DIRS}")
+      imcap_check_torch_source(IMCAP_HAVE_CUDA_GRAPHS_WITH_TOOLKIT "${_imcap_cuda_graph_probe}"
+                               INCLUDES ${CUDAToolkit_INCLUDE_DIRS})
       if(IMCAP_HAVE_CUDA_GRAPHS_WITH_TOOLKIT)
         set(IMCAP_HAVE_CUDA_GRAPHS ON)
         set(includes ${CUDAToolkit_INCLUDE_DIRS})

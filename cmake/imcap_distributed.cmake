@@ -5,20 +5,11 @@
 # libgloo-dev's headers; CUDA builds of LibTorch have NCCL). Each backend is probed by compiling
 # and linking a small program against Torch; the defines go on <source> alone, the one file that
 # talks to c10d. With neither the feature is built off: `imcap train` then says so at run time.
-include(CheckCXXSourceCompiles)
-include(CMakePushCheckState)
-
 option(IMCAP_DISTRIBUTED "Data-parallel training on c10d (Gloo, NCCL) where LibTorch has it" ON)
 
 function(_imcap_probe_c10d result backend_define source_text)
-  cmake_push_check_state(RESET)
-  set(CMAKE_REQUIRED_QUIET ON)
-  set(CMAKE_REQUIRED_INCLUDES ${TORCH_INCLUDE_DIRS})
-  set(CMAKE_REQUIRED_DEFINITIONS -D${backend_define} ${TORCH_CXX_FLAGS})
-  set(CMAKE_REQUIRED_FLAGS "-std=c++17")
-  set(CMAKE_REQUIRED_LIBRARIES ${TORCH_LIBRARIES} ${ARGN})
-  check_cxx_source_compiles("${source_text}" ${result})
-  cmake_pop_check_state()
+  imcap_check_torch_source(${result} "${source_text}" DEFINITIONS -D${backend_define}
+                           LIBRARIES ${ARGN})
 endfunction()
 
 function(imcap_setup_distributed target source)

@@ -79,3 +79,21 @@ macro(imcap_find_aten_openmp)
     message(STATUS "imcap: OpenMP for at::parallel_for: ${IMCAP_WITH_OPENMP}")
   endif()
 endmacro()
+
+# imcap_check_torch_source(<result> <source> [DEFINITIONS d...] [INCLUDES dir...]
+#                          [LIBRARIES lib...]): whether a C++17 program builds and links against
+# Torch (TORCH_INCLUDE_DIRS, TORCH_CXX_FLAGS, TORCH_LIBRARIES) plus what is given. The result is
+# cached, as check_cxx_source_compiles does.
+include(CheckCXXSourceCompiles)
+include(CMakePushCheckState)
+function(imcap_check_torch_source result source)
+  cmake_parse_arguments(arg "" "" "DEFINITIONS;INCLUDES;LIBRARIES" ${ARGN})
+  cmake_push_check_state(RESET)
+  set(CMAKE_REQUIRED_QUIET ON)
+  set(CMAKE_REQUIRED_INCLUDES ${TORCH_INCLUDE_DIRS} ${arg_INCLUDES})
+  set(CMAKE_REQUIRED_DEFINITIONS ${arg_DEFINITIONS} ${TORCH_CXX_FLAGS})
+  set(CMAKE_REQUIRED_FLAGS "-std=c++17")
+  set(CMAKE_REQUIRED_LIBRARIES ${TORCH_LIBRARIES} ${arg_LIBRARIES})
+  check_cxx_source_compiles("${source}" ${result})
+  cmake_pop_check_state()
+endfunction()

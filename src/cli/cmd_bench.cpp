@@ -190,8 +190,9 @@ Json measure_device_encoder(CaptionModel& model, const BenchArgs& a, Reps reps) 
   model.train(false);
   const torch::Device device = model.device();
   const auto x = torch::randn({a.encoder_batch, 3, a.image_size, a.image_size}).to(device);
-  for (const auto& [name, dtype] :
+  for (const auto& [name, type] :
        {std::pair{"float32", torch::kFloat}, std::pair{"bfloat16", torch::kBFloat16}}) {
+    const torch::Dtype dtype = type;  // a lambda cannot capture a structured binding in C++17
     const auto ts = bench::time_ms(
         [&] {
           model.encoder()->forward(x, dtype);
