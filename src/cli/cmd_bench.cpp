@@ -70,6 +70,18 @@ Plan make_plan(const BenchArgs& a) {
   return {{3, 15}, {2, 7}, {20, 100}, {3, 15}, {2, 7}, {3, 15}, {1, 3}};
 }
 
+// The device figures' repetitions: bench/gpu_baseline.py's (PyTorch eager), so that both warm up
+// alike.
+struct DevicePlan {
+  Reps encoder, greedy, train;
+};
+
+DevicePlan make_device_plan(const BenchArgs& a) {
+  if (a.smoke) return {{0, 1}, {0, 1}, {0, 1}};
+  if (a.quick) return {{2, 5}, {5, 20}, {5, 20}};
+  return {{5, 20}, {20, 100}, {10, 50}};
+}
+
 Json reps_json(Reps r) { return Json::array({r.warmup, r.reps}); }
 
 // Log lines go to stderr ("# ..." as the baseline's), so that stdout holds only the JSON.
@@ -125,8 +137,8 @@ Json measure_greedy(CaptionModel& model, const BenchArgs& a, const Plan& plan) {
   return bench::summarize(ts);
 }
 
-Json measure_train(CaptionModel& model, const BenchArgs& a, const Plan& plan,
-                   std::size_t memory_steps, Json* memory) {
+Json measure_train(CaptionModel& model, const BenchArgs& a, Reps reps, std::size_t memory_steps,
+                   Json* memory) {
   Encoder& encoder = model.encoder();
   Decoder& decoder = model.decoder();
   model.train(true);
@@ -153,7 +165,7 @@ Json measure_train(CaptionModel& model, const BenchArgs& a, const Plan& plan,
     adam.step();
     if (device.is_cuda()) torch::cuda::synchronize();
   };
-  const auto ts = bench::time_ms(step, plan.train);
+  const auto ts = bench::time_ms(step, reps);
   Json out = bench::summarize(ts);
   out["tokens_per_step"] = batch * len;
   std::int64_t n = 0;
@@ -364,17 +376,12 @@ void print_table(const Json& res) {
 void run_device_bench(const BenchArgs& a, CaptionModel& model, const torch::Device& device,
                       Json env, std::chrono::steady_clock::time_point start) {
   model.to(device);
-  // The repetitions of bench/gpu_baseline.py (PyTorch eager), so that both warm up alike.
-  const Plan device_plan =
-      a.smoke   ? Plan{{0, 1}, {0, 1}, {0, 1}, {0, 1}, {0, 1}, {0, 1}, {0, 1}}
-      : a.quick ? Plan{{2, 5}, {2, 5}, {5, 20}, {5, 20}, {0, 1}, {0, 1}, {0, 1}}
-                : Plan{{5, 20}, {5, 20}, {20, 100}, {10, 50}, {0, 1}, {0, 1}, {0, 1}};
+  const DevicePlan plan = make_device_plan(a);
   env["device"] = device.str();
   env["cudnn_benchmark"] = at::globalContext().benchmarkCuDNN();
   env["cuda_graphs_built"] = CudaGraphGreedy::available();
   note("device {}: encoder batch {}, decode batch {}, train batch {}", device.str(),
        a.encoder_batch, a.decode_batch, a.train_batch);
-  const Reps encoder_reps = device_plan.enc_b8;
   Json res;
   bool failed = false;
   res["device"] = device.str();
@@ -393,14 +400,14 @@ void run_device_bench(const BenchArgs& a, CaptionModel& model, const torch::Devi
     }
   };
   figure("encoder_images_per_s", [&] {
-    res["encoder_images_per_s"] = measure_device_encoder(model, a, encoder_reps);
+    res["encoder_images_per_s"] = measure_device_encoder(model, a, plan.encoder);
     const ResNet& backbone = model.encoder()->backbone;
     res["encoder_fused_cudnn"] = {{"float32", backbone->fused_inference(torch::kFloat)},
                                   {"bfloat16", backbone->fused_inference(torch::kBFloat16)}};
   });
-  figure("greedy_decode_ms", [&] { measure_device_greedy(model, a, device_plan.greedy, res); });
+  figure("greedy_decode_ms", [&] { measure_device_greedy(model, a, plan.greedy, res); });
   figure("decoder_train_step_ms",
-         [&] { res["decoder_train_step_ms"] = measure_train(model, a, device_plan, 0, nullptr); });
+         [&] { res["decoder_train_step_ms"] = measure_train(model, a, plan.train, 0, nullptr); });
   res["benchmark_wall_s"] =
       std::round(std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count() *
                  10) /
@@ -418,9 +425,9 @@ void run_device_bench(const BenchArgs& a, CaptionModel& model, const torch::Devi
   config["max_steps"] = a.max_steps;
   config["encoder"] = "folded batch norm, channels_last on a GPU";
   // (warm-up, repetitions) per figure.
-  config["reps"] = {{"encoder", reps_json(encoder_reps)},
-                    {"greedy", reps_json(device_plan.greedy)},
-                    {"train", reps_json(device_plan.train)}};
+  config["reps"] = {{"encoder", reps_json(plan.encoder)},
+                    {"greedy", reps_json(plan.greedy)},
+                    {"train", reps_json(plan.train)}};
   res["config"] = config;
   res["env"] = env;
   if (a.json) {
@@ -504,7 +511,7 @@ void run_bench(BenchArgs a) {
   if (wanted("greedy")) res["greedy_decode_ms"] = measure_greedy(*model, a, plan);
   if (wanted("train") || (wanted("memory") && a.memory_steps > 0))
     res["decoder_train_step_ms"] =
-        measure_train(*model, a, plan, wanted("memory") ? a.memory_steps : 0, &memory);
+        measure_train(*model, a, plan.train, wanted("memory") ? a.memory_steps : 0, &memory);
 
   std::vector<std::string> files;
   if (wanted("data") || wanted("full")) {
