@@ -12,6 +12,7 @@
 
 #if IMCAP_HAVE_CUDA_GRAPHS
 #include <ATen/cuda/CUDAGraph.h>
+#include <c10/cuda/CUDACachingAllocator.h>
 #include <c10/cuda/CUDAGuard.h>
 #include <c10/cuda/CUDAStream.h>
 #endif
@@ -154,11 +155,15 @@ torch::Tensor CudaGraphGreedy::operator()(const torch::Tensor& features) const {
         greedy_loop(decoder, g.input, max_length_);
         side.synchronize();
         g.graph = std::make_unique<at::cuda::CUDAGraph>();
+#if TORCH_VERSION_MAJOR >= 2
+        // A pool of our own, so that a failed capture can hand it back (see the catch below).
+        const auto pool = at::cuda::graph_pool_handle();
+#endif
         try {
 #if TORCH_VERSION_MAJOR >= 2
           // Thread-local: another thread's cudaMalloc (a data loader pinning memory, say) must
           // not invalidate this capture.
-          g.graph->capture_begin({0, 0}, cudaStreamCaptureModeThreadLocal);
+          g.graph->capture_begin(pool, cudaStreamCaptureModeThreadLocal);
 #else
           g.graph->capture_begin();
 #endif
@@ -176,6 +181,34 @@ torch::Tensor CudaGraphGreedy::operator()(const torch::Tensor& features) const {
         } catch (const std::exception& e) {
           // The eager loop worked (the warm-up): decode without graphs from now on.
           impl_->capture_error = e.what();
+          // Never leave the side stream capturing (capture_begin can throw after
+          // cudaStreamBeginCapture).
+          cudaStreamCaptureStatus status = cudaStreamCaptureStatusNone;
+          if (cudaStreamIsCapturing(side.stream(), &status) == cudaSuccess &&
+              status != cudaStreamCaptureStatusNone) {
+            cudaGraph_t partial = nullptr;
+            if (cudaStreamEndCapture(side.stream(), &partial) == cudaSuccess && partial)
+              cudaGraphDestroy(partial);
+          }
+#if TORCH_VERSION_MAJOR >= 2
+          // LibTorch 2.x's capture_end() throws on a failed cudaStreamEndCapture before it
+          // calls endAllocateToPool(), and reset() does not call it either: the allocators keep
+          // a stream filter that captures the CUDAGraph's `this`. Destroying the graph would
+          // leave it dangling (used on every later allocation on this device), so the object
+          // is leaked on purpose (once: no capture is tried after a failure), and the device
+          // allocator's pool routing is ended here.
+          static_cast<void>(g.graph.release());
+#if TORCH_VERSION_MAJOR > 2 || TORCH_VERSION_MINOR >= 3
+          try {
+            c10::cuda::CUDACachingAllocator::endAllocateToPool(g.device, pool);
+          } catch (...) {  // capture_end() got that far, or capture_begin() not that far
+          }
+          try {
+            c10::cuda::CUDACachingAllocator::releasePool(g.device, pool);
+          } catch (...) {  // capture_begin() failed before creating the pool
+          }
+#endif
+#endif
           cudaGetLastError();
         }
       }

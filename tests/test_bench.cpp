@@ -1,6 +1,6 @@
 // imcap bench: the JSON has the keys and nesting of ../shared/bench/python_baseline.py's output
 // (checked here without that file, which a user's clone lacks), at tiny shapes (--smoke).
-#include <catch2/catch.hpp>
+#include "catch.hpp"
 
 #include <nlohmann/json.hpp>
 

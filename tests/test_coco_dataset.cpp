@@ -1,5 +1,5 @@
 // CocoAnnotations validation, statistics, CocoDataset items.
-#include <catch2/catch.hpp>
+#include "catch.hpp"
 
 #include <cstdio>
 

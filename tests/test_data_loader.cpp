@@ -1,5 +1,5 @@
 // DataLoader: the three batching modes, determinism, workers.
-#include <catch2/catch.hpp>
+#include "catch.hpp"
 
 #include <set>
 

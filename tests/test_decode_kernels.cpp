@@ -1,7 +1,7 @@
 // The kernels of a decoding step: the split float32 product and huge pages for the weights it
 // streams (src/compressed_projection.cpp, src/huge_pages.cpp).
 #include <torch/torch.h>
-#include <catch2/catch.hpp>
+#include "catch.hpp"
 
 #include <sys/mman.h>
 

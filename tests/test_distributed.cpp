@@ -1,6 +1,6 @@
 // Data-parallel training on c10d's Gloo over loopback: two processes against one process on the
 // whole batch, a killed and a hung rank, resume, and `imcap train --nproc`.
-#include <catch2/catch.hpp>
+#include "catch.hpp"
 
 #include <arpa/inet.h>
 #include <netinet/in.h>

@@ -1,6 +1,6 @@
 // Feature caching: training the decoder and the embedding head on pooled CNN features computed
 // once by `imcap features`, instead of running the frozen CNN every epoch.
-#include <catch2/catch.hpp>
+#include "catch.hpp"
 
 #include <cmath>
 

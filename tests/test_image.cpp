@@ -2,7 +2,7 @@
 // torchvision (references from tests/python/image_reference.py).
 #include <fmt/format.h>
 #include <torch/torch.h>
-#include <catch2/catch.hpp>
+#include "catch.hpp"
 
 #include <algorithm>
 #include <cmath>

@@ -3,7 +3,7 @@
 // Expected values come from three places: hand derivations written out next to each case, the
 // figures the coco-caption demo publishes for its fake-caption results, and an independent Python
 // reimplementation (tests/python/caption_metrics_reference.py) run at test time.
-#include <catch2/catch.hpp>
+#include "catch.hpp"
 
 #include <cmath>
 #include <map>

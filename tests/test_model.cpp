@@ -1,5 +1,5 @@
 // CaptionModel and its .imcap file, importing the notebooks' checkpoints, feature extraction.
-#include <catch2/catch.hpp>
+#include "catch.hpp"
 
 #include <fstream>
 

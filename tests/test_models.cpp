@@ -1,7 +1,7 @@
 // Encoder (torchvision ResNets + captioning head) and Show and Tell decoder: names, parity with
 // PyTorch, freezing, masking, errors.
 #include <torch/torch.h>
-#include <catch2/catch.hpp>
+#include "catch.hpp"
 
 #include <algorithm>
 #include <map>

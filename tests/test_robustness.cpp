@@ -1,7 +1,7 @@
 // Hostile and broken inputs, killed runs, full disks: the bad-input matrix of
 // docs/reliability.md that the other test files do not already cover, the fuzz corpus replayed
 // through the fuzz targets, and crash-safe training.
-#include <catch2/catch.hpp>
+#include "catch.hpp"
 
 #include <dirent.h>
 #include <fcntl.h>

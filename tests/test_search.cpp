@@ -8,7 +8,7 @@
 #include <thread>
 
 #include <torch/torch.h>
-#include <catch2/catch.hpp>
+#include "catch.hpp"
 #include <nlohmann/json.hpp>
 
 #include "imcap/captioner.hpp"

@@ -1,5 +1,5 @@
 // The synthetic shapes dataset.
-#include <catch2/catch.hpp>
+#include "catch.hpp"
 
 #include <set>
 

@@ -1,5 +1,5 @@
 // Trainer, Captioner and the train/caption/predict/demo commands, on tiny synthetic data.
-#include <catch2/catch.hpp>
+#include "catch.hpp"
 
 #include <cmath>
 #include <fstream>

@@ -1,5 +1,5 @@
 // Tokenizer and Vocabulary.
-#include <catch2/catch.hpp>
+#include "catch.hpp"
 
 #include <sstream>
 

@@ -1,7 +1,7 @@
 // Weight files: the restricted unpickler, torch.save readers (zip and legacy), safetensors,
 // load_state_dict, vocab.pkl import and the `imcap weights` CLI. The files come from Debian's
 // python3-torch at test time (tests/python/make_weight_files.py) with their expected values.
-#include <catch2/catch.hpp>
+#include "catch.hpp"
 
 #include <torch/torch.h>
 

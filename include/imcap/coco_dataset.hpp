@@ -108,7 +108,8 @@ struct CaptionItem {
 class CocoDataset {
  public:
   /// Loads and validates the annotations, checks that every image file exists under image_root
-  /// (throwing InvalidArgument listing the missing ones unless skip_missing_images) and
+  /// (throwing IoError listing the missing ones unless skip_missing_images; with features,
+  /// InvalidArgument for images without a feature row) and
   /// tokenizes every caption with the vocabulary.
   CocoDataset(const std::string& annotation_file, const std::string& image_root, Vocabulary vocab,
               ImageTransform transform, CocoDatasetOptions options = {});

@@ -42,6 +42,9 @@ class CudaGraphGreedy {
   /// the graph's input and replay it. A graph reads the decoder's weights where they lie, so
   /// in-place updates (an optimizer step) are seen; weights moved to new memory (`to()`,
   /// `set_data`, loading a state dict by assignment) get a new graph. Calls are serialized.
+  /// With LibTorch 2.x a capture is thread-local: other threads may use CUDA meanwhile. LibTorch
+  /// 1.13 captures in global mode, so there a capture fails (and decoding stays eager) if another
+  /// thread makes a CUDA call that capture forbids, such as pinning memory, while it runs.
   /// Throws InvalidArgument for features of the wrong shape (before any capture).
   torch::Tensor operator()(const torch::Tensor& features) const;
 

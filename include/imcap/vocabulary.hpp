@@ -1,6 +1,6 @@
 // Vocabulary: the mapping between caption words and the integer ids the decoder uses.
 //
-//   auto vocab = imcap::Vocabulary::build({"captions_train2014.json"}, /*threshold=*/5);
+//   auto vocab = imcap::Vocabulary::build({"captions_train2014.json"}, {/*threshold=*/5});
 //   std::vector<std::int64_t> ids = vocab.encode("A man riding a horse.");  // <start> ... <end>
 //   std::string text = vocab.decode(ids);                                   // "a man riding a
 //   horse ." vocab.save("vocab.txt");
