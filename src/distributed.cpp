@@ -62,9 +62,10 @@ void check_options(const DistributedOptions& o) {
         fmt::format("distributed: rank {} is not in 0 to {}", o.rank, o.world_size - 1));
   if (o.master_port < 1 || o.master_port > 65535)
     throw InvalidArgument(fmt::format("distributed: port {} is not in 1 to 65535", o.master_port));
-  if (!(o.timeout_seconds > 0))
-    throw InvalidArgument(
-        fmt::format("distributed: timeout {} s must be positive", o.timeout_seconds));
+  // The bound keeps the milliseconds (and c10d's own arithmetic on them) far from overflow.
+  if (!(o.timeout_seconds > 0 && o.timeout_seconds <= DistributedOptions::kMaxTimeoutSeconds))
+    throw InvalidArgument(fmt::format("distributed: timeout {} s must be above 0 and at most {}",
+                                      o.timeout_seconds, DistributedOptions::kMaxTimeoutSeconds));
 }
 
 }  // namespace

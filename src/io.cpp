@@ -78,9 +78,53 @@ namespace {
 // so that nothing mistakes a partial one for a valid file.
 std::string temp_prefix(const std::string& path) { return "." + file_name(path) + ".tmp-"; }
 
+// The file that writing to `path` lands in: path itself or, when its last component is a
+// symbolic link, the link's target, followed as open() does (a dangling link names the file it
+// would create). Renaming over the link itself would replace the link, not the file.
+std::string follow_final_links(const std::string& path) {
+  std::string p = path;
+  for (int hops = 0; hops < 40; ++hops) {
+    struct stat st {};
+    if (::lstat(p.c_str(), &st) != 0 || !S_ISLNK(st.st_mode)) return p;
+    std::string target(static_cast<std::size_t>(st.st_size > 0 ? st.st_size : 4096) + 1, '\0');
+    const ssize_t n = ::readlink(p.c_str(), target.data(), target.size());
+    if (n < 0)
+      throw IoError(fmt::format("{}: cannot read the symbolic link: {}", p, errno_message(errno)));
+    target.resize(static_cast<std::size_t>(n));
+    p = !target.empty() && target[0] == '/' ? target : join_path(parent_path(p), target);
+  }
+  throw IoError(fmt::format("{}: too many levels of symbolic links", path));
+}
+
+// Devices, FIFOs and sockets (/dev/null, /dev/stdout, a named pipe) are written in place: there
+// is nothing to rename over them. A FIFO without a reader is an error, not a wait.
+void write_in_place(const std::string& path, std::string_view data) {
+  FdGuard f{::open(path.c_str(), O_WRONLY | O_NONBLOCK | O_CLOEXEC)};
+  if (f.fd < 0) {
+    const int err = errno;
+    throw IoError(err == ENXIO ? fmt::format("{}: no process is reading the pipe", path)
+                               : fmt::format("{}: cannot open: {}", path, errno_message(err)));
+  }
+  const int flags = ::fcntl(f.fd, F_GETFL);
+  if (flags >= 0) ::fcntl(f.fd, F_SETFL, flags & ~O_NONBLOCK);
+  write_all(f.fd, data, path);
+  const int rc = ::close(f.fd);
+  f.fd = -1;
+  if (rc != 0) throw IoError(fmt::format("{}: cannot close: {}", path, errno_message(errno)));
+}
+
 }  // namespace
 
-void write_file_atomic(const std::string& path, std::string_view data) {
+void write_file_atomic(const std::string& requested, std::string_view data) {
+  struct stat existing {};
+  const bool exists = ::stat(requested.c_str(), &existing) == 0;
+  if (exists && S_ISDIR(existing.st_mode))
+    throw IoError(fmt::format("{}: is a folder, not a file", requested));
+  if (exists && !S_ISREG(existing.st_mode)) {
+    write_in_place(requested, data);
+    return;
+  }
+  const std::string path = follow_final_links(requested);
   const std::string dir = parent_path(path);
   std::random_device rd;
   const std::string tmp = join_path(dir, fmt::format("{}{:08x}", temp_prefix(path), rd()));
@@ -90,6 +134,10 @@ void write_file_atomic(const std::string& path, std::string_view data) {
       throw IoError(
           fmt::format("{}: cannot create a file in '{}': {}", path, dir, errno_message(errno)));
     try {
+      // A replaced file keeps its permissions.
+      if (exists && ::fchmod(f.fd, existing.st_mode & 07777) != 0)
+        throw IoError(
+            fmt::format("{}: cannot set the permissions: {}", path, errno_message(errno)));
       write_all(f.fd, data, path);
       if (::fsync(f.fd) != 0)
         throw IoError(fmt::format("{}: cannot sync to disk: {}", path, errno_message(errno)));
@@ -189,6 +237,13 @@ bool is_directory(const std::string& path) {
 bool is_regular_file(const std::string& path) {
   struct stat st {};
   return ::stat(path.c_str(), &st) == 0 && S_ISREG(st.st_mode);
+}
+
+bool same_file(const std::string& a, const std::string& b) {
+  struct stat sa {
+  }, sb{};
+  return ::stat(a.c_str(), &sa) == 0 && ::stat(b.c_str(), &sb) == 0 && sa.st_dev == sb.st_dev &&
+         sa.st_ino == sb.st_ino;
 }
 
 void create_directories(const std::string& path) {

@@ -248,6 +248,14 @@ TEST_CASE("imcap caption rejects broken images with the file and the reason, exi
   INFO(r.err);
   CHECK(r.exit_code == 0);
   CHECK(std::count(r.out.begin(), r.out.end(), '\n') == 3);
+  // A file name that is not UTF-8 (legal on Linux) is captioned; --json shows the bad byte as
+  // U+FFFD rather than failing.
+  const std::string latin1 = tmp.file("caf\xe9.png");
+  write_text(latin1, read_text(tmp.file("one.png")));
+  const auto j = run_cli({"caption", "--model", model, "--json", latin1});
+  INFO(j.err);
+  CHECK(j.exit_code == 0);
+  CHECK_THAT(j.out, Catch::Contains("caf\xef\xbf\xbd.png"));
 }
 
 TEST_CASE("annotation files: the CLI names the file and the problem, exit 1", "[robustness][cli]") {
@@ -359,12 +367,32 @@ TEST_CASE("CLI paths and numbers: missing, unreadable, unwritable, invalid", "[r
             tmp.file("r"), "--blas-threads", "many"},
            {"synth", "--out", tmp.file("s"), "--size", "1e99"},
            {"vocab", "--annotations", tmp.file("ann.json"), "--out", tmp.file("v"), "--threshold",
-            "lots"}}) {
+            "lots"},
+           // Thread counts are bounded (100,000 threads would take minutes to start), and NaN,
+           // infinities and overflowing values are refused where CLI11's ranges let them through.
+           {"caption", "--model", model, "--threads", "100000", "x.png"},
+           {"caption", "--model", model, "--threads", "-1", "x.png"},
+           {"caption", "--model", model, "--alpha", "nan", "x.png"},
+           {"train", "--annotations", tmp.file("ann.json"), "--features", "f.safetensors", "--out",
+            tmp.file("r"), "--lr", "nan"},
+           {"train", "--annotations", tmp.file("ann.json"), "--features", "f.safetensors", "--out",
+            tmp.file("r"), "--clip", "inf"},
+           {"train", "--annotations", tmp.file("ann.json"), "--features", "f.safetensors", "--out",
+            tmp.file("r"), "--max-seconds", "nan"},
+           {"train", "--annotations", tmp.file("ann.json"), "--features", "f.safetensors", "--out",
+            tmp.file("r"), "--dist-timeout", "1e18"},
+           {"train", "--annotations", tmp.file("ann.json"), "--features", "f.safetensors", "--out",
+            tmp.file("r"), "--flip-probability", "nan"},
+           {"bench", "--data-threads", "5000"}}) {
     const auto r = run_cli(args);
     INFO(args[0] << " " << r.err);
     CHECK(r.exit_code == 2);
     CHECK_THAT(r.err, Catch::Contains("--"));
+    CHECK_THAT(r.err, !Catch::Contains("179769313486231570"));  // no DBL_MAX in the message
   }
+  const auto unknown = run_cli({"nosuch", "--help"});
+  CHECK(unknown.exit_code == 2);
+  CHECK_THAT(unknown.err, Catch::Contains("unknown command 'nosuch'"));
   if (running_as_root()) {
     WARN("running as root, which ignores file modes: unreadable and unwritable paths not tested");
     return;
@@ -412,6 +440,99 @@ TEST_CASE("write_file_atomic reports a full disk and leaves no partial file", "[
   write_text(tmp.file(".out.bin.tmp-notmine"), "someone else's");
   CHECK(imcap::detail::remove_stale_temp_files(path) == 1);
   CHECK(list_dir(tmp.path()) == std::vector<std::string>{".out.bin.tmp-notmine", "out.bin"});
+}
+
+TEST_CASE("write_file_atomic follows links, keeps modes, and writes devices and pipes in place",
+          "[robustness]") {
+  TempDir tmp;
+  using imcap::detail::write_file_atomic;
+  // A link to a file: the file gets the new content and the link stays a link.
+  write_text(tmp.file("target.txt"), "old");
+  REQUIRE(::symlink("target.txt", tmp.file("link.txt").c_str()) == 0);
+  write_file_atomic(tmp.file("link.txt"), "new");
+  struct stat st {};
+  REQUIRE(::lstat(tmp.file("link.txt").c_str(), &st) == 0);
+  CHECK(S_ISLNK(st.st_mode));
+  CHECK(read_text(tmp.file("target.txt")) == "new");
+  // A dangling link creates the file it names, as open() would.
+  REQUIRE(::symlink("created.txt", tmp.file("dangling.txt").c_str()) == 0);
+  write_file_atomic(tmp.file("dangling.txt"), "made");
+  CHECK(read_text(tmp.file("created.txt")) == "made");
+  // A replaced file keeps its permissions.
+  ::chmod(tmp.file("target.txt").c_str(), 0600);
+  write_file_atomic(tmp.file("target.txt"), "again");
+  REQUIRE(::stat(tmp.file("target.txt").c_str(), &st) == 0);
+  CHECK((st.st_mode & 07777) == 0600);
+  // A device is written in place, not replaced by a regular file.
+  write_file_atomic("/dev/null", "discarded");
+  REQUIRE(::stat("/dev/null", &st) == 0);
+  CHECK(S_ISCHR(st.st_mode));
+  // A FIFO: its reader gets the bytes; without a reader, an error rather than a wait.
+  REQUIRE(::mkfifo(tmp.file("fifo").c_str(), 0600) == 0);
+  CHECK_THROWS_WITH(write_file_atomic(tmp.file("fifo"), "x"),
+                    Catch::Contains("fifo") && Catch::Contains("no process is reading"));
+  std::string received;
+  std::thread reader([&] {
+    std::ifstream in(tmp.file("fifo"));
+    received.assign(std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>());
+  });
+  bool written = false;
+  for (int attempt = 0; attempt < 500 && !written; ++attempt) {  // until the reader has opened it
+    try {
+      write_file_atomic(tmp.file("fifo"), "through the pipe");
+      written = true;
+    } catch (const imcap::IoError&) {
+      std::this_thread::sleep_for(std::chrono::milliseconds(10));
+    }
+  }
+  if (!written) {  // unblock the reader before failing
+    std::ofstream(tmp.file("fifo")) << "";
+  }
+  reader.join();
+  CHECK(written);
+  CHECK(received == "through the pipe");
+  REQUIRE(::lstat(tmp.file("fifo").c_str(), &st) == 0);
+  CHECK(S_ISFIFO(st.st_mode));
+  // A folder is not overwritten.
+  imcap::detail::create_directories(tmp.file("folder"));
+  CHECK_THROWS_WITH(write_file_atomic(tmp.file("folder"), "x"), Catch::Contains("is a folder"));
+}
+
+TEST_CASE("the CLI refuses an output file that is one of its inputs, exit 2", "[robustness][cli]") {
+  TempDir tmp;
+  const auto& model = small_model();
+  const std::string copy = tmp.file("model.imcap");
+  write_text(copy, read_text(model));
+  write_text(tmp.file("ann.json"), R"({"images": [{"id": 1, "file_name": "a.png"}],
+    "annotations": [{"id": 1, "image_id": 1, "caption": "a red circle"}]})");
+  write_text(tmp.file("res.json"), R"([{"image_id": 1, "caption": "a red circle"}])");
+  REQUIRE(::link(tmp.file("ann.json").c_str(), tmp.file("hard.json").c_str()) == 0);
+  const std::string ann = read_text(tmp.file("ann.json"));
+  const std::string res = read_text(tmp.file("res.json"));
+  for (const auto& args : std::vector<std::vector<std::string>>{
+           {"predict", "--model", copy, "--annotations", tmp.file("ann.json"), "--images",
+            tmp.path(), "--out", copy},
+           {"vocab", "--annotations", tmp.file("ann.json"), "--out", tmp.file("hard.json")},
+           {"eval", "--annotations", tmp.file("ann.json"), "--results", tmp.file("res.json"),
+            "--per-image", tmp.file("res.json")},
+           {"weights", "convert", copy, "--out", copy},
+           {"features", "--annotations", tmp.file("ann.json"), "--images", tmp.path(), "--out",
+            tmp.file("ann.json")}}) {
+    const auto r = run_cli(args);
+    INFO(args[0] << ": " << r.err);
+    CHECK(r.exit_code == 2);
+    CHECK_THAT(r.err, Catch::Contains("is the same file as"));
+  }
+  CHECK(read_text(copy) == read_text(model));
+  CHECK(read_text(tmp.file("ann.json")) == ann);
+  CHECK(read_text(tmp.file("res.json")) == res);
+  const auto empty = run_cli({"weights", "convert", copy, "--out", ""});
+  CHECK(empty.exit_code == 2);
+  CHECK_THAT(empty.err, Catch::Contains("--out: expected a file name"));
+  const auto twice = run_cli(
+      {"weights", "convert", copy, "--out", tmp.file("w.safetensors"), "--metadata", "a=1", "a=2"});
+  CHECK(twice.exit_code == 2);
+  CHECK_THAT(twice.err, Catch::Contains("'a' given twice"));
 }
 
 TEST_CASE("a full disk during training and a full stdout are errors, exit 1", "[robustness][cli]") {

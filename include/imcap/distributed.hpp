@@ -28,8 +28,10 @@ struct DistributedOptions {
   std::string master_addr = "127.0.0.1";  ///< host of the TCPStore (MASTER_ADDR).
   int master_port = 29500;                ///< port of the TCPStore (MASTER_PORT). Default 29500.
   /// Seconds the rendezvous and each collective may wait for the other processes before they
-  /// fail with an error: a hung process is caught by this. Default 300.
+  /// fail with an error: a hung process is caught by this. Default 300; at most
+  /// kMaxTimeoutSeconds.
   double timeout_seconds = 300.0;
+  static constexpr double kMaxTimeoutSeconds = 1e6;
   /// The store is already served by torchrun's agent (TORCHELASTIC_USE_AGENT_STORE=True): every
   /// rank connects to it as a client, under the restart's key prefix. Default false: rank 0
   /// serves the store, as torch.distributed's env:// rendezvous does.

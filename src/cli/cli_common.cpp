@@ -2,6 +2,9 @@
 
 #include <dlfcn.h>
 
+#include <cerrno>
+#include <cmath>
+#include <cstdlib>
 #include <string>
 #include <thread>
 
@@ -25,21 +28,72 @@ void set_threads(int threads, int blas) {
   set_blas_threads(blas >= 1 ? blas : 1);
 }
 
+namespace {
+
+CLI::Validator number_check(double lo, double hi, bool lo_included) {
+  const std::string expected = lo_included ? fmt::format("a number from {} to {}", lo, hi)
+                                           : fmt::format("a number above {}, at most {}", lo, hi);
+  return CLI::Validator(
+      [=](std::string& value) -> std::string {
+        char* end = nullptr;
+        errno = 0;
+        const double x = std::strtod(value.c_str(), &end);
+        const bool parsed = !value.empty() && end == value.c_str() + value.size() && errno == 0;
+        if (parsed && std::isfinite(x) && (lo_included ? x >= lo : x > lo) && x <= hi) return {};
+        return fmt::format("expected {}, got '{}'", expected, value);
+      },
+      expected);
+}
+
+}  // namespace
+
+CLI::Validator finite_range(double lo, double hi) { return number_check(lo, hi, true); }
+CLI::Validator finite_above(double lo, double hi) { return number_check(lo, hi, false); }
+
+CLI::Validator thread_count() {
+  const std::string expected = fmt::format("a number of threads from 0 to {}", kMaxThreads);
+  return CLI::Validator(
+      [=](std::string& value) -> std::string {
+        try {
+          std::size_t used = 0;
+          const int n = std::stoi(value, &used);
+          if (used == value.size() && n >= 0 && n <= kMaxThreads) return {};
+        } catch (const std::exception&) {
+        }
+        return fmt::format("expected {}, got '{}'", expected, value);
+      },
+      fmt::format("0..{}", kMaxThreads));
+}
+
+void check_output_is_not_an_input(const std::string& output_option, const std::string& output,
+                                  const std::vector<std::pair<std::string, std::string>>& inputs) {
+  if (output.empty())
+    throw UsageError(fmt::format("{}: expected a file name, got an empty one", output_option));
+  for (const auto& [option, path] : inputs) {
+    if (!path.empty() && detail::same_file(output, path))
+      throw UsageError(
+          fmt::format("{} '{}' is the same file as {} '{}': writing it would destroy "
+                      "the input; choose another output file",
+                      output_option, output, option, path));
+  }
+}
+
 void add_thread_options(CLI::App* cmd, int& threads, int& blas) {
   cmd->add_option("--threads", threads, "Torch threads (0: one per core)")
       ->capture_default_str()
-      ->check(CLI::NonNegativeNumber);
+      ->check(thread_count());
   cmd->add_option("--blas-threads", blas,
                   "OpenBLAS threads (-1: 1; see docs/performance.md#threads for when 2 or more "
                   "pay)")
       ->capture_default_str()
       ->check(CLI::Validator(
           [](std::string& value) -> std::string {
-            const std::string expected = "expected -1 or a number of threads from 1 to 1024";
+            const std::string expected =
+                fmt::format("expected -1 or a number of threads from 1 to {}", kMaxThreads);
             try {
               std::size_t used = 0;
               const int n = std::stoi(value, &used);
-              if (used == value.size() && (n == -1 || (n >= 1 && n <= 1024))) return {};
+              if (used == value.size() && (n == -1 || (n >= 1 && n <= kMaxThreads))) return {};
             } catch (const std::exception&) {
             }
             return expected + ", got '" + value + "'";

@@ -3,6 +3,8 @@
 
 #include <optional>
 #include <string>
+#include <utility>
+#include <vector>
 
 #include <torch/types.h>
 #include <CLI/CLI.hpp>
@@ -22,6 +24,21 @@ class UsageError : public std::runtime_error {
 /// it is 1 or more, else (-1, the default) 1 when Torch's are several, so that the two thread
 /// pools do not compete for the cores (docs/performance.md#threads).
 void set_threads(int threads, int blas = -1);
+/// The most threads --threads, --blas-threads and --data-threads accept.
+inline constexpr int kMaxThreads = 1024;
+/// A CLI11 check: a finite number from lo to hi (NaN and infinities fail, with the bounds as
+/// written rather than CLI11's 300-digit DBL_MAX).
+CLI::Validator finite_range(double lo, double hi);
+/// The same with lo itself excluded ("a number above lo, at most hi").
+CLI::Validator finite_above(double lo, double hi);
+/// A CLI11 check: a whole number from 0 to kMaxThreads.
+CLI::Validator thread_count();
+/// Throws UsageError when the output file names the same file as one of the inputs (after
+/// links), which writing it would destroy: e.g. `--out` equal to `--model`. `inputs` pairs each
+/// input's option name with its path; empty paths are skipped.
+void check_output_is_not_an_input(const std::string& output_option, const std::string& output,
+                                  const std::vector<std::pair<std::string, std::string>>& inputs);
+
 /// Adds --threads and --blas-threads, bound to `threads` and `blas`, to a subcommand.
 void add_thread_options(CLI::App* cmd, int& threads, int& blas);
 /// Adds --decode-weights float32|bfloat16|int8 (imcap::DecodeWeights), bound to `weights`.

@@ -596,7 +596,7 @@ void add_bench_command(CLI::App& app) {
   cmd->add_option("--data-threads", a->data_threads,
                   "Threads of the all-threads data pipeline figure (0: one per core)")
       ->capture_default_str()
-      ->check(CLI::NonNegativeNumber);
+      ->check(thread_count());
   cmd->add_option("--annotations", a->annotations,
                   "COCO captions file to time loading and the vocabulary build on (default: a "
                   "generated file of COCO 2014 val's size)");

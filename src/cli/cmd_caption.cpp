@@ -46,10 +46,14 @@ void run_caption(const CaptionArgs& a) {
         fmt::print("{}\t{}\n", chunk[i], captions[i].text);
     }
   }
-  if (a.json) std::cout << results.dump(2) << '\n';
+  // File names need not be UTF-8 on Linux: such bytes print as U+FFFD instead of failing.
+  if (a.json)
+    std::cout << results.dump(2, ' ', false, nlohmann::json::error_handler_t::replace) << '\n';
 }
 
 void run_predict(const CaptionArgs& a) {
+  check_output_is_not_an_input("--out", a.out,
+                               {{"--model", a.model}, {"--annotations", a.annotations}});
   set_threads(a.threads, a.blas_threads);
   const auto captioner = Captioner::load(a.model, parse_device(a.device), a.options);
   const auto annotations = CocoAnnotations::load(a.annotations);
@@ -80,7 +84,7 @@ void add_search_options(CLI::App* cmd, CaptionArgs& a) {
       ->check(CLI::Range(1, 1000));
   cmd->add_option("--alpha", a.options.alpha, "Length normalisation exponent")
       ->capture_default_str()
-      ->check(CLI::Range(0.0, 10.0));
+      ->check(finite_range(0.0, 10.0));
   add_decode_weights_option(cmd, a.options.decode_weights);
   add_encoder_dtype_option(cmd, a.options.encoder_dtype);
   cmd->add_option("--device", a.device, "cpu, cuda or cuda:N")->capture_default_str();

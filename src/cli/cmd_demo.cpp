@@ -216,7 +216,7 @@ void add_demo_command(CLI::App& app) {
       ->capture_default_str();
   cmd->add_flag("--quick", a->quick, "A small run of under a minute (for tests)");
   cmd->add_option("--seconds", a->seconds, "Training time budget (default 200, or 25 with --quick)")
-      ->check(CLI::NonNegativeNumber);
+      ->check(finite_range(0.0, 1e7));
   cmd->add_option("--image-size", a->image_size, "Side of the images the CNN sees, pixels")
       ->capture_default_str()
       ->check(CLI::Range(16, 64));

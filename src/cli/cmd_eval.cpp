@@ -19,6 +19,7 @@ struct EvalArgs {
   std::string results;
   bool json = false;
   std::string per_image;
+  bool per_image_given = false;
 };
 
 // coco-caption's names, in the order it reports them.
@@ -58,6 +59,10 @@ std::string per_image_text(const CorpusScores& scores, const std::string& path) 
 }
 
 void run_eval(const EvalArgs& args) {
+  if (args.per_image_given)
+    check_output_is_not_an_input(
+        "--per-image", args.per_image,
+        {{"--annotations", args.annotations}, {"--results", args.results}});
   const auto annotations = CocoAnnotations::load(args.annotations);
   const auto results = load_caption_results(args.results);
   const CorpusScores scores = evaluate_results(annotations, results);
@@ -94,9 +99,13 @@ void add_eval_command(CLI::App& app) {
       ->required();
   cmd->add_flag("--json", args->json,
                 "Print one JSON object (Bleu_1..Bleu_4, ROUGE_L, CIDEr at full precision)");
-  cmd->add_option("--per-image", args->per_image,
-                  "Also write per-image scores to FILE (CSV if it ends in .csv, else JSON)");
-  cmd->callback([args] { run_eval(*args); });
+  const CLI::Option* per_image =
+      cmd->add_option("--per-image", args->per_image,
+                      "Also write per-image scores to FILE (CSV if it ends in .csv, else JSON)");
+  cmd->callback([args, per_image] {
+    args->per_image_given = per_image->count() > 0;
+    run_eval(*args);
+  });
 }
 
 }  // namespace imcap::cli

@@ -23,6 +23,8 @@ struct FeaturesArgs {
 };
 
 void run_features(const FeaturesArgs& a) {
+  check_output_is_not_an_input("--out", a.out,
+                               {{"--annotations", a.annotations}, {"--weights", a.weights}});
   set_threads(a.threads, a.blas_threads);
   torch::manual_seed(a.seed);  // the initial weights, when no --weights replace them
   ResNetOptions ro;

@@ -3,6 +3,7 @@
 
 #include <fmt/format.h>
 
+#include "cli/cli_common.hpp"
 #include "cli/commands.hpp"
 #include "imcap/import.hpp"
 
@@ -17,6 +18,8 @@ struct ImportArgs {
 };
 
 void run_import(const ImportArgs& a) {
+  check_output_is_not_an_input(
+      "--out", a.out, {{"--encoder", a.encoder}, {"--decoder", a.decoder}, {"--vocab", a.vocab}});
   NotebookImportOptions o;
   o.encoder_arch = parse_resnet_arch(a.arch);
   o.embed_size = a.embed_size;
@@ -50,11 +53,11 @@ void add_import_command(CLI::App& app) {
   cmd->add_option("--embed-size", a->embed_size,
                   "Expected embedding size (0: read it from the weights)")
       ->capture_default_str()
-      ->check(CLI::NonNegativeNumber);
+      ->check(CLI::Range(0, 65536));
   cmd->add_option("--hidden-size", a->hidden_size,
                   "Expected LSTM hidden size (0: read it from the weights)")
       ->capture_default_str()
-      ->check(CLI::NonNegativeNumber);
+      ->check(CLI::Range(0, 65536));
   cmd->add_option("--image-resize", a->resize, "Shorter side before the centre crop")
       ->capture_default_str()
       ->check(CLI::Range(16, 8192));

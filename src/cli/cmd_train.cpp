@@ -285,7 +285,7 @@ void add_train_command(CLI::App& app) {
       ->check(CLI::Range(1, 16));
   cmd->add_option("--dropout", a->dropout, "Dropout between LSTM layers")
       ->capture_default_str()
-      ->check(CLI::Range(0.0, 0.99));
+      ->check(finite_range(0.0, 0.99));
   cmd->add_option("--inject", a->inject,
                   "Where the image enters the LSTM: pre (Show and Tell), par, init")
       ->capture_default_str()
@@ -294,7 +294,7 @@ void add_train_command(CLI::App& app) {
                 "BatchNorm1d after the encoder's embedding (tutorial variant)");
   cmd->add_option("--vocab-threshold", a->vocab_threshold, "Minimum word count")
       ->capture_default_str()
-      ->check(CLI::NonNegativeNumber);
+      ->check(CLI::Range(0, 1000000000));
   cmd->add_option("--epochs", a->epochs, "Epochs")
       ->capture_default_str()
       ->check(CLI::Range(1, 100000));
@@ -311,19 +311,19 @@ void add_train_command(CLI::App& app) {
       ->check(CLI::IsMember({"adam", "sgd"}));
   cmd->add_option("--lr", a->lr, "Learning rate")
       ->capture_default_str()
-      ->check(CLI::PositiveNumber);
+      ->check(finite_above(0.0, 100.0));
   cmd->add_option("--weight-decay", a->weight_decay, "L2 penalty")
       ->capture_default_str()
-      ->check(CLI::NonNegativeNumber);
+      ->check(finite_range(0.0, 1e3));
   cmd->add_option("--clip", a->clip, "Gradient-norm clipping (0: off)")
       ->capture_default_str()
-      ->check(CLI::NonNegativeNumber);
+      ->check(finite_range(0.0, 1e9));
   cmd->add_option("--lr-schedule", a->schedule, "none, step or plateau")
       ->capture_default_str()
       ->check(CLI::IsMember({"none", "step", "plateau"}));
   cmd->add_option("--max-seconds", a->max_seconds, "Stop cleanly and save after this many seconds")
       ->capture_default_str()
-      ->check(CLI::NonNegativeNumber);
+      ->check(finite_range(0.0, 1e9));
   cmd->add_option("--max-steps", a->max_steps, "Stop cleanly and save after this many steps")
       ->capture_default_str();
   cmd->add_option("--val-max-images", a->val_max_images, "Images captioned per validation (0: all)")
@@ -334,7 +334,7 @@ void add_train_command(CLI::App& app) {
   cmd->add_option("--flip-probability", a->flip,
                   "Chance of a horizontal flip in training (0 when captions say left and right)")
       ->capture_default_str()
-      ->check(CLI::Range(0.0, 1.0));
+      ->check(finite_range(0.0, 1.0));
   cmd->add_flag("--resume", a->resume, "Continue from OUT/last.imcap");
   cmd->add_flag("--skip-missing-images", a->skip_missing,
                 "Train without the images whose files are missing (a warning lists them) "
@@ -354,7 +354,7 @@ void add_train_command(CLI::App& app) {
                   "Seconds a data-parallel process waits for the others (rendezvous, each "
                   "collective) before it fails")
       ->capture_default_str()
-      ->check(CLI::PositiveNumber);
+      ->check(finite_above(0.0, DistributedOptions::kMaxTimeoutSeconds));
   cmd->callback([a] { run_train(*a); });
 }
 

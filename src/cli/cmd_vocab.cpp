@@ -1,9 +1,13 @@
 // imcap vocab: build a vocabulary from COCO caption files (the seed's vocabulary.py).
 #include <chrono>
 #include <memory>
+#include <string>
+#include <utility>
+#include <vector>
 
 #include <fmt/format.h>
 
+#include "cli/cli_common.hpp"
 #include "cli/commands.hpp"
 #include "imcap/vocabulary.hpp"
 
@@ -19,6 +23,9 @@ struct VocabArgs {
 };
 
 void run_vocab(const VocabArgs& args) {
+  std::vector<std::pair<std::string, std::string>> inputs;
+  for (const auto& file : args.annotations) inputs.emplace_back("--annotations", file);
+  check_output_is_not_an_input("--out", args.out, inputs);
   const auto t0 = std::chrono::steady_clock::now();
   VocabularyOptions options;
   options.threshold = args.threshold;
@@ -41,7 +48,7 @@ void add_vocab_command(CLI::App& app) {
       ->expected(1, -1);
   cmd->add_option("--threshold", args->threshold, "Minimum word count to keep a word")
       ->capture_default_str()
-      ->check(CLI::NonNegativeNumber);
+      ->check(CLI::Range(0, 1000000000));
   cmd->add_option("--max-size", args->max_size, "Keep at most this many words (0: no limit)")
       ->capture_default_str();
   cmd->add_option("--out", args->out, "Vocabulary file to write")->required();

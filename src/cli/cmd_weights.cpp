@@ -99,12 +99,14 @@ void run_inspect(const WeightsArgs& args) {
 }
 
 void run_convert(const WeightsArgs& args) {
+  check_output_is_not_an_input("--out", args.out, {{"FILE", args.file}});
   std::map<std::string, std::string> metadata;
   for (const auto& kv : args.metadata) {
     const auto eq = kv.find('=');
     if (eq == std::string::npos || eq == 0)
       throw UsageError(fmt::format("--metadata '{}': expected KEY=VALUE", kv));
-    metadata[kv.substr(0, eq)] = kv.substr(eq + 1);
+    if (!metadata.emplace(kv.substr(0, eq), kv.substr(eq + 1)).second)
+      throw UsageError(fmt::format("--metadata: key '{}' given twice", kv.substr(0, eq)));
   }
   const auto tensors = load_weights(args.file, load_options(args));
   save_safetensors(args.out, tensors, metadata);

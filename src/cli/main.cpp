@@ -29,6 +29,10 @@ int main(int argc, char** argv) {
   imcap::cli::add_weights_command(app);
   imcap::cli::add_bench_command(app);
   try {
+    // CLI11 would report an unknown command as "A subcommand is required".
+    if (argc > 1 && argv[1][0] != '-' &&
+        app.get_subcommands([&](CLI::App* sub) { return sub->get_name() == argv[1]; }).empty())
+      throw imcap::cli::UsageError(std::string("unknown command '") + argv[1] + "'");
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {
     const int code = app.exit(e);  // prints help, version or the usage error

@@ -15,8 +15,10 @@ std::string errno_message(int err);
 std::string read_file(const std::string& path, std::uint64_t max_bytes = UINT64_MAX);
 
 /// Writes data to path crash-safely: a temporary file in the same folder, fsync, rename, then
-/// fsync of the folder. A crash at any moment leaves either the old file or the new one.
-/// Throws IoError naming the file (disk full, unwritable folder, ...).
+/// fsync of the folder. A crash at any moment leaves either the old file or the new one. A
+/// replaced file keeps its permissions; a symbolic link is followed (its target is replaced, not
+/// the link); devices and FIFOs (/dev/stdout, a named pipe) are written in place. Throws IoError
+/// naming the file (disk full, unwritable folder, a folder at path, a pipe nobody reads, ...).
 void write_file_atomic(const std::string& path, std::string_view data);
 
 /// Removes the temporary files that write_file_atomic(path, ...) leaves when its process is
@@ -42,6 +44,8 @@ bool has_parent_reference(const std::string& path);
 bool path_exists(const std::string& path);
 bool is_directory(const std::string& path);
 bool is_regular_file(const std::string& path);
+/// Whether a and b name the same existing file (after symbolic links; hard links included).
+bool same_file(const std::string& a, const std::string& b);
 /// mkdir -p; throws IoError naming the folder on failure.
 void create_directories(const std::string& path);
 
