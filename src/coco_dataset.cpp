@@ -10,6 +10,7 @@
 #include "detail/io.hpp"
 #include "detail/json_reader.hpp"
 #include "detail/tokenizer.hpp"
+#include "detail/utf8.hpp"
 #include "imcap/error.hpp"
 
 namespace imcap {
@@ -52,6 +53,18 @@ void expect_kind(JsonReader& in, JsonReader::Kind kind, const std::string& file,
   if (in.peek() != kind) expect_kind(in, kind, file, where.str(key));
 }
 
+// s with each NUL written as \u0000, for messages.
+std::string escape_nul(const std::string& s) {
+  std::string out;
+  for (const char c : s) {
+    if (c == '\0')
+      out += "\\u0000";
+    else
+      out += c;
+  }
+  return out;
+}
+
 bool is_safe_relative(const std::string& name) {
   if (name.empty() || name.front() == '/' || name.find('\\') != std::string::npos) return false;
   return !detail::has_parent_reference(name);
@@ -77,6 +90,8 @@ void read_fields(JsonReader& in, const char* text_key, bool want_image_id, const
     } else if (key == text_key) {
       expect_kind(in, JsonReader::Kind::string, file, where, key);
       in.read_string(f.text);
+      if (const auto problem = detail::utf8_problem(f.text); !problem.empty())
+        fail(file, where.str(key), problem);
       f.has_text = true;
     } else {
       in.skip_value();
@@ -117,6 +132,12 @@ CocoAnnotations CocoAnnotations::parse(std::string_view text, const std::string&
         const Where where{"images", i};
         Fields f;
         read_fields(in, "file_name", false, name, where, f, field_key);
+        // A NUL would cut the path where the operating system reads it: "a\u0000b.jpg" opens "a".
+        if (const auto nul = f.text.find('\0'); nul != std::string::npos)
+          fail(name, where.str("file_name"),
+               fmt::format("'{}' contains a NUL character (\\u0000) at byte {}; expected a "
+                           "relative path inside the image folder",
+                           escape_nul(f.text), nul));
         if (!is_safe_relative(f.text))
           fail(name, where.str("file_name"),
                fmt::format("'{}' must be a relative path inside the image folder (no leading '/', "
