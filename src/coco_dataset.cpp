@@ -9,6 +9,7 @@
 
 #include "detail/io.hpp"
 #include "detail/json_reader.hpp"
+#include "detail/tensor_check.hpp"
 #include "detail/tokenizer.hpp"
 #include "detail/utf8.hpp"
 #include "imcap/error.hpp"
@@ -233,15 +234,23 @@ CocoDataset::CocoDataset(CocoAnnotations annotations, const std::string& image_r
   if (features) {
     const auto& f = options_.features;
     const auto& ids = options_.feature_image_ids;
-    if (f.dim() != 2 || !f.is_floating_point())
-      throw InvalidArgument(fmt::format("{}: features must be a float [N, C] tensor, got {} dims",
-                                        annotations_.source(), f.dim()));
+    if (f.dim() != 2)
+      throw InvalidArgument(fmt::format("{}: features must be a [N, C] tensor, got shape {}",
+                                        annotations_.source(), detail::shape_string(f)));
+    if (!f.is_floating_point())
+      throw InvalidArgument(
+          fmt::format("{}: features must hold floating-point values, got dtype {}",
+                      annotations_.source(), c10::toString(f.scalar_type())));
     if (!ids.defined() || ids.dim() != 1 || ids.scalar_type() != at::kLong ||
         ids.size(0) != f.size(0))
       throw InvalidArgument(
           fmt::format("{}: feature_image_ids must be int64 [N] with N = {} rows of features",
                       annotations_.source(), f.size(0)));
     options_.features = f.to(at::kFloat).contiguous();
+    if (const auto bad = detail::find_non_finite(options_.features); bad.row >= 0)
+      throw InvalidArgument(
+          fmt::format("{}: features row {} holds {} at column {}: expected finite values",
+                      annotations_.source(), bad.row, bad.value, bad.column));
     const auto cpu_ids = ids.to(at::kCPU).contiguous();
     const auto* id = cpu_ids.data_ptr<std::int64_t>();
     for (std::int64_t r = 0; r < cpu_ids.size(0); ++r) feature_rows_[id[r]] = r;
