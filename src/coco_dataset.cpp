@@ -9,7 +9,9 @@
 
 #include "detail/io.hpp"
 #include "detail/json_reader.hpp"
+#include "detail/tensor_check.hpp"
 #include "detail/tokenizer.hpp"
+#include "detail/utf8.hpp"
 #include "imcap/error.hpp"
 
 namespace imcap {
@@ -52,6 +54,18 @@ void expect_kind(JsonReader& in, JsonReader::Kind kind, const std::string& file,
   if (in.peek() != kind) expect_kind(in, kind, file, where.str(key));
 }
 
+// s with each NUL written as \u0000, for messages.
+std::string escape_nul(const std::string& s) {
+  std::string out;
+  for (const char c : s) {
+    if (c == '\0')
+      out += "\\u0000";
+    else
+      out += c;
+  }
+  return out;
+}
+
 bool is_safe_relative(const std::string& name) {
   if (name.empty() || name.front() == '/' || name.find('\\') != std::string::npos) return false;
   return !detail::has_parent_reference(name);
@@ -77,6 +91,8 @@ void read_fields(JsonReader& in, const char* text_key, bool want_image_id, const
     } else if (key == text_key) {
       expect_kind(in, JsonReader::Kind::string, file, where, key);
       in.read_string(f.text);
+      if (const auto problem = detail::utf8_problem(f.text); !problem.empty())
+        fail(file, where.str(key), problem);
       f.has_text = true;
     } else {
       in.skip_value();
@@ -117,6 +133,12 @@ CocoAnnotations CocoAnnotations::parse(std::string_view text, const std::string&
         const Where where{"images", i};
         Fields f;
         read_fields(in, "file_name", false, name, where, f, field_key);
+        // A NUL would cut the path where the operating system reads it: "a\u0000b.jpg" opens "a".
+        if (const auto nul = f.text.find('\0'); nul != std::string::npos)
+          fail(name, where.str("file_name"),
+               fmt::format("'{}' contains a NUL character (\\u0000) at byte {}; expected a "
+                           "relative path inside the image folder",
+                           escape_nul(f.text), nul));
         if (!is_safe_relative(f.text))
           fail(name, where.str("file_name"),
                fmt::format("'{}' must be a relative path inside the image folder (no leading '/', "
@@ -212,15 +234,23 @@ CocoDataset::CocoDataset(CocoAnnotations annotations, const std::string& image_r
   if (features) {
     const auto& f = options_.features;
     const auto& ids = options_.feature_image_ids;
-    if (f.dim() != 2 || !f.is_floating_point())
-      throw InvalidArgument(fmt::format("{}: features must be a float [N, C] tensor, got {} dims",
-                                        annotations_.source(), f.dim()));
+    if (f.dim() != 2)
+      throw InvalidArgument(fmt::format("{}: features must be a [N, C] tensor, got shape {}",
+                                        annotations_.source(), detail::shape_string(f)));
+    if (!f.is_floating_point())
+      throw InvalidArgument(
+          fmt::format("{}: features must hold floating-point values, got dtype {}",
+                      annotations_.source(), c10::toString(f.scalar_type())));
     if (!ids.defined() || ids.dim() != 1 || ids.scalar_type() != at::kLong ||
         ids.size(0) != f.size(0))
       throw InvalidArgument(
           fmt::format("{}: feature_image_ids must be int64 [N] with N = {} rows of features",
                       annotations_.source(), f.size(0)));
     options_.features = f.to(at::kFloat).contiguous();
+    if (const auto bad = detail::find_non_finite(options_.features); bad.row >= 0)
+      throw InvalidArgument(
+          fmt::format("{}: features row {} holds {} at column {}: expected finite values",
+                      annotations_.source(), bad.row, bad.value, bad.column));
     const auto cpu_ids = ids.to(at::kCPU).contiguous();
     const auto* id = cpu_ids.data_ptr<std::int64_t>();
     for (std::int64_t r = 0; r < cpu_ids.size(0); ++r) feature_rows_[id[r]] = r;

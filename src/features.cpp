@@ -9,6 +9,7 @@
 #include <torch/torch.h>
 
 #include "detail/io.hpp"
+#include "detail/tensor_check.hpp"
 #include "imcap/error.hpp"
 #include "imcap/safetensors.hpp"
 
@@ -96,9 +97,13 @@ FeatureSet load_features(const std::string& path) {
   const auto* ids = tensors.find("image_ids");
   if (f == nullptr || ids == nullptr)
     throw FormatError(fmt::format("{}: expected tensors 'features' and 'image_ids'", path));
-  if (f->dim() != 2 || !f->is_floating_point())
+  if (f->dim() != 2)
+    throw FormatError(fmt::format("{}: 'features' must be a [N, C] tensor, got shape {}", path,
+                                  detail::shape_string(*f)));
+  if (!f->is_floating_point())
     throw FormatError(fmt::format(
-        "{}: 'features' must be a floating-point [N, C] tensor, got {} dims", path, f->dim()));
+        "{}: 'features' must hold floating-point values (F32, F16, BF16 or F64), got dtype {}",
+        path, c10::toString(f->scalar_type())));
   if (ids->dim() != 1 || ids->scalar_type() != torch::kInt64 || ids->size(0) != f->size(0))
     throw FormatError(fmt::format(
         "{}: 'image_ids' must be int64 [N] with N = {} rows of 'features'", path, f->size(0)));
@@ -107,7 +112,13 @@ FeatureSet load_features(const std::string& path) {
   for (std::int64_t i = 0; i < acc.size(0); ++i)
     if (!seen.insert(acc[i]).second)
       throw FormatError(fmt::format("{}: image id {} appears twice in 'image_ids'", path, acc[i]));
-  return FeatureSet{f->to(torch::kFloat32), *ids};
+  auto features = f->to(torch::kFloat32);
+  // NaN or infinite features would only show up as a diverged loss after a step of training.
+  if (const auto bad = detail::find_non_finite(features); bad.row >= 0)
+    throw FormatError(fmt::format(
+        "{}: 'features' row {} (image id {}) holds {} at column {}: expected finite values", path,
+        bad.row, acc[bad.row], bad.value, bad.column));
+  return FeatureSet{std::move(features), *ids};
 }
 
 }  // namespace imcap

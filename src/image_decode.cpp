@@ -3,6 +3,7 @@
 // touched, its failure reason is thread-local, and each thread keeps its own TurboJPEG handle.
 #include <fmt/format.h>
 
+#include <climits>
 #include <cstring>
 #include <memory>
 #include <string>
@@ -221,6 +222,14 @@ Image decode_stb(const unsigned char* data, std::size_t size, const std::string&
   if (!stbi_info_from_memory(data, len, &w, &h, &comp))
     throw FormatError(fmt::format("{}: malformed or unsupported {} header: {}", name,
                                   format_name(f), stbi_failure_reason()));
+  // stb_image reports a top-down BMP's height as the header's negative value (its loader flips
+  // the rows and returns the positive height).
+  if (f == Format::kBmp && h < 0 && h != INT_MIN) h = -h;
+  if (w <= 0 || h <= 0)
+    throw FormatError(
+        fmt::format("{}: {} header declares an image of {}x{}; expected a positive "
+                    "width and height",
+                    name, format_name(f), w, h));
   check_pixels(name, f, static_cast<std::uint64_t>(w), static_cast<std::uint64_t>(h), options);
   // For GIF, stbi_load_from_memory returns the first frame.
   std::unique_ptr<stbi_uc, void (*)(void*)> pixels(

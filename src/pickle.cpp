@@ -12,6 +12,7 @@
 #include <fmt/format.h>
 
 #include "detail/io.hpp"
+#include "detail/utf8.hpp"
 #include "imcap/error.hpp"
 
 namespace imcap {
@@ -75,35 +76,6 @@ std::string normalize_module(std::string module) {
   if (module == "__builtin__") return "builtins";
   if (module == "copy_reg") return "copyreg";
   return module;
-}
-
-// Decodes UTF-8 into code points; false on malformed input.
-bool utf8_decode(std::string_view s, std::vector<std::uint32_t>& out) {
-  for (std::size_t i = 0; i < s.size();) {
-    const auto c = static_cast<unsigned char>(s[i]);
-    int n = 0;
-    std::uint32_t cp = 0;
-    if (c < 0x80) {
-      cp = c;
-    } else if ((c & 0xE0) == 0xC0) {
-      n = 1, cp = c & 0x1F;
-    } else if ((c & 0xF0) == 0xE0) {
-      n = 2, cp = c & 0x0F;
-    } else if ((c & 0xF8) == 0xF0) {
-      n = 3, cp = c & 0x07;
-    } else {
-      return false;
-    }
-    if (i + static_cast<std::size_t>(n) >= s.size() && n > 0) return false;
-    for (int k = 1; k <= n; ++k) {
-      const auto d = static_cast<unsigned char>(s[i + k]);
-      if ((d & 0xC0) != 0x80) return false;
-      cp = (cp << 6) | (d & 0x3F);
-    }
-    out.push_back(cp);
-    i += static_cast<std::size_t>(n) + 1;
-  }
-  return true;
 }
 
 std::string key_of(const PickleValue& v, int depth = 0);
@@ -170,6 +142,12 @@ class Unpickler {
     return v;
   }
   PickleValuePtr make_text(Kind kind, std::string_view s) {
+    // Python decodes these opcodes' bytes (strictly, or as ASCII for Python 2 strings); text that
+    // is not UTF-8 is refused here, where the file and offset are known.
+    if (kind == Kind::kString) {
+      if (const auto problem = detail::utf8_problem(s); !problem.empty())
+        fail("a string is not text: " + problem);
+    }
     auto v = make(kind);
     v->text.assign(s.data(), s.size());
     return v;
@@ -294,7 +272,7 @@ class Unpickler {
 
   static std::string latin1_encode_check(const std::string& s, bool& ok) {
     std::vector<std::uint32_t> cps;
-    ok = utf8_decode(s, cps);
+    ok = detail::utf8_decode(s, cps);
     std::string out;
     for (auto cp : cps) {
       if (cp > 0xFF) ok = false;

@@ -6,7 +6,7 @@
 
 #include <algorithm>
 #include <cstring>
-#include <set>
+#include <unordered_set>
 
 #include <fmt/format.h>
 #include <nlohmann/json.hpp>
@@ -89,6 +89,57 @@ Entry parse_entry(const std::string& name, const nlohmann::json& info, const std
   return e;
 }
 
+// Builds the header's DOM like nlohmann::json::parse and remembers the first top-level key seen
+// twice: nlohmann keeps the last of duplicate keys, the format forbids them. A parse callback
+// could see the keys too, but nlohmann's callback parser scans the whole parent object after
+// each nested object ends, which is quadratic in the number of tensors.
+class DuplicateKeyParser : public nlohmann::json_sax<nlohmann::json> {
+ public:
+  explicit DuplicateKeyParser(nlohmann::json& result) : dom_(result) {}
+
+  const std::string& duplicate() const { return duplicate_; }
+
+  bool null() override { return dom_.null(); }
+  bool boolean(bool v) override { return dom_.boolean(v); }
+  bool number_integer(number_integer_t v) override { return dom_.number_integer(v); }
+  bool number_unsigned(number_unsigned_t v) override { return dom_.number_unsigned(v); }
+  bool number_float(number_float_t v, const string_t& s) override {
+    return dom_.number_float(v, s);
+  }
+  bool string(string_t& v) override { return dom_.string(v); }
+  bool binary(binary_t& v) override { return dom_.binary(v); }
+  bool start_object(std::size_t n) override {
+    ++depth_;
+    return dom_.start_object(n);
+  }
+  bool key(string_t& v) override {
+    if (depth_ == 1 && !keys_.insert(v).second && duplicate_.empty()) duplicate_ = v;
+    return dom_.key(v);
+  }
+  bool end_object() override {
+    --depth_;
+    return dom_.end_object();
+  }
+  bool start_array(std::size_t n) override {
+    ++depth_;
+    return dom_.start_array(n);
+  }
+  bool end_array() override {
+    --depth_;
+    return dom_.end_array();
+  }
+  bool parse_error(std::size_t position, const std::string& last_token,
+                   const nlohmann::json::exception& e) override {
+    return dom_.parse_error(position, last_token, e);
+  }
+
+ private:
+  nlohmann::detail::json_sax_dom_parser<nlohmann::json> dom_;
+  int depth_ = 0;
+  std::unordered_set<std::string> keys_;
+  std::string duplicate_;
+};
+
 std::string_view dtype_name(torch::ScalarType type, const std::string& tensor) {
   for (const auto& d : kDTypes) {
     if (d.type == type) return d.name;
@@ -118,19 +169,12 @@ TensorMap parse_safetensors(std::string_view bytes, const std::string& name,
     throw FormatError(fmt::format("{}: header does not start with '{{'", name));
   const auto data = bytes.substr(kLengthBytes + header_len);
 
-  // nlohmann keeps the last of duplicate keys; the format forbids them.
-  std::set<std::string> seen;
-  std::string duplicate;
   nlohmann::json json;
+  std::string duplicate;
   try {
-    json = nlohmann::json::parse(
-        header.begin(), header.end(),
-        [&](int depth, nlohmann::json::parse_event_t event, nlohmann::json& parsed) {
-          if (depth == 1 && event == nlohmann::json::parse_event_t::key &&
-              !seen.insert(parsed.get<std::string>()).second && duplicate.empty())
-            duplicate = parsed.get<std::string>();
-          return true;
-        });
+    DuplicateKeyParser sax(json);
+    nlohmann::json::sax_parse(header.begin(), header.end(), &sax);
+    duplicate = sax.duplicate();
   } catch (const nlohmann::json::exception& e) {
     throw FormatError(fmt::format("{}: header is not valid JSON: {}", name, e.what()));
   }

@@ -236,26 +236,33 @@ struct Trainer::Impl {
   // Progress and optimizer state of a checkpoint (read by rank 0, sent to the other ranks).
   void apply_state(const std::string& state_json, const std::string& optimizer_bytes,
                    const std::string& file) {
-    const json j = json::parse(state_json);
-    if (j.value("optimizer", std::string()) != options.optimizer ||
-        j.value("batch_size", std::size_t{0}) != options.batch_size ||
-        j.value("seed", std::uint64_t{0}) != options.seed ||
-        j.value("batching", std::string()) != batch_mode_name(options.batching))
-      throw InvalidArgument(
-          fmt::format("{}: was trained with optimizer {}, batch size {}, batching {} and seed {}: "
-                      "resume with the same",
-                      file, j.value("optimizer", std::string("?")), j.value("batch_size", 0),
-                      j.value("batching", std::string("?")), j.value("seed", 0)));
-    epoch = j.at("epoch").get<std::size_t>();
-    step_in_epoch = j.at("step_in_epoch").get<std::size_t>();
-    global_step = j.at("global_step").get<std::size_t>();
-    lr = j.at("lr").get<double>();
-    bad_epochs = j.value("bad_epochs", 0);
-    if (j.contains("best_val_loss") && j["best_val_loss"].is_number())
-      best_val_loss = j["best_val_loss"];
-    if (j.contains("best")) {
-      has_best = true;
-      best = validation_from_json(j["best"]);
+    // The state comes from a file: nlohmann's parse and type errors name neither it nor the key.
+    try {
+      const json j = json::parse(state_json);
+      if (!j.is_object())
+        throw FormatError(fmt::format("{}: training state: expected a JSON object", file));
+      if (j.value("optimizer", std::string()) != options.optimizer ||
+          j.value("batch_size", std::size_t{0}) != options.batch_size ||
+          j.value("seed", std::uint64_t{0}) != options.seed ||
+          j.value("batching", std::string()) != batch_mode_name(options.batching))
+        throw InvalidArgument(fmt::format(
+            "{}: was trained with optimizer {}, batch size {}, batching {} and seed {}: "
+            "resume with the same",
+            file, j.value("optimizer", std::string("?")), j.value("batch_size", 0),
+            j.value("batching", std::string("?")), j.value("seed", 0)));
+      epoch = j.at("epoch").get<std::size_t>();
+      step_in_epoch = j.at("step_in_epoch").get<std::size_t>();
+      global_step = j.at("global_step").get<std::size_t>();
+      lr = j.at("lr").get<double>();
+      bad_epochs = j.value("bad_epochs", 0);
+      if (j.contains("best_val_loss") && j["best_val_loss"].is_number())
+        best_val_loss = j["best_val_loss"];
+      if (j.contains("best")) {
+        has_best = true;
+        best = validation_from_json(j["best"]);
+      }
+    } catch (const json::exception& e) {
+      throw FormatError(fmt::format("{}: training state: {}", file, e.what()));
     }
     std::istringstream in(optimizer_bytes);
     torch::serialize::InputArchive archive;

@@ -8,6 +8,7 @@
 
 #include "detail/io.hpp"
 #include "detail/tokenizer.hpp"
+#include "detail/utf8.hpp"
 #include "imcap/coco_dataset.hpp"
 #include "imcap/error.hpp"
 
@@ -202,6 +203,8 @@ Vocabulary Vocabulary::from_tokens(std::vector<std::string> tokens,
   for (std::size_t i = 0; i < tokens.size(); ++i) {
     const std::string& t = tokens[i];
     if (t.empty()) throw InvalidArgument(fmt::format("vocabulary: token {} is empty", i));
+    if (const auto problem = detail::utf8_problem(t); !problem.empty())
+      throw InvalidArgument(fmt::format("vocabulary: token {}: {}", i, problem));
     if (t.find_first_of("\t\n\r") != std::string::npos)
       throw InvalidArgument(
           fmt::format("vocabulary: token {} ('{}') contains a tab or a line break", i, t));
@@ -321,6 +324,9 @@ Vocabulary Vocabulary::read(std::istream& in, const std::string& name) {
       throw FormatError(fmt::format("{}: line {}: expected a count >= 0 after the tab, got '{}'",
                                     name, line_no, count_text.substr(0, 40)));
     tokens.push_back(line.substr(0, tab));
+    if (const auto problem = detail::utf8_problem(tokens.back()); !problem.empty())
+      throw FormatError(
+          fmt::format("{}: line {}: the token is not text: {}", name, line_no, problem));
     counts.push_back(count);
   }
   if (in.bad()) throw IoError(fmt::format("{}: read error", name));

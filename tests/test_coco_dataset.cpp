@@ -111,6 +111,40 @@ TEST_CASE("file names that are absolute or escape the image root are rejected", 
   }
 }
 
+TEST_CASE("text that is not UTF-8 and NUL in file names are rejected with the JSON path",
+          "[coco][utf8]") {
+  const std::string images = R"({"images": [{"id": 1, "file_name": "a.jpg"}], )";
+  const auto error_of = [](const std::string& text) {
+    try {
+      CocoAnnotations::parse(text, "ann.json");
+    } catch (const imcap::FormatError& e) {
+      return std::string(e.what());
+    }
+    return std::string("no error");
+  };
+  // A caption with the bytes FF FE: the vocabulary built from it could not be saved later.
+  CHECK_THAT(error_of(images + "\"annotations\": [{\"id\": 1, \"image_id\": 1, "
+                               "\"caption\": \"a \xff\xfe dog\"}]}"),
+             Catch::StartsWith("ann.json: annotations[0].caption: ill-formed UTF-8 at byte 2") &&
+                 Catch::Contains("0xff"));
+  // Overlong forms, encoded surrogates and truncated sequences are not UTF-8 either.
+  for (const char* bad : {"\xc0\xaf", "\xed\xa0\x80", "\xe2\x82", "\xf4\x90\x80\x80"}) {
+    INFO(bad);
+    CHECK_THAT(error_of(R"({"images": [{"id": 1, "file_name": ")" + std::string(bad) +
+                        R"(.jpg"}], "annotations": []})"),
+               Catch::Contains("images[0].file_name: ill-formed UTF-8"));
+  }
+  // "\u0000" in a file name would cut the path at the NUL: "a\u0000b.jpg" opened "a".
+  CHECK_THAT(error_of(R"({"images": [{"id": 1, "file_name": "a\u0000b.jpg"}], "annotations": []})"),
+             Catch::Contains("images[0].file_name") &&
+                 Catch::Contains(R"('a\u0000b.jpg' contains a NUL)"));
+  // Escaped non-ASCII text is fine.
+  const auto ok = CocoAnnotations::parse(
+      images + R"("annotations": [{"id": 1, "image_id": 1, "caption": "caf\u00e9 \ud83d\udc36"}]})",
+      "ann.json");
+  CHECK(ok.captions()[0].caption == "café 🐶");
+}
+
 TEST_CASE("empty, long and non-ASCII captions are handled", "[coco]") {
   auto j = valid_annotations();
   j["annotations"][0]["caption"] = "";

@@ -9,6 +9,7 @@
 #include "detail/io.hpp"
 #include "imcap/error.hpp"
 #include "imcap/features.hpp"
+#include "imcap/safetensors.hpp"
 #include "imcap/synthetic.hpp"
 #include "imcap/trainer.hpp"
 #include "support.hpp"
@@ -194,4 +195,49 @@ TEST_CASE("imcap features computes in bfloat16 on request and saves float32", "[
     CHECK(r.exit_code == 1);
     CHECK_THAT(r.err, Catch::Contains("no CUDA device"));
   }
+}
+
+TEST_CASE("feature files with a wrong dtype or non-finite values are refused naming the problem",
+          "[features][robustness]") {
+  imcap::test::TempDir tmp;
+  const auto ids = torch::tensor(std::vector<std::int64_t>{5, 6, 7});
+  const auto write = [&](const std::string& name, const torch::Tensor& features) {
+    imcap::TensorMap t;
+    t.insert("features", features);
+    t.insert("image_ids", ids);
+    imcap::save_safetensors(tmp.file(name), t);
+    return tmp.file(name);
+  };
+  const auto bools = write("bool.st", torch::ones({3, 4}, torch::kBool));
+  CHECK_THROWS_WITH(imcap::load_features(bools), Catch::Contains("bool.st") &&
+                                                     Catch::Contains("dtype Bool") &&
+                                                     !Catch::Contains("dims"));
+  CHECK_THROWS_WITH(imcap::load_features(write("int.st", torch::ones({3, 4}, torch::kInt))),
+                    Catch::Contains("dtype Int"));
+  CHECK_THROWS_WITH(imcap::load_features(write("flat.st", torch::ones({12}))),
+                    Catch::Contains("[N, C]") && Catch::Contains("[12]"));
+
+  auto nan = torch::ones({3, 4});
+  nan[1][2] = std::nanf("");
+  CHECK_THROWS_WITH(imcap::load_features(write("nan.st", nan)),
+                    Catch::Contains("nan.st") && Catch::Contains("row 1 (image id 6)") &&
+                        Catch::Contains("column 2"));
+  auto inf = torch::ones({3, 4}, torch::kHalf);
+  inf[2][0] = -INFINITY;
+  CHECK_THROWS_WITH(imcap::load_features(write("inf.st", inf)),
+                    Catch::Contains("row 2 (image id 7)") && Catch::Contains("-inf"));
+  CHECK(imcap::load_features(write("ok.st", torch::ones({3, 4}))).features.size(0) == 3);
+
+  // The library path: features handed to a CocoDataset directly.
+  Data d;
+  imcap::CocoDatasetOptions o;
+  o.features = nan;
+  o.feature_image_ids = ids;
+  CHECK_THROWS_WITH(
+      imcap::CocoDataset(d.files.train_annotations, "", *d.vocab, imcap::ImageTransform{}, o),
+      Catch::Contains("row 1") && Catch::Contains("finite"));
+  o.features = torch::ones({3, 4}, torch::kBool);
+  CHECK_THROWS_WITH(
+      imcap::CocoDataset(d.files.train_annotations, "", *d.vocab, imcap::ImageTransform{}, o),
+      Catch::Contains("dtype Bool"));
 }

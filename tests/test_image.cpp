@@ -359,6 +359,53 @@ TEST_CASE("malformed image files are rejected with errors naming the file", "[im
   }
 }
 
+TEST_CASE("top-down BMPs (negative height) decode upright", "[image][bmp]") {
+  // rgb.bmp (bottom-up, checked against PIL above) rewritten top-down: the header's height
+  // negated and the rows stored in the opposite order. PIL opens both the same way.
+  const std::string dir = reference_dir("fixtures");
+  const std::string bmp = read_bytes(dir + "/rgb.bmp");
+  const Image want = imcap::decode_image(dir + "/rgb.bmp");
+  const auto le32 = [&](std::size_t at) {
+    std::uint32_t v = 0;
+    for (int i = 3; i >= 0; --i) v = (v << 8) | static_cast<unsigned char>(bmp[at + i]);
+    return v;
+  };
+  const std::uint32_t data = le32(10), width = le32(18), height = le32(22);
+  const std::uint32_t bpp = le32(28) & 0xFFFF;
+  REQUIRE(width == 37);
+  REQUIRE(height == 23);
+  REQUIRE(le32(30) == 0);  // uncompressed
+  const std::size_t stride = (bpp * width + 31) / 32 * 4;
+  REQUIRE(bmp.size() >= data + stride * height);
+  std::string top_down = bmp;
+  const auto put_le32 = [&](std::size_t at, std::uint32_t v) {
+    for (int i = 0; i < 4; ++i) top_down[at + i] = static_cast<char>((v >> (8 * i)) & 0xFF);
+  };
+  put_le32(22, static_cast<std::uint32_t>(-static_cast<std::int32_t>(height)));
+  for (std::size_t r = 0; r < height; ++r)
+    top_down.replace(data + r * stride, stride, bmp, data + (height - 1 - r) * stride, stride);
+  const Image got = imcap::decode_image_memory(top_down.data(), top_down.size(), "top-down.bmp");
+  CHECK(got.width == want.width);
+  CHECK(got.height == want.height);
+  CHECK(got.pixels == want.pixels);
+
+  // A negative width, or a height of zero, is a clear FormatError.
+  std::string bad = bmp;
+  bad.replace(18, 4, top_down, 22, 4);  // width = -23
+  try {
+    imcap::decode_image_memory(bad.data(), bad.size(), "bad.bmp");
+    FAIL("a BMP with a negative width decoded");
+  } catch (const imcap::FormatError& e) {
+    INFO(e.what());
+    CHECK(std::string(e.what()).find("bad.bmp") != std::string::npos);
+    CHECK(std::string(e.what()).find("-23x23") != std::string::npos);
+  }
+  bad = bmp;
+  bad.replace(22, 4, std::string(4, '\0'));
+  CHECK_THROWS_AS(imcap::decode_image_memory(bad.data(), bad.size(), "zero.bmp"),
+                  imcap::FormatError);
+}
+
 TEST_CASE("resize matches torchvision Resize(256) on PIL images", "[image]") {
   const std::string dir = reference_dir("transforms");
   int worst = 0;

@@ -331,6 +331,9 @@ TEST_CASE("results reader names the file and the entry at fault", "[metrics]") {
   fails_with("[{\"image_id\": 1.5, \"caption\": \"a\"}]",
              "expected an integer, got a floating-point number");
   fails_with("[{\"image_id\": 1}]", "[0]: missing key 'caption'");
+  // nlohmann's own errors (a number beyond double, bytes that are not UTF-8) name the file too.
+  fails_with("[{\"image_id\": 1e400, \"caption\": \"a\"}]", "1e400");
+  fails_with("[{\"image_id\": 1, \"caption\": \"a \xff\xfe dog\"}]", "ill-formed UTF-8");
   fails_with("[{\"image_id\": 1, \"caption\": null}]", "[0].caption: expected a string, got null");
   fails_with(
       "[{\"image_id\": 1, \"caption\": \"a\"}, {\"image_id\": 2, \"caption\": \"b\"}, "

@@ -273,6 +273,14 @@ TEST_CASE("annotation files: the CLI names the file and the problem, exit 1", "[
        "relative path inside the image folder"},
       {"absolute.json", R"({"images": [{"id": 1, "file_name": "/etc/passwd"}], "annotations": []})",
        "relative path inside the image folder"},
+      {"nonutf8.json",
+       "{\"images\":[{\"id\":1,\"file_name\":\"a.jpg\"}],\"annotations\":[{\"id\":1,"
+       "\"image_id\":1,\"caption\":\"a \xff\xfe dog\"}]}",
+       "annotations[0].caption: ill-formed UTF-8"},
+      {"nul.json", R"({"images": [{"id": 1, "file_name": "a\u0000b.jpg"}], "annotations": []})",
+       "images[0].file_name: 'a\\u0000b.jpg' contains a NUL"},
+      {"overflow.json", R"({"images": [{"id": 1e400, "file_name": "a.jpg"}], "annotations": []})",
+       "images[0].id: expected an integer"},
   };
   for (const auto& [name, text, reason] : cases) {
     INFO(name);

@@ -105,6 +105,10 @@ TEST_CASE("loading a broken vocabulary file names the problem", "[vocabulary]") 
                     Catch::Contains("line 3: expected a count"));
   CHECK_THROWS_WITH(read(header + "<start> 0\n"),
                     Catch::Contains("line 2: expected 'token<TAB>count'"));
+  CHECK_THROWS_WITH(read(header + "<start>\t0\n<end>\t0\n<unk>\t0\nd\xffg\t3\n"),
+                    Catch::StartsWith("v.txt: line 5: ") && Catch::Contains("ill-formed UTF-8"));
+  CHECK_THROWS_WITH(Vocabulary::from_tokens({"<start>", "<end>", "<unk>", "\xc3"}),
+                    Catch::Contains("token 3: ill-formed UTF-8"));
   CHECK_THROWS_AS(Vocabulary::load("/nonexistent/vocab.txt"), imcap::IoError);
   // <pad> is optional and ids are kept as written (the notebook's vocab.pkl order).
   const auto v = read(header + "<start>\t0\n<end>\t0\n<unk>\t0\ndog\t3\n");

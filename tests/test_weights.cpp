@@ -9,6 +9,7 @@
 #include <fstream>
 #include <random>
 
+#include <fmt/format.h>
 #include <nlohmann/json.hpp>
 
 #include "detail/io.hpp"
@@ -276,6 +277,20 @@ TEST_CASE("safetensors headers are validated", "[weights]") {
                     Catch::Contains("__metadata__"));
 }
 
+TEST_CASE("safetensors headers with many entries parse in linear time", "[weights][safetensors]") {
+  // 40,000 one-byte tensors (2.9 MB of header): under a second. The duplicate-key check was
+  // quadratic in the number of entries and took a minute here (duplicates: the test above).
+  constexpr int kEntries = 40'000;
+  std::string header = "{";
+  for (int i = 0; i < kEntries; ++i)
+    header += fmt::format("{}\"t{}\":{{\"dtype\":\"U8\",\"shape\":[1],\"data_offsets\":[{},{}]}}",
+                          i ? "," : "", i, i, i + 1);
+  const auto many = safetensors_bytes(header + "}", std::string(kEntries, '\x07'));
+  const auto tensors = imcap::parse_safetensors(many, "many");
+  REQUIRE(tensors.size() == kEntries);
+  CHECK(tensors.at("t39999").item<std::uint8_t>() == 7);
+}
+
 TEST_CASE("truncated and corrupted weight files fail cleanly", "[weights]") {
   const auto& dir = fixtures();
   TempDir tmp;
@@ -410,6 +425,18 @@ TEST_CASE("the unpickler reads plain values and bounds hostile input", "[weights
                                               "cos\nsystem\n.",
                                               14)),
                   imcap::SecurityError);
+  // Strings that are not UTF-8 (Python's decoder refuses them too): BINUNICODE with FF FE, an
+  // encoded surrogate in SHORT_BINUNICODE, a Python 2 STRING with a lone continuation byte.
+  CHECK_THROWS_WITH(
+      imcap::unpickle(std::string("\x80\x02X\x02\x00\x00\x00\xff\xfe.", 10), {}, "bad.pkl"),
+      Catch::StartsWith("bad.pkl: pickle byte 2: ") &&
+          Catch::Contains("ill-formed UTF-8 at byte 0"));
+  CHECK_THROWS_WITH(imcap::unpickle(std::string("\x80\x04\x8c\x03\xed\xa0\x80.", 8)),
+                    Catch::Contains("ill-formed UTF-8"));
+  CHECK_THROWS_WITH(imcap::unpickle(std::string("U\x02"
+                                                "a\x80.",
+                                                5)),
+                    Catch::Contains("ill-formed UTF-8 at byte 1"));
 }
 
 TEST_CASE("vocab.pkl imports keep the notebook's ids", "[weights]") {
@@ -436,6 +463,14 @@ TEST_CASE("vocab.pkl imports keep the notebook's ids", "[weights]") {
   CHECK_THROWS_WITH(imcap::import_vocab_pickle(dir.file("vocab_inconsistent.pkl")),
                     Catch::Contains("word2idx['man'] = 5"));
   CHECK_THROWS_AS(imcap::import_vocab_pickle(dir.file("net.pt")), imcap::FormatError);
+  // A word that is not UTF-8 is refused at load, naming the file, not when the vocabulary is
+  // written into a model file's JSON metadata after training.
+  TempDir tmp;
+  write_text(
+      tmp.file("bad.pkl"),
+      std::string("\x80\x02}(X\x08\x00\x00\x00idx2word}(K\x00X\x02\x00\x00\x00\xff\xfeuu.", 31));
+  CHECK_THROWS_WITH(imcap::import_vocab_pickle(tmp.file("bad.pkl")),
+                    Catch::StartsWith(tmp.file("bad.pkl")) && Catch::Contains("ill-formed UTF-8"));
 }
 
 TEST_CASE("load_state_dict copies parameters and buffers and names every mismatch", "[weights]") {
