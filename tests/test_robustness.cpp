@@ -541,6 +541,10 @@ TEST_CASE("the CLI refuses an output file that is one of its inputs, exit 2", "[
       {"weights", "convert", copy, "--out", tmp.file("w.safetensors"), "--metadata", "a=1", "a=2"});
   CHECK(twice.exit_code == 2);
   CHECK_THAT(twice.err, Catch::Contains("'a' given twice"));
+  const auto latin1 = run_cli(
+      {"weights", "convert", copy, "--out", tmp.file("w.safetensors"), "--metadata", "a=caf\xe9"});
+  CHECK(latin1.exit_code == 2);
+  CHECK_THAT(latin1.err, Catch::Contains("--metadata: ill-formed UTF-8"));
 }
 
 TEST_CASE("a full disk during training and a full stdout are errors, exit 1", "[robustness][cli]") {

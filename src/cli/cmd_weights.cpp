@@ -9,6 +9,7 @@
 
 #include "cli/cli_common.hpp"
 #include "cli/commands.hpp"
+#include "detail/utf8.hpp"
 #include "imcap/error.hpp"
 #include "imcap/safetensors.hpp"
 #include "imcap/weights.hpp"
@@ -105,6 +106,9 @@ void run_convert(const WeightsArgs& args) {
     const auto eq = kv.find('=');
     if (eq == std::string::npos || eq == 0)
       throw UsageError(fmt::format("--metadata '{}': expected KEY=VALUE", kv));
+    // The header is JSON, which holds only UTF-8 text.
+    if (const std::string problem = detail::utf8_problem(kv); !problem.empty())
+      throw UsageError(fmt::format("--metadata: {}", problem));
     if (!metadata.emplace(kv.substr(0, eq), kv.substr(eq + 1)).second)
       throw UsageError(fmt::format("--metadata: key '{}' given twice", kv.substr(0, eq)));
   }
