@@ -333,8 +333,8 @@ struct Trainer::Impl {
     const TrainingStateReader j(state_json, file);
     constexpr auto kMax = std::numeric_limits<std::uint64_t>::max();
     const std::string saved_optimizer = j.text("optimizer");
-    const std::uint64_t saved_batch_size = j.count("batch_size", 1, kMax);
-    const std::uint64_t saved_seed = j.count("seed", 0, kMax);
+    const std::uint64_t saved_batch_size = j.count("batch_size", 1, kMax, "a positive integer");
+    const std::uint64_t saved_seed = j.count("seed", 0, kMax, "a non-negative integer");
     const std::string saved_batching = j.text("batching");
     if (saved_optimizer != options.optimizer || saved_batch_size != options.batch_size ||
         saved_seed != options.seed || saved_batching != batch_mode_name(options.batching))
@@ -346,7 +346,8 @@ struct Trainer::Impl {
     // global_step batches in all.
     const auto epochs = static_cast<std::size_t>(options.epochs);
     const auto next_epoch =
-        j.count("epoch", 0, static_cast<std::uint64_t>(std::numeric_limits<int>::max()));
+        j.count("epoch", 0, static_cast<std::uint64_t>(std::numeric_limits<int>::max()),
+                fmt::format("an integer from 0 to {} (this run's epochs)", epochs));
     if (next_epoch > epochs)
       throw InvalidArgument(fmt::format(
           "{}: training.epoch: the checkpoint has done {} epochs, more than this run's {}: resume "

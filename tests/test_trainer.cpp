@@ -203,7 +203,7 @@ TEST_CASE("a resume checks every value of the checkpoint's training state", "[tr
   refused(with("lr", 0.0), "training.lr");
   refused(with("lr", "0.001"), "training.lr");
   refused(with("lr", nullptr), "training.lr");
-  refused(with("seed", "x"), "training.seed: expected an integer");
+  refused(with("seed", "x"), "training.seed: expected a non-negative integer, got \"x\"");
   refused(with("batch_size", 0), "training.batch_size");
   refused(with("optimizer", 5), "training.optimizer: expected a string, got 5");
   refused(with("batching", nullptr), "training.batching");
