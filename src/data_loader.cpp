@@ -113,9 +113,11 @@ DataLoader::DataLoader(const CocoDataset& dataset, DataLoaderOptions options)
 
 DataLoader::~DataLoader() { state_->join(); }
 
-std::size_t DataLoader::batches_per_epoch() const {
+std::size_t DataLoader::batches_per_epoch() const { return batches_in_epoch(state_->epoch); }
+
+std::size_t DataLoader::batches_in_epoch(std::size_t epoch) const {
   const std::size_t n = dataset_.size(), bs = options_.batch_size;
-  if (options_.mode == BatchMode::image_major) return make_plan(state_->epoch).size();
+  if (options_.mode == BatchMode::image_major) return make_plan(epoch).size();
   return options_.drop_last ? n / bs : (n + bs - 1) / bs;
 }
 

@@ -426,6 +426,13 @@ torch::Tensor ResNetImpl::forward_features(const torch::Tensor& images,
   check_images(images);
   const torch::Dtype weights_dtype = conv1->weight.scalar_type();
   const torch::Dtype dtype = compute_dtype.value_or(weights_dtype);
+  // LibTorch's CPU convolutions have no float16 kernels ("slow_conv2d_cpu" not implemented for
+  // 'Half'); bfloat16 ones they have.
+  if (dtype == torch::kHalf && !conv1->weight.device().is_cuda())
+    throw InvalidArgument(fmt::format(
+        "encoder compute type float16 needs a CUDA device, the CNN is on the {}: use bfloat16 "
+        "there (or float32)",
+        conv1->weight.device().str()));
   // The folded path computes the same function when no batch norm is in training mode and
   // nothing needs a gradient.
   const bool all_eval = !requested_training_ || options_.trainable_stages == 0;

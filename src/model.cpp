@@ -1,6 +1,10 @@
 #include "imcap/model.hpp"
 
+#include <algorithm>
+#include <array>
+#include <limits>
 #include <sstream>
+#include <type_traits>
 
 #include <fmt/format.h>
 #include <torch/torch.h>
@@ -20,15 +24,46 @@ constexpr const char* kEncoderPrefix = "encoder.";
 constexpr const char* kDecoderPrefix = "decoder.";
 constexpr const char* kTrainingPrefix = "training.";
 
+// A config value, checked for its type: nlohmann would turn true into 1, 16.5 into 16 and
+// 2^32 + 32 into 32 for an int.
 template <typename T>
-T get_key(const json& j, const char* key, const std::string& name) {
-  const auto it = j.find(key);
-  if (it == j.end()) throw FormatError(fmt::format("{}: config: missing key '{}'", name, key));
+T get_key(const json& section, const char* section_name, const char* key, const std::string& name) {
+  if (!section.is_object())
+    throw FormatError(fmt::format("{}: config: '{}' is {}, expected an object", name, section_name,
+                                  section.type_name()));
+  const auto it = section.find(key);
+  if (it == section.end())
+    throw FormatError(fmt::format("{}: config: missing key '{}.{}'", name, section_name, key));
+  const json& v = *it;
+  const auto wrong = [&](const std::string& expected) {
+    std::string got = v.dump();
+    constexpr std::size_t kMaxShown = 40;
+    if (got.size() > kMaxShown) got = got.substr(0, kMaxShown) + "...";
+    return FormatError(fmt::format("{}: config: {}.{}: expected {}, got {}", name, section_name,
+                                   key, expected, got));
+  };
+  if constexpr (std::is_same_v<T, bool>) {
+    if (!v.is_boolean()) throw wrong("true or false");
+  } else if constexpr (std::is_integral_v<T>) {
+    const bool fits =
+        v.is_number_unsigned()
+            ? v.get<std::uint64_t>() <= static_cast<std::uint64_t>(std::numeric_limits<T>::max())
+            : v.is_number_integer() && v.get<std::int64_t>() >= std::numeric_limits<T>::min() &&
+                  v.get<std::int64_t>() <= std::numeric_limits<T>::max();
+    if (!fits) throw wrong("an integer");
+  } else if constexpr (std::is_floating_point_v<T>) {
+    if (!v.is_number()) throw wrong("a number");
+  } else if constexpr (std::is_same_v<T, std::array<float, 3>>) {
+    if (!v.is_array() || v.size() != 3 ||
+        !std::all_of(v.begin(), v.end(), [](const json& x) { return x.is_number(); }))
+      throw wrong("a list of 3 numbers");
+  } else if constexpr (std::is_same_v<T, std::string>) {
+    if (!v.is_string()) throw wrong("a string");
+  }
   try {
-    return it->get<T>();
+    return v.get<T>();
   } catch (const json::exception&) {
-    throw FormatError(
-        fmt::format("{}: config: key '{}' has the wrong type ({})", name, key, it->type_name()));
+    throw wrong(fmt::format("a value of another type than {}", v.type_name()));
   }
 }
 
@@ -75,29 +110,36 @@ ModelConfig model_config_from_json(const std::string& text, const std::string& n
     throw FormatError(fmt::format("{}: config: not valid JSON: {}", name, e.what()));
   }
   if (!j.is_object()) throw FormatError(fmt::format("{}: config: expected a JSON object", name));
-  const auto enc = get_key<json>(j, "encoder", name);
-  const auto dec = get_key<json>(j, "decoder", name);
-  const auto img = get_key<json>(j, "image", name);
+  const auto section = [&](const char* key) -> const json& {
+    const auto it = j.find(key);
+    if (it == j.end()) throw FormatError(fmt::format("{}: config: missing key '{}'", name, key));
+    return *it;
+  };
+  const json& enc = section("encoder");
+  const json& dec = section("decoder");
+  const json& img = section("image");
   ModelConfig c;
   try {
-    c.encoder.arch = parse_resnet_arch(get_key<std::string>(enc, "arch", name));
-    c.decoder.image_inject = parse_image_inject(get_key<std::string>(dec, "image_inject", name));
+    c.encoder.arch = parse_resnet_arch(get_key<std::string>(enc, "encoder", "arch", name));
+    c.decoder.image_inject =
+        parse_image_inject(get_key<std::string>(dec, "decoder", "image_inject", name));
   } catch (const InvalidArgument& e) {
     throw FormatError(fmt::format("{}: config: {}", name, e.what()));
   }
-  c.encoder.embed_size = get_key<std::int64_t>(enc, "embed_size", name);
-  c.encoder.head_batch_norm = get_key<bool>(enc, "head_batch_norm", name);
-  c.encoder.head_batch_norm_momentum = get_key<double>(enc, "head_batch_norm_momentum", name);
-  c.encoder.trainable_stages = get_key<int>(enc, "trainable_stages", name);
-  c.decoder.vocab_size = get_key<std::int64_t>(dec, "vocab_size", name);
-  c.decoder.embed_size = get_key<std::int64_t>(dec, "embed_size", name);
-  c.decoder.hidden_size = get_key<std::int64_t>(dec, "hidden_size", name);
-  c.decoder.num_layers = get_key<std::int64_t>(dec, "num_layers", name);
-  c.decoder.dropout = get_key<double>(dec, "dropout", name);
-  c.image_resize = get_key<int>(img, "resize", name);
-  c.image_crop = get_key<int>(img, "crop", name);
-  c.mean = get_key<std::array<float, 3>>(img, "mean", name);
-  c.std = get_key<std::array<float, 3>>(img, "std", name);
+  c.encoder.embed_size = get_key<std::int64_t>(enc, "encoder", "embed_size", name);
+  c.encoder.head_batch_norm = get_key<bool>(enc, "encoder", "head_batch_norm", name);
+  c.encoder.head_batch_norm_momentum =
+      get_key<double>(enc, "encoder", "head_batch_norm_momentum", name);
+  c.encoder.trainable_stages = get_key<int>(enc, "encoder", "trainable_stages", name);
+  c.decoder.vocab_size = get_key<std::int64_t>(dec, "decoder", "vocab_size", name);
+  c.decoder.embed_size = get_key<std::int64_t>(dec, "decoder", "embed_size", name);
+  c.decoder.hidden_size = get_key<std::int64_t>(dec, "decoder", "hidden_size", name);
+  c.decoder.num_layers = get_key<std::int64_t>(dec, "decoder", "num_layers", name);
+  c.decoder.dropout = get_key<double>(dec, "decoder", "dropout", name);
+  c.image_resize = get_key<int>(img, "image", "resize", name);
+  c.image_crop = get_key<int>(img, "image", "crop", name);
+  c.mean = get_key<std::array<float, 3>>(img, "image", "mean", name);
+  c.std = get_key<std::array<float, 3>>(img, "image", "std", name);
   const auto bad = [&](const char* what, auto value) {
     throw FormatError(fmt::format("{}: config: {} = {} is out of range", name, what, value));
   };

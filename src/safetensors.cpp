@@ -222,6 +222,7 @@ TensorMap parse_safetensors(std::string_view bytes, const std::string& name,
     if (e.end > e.begin) std::memcpy(t.data_ptr(), data.data() + e.begin, e.end - e.begin);
     out.insert(e.name, is_bool ? t.ne(0) : t);
   }
+  out.set_source(name);
   return out;
 }
 

@@ -8,10 +8,12 @@
 #include <csignal>
 #include <fstream>
 #include <iostream>
+#include <limits>
 #include <map>
 #include <sstream>
 
 #include <fmt/format.h>
+#include <fmt/ranges.h>
 #include <torch/torch.h>
 #include <nlohmann/json.hpp>
 
@@ -76,13 +78,99 @@ json validation_json(const Validation& v) {
           {"images", v.images}};
 }
 
-Validation validation_from_json(const json& j) {
+// The training state of a checkpoint (its `training` metadata), read with every key checked:
+// a hostile or damaged value is a FormatError naming the file and the key, never a raw JSON
+// exception or a run that silently trains nothing.
+class TrainingStateReader {
+ public:
+  TrainingStateReader(const std::string& text, std::string file) : file_(std::move(file)) {
+    try {
+      root_ = json::parse(text);
+    } catch (const json::exception& e) {
+      // Without nlohmann's "[json.exception.parse_error.101] " prefix.
+      const std::string what = e.what();
+      const auto end = what.rfind("] ", what.find(' '));
+      throw FormatError(fmt::format("{}: training: not valid JSON: {}", file_,
+                                    end == std::string::npos ? what : what.substr(end + 2)));
+    }
+    if (!root_.is_object())
+      throw FormatError(
+          fmt::format("{}: training: expected a JSON object, got {}", file_, shown(root_)));
+  }
+
+  // Present and not null.
+  bool has(const std::string& key) const {
+    const auto it = root_.find(key);
+    return it != root_.end() && !it->is_null();
+  }
+  TrainingStateReader child(const std::string& key) const {
+    const json& v = at(key);
+    if (!v.is_object()) fail(key, "an object", v);
+    return TrainingStateReader(v, file_, path_ + key + ".");
+  }
+  std::string text(const std::string& key) const {
+    const json& v = at(key);
+    if (!v.is_string()) fail(key, "a string", v);
+    return v.get<std::string>();
+  }
+  // An integer from `min` to `max`; `expected`, when given, says what is allowed in the
+  // message.
+  std::uint64_t count(const std::string& key, std::uint64_t min, std::uint64_t max,
+                      const std::string& expected = {}) const {
+    const json& v = at(key);
+    const bool in_range =
+        v.is_number_unsigned() && v.get<std::uint64_t>() >= min && v.get<std::uint64_t>() <= max;
+    if (!in_range)
+      fail(key,
+           !expected.empty() ? expected
+           : min == max      ? fmt::format("{}", min)
+                             : fmt::format("an integer from {} to {}", min, max),
+           v);
+    return v.get<std::uint64_t>();
+  }
+  // A finite number, at least `min` (or above it when `strict`).
+  double number(const std::string& key, double min, bool strict) const {
+    const json& v = at(key);
+    const bool ok = v.is_number() && std::isfinite(v.get<double>()) &&
+                    (strict ? v.get<double>() > min : v.get<double>() >= min);
+    if (!ok) fail(key, fmt::format("a finite number {} {}", strict ? ">" : ">=", min), v);
+    return v.get<double>();
+  }
+  [[noreturn]] void fail(const std::string& key, const std::string& expected,
+                         const json& got) const {
+    throw FormatError(fmt::format("{}: training.{}{}: expected {}, got {}", file_, path_, key,
+                                  expected, shown(got)));
+  }
+
+ private:
+  TrainingStateReader(const json& root, std::string file, std::string path)
+      : file_(std::move(file)), path_(std::move(path)), root_(root) {}
+
+  const json& at(const std::string& key) const {
+    const auto it = root_.find(key);
+    if (it == root_.end())
+      throw FormatError(fmt::format("{}: training: missing key '{}{}'", file_, path_, key));
+    return *it;
+  }
+  static std::string shown(const json& v) {
+    constexpr std::size_t kMaxShown = 40;
+    std::string text = v.dump();
+    if (text.size() > kMaxShown) text = text.substr(0, kMaxShown) + "...";
+    return text;
+  }
+
+  std::string file_;
+  std::string path_;  // "best." inside the best validation's object
+  json root_;
+};
+
+Validation validation_from_json(const TrainingStateReader& j) {
   Validation v;
-  v.loss = j.value("loss", 0.0);
-  v.perplexity = j.value("perplexity", 0.0);
-  v.bleu4 = j.value("bleu4", 0.0);
-  v.cider = j.value("cider", 0.0);
-  v.images = j.value("images", std::size_t{0});
+  v.loss = j.number("loss", 0.0, /*strict=*/false);
+  v.perplexity = j.number("perplexity", 0.0, /*strict=*/false);
+  v.bleu4 = j.number("bleu4", 0.0, /*strict=*/false);
+  v.cider = j.number("cider", 0.0, /*strict=*/false);
+  v.images = j.count("images", 0, std::numeric_limits<std::size_t>::max());
   return v;
 }
 
@@ -216,6 +304,11 @@ struct Trainer::Impl {
     if (s.json.empty() || !s.tensors.contains("optimizer"))
       throw FormatError(fmt::format("{}: holds no training state to resume from", file));
     const auto bytes = s.tensors.at("optimizer").contiguous();
+    if (bytes.scalar_type() != torch::kUInt8 || bytes.dim() != 1)
+      throw FormatError(
+          fmt::format("{}: tensor 'training.optimizer': expected the optimizer's bytes (uint8, "
+                      "one dimension), got {} of shape [{}]",
+                      file, c10::toString(bytes.scalar_type()), fmt::join(bytes.sizes(), ", ")));
     apply_state(s.json,
                 std::string(reinterpret_cast<const char*>(bytes.data_ptr<std::uint8_t>()),
                             static_cast<std::size_t>(bytes.numel())),
@@ -234,41 +327,102 @@ struct Trainer::Impl {
   }
 
   // Progress and optimizer state of a checkpoint (read by rank 0, sent to the other ranks).
+  // Every value is checked, for its type and against the run (see TrainingStateReader).
   void apply_state(const std::string& state_json, const std::string& optimizer_bytes,
                    const std::string& file) {
-    // The state comes from a file: nlohmann's parse and type errors name neither it nor the key.
-    try {
-      const json j = json::parse(state_json);
-      if (!j.is_object())
-        throw FormatError(fmt::format("{}: training state: expected a JSON object", file));
-      if (j.value("optimizer", std::string()) != options.optimizer ||
-          j.value("batch_size", std::size_t{0}) != options.batch_size ||
-          j.value("seed", std::uint64_t{0}) != options.seed ||
-          j.value("batching", std::string()) != batch_mode_name(options.batching))
-        throw InvalidArgument(fmt::format(
-            "{}: was trained with optimizer {}, batch size {}, batching {} and seed {}: "
-            "resume with the same",
-            file, j.value("optimizer", std::string("?")), j.value("batch_size", 0),
-            j.value("batching", std::string("?")), j.value("seed", 0)));
-      epoch = j.at("epoch").get<std::size_t>();
-      step_in_epoch = j.at("step_in_epoch").get<std::size_t>();
-      global_step = j.at("global_step").get<std::size_t>();
-      lr = j.at("lr").get<double>();
-      bad_epochs = j.value("bad_epochs", 0);
-      if (j.contains("best_val_loss") && j["best_val_loss"].is_number())
-        best_val_loss = j["best_val_loss"];
-      if (j.contains("best")) {
-        has_best = true;
-        best = validation_from_json(j["best"]);
-      }
-    } catch (const json::exception& e) {
-      throw FormatError(fmt::format("{}: training state: {}", file, e.what()));
-    }
-    std::istringstream in(optimizer_bytes);
-    torch::serialize::InputArchive archive;
-    archive.load_from(in);
-    optimizer->load(archive);
+    const TrainingStateReader j(state_json, file);
+    constexpr auto kMax = std::numeric_limits<std::uint64_t>::max();
+    const std::string saved_optimizer = j.text("optimizer");
+    const std::uint64_t saved_batch_size = j.count("batch_size", 1, kMax, "a positive integer");
+    const std::uint64_t saved_seed = j.count("seed", 0, kMax, "a non-negative integer");
+    const std::string saved_batching = j.text("batching");
+    if (saved_optimizer != options.optimizer || saved_batch_size != options.batch_size ||
+        saved_seed != options.seed || saved_batching != batch_mode_name(options.batching))
+      throw InvalidArgument(
+          fmt::format("{}: was trained with optimizer {}, batch size {}, batching {} and seed {}: "
+                      "resume with the same",
+                      file, saved_optimizer, saved_batch_size, saved_batching, saved_seed));
+    // The next batch to train: batch step_in_epoch of epoch `epoch` (0-based), after
+    // global_step batches in all.
+    const auto epochs = static_cast<std::size_t>(options.epochs);
+    const auto next_epoch =
+        j.count("epoch", 0, static_cast<std::uint64_t>(std::numeric_limits<int>::max()),
+                fmt::format("an integer from 0 to {} (this run's epochs)", epochs));
+    if (next_epoch > epochs)
+      throw InvalidArgument(fmt::format(
+          "{}: training.epoch: the checkpoint has done {} epochs, more than this run's {}: resume "
+          "with at least {} epochs",
+          file, next_epoch, epochs, next_epoch));
+    const std::size_t batches = next_epoch < epochs ? loader.batches_in_epoch(next_epoch) : 0;
+    const auto next_step =
+        batches == 0
+            ? j.count("step_in_epoch", 0, 0,
+                      "0 (the checkpoint is at the end of the run's last epoch)")
+            : j.count("step_in_epoch", 0, batches - 1,
+                      fmt::format("an integer from 0 to {} (epoch {} has {} batches of this "
+                                  "training set)",
+                                  batches - 1, next_epoch + 1, batches));
+    std::uint64_t steps_before = next_step;
+    for (std::size_t e = 0; e < next_epoch; ++e) steps_before += loader.batches_in_epoch(e);
+    const auto steps = j.count(
+        "global_step", steps_before, steps_before,
+        fmt::format("{} (the batches of the {} epochs before, plus step_in_epoch {}, of this "
+                    "training set)",
+                    steps_before, next_epoch, next_step));
+    const double saved_lr = j.number("lr", 0.0, /*strict=*/true);
+    const auto saved_bad_epochs =
+        j.has("bad_epochs")
+            ? j.count("bad_epochs", 0, next_epoch,
+                      fmt::format("an integer from 0 to {} (the epochs done)", next_epoch))
+            : 0;
+    const double saved_best_val_loss =
+        j.has("best_val_loss") ? j.number("best_val_loss", 0.0, /*strict=*/false) : INFINITY;
+    const bool saved_has_best = j.has("best");
+    const Validation saved_best = saved_has_best ? validation_from_json(j.child("best")) : best;
+    load_optimizer_state(optimizer_bytes, file, steps);
+    epoch = next_epoch;
+    step_in_epoch = next_step;
+    global_step = steps;
+    lr = saved_lr;
+    bad_epochs = static_cast<int>(saved_bad_epochs);
+    best_val_loss = saved_best_val_loss;
+    has_best = saved_has_best;
+    best = saved_best;
     set_lr(*optimizer, lr);
+  }
+
+  // The optimizer's state from a checkpoint, checked against the parameters it updates.
+  void load_optimizer_state(const std::string& bytes, const std::string& file, std::size_t steps) {
+    const std::string key = "training.optimizer";
+    try {
+      std::istringstream in(bytes);
+      torch::serialize::InputArchive archive;
+      archive.load_from(in);
+      optimizer->load(archive);
+    } catch (const c10::Error& e) {
+      throw FormatError(fmt::format("{}: {}: not a state of the {} optimizer for this model: {}",
+                                    file, key, options.optimizer, e.what_without_backtrace()));
+    }
+    const auto& state = optimizer->state();
+    for (const auto& p : params) {
+      const auto it = state.find(c10::guts::to_string(p.unsafeGetTensorImpl()));
+      if (it == state.end()) continue;  // a parameter not stepped yet
+      const auto shape_fits = [&](const torch::Tensor& t) {
+        return !t.defined() || t.sizes() == p.sizes();
+      };
+      bool fits = true;
+      if (const auto* adam = dynamic_cast<const torch::optim::AdamParamState*>(it->second.get()))
+        fits = adam->step() >= 0 && static_cast<std::size_t>(adam->step()) <= steps &&
+               shape_fits(adam->exp_avg()) && shape_fits(adam->exp_avg_sq()) &&
+               shape_fits(adam->max_exp_avg_sq());
+      if (const auto* sgd = dynamic_cast<const torch::optim::SGDParamState*>(it->second.get()))
+        fits = shape_fits(sgd->momentum_buffer());
+      if (!fits)
+        throw FormatError(fmt::format(
+            "{}: {}: the state of a parameter of shape {} does not fit it (moment shapes, or a "
+            "step count beyond global_step {})",
+            file, key, fmt::join(p.sizes(), "x"), steps));
+    }
   }
 
   // Every rank starts from rank 0's weights (and, on resume, its progress and optimizer state).

@@ -227,6 +227,7 @@ TensorMap collect(const PickleValue& root, const TorchFileTensors& storages,
   const PickleValue& dict = find_state_dict(root, options, file);
   TensorMap out;
   for (const auto& [k, v] : dict.entries) out.insert(k->text, storages.tensor(*v, k->text));
+  out.set_source(file);
   return out;
 }
 
@@ -423,6 +424,9 @@ LoadReport load_state_dict(torch::nn::Module& module, const TensorMap& tensors,
                        [&](const std::regex& re) { return std::regex_match(name, re); });
   };
 
+  const std::string where = tensors.source().empty()
+                                ? std::string("load_state_dict")
+                                : fmt::format("{}: load_state_dict", tensors.source());
   LoadReport report;
   std::unordered_map<std::string, std::pair<std::string, const torch::Tensor*>> source;
   std::vector<std::string> source_order;
@@ -438,7 +442,7 @@ LoadReport load_state_dict(torch::nn::Module& module, const TensorMap& tensors,
     }
     const auto [it, inserted] = source.emplace(k, std::make_pair(key, &tensor));
     if (!inserted)
-      throw InvalidArgument(fmt::format("load_state_dict: file keys '{}' and '{}' both map to '{}'",
+      throw InvalidArgument(fmt::format("{}: file keys '{}' and '{}' both map to '{}'", where,
                                         it->second.first, key, k));
     source_order.push_back(k);
   }
@@ -481,7 +485,7 @@ LoadReport load_state_dict(torch::nn::Module& module, const TensorMap& tensors,
     if (!report.mismatched.empty())
       parts.push_back(fmt::format("{} shape mismatch(es): {}", report.mismatched.size(),
                                   join_limited(report.mismatched)));
-    throw InvalidArgument(fmt::format("load_state_dict: {}", fmt::join(parts, "; ")));
+    throw InvalidArgument(fmt::format("{}: {}", where, fmt::join(parts, "; ")));
   }
   torch::NoGradGuard no_grad;
   for (auto& [target, src] : copies) target.copy_(*src);

@@ -194,6 +194,10 @@ TEST_CASE("imcap features computes in bfloat16 on request and saves float32", "[
     r = features({"--device", "cuda"}, "x.safetensors");
     CHECK(r.exit_code == 1);
     CHECK_THAT(r.err, Catch::Contains("no CUDA device"));
+    r = features({"--encoder-dtype", "float16"}, "x.safetensors");
+    CHECK(r.exit_code == 1);
+    CHECK_THAT(r.err, Catch::Contains("float16 needs a CUDA device") &&
+                          Catch::Contains("bfloat16") && !Catch::Contains("slow_conv2d"));
   }
 }
 

@@ -322,6 +322,8 @@ TEST_CASE("results reader names the file and the entry at fault", "[metrics]") {
                       Catch::StartsWith("res.json: ") && Catch::Contains(what));
   };
   fails_with("[{\"image_id\": 1,", "not valid JSON");
+  // nlohmann reports a number too large for a double as out_of_range, not as a parse error.
+  fails_with("[{\"image_id\": 1, \"caption\": \"a\", \"score\": 1e500}]", "number overflow");
   fails_with("{\"image_id\": 1, \"caption\": \"a\"}", "expected a list");
   fails_with("[]", "empty");
   fails_with("[{\"image_id\": 1, \"caption\": \"a\"}, 3]", "[1]: expected an object");

@@ -111,6 +111,40 @@ TEST_CASE("broken model files are rejected with the file name", "[model]") {
   other["config"] = config.dump();
   imcap::save_safetensors(tmp.file("arch7.imcap"), tensors, other);
   CHECK_THROWS_WITH(imcap::CaptionModel::load(tmp.file("arch7.imcap")), Catch::Contains("resnet7"));
+  // Values of the wrong JSON type are named, not converted (16.5 to 16, 2^32 + 1 to 1 for an
+  // int, 1 to true).
+  const auto config_with = [&](const std::string& section, const std::string& key,
+                               const nlohmann::json& value) {
+    auto c = nlohmann::json::parse(meta["config"]);
+    c[section][key] = value;
+    auto m = meta;
+    m["config"] = c.dump();
+    imcap::save_safetensors(tmp.file("typed.imcap"), tensors, m);
+    try {
+      imcap::CaptionModel::load(tmp.file("typed.imcap"));
+    } catch (const imcap::FormatError& e) {
+      return std::string(e.what());
+    }
+    return std::string("loaded");
+  };
+  const std::string typed = tmp.file("typed.imcap") + ": config: ";
+  CHECK_THAT(config_with("image", "crop", 32.5),
+             Catch::StartsWith(typed + "image.crop: expected an integer, got 32.5"));
+  CHECK_THAT(config_with("encoder", "trainable_stages", std::int64_t{1} << 32 | 1),
+             Catch::StartsWith(typed + "encoder.trainable_stages: expected an integer"));
+  CHECK_THAT(config_with("encoder", "head_batch_norm", 0),
+             Catch::StartsWith(typed + "encoder.head_batch_norm: expected true or false"));
+  CHECK_THAT(config_with("decoder", "dropout", "0.1"),
+             Catch::StartsWith(typed + "decoder.dropout: expected a number"));
+  CHECK_THAT(config_with("image", "mean", {0.5, 0.5}),
+             Catch::StartsWith(typed + "image.mean: expected a list of 3 numbers"));
+  auto not_object = nlohmann::json::parse(meta["config"]);
+  not_object["encoder"] = 5;
+  other = meta;
+  other["config"] = not_object.dump();
+  imcap::save_safetensors(tmp.file("typed.imcap"), tensors, other);
+  CHECK_THROWS_WITH(imcap::CaptionModel::load(tmp.file("typed.imcap")),
+                    Catch::StartsWith(typed + "'encoder' is number, expected an object"));
 }
 
 TEST_CASE("a notebook model imports and captions exactly like the notebook's sample()",

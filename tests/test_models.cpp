@@ -729,6 +729,12 @@ TEST_CASE("the inference path computes in bfloat16 when asked and returns float3
   CHECK(relative_error(embedded, encoder->forward(images)) < 0.15);
   CHECK_THROWS_AS(encoder->backbone->forward_features(images, torch::kDouble),
                   imcap::InvalidArgument);
+  // LibTorch has no float16 convolutions on the CPU: refused up front, pointing to bfloat16.
+  CHECK_THROWS_AS(encoder->backbone->forward_features(images, torch::kHalf),
+                  imcap::InvalidArgument);
+  CHECK_THROWS_WITH(
+      encoder->forward(images, torch::kHalf),
+      Catch::Contains("float16 needs a CUDA device") && Catch::Contains("use bfloat16"));
 }
 
 TEST_CASE("the folded encoder on CUDA (channels_last) equals the CPU's", "[models][cuda]") {

@@ -329,6 +329,21 @@ TEST_CASE("model and weight files: the CLI names the file and the problem, exit 
        "cd '" + cwd + "' && exec '" IMCAP_CLI_PATH "' weights inspect '" + evil + "'"});
   check_cli_error(r, "evil.pt", "posix.system");
   CHECK_FALSE(imcap::detail::path_exists(tmp.file("PWNED")));
+  // A weight file for another network: the error names the file, and only the first keys.
+  imcap::TensorMap wrong;
+  wrong.insert("features.0.weight", torch::zeros({4}));
+  imcap::save_safetensors(tmp.file("wrong.safetensors"), wrong);
+  write_text(tmp.file("ann.json"), R"({"images": [{"id": 1, "file_name": "a.png"}],
+    "annotations": [{"id": 1, "image_id": 1, "caption": "a b"}]})");
+  imcap::test::write_pattern_png(tmp.file("a.png"), 32, 32, 1);
+  for (const std::string command : {"features", "train"}) {
+    const auto w =
+        run_cli({command, "--annotations", tmp.file("ann.json"), "--images", tmp.path(),
+                 "--encoder", "resnet18", "--image-size", "32", "--out", tmp.file(command + ".out"),
+                 "--weights", tmp.file("wrong.safetensors")});
+    check_cli_error(w, tmp.file("wrong.safetensors") + ": load_state_dict: ", "missing key(s)");
+    CHECK_THAT(w.err, Catch::Contains("more") && Catch::Contains("1 unexpected key(s)"));
+  }
 }
 
 TEST_CASE("a model file whose config asks for huge tensors is refused before allocation",

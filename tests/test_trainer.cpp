@@ -4,6 +4,7 @@
 #include <cmath>
 #include <fstream>
 #include <future>
+#include <map>
 #include <thread>
 
 #include <torch/torch.h>
@@ -12,8 +13,10 @@
 #include "detail/fused_adam.hpp"
 #include "detail/io.hpp"
 #include "imcap/captioner.hpp"
+#include "imcap/data_loader.hpp"
 #include "imcap/error.hpp"
 #include "imcap/metrics.hpp"
+#include "imcap/safetensors.hpp"
 #include "imcap/synthetic.hpp"
 #include "imcap/trainer.hpp"
 #include "support.hpp"
@@ -31,6 +34,29 @@ struct Tiny : imcap::test::TinyDataset {
   }
   imcap::TrainerOptions options(const std::string& out) const {
     return imcap::test::tiny_trainer_options(tmp.file(out));
+  }
+};
+
+// A checkpoint's tensors and metadata, to be written back with another training state.
+struct Checkpoint {
+  std::map<std::string, std::string> meta;  // before `tensors`, which fills it
+  imcap::TensorMap tensors;
+
+  explicit Checkpoint(const std::string& path) : tensors(imcap::load_safetensors(path, &meta)) {}
+  nlohmann::json training() const { return nlohmann::json::parse(meta.at("training")); }
+  // The tensors with `training.optimizer` replaced.
+  imcap::TensorMap with_optimizer(const torch::Tensor& optimizer) const {
+    imcap::TensorMap out;
+    for (const auto& [name, tensor] : tensors)
+      out.insert(name, name == "training.optimizer" ? optimizer : tensor);
+    return out;
+  }
+  // Writes `path` with `training` as the training state's JSON text.
+  void write(const std::string& path, const std::string& training,
+             const imcap::TensorMap* other_tensors = nullptr) const {
+    auto m = meta;
+    m["training"] = training;
+    imcap::save_safetensors(path, other_tensors != nullptr ? *other_tensors : tensors, m);
   }
 };
 
@@ -103,8 +129,138 @@ TEST_CASE("the trainer refuses a mismatched resume and bad options", "[trainer]"
   saved.save(last, &state);
   o = t.options("x");
   o.resume = true;
-  CHECK_THROWS_WITH(imcap::Trainer(model, train, nullptr, o),
-                    Catch::StartsWith(last + ": training state: ") && Catch::Contains("1e400"));
+  CHECK_THROWS_WITH(
+      imcap::Trainer(model, train, nullptr, o),
+      Catch::StartsWith(last + ": training: not valid JSON") && Catch::Contains("1e400"));
+}
+
+TEST_CASE("a resume checks every value of the checkpoint's training state", "[trainer]") {
+  Tiny t;
+  auto model = t.model();
+  imcap::CocoDataset train(t.files.train_annotations, t.files.train_images, *t.vocab,
+                           model.eval_transform());
+  auto o = t.options("src");
+  o.max_steps = 1;
+  imcap::Trainer(model, train, nullptr, o).fit();
+  const Checkpoint saved(t.tmp.file("src/last.imcap"));
+  const auto state = saved.training();
+  REQUIRE(state.at("epoch") == 0);
+  REQUIRE(state.at("step_in_epoch") == 1);
+  REQUIRE(state.at("global_step") == 1);
+  imcap::DataLoaderOptions lo;
+  lo.batch_size = o.batch_size;
+  lo.mode = o.batching;
+  lo.seed = o.seed;
+  const std::size_t batches = imcap::DataLoader(train, lo).batches_in_epoch(0);
+  REQUIRE(batches >= 2);
+
+  // Resumes (constructs the Trainer) from a copy with this training state in a fresh folder:
+  // "ok", or the exception's kind and message.
+  int copies = 0;
+  o.max_steps = 0;
+  o.resume = true;
+  const auto resume = [&](const std::string& training,
+                          const imcap::TensorMap* tensors = nullptr) -> std::string {
+    o.out_dir = t.tmp.file("copy" + std::to_string(copies++));
+    imcap::detail::create_directories(o.out_dir);
+    saved.write(o.out_dir + "/last.imcap", training, tensors);
+    try {
+      imcap::Trainer(model, train, nullptr, o);
+    } catch (const imcap::FormatError& e) {
+      return std::string("FormatError: ") + e.what();
+    } catch (const imcap::InvalidArgument& e) {
+      return std::string("InvalidArgument: ") + e.what();
+    }
+    return "ok";
+  };
+  const auto with = [&](const std::string& key, const nlohmann::json& value) {
+    auto j = state;
+    j[key] = value;
+    return resume(j.dump());
+  };
+  // A FormatError that names the file and the key, and no nlohmann exception text.
+  const auto refused = [&](const std::string& message, const std::string& what) {
+    INFO(message);
+    CHECK_THAT(message, Catch::StartsWith("FormatError: " + t.tmp.path() + "/copy") &&
+                            Catch::Contains("/last.imcap: " + what) &&
+                            !Catch::Contains("json.exception"));
+  };
+  CHECK(resume(state.dump()) == "ok");
+  auto next_epoch = state;
+  next_epoch["epoch"] = 1;
+  next_epoch["step_in_epoch"] = 0;
+  next_epoch["global_step"] = batches;
+  next_epoch["bad_epochs"] = 1;
+  next_epoch["best_val_loss"] = nullptr;
+  CHECK(resume(next_epoch.dump()) == "ok");
+
+  const auto huge = std::uint64_t{1000000000000000};
+  refused(with("epoch", -3), "training.epoch: expected an integer from 0 to");
+  refused(with("epoch", huge), "training.epoch: expected an integer from 0 to");
+  refused(with("epoch", 0.5), "training.epoch: expected");
+  refused(with("epoch", true), "training.epoch: expected");
+  CHECK_THAT(with("epoch", 3), Catch::StartsWith("InvalidArgument: ") &&
+                                   Catch::Contains("training.epoch") &&
+                                   Catch::Contains("resume with at least 3 epochs"));
+  refused(with("step_in_epoch", huge), "training.step_in_epoch: expected an integer from 0 to");
+  refused(with("step_in_epoch", -5), "training.step_in_epoch");
+  refused(with("step_in_epoch", batches), "training.step_in_epoch");
+  auto done = state;
+  done["epoch"] = 2;  // the run's last epoch is done: no batch of it is left
+  refused(resume(done.dump()), "training.step_in_epoch: expected 0");
+  refused(with("global_step", 0), "training.global_step: expected 1 ");
+  refused(with("global_step", huge), "training.global_step");
+  refused(with("lr", -1.0), "training.lr: expected a finite number > 0, got -1.0");
+  refused(with("lr", 0.0), "training.lr");
+  refused(with("lr", "0.001"), "training.lr");
+  refused(with("lr", nullptr), "training.lr");
+  refused(with("seed", "x"), "training.seed: expected a non-negative integer, got \"x\"");
+  refused(with("batch_size", 0), "training.batch_size");
+  refused(with("optimizer", 5), "training.optimizer: expected a string, got 5");
+  refused(with("batching", nullptr), "training.batching");
+  refused(with("bad_epochs", -1), "training.bad_epochs");
+  refused(with("bad_epochs", 1), "training.bad_epochs: expected an integer from 0 to 0");
+  refused(with("best_val_loss", "x"), "training.best_val_loss");
+  refused(with("best_val_loss", -1.0), "training.best_val_loss");
+  refused(with("best", 5), "training.best: expected an object");
+  refused(with("best", {{"loss", 1.0}}), "training: missing key 'best.perplexity'");
+  refused(with("best", {{"loss", 1.0}, {"perplexity", 2.7}, {"bleu4", 0}, {"cider", "x"}}),
+          "training.best.cider: expected");
+  auto no_epoch = state;
+  no_epoch.erase("epoch");
+  refused(resume(no_epoch.dump()), "training: missing key 'epoch'");
+  refused(resume("{"), "training: not valid JSON");
+  refused(resume("{\"epoch\": 1e500}"), "training: not valid JSON");
+  refused(resume("[]"), "training: expected a JSON object, got []");
+  // The optimizer's bytes: another type, garbage, another model's state.
+  const auto floats = saved.with_optimizer(torch::zeros({4}));
+  refused(resume(state.dump(), &floats), "tensor 'training.optimizer'");
+  const auto garbage = saved.with_optimizer(torch::randint(0, 255, {300}, torch::kUInt8));
+  refused(resume(state.dump(), &garbage), "training.optimizer: not a state of the adam optimizer");
+  imcap::test::TinyConfig other_config;
+  other_config.inject = imcap::ImageInject::kPar;
+  other_config.trainable_stages = 1;
+  other_config.hidden_size = 24;
+  auto other = imcap::test::tiny_model(*t.vocab, 5, other_config);
+  auto other_options = t.options("other");
+  other_options.max_steps = 1;
+  imcap::Trainer(other, train, nullptr, other_options).fit();
+  const auto foreign = saved.with_optimizer(
+      Checkpoint(t.tmp.file("other/last.imcap")).tensors.at("training.optimizer"));
+  refused(resume(state.dump(), &foreign), "training.optimizer: the state of a parameter");
+
+  // The command line reports it too (it used to train 0 epochs and exit 0).
+  auto r = imcap::test::run_cli(imcap::test::tiny_train_args(
+      t.files, t.tmp.file("cli"), {"--epochs", "1", "--batch-size", "20", "--max-steps", "1"}));
+  REQUIRE(r.exit_code == 0);
+  Checkpoint cli(t.tmp.file("cli/last.imcap"));
+  auto j = cli.training();
+  j["epoch"] = -3;
+  cli.write(t.tmp.file("cli/last.imcap"), j.dump());
+  r = imcap::test::run_cli(imcap::test::tiny_train_args(
+      t.files, t.tmp.file("cli"), {"--epochs", "2", "--batch-size", "20", "--resume"}));
+  CHECK(r.exit_code == 1);
+  CHECK_THAT(r.err, Catch::Contains(t.tmp.file("cli/last.imcap") + ": training.epoch: expected"));
 }
 
 TEST_CASE("the trainer's fused Adam step equals torch::optim::Adam and shares its state",

@@ -96,6 +96,8 @@ class DataLoader {
   /// Number of batches in one epoch (in image_major mode, of the current epoch, whose
   /// shuffled image order decides how whole images fill the batches).
   std::size_t batches_per_epoch() const;
+  /// Number of batches in epoch `epoch` (0-based), without starting it.
+  std::size_t batches_in_epoch(std::size_t epoch) const;
 
   const DataLoaderOptions& options() const { return options_; }
 

@@ -41,9 +41,14 @@ class TensorMap {
   const std::vector<Entry>& entries() const { return entries_; }
   /// Sum of the element counts of all tensors.
   std::int64_t total_numel() const;
+  /// The file the tensors were read from (load_weights, load_torch_file, load_safetensors), named
+  /// in load_state_dict()'s errors; empty for tensors gathered in memory.
+  const std::string& source() const { return source_; }
+  void set_source(std::string source) { source_ = std::move(source); }
 
  private:
   std::vector<Entry> entries_;
+  std::string source_;
   std::unordered_map<std::string, std::size_t> index_;
 };
 
@@ -112,7 +117,8 @@ struct LoadReport {
 
 /// Copies tensors into the module's parameters and buffers (e.g. running_mean, running_var,
 /// num_batches_tracked) without recording gradients, converting dtype and device as needed.
-/// Throws InvalidArgument on a bad regex, and in strict mode on any mismatch (see LoadOptions).
+/// Throws InvalidArgument on a bad regex, and in strict mode on any mismatch (see LoadOptions);
+/// the message starts with tensors.source() when it is set.
 LoadReport load_state_dict(torch::nn::Module& module, const TensorMap& tensors,
                            const LoadOptions& options = {});
 
