@@ -8,8 +8,8 @@
 #include <thread>
 
 #include <torch/torch.h>
-#include "catch.hpp"
 #include <nlohmann/json.hpp>
+#include "catch.hpp"
 
 #include "imcap/captioner.hpp"
 #include "imcap/cuda_graph_greedy.hpp"
