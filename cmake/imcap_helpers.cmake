@@ -97,3 +97,54 @@ function(imcap_check_torch_source result source)
   check_cxx_source_compiles("${source}" ${result})
   cmake_pop_check_state()
 endfunction()
+
+# imcap_set_install_rpath(<target> <dir>): the installed <target>, which lives in <dir> under the
+# prefix, finds libimcap through a RUNPATH relative to itself ($ORIGIN/../lib from bin/), and
+# LibTorch and the other libraries it links from outside the system paths (the official LibTorch
+# zip in /opt/libtorch/lib, a wheel's torch/lib) through their absolute folders. Without it an
+# installed imcap does not start. A CMAKE_INSTALL_RPATH given by the user wins.
+function(imcap_set_install_rpath target dir)
+  if(APPLE OR DEFINED CMAKE_INSTALL_RPATH)
+    return()
+  endif()
+  file(RELATIVE_PATH to_lib "/prefix/${dir}" "/prefix/${CMAKE_INSTALL_LIBDIR}")
+  if(to_lib STREQUAL "")
+    set(origin "$ORIGIN")
+  else()
+    set(origin "$ORIGIN/${to_lib}")
+  endif()
+  set_target_properties(${target} PROPERTIES
+    INSTALL_RPATH "${origin}" INSTALL_RPATH_USE_LINK_PATH ON)
+endfunction()
+
+# imcap_check_torch_abi(): refuses, at configure time, a LibTorch whose C++ library ABI
+# (_GLIBCXX_USE_CXX11_ABI, in TORCH_CXX_FLAGS) does not match the C++ libraries imcap links
+# (fmt): the official "pre-cxx11 ABI" zips against Debian's libraries otherwise fail only at link
+# time, with pages of undefined std::__cxx11 symbols.
+function(imcap_check_torch_abi)
+  string(REGEX MATCH "_GLIBCXX_USE_CXX11_ABI=([01])" abi_flag "${TORCH_CXX_FLAGS}")
+  set(torch_abi "${CMAKE_MATCH_1}")
+  if(torch_abi STREQUAL "")
+    return()
+  endif()
+  message(STATUS "imcap: LibTorch uses _GLIBCXX_USE_CXX11_ABI=${torch_abi}")
+  cmake_push_check_state(RESET)
+  set(CMAKE_REQUIRED_QUIET ON)
+  set(CMAKE_REQUIRED_DEFINITIONS -D_GLIBCXX_USE_CXX11_ABI=${torch_abi})
+  set(CMAKE_REQUIRED_LIBRARIES fmt::fmt)
+  check_cxx_source_compiles([[
+#include <fmt/format.h>
+#include <string>
+int main() { std::string s = fmt::format("{}", 1); return s.size() == 1 ? 0 : 1; }
+]] IMCAP_FMT_MATCHES_TORCH_ABI_${torch_abi})
+  cmake_pop_check_state()
+  if(NOT IMCAP_FMT_MATCHES_TORCH_ABI_${torch_abi})
+    message(FATAL_ERROR
+      "LibTorch (${TORCH_INSTALL_PREFIX}) is built with -D_GLIBCXX_USE_CXX11_ABI=${torch_abi}, "
+      "but fmt (${fmt_DIR}) does not link with that C++ library ABI. With Debian's libraries, "
+      "use a LibTorch built with the C++11 ABI: the 'cxx11 ABI' zip from pytorch.org "
+      "(libtorch-cxx11-abi-shared-with-deps-*.zip; from 2.7 on every zip is), a PyTorch wheel "
+      "of 2.7 or newer, or Debian's libtorch-dev. Or build fmt with "
+      "-D_GLIBCXX_USE_CXX11_ABI=${torch_abi} and point fmt_DIR at it. See docs/building.md.")
+  endif()
+endfunction()

@@ -249,7 +249,13 @@ torch::Tensor forward_folded(const InferencePlan& plan, const torch::Tensor& ima
   }
   const PlanFormat& f = plan.format;
   x = run_relu(plan.stem, x, f);
-  x = at::max_pool2d(x, /*kernel_size=*/{3, 3}, /*stride=*/{2, 2}, /*padding=*/{1, 1});
+  // On a oneDNN tensor the pooling is called by its own name. at::max_pool2d is a composite
+  // operator; LibTorch 2.x builds with a Vulkan kernel of it (Debian's 2.6) make its entry for
+  // the AutogradOther key, which oneDNN tensors dispatch to, ambiguous, and it fails with
+  // "INTERNAL ASSERT FAILED ... registered to both CompositeImplicitAutograd and a backend
+  // mapped to AutogradOther". mkldnn_max_pool2d is what the composite runs for them anyway.
+  x = mk ? at::mkldnn_max_pool2d(x, /*kernel_size=*/{3, 3}, /*stride=*/{2, 2}, /*padding=*/{1, 1})
+         : at::max_pool2d(x, /*kernel_size=*/{3, 3}, /*stride=*/{2, 2}, /*padding=*/{1, 1});
   for (const FoldedBlock& b : plan.blocks) {
     torch::Tensor out = x;
     for (std::size_t i = 0; i + 1 < b.convs.size(); ++i) out = run_relu(b.convs[i], out, f);

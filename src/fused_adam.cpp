@@ -6,31 +6,14 @@
 #include <map>
 #include <memory>
 #include <optional>
-#include <sstream>
 #include <string>
-#include <type_traits>
 
 namespace imcap::detail {
 namespace {
 
-// The optimizer's state is keyed by the parameter's TensorImpl: LibTorch 1.13 keys by its
-// address printed as a string, LibTorch 2.x by the pointer itself.
-using StateMap =
-    std::remove_reference_t<decltype(std::declval<torch::optim::Optimizer&>().state())>;
-using StateKey = typename StateMap::key_type;
+using StateKey = OptimizerStateKey;
 
-template <typename Key>
-Key key_of(c10::TensorImpl* impl) {
-  if constexpr (std::is_same_v<Key, std::string>) {
-    std::ostringstream os;  // what c10::guts::to_string did
-    os << impl;
-    return os.str();
-  } else {
-    return impl;
-  }
-}
-
-StateKey state_key(const torch::Tensor& p) { return key_of<StateKey>(p.unsafeGetTensorImpl()); }
+StateKey state_key(const torch::Tensor& p) { return optimizer_state_key(p); }
 
 bool plain_float_cpu(const torch::Tensor& t) {
   return t.defined() && t.device().is_cpu() && t.scalar_type() == torch::kFloat &&

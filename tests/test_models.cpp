@@ -686,6 +686,12 @@ TEST_CASE("the folded inference path computes the same features as the modules",
       torch::NoGradGuard no_grad;
       CHECK(relative_error(resnet->forward_features(images), expected) < 1e-5);
     }
+    {
+      // Under InferenceMode too (LibTorch 2.x builds with Vulkan kernels refused the composite
+      // max_pool2d on oneDNN tensors, docs/building.md).
+      c10::InferenceMode inference;
+      CHECK(relative_error(resnet->forward_features(images), expected) < 1e-5);
+    }
     // A frozen backbone takes the folded path during training too (autograd on, nothing to
     // differentiate), and gives the same features.
     resnet->train(true);

@@ -3,10 +3,30 @@
 
 #include <torch/torch.h>
 
+#include <sstream>
+#include <string>
+#include <type_traits>
 #include <utility>
 #include <vector>
 
 namespace imcap::detail {
+
+/// The key of a parameter in torch::optim::Optimizer::state(): LibTorch 1.13 keys by the
+/// TensorImpl's address printed as a string (c10::guts::to_string, gone in 2.x), LibTorch 2.x
+/// by the pointer itself.
+using OptimizerStateKey = typename std::remove_reference_t<
+    decltype(std::declval<torch::optim::Optimizer&>().state())>::key_type;
+
+template <typename Key = OptimizerStateKey>
+Key optimizer_state_key(const torch::Tensor& p) {
+  if constexpr (std::is_same_v<Key, std::string>) {
+    std::ostringstream os;
+    os << p.unsafeGetTensorImpl();
+    return os.str();
+  } else {
+    return p.unsafeGetTensorImpl();
+  }
+}
 
 /// torch::optim::Adam whose step() updates each parameter and its two moment buffers in one pass,
 /// split between Torch's threads, instead of about eight elementwise tensor operations with two
