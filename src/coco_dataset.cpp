@@ -257,6 +257,11 @@ CocoDataset::CocoDataset(CocoAnnotations annotations, const std::string& image_r
   } else if (!detail::is_directory(image_root_)) {
     throw IoError(fmt::format("{}: image folder does not exist or is not a folder", image_root_));
   }
+  for (const auto& [a, b] : options_.flip_swap_words) {
+    if (a == b || !vocab_.contains(a) || !vocab_.contains(b)) continue;
+    mirrored_[vocab_.id(a)] = vocab_.id(b);
+    mirrored_[vocab_.id(b)] = vocab_.id(a);
+  }
   std::vector<std::string> missing;
   std::unordered_set<std::int64_t> skipped;
   for (const auto& img : annotations_.images()) {
@@ -307,7 +312,10 @@ CaptionItem CocoDataset::get(std::size_t index, std::mt19937_64& rng) const {
   item.ids = caption_ids(index);
   item.image_id = image_id_of(index);
   item.caption_index = index;
-  item.image = image(item.image_id, rng);
+  bool flipped = false;
+  item.image = image(item.image_id, rng, &flipped);
+  if (flipped)
+    for (auto& id : item.ids) id = mirrored_token(id);
   return item;
 }
 
@@ -333,7 +341,8 @@ Image CocoDataset::raw_image(std::int64_t image_id) const {
   return decode_image(image_path(image_id), options_.decode);
 }
 
-at::Tensor CocoDataset::image(std::int64_t image_id, std::mt19937_64& rng) const {
+at::Tensor CocoDataset::image(std::int64_t image_id, std::mt19937_64& rng, bool* flipped) const {
+  if (flipped != nullptr) *flipped = false;
   if (has_features()) {
     const auto it = feature_rows_.find(image_id);
     if (it == feature_rows_.end())
@@ -342,7 +351,8 @@ at::Tensor CocoDataset::image(std::int64_t image_id, std::mt19937_64& rng) const
   }
   // JPEGs are downscaled while decoding as far as the transform allows.
   return transform_(
-      decode_image(image_path(image_id), transform_.fast_decode_options(options_.decode)), rng);
+      decode_image(image_path(image_id), transform_.fast_decode_options(options_.decode)), rng,
+      flipped);
 }
 
 const std::vector<std::size_t>& CocoDataset::captions_of_image(std::int64_t image_id) const {

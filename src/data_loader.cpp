@@ -245,12 +245,24 @@ Batch build_batch(const CocoDataset& data, const DataLoaderOptions& options, std
   if (options.load_images && !batch.image_ids.empty()) {
     std::vector<torch::Tensor> images;
     images.reserve(batch.image_ids.size());
-    for (const auto id : batch.image_ids) {
+    std::vector<char> flipped(batch.image_ids.size(), 0);
+    for (std::size_t u = 0; u < batch.image_ids.size(); ++u) {
+      const auto id = batch.image_ids[u];
       std::mt19937_64 rng(
           derive_seed(options.seed, epoch, index + 1, static_cast<std::uint64_t>(id)));
-      images.push_back(data.image(id, rng));
+      bool f = false;
+      images.push_back(data.image(id, rng, &f));
+      flipped[u] = f;
     }
     batch.images = torch::stack(images);
+    // A mirrored image's captions say left for right (CocoDatasetOptions::flip_swap_words).
+    auto tokens = batch.captions.accessor<std::int64_t, 2>();
+    for (std::size_t r = 0; r < rows.size(); ++r) {
+      if (flipped[static_cast<std::size_t>(rows[r])] == 0) continue;
+      for (std::int64_t t = 0; t < tokens.size(1); ++t)
+        tokens[static_cast<std::int64_t>(r)][t] =
+            data.mirrored_token(tokens[static_cast<std::int64_t>(r)][t]);
+    }
   }
   if (options.pin_memory) {
     for (auto* t : {&batch.images, &batch.image_index, &batch.captions, &batch.lengths}) {

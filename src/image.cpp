@@ -497,9 +497,11 @@ Image ImageTransform::apply_to_image(const Image& image, std::mt19937_64& rng) c
   return p.flip ? hflip(out) : out;
 }
 
-at::Tensor ImageTransform::operator()(const Image& image, std::mt19937_64& rng) const {
+at::Tensor ImageTransform::operator()(const Image& image, std::mt19937_64& rng,
+                                      bool* flipped) const {
   check_image(image, "ImageTransform");
   const Plan p = make_plan(options_, image, options_.train ? &rng : nullptr);
+  if (flipped != nullptr) *flipped = p.flip;
   const Image cropped = run_plan(options_, image, p);
   // ToTensor + Normalize through a per-channel table: the same float operations as torchvision
   // (x / 255, then (x - mean) / std), so the values are bit-identical.

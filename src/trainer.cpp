@@ -36,7 +36,12 @@ constexpr std::uint64_t kRankSeedStride = 0x9e3779b97f4a7c15ull;
 
 volatile std::sig_atomic_t g_stop_requested = 0;
 
-extern "C" void imcap_on_stop_signal(int) { g_stop_requested = 1; }
+// The first SIGINT or SIGTERM asks for a clean stop (save, validate); the handler then steps
+// aside, so that a second one ends the process at once (signal() is async-signal-safe).
+extern "C" void imcap_on_stop_signal(int sig) {
+  g_stop_requested = 1;
+  std::signal(sig, SIG_DFL);
+}
 
 // A run killed while writing the log can leave half a line; the resumed run's lines must not
 // be glued to it.
@@ -405,7 +410,7 @@ struct Trainer::Impl {
     }
     const auto& state = optimizer->state();
     for (const auto& p : params) {
-      const auto it = state.find(c10::guts::to_string(p.unsafeGetTensorImpl()));
+      const auto it = state.find(detail::optimizer_state_key(p));
       if (it == state.end()) continue;  // a parameter not stepped yet
       const auto shape_fits = [&](const torch::Tensor& t) {
         return !t.defined() || t.sizes() == p.sizes();
@@ -631,6 +636,46 @@ TrainResult Trainer::fit() {
   double window_captions = 0.0, ema_loss = 0.0;
   auto window_start = Clock::now();
   bool stop = false;
+  // The step the model was last validated at. A resumed run starts from a state that was
+  // validated when it was saved (last.imcap is written at epoch ends and at stops).
+  std::size_t validated_at = o.resume && s.val != nullptr ? s.global_step : SIZE_MAX;
+  auto validate_now = [&](const std::string& when) {
+    if (tty) std::cerr << "\r\033[K";
+    const auto started = Clock::now();
+    const Validation v = validate();
+    result.validation_seconds += seconds_since(started);
+    // The captions/s of the progress line are those of training.
+    window_captions = 0.0;
+    window_start = Clock::now();
+    validated_at = s.global_step;
+    result.has_validation = true;
+    result.last_validation = v;
+    s.write_log({{"type", "validation"},
+                 {"epoch", s.epoch + 1},
+                 {"step", s.global_step},
+                 {"when", when},
+                 {"loss", v.loss},
+                 {"perplexity", v.perplexity},
+                 {"bleu4", v.bleu4},
+                 {"cider", v.cider},
+                 {"images", v.images},
+                 {"elapsed_s", seconds_since(t0)}});
+    if (progress)
+      std::cerr << fmt::format(
+          "validation {} (step {}): loss {:.4f} perplexity {:.2f} BLEU-4 {:.4f} CIDEr {:.4f}{}\n",
+          when, s.global_step, v.loss, v.perplexity, v.bleu4, v.cider,
+          !s.has_best || v.cider > s.best.cider ? ", best so far" : "");
+    return v;
+  };
+  // best.imcap is the state of the highest validation CIDEr seen, wherever it was seen; the
+  // checkpoint resumes at the batch after it. Returns whether it was replaced.
+  auto keep_if_best = [&](const Validation& v, std::size_t next_epoch, std::size_t next_step) {
+    if (s.has_best && !(v.cider > s.best.cider)) return false;
+    s.has_best = true;
+    s.best = v;
+    s.save_checkpoint("best.imcap", next_epoch, next_step);
+    return true;
+  };
 
   for (; s.epoch < static_cast<std::size_t>(o.epochs) && !stop; ++s.epoch, s.step_in_epoch = 0) {
     s.loader.start_epoch(s.epoch);
@@ -706,6 +751,7 @@ TrainResult Trainer::fit() {
       result.last_loss = loss_value;
       ema_loss = result.losses.size() == 1 ? loss_value : 0.95 * ema_loss + 0.05 * loss_value;
       window_captions += step_captions;
+      result.captions += step_captions;
       const double elapsed = seconds_since(t0);
       const bool log_now = s.global_step % std::max<std::size_t>(1, o.log_interval) == 0;
       if (log_now || tty) {
@@ -713,10 +759,19 @@ TrainResult Trainer::fit() {
         const double steps_done = static_cast<double>(s.global_step - start_step);
         const double eta =
             elapsed / std::max(1.0, steps_done) * static_cast<double>(total_steps - s.global_step);
-        const std::string line = fmt::format(
-            "epoch {}/{} step {}/{} loss {:.4f} {:.0f} captions/s elapsed {} ETA {}", s.epoch + 1,
-            o.epochs, s.step_in_epoch, per_epoch, ema_loss, rate, format_duration(elapsed),
-            format_duration(o.max_seconds > 0 ? std::min(eta, o.max_seconds - elapsed) : eta));
+        // With a time budget that ends the run before its epochs, the budget is the progress.
+        const bool by_time = o.max_seconds > 0 && eta > o.max_seconds - elapsed;
+        const std::string where =
+            by_time ? fmt::format("time {}/{} epoch {} step {}/{}", format_duration(elapsed),
+                                  format_duration(o.max_seconds), s.epoch + 1, s.step_in_epoch,
+                                  per_epoch)
+                    : fmt::format("epoch {}/{} step {}/{}", s.epoch + 1, o.epochs, s.step_in_epoch,
+                                  per_epoch);
+        const std::string line =
+            by_time ? fmt::format("{} loss {:.4f} {:.0f} captions/s left {}", where, ema_loss, rate,
+                                  format_duration(std::max(0.0, o.max_seconds - elapsed)))
+                    : fmt::format("{} loss {:.4f} {:.0f} captions/s elapsed {} ETA {}", where,
+                                  ema_loss, rate, format_duration(elapsed), format_duration(eta));
         if (tty) std::cerr << '\r' << line << "\033[K" << std::flush;
         if (log_now) {
           if (!tty && progress) std::cerr << line << '\n';
@@ -740,28 +795,31 @@ TrainResult Trainer::fit() {
         stop = true;
         break;
       }
+      if (s.val != nullptr && o.val_every_steps > 0 && s.global_step % o.val_every_steps == 0 &&
+          s.step_in_epoch < per_epoch)
+        keep_if_best(validate_now(fmt::format("in epoch {}", s.epoch + 1)), s.epoch,
+                     s.step_in_epoch);
     }
     if (tty) std::cerr << '\n';
-    if (stop && s.step_in_epoch < per_epoch) break;  // mid-epoch: resume continues this epoch
+    if (stop && s.step_in_epoch < per_epoch) {
+      // Mid-epoch: last.imcap first (a second signal during the validation loses nothing), then
+      // the final state is validated, so that best.imcap is never older than the model.
+      s.save_checkpoint("last.imcap", s.epoch, s.step_in_epoch);
+      if (s.val != nullptr && o.validate_at_stop && validated_at != s.global_step) {
+        if (progress && g_stop_requested != 0)
+          std::cerr << "validating the final state (a second signal stops at once; last.imcap "
+                       "is saved)\n";
+        if (keep_if_best(validate_now("at the stop"), s.epoch, s.step_in_epoch))
+          s.save_checkpoint("last.imcap", s.epoch, s.step_in_epoch);  // it records the best
+      }
+      break;  // resume continues this epoch
+    }
     // End of an epoch: validate, adjust the learning rate, checkpoint.
     ++result.epochs_completed;
     if (s.val != nullptr) {
-      const Validation v = validate();
-      result.has_validation = true;
-      result.last_validation = v;
-      s.write_log({{"type", "validation"},
-                   {"epoch", s.epoch + 1},
-                   {"step", s.global_step},
-                   {"loss", v.loss},
-                   {"perplexity", v.perplexity},
-                   {"bleu4", v.bleu4},
-                   {"cider", v.cider},
-                   {"images", v.images},
-                   {"elapsed_s", seconds_since(t0)}});
-      if (progress)
-        std::cerr << fmt::format(
-            "validation after epoch {}: loss {:.4f} perplexity {:.2f} BLEU-4 {:.4f} CIDEr {:.4f}\n",
-            s.epoch + 1, v.loss, v.perplexity, v.bleu4, v.cider);
+      const Validation v = validated_at == s.global_step
+                               ? result.last_validation
+                               : validate_now(fmt::format("after epoch {}", s.epoch + 1));
       if (v.loss < s.best_val_loss) {
         s.best_val_loss = v.loss;
         s.bad_epochs = 0;
@@ -770,11 +828,7 @@ TrainResult Trainer::fit() {
         s.bad_epochs = 0;
         set_lr(*s.optimizer, s.lr);
       }
-      if (!s.has_best || v.cider > s.best.cider) {
-        s.has_best = true;
-        s.best = v;
-        s.save_checkpoint("best.imcap", s.epoch + 1, 0);
-      }
+      keep_if_best(v, s.epoch + 1, 0);
     }
     if (o.lr_schedule == LrSchedule::step &&
         (s.epoch + 1) % static_cast<std::size_t>(std::max(1, o.lr_step_epochs)) == 0) {
@@ -787,8 +841,6 @@ TrainResult Trainer::fit() {
   }
   if (stop) {
     result.stopped_early = true;
-    if (s.step_in_epoch > 0 && s.step_in_epoch < per_epoch)
-      s.save_checkpoint("last.imcap", s.epoch, s.step_in_epoch);
     if (progress)
       std::cerr << fmt::format("stopped after step {}; saved {}\n", s.global_step,
                                s.path("last.imcap"));

@@ -211,3 +211,64 @@ TEST_CASE("pin_memory gives page-locked batches with CUDA, and a clear error wit
   CHECK(batch->lengths.is_pinned());
   CHECK(batch->image_index.is_pinned());
 }
+
+TEST_CASE("a flipped image's captions have left and right swapped", "[data_loader]") {
+  imcap::test::TempDir tmp;
+  nlohmann::json j;
+  j["images"] = nlohmann::json::array();
+  j["annotations"] = nlohmann::json::array();
+  imcap::detail::create_directories(tmp.file("img"));
+  for (int i = 0; i < 6; ++i) {
+    const std::string name = "im" + std::to_string(i) + ".png";
+    imcap::test::write_pattern_png(tmp.file("img/" + name), 20, 20, static_cast<unsigned>(i));
+    j["images"].push_back({{"id", i}, {"file_name", name}});
+    j["annotations"].push_back(
+        {{"id", 2 * i}, {"image_id", i}, {"caption", "a red square on the left of a circle"}});
+    j["annotations"].push_back(
+        {{"id", 2 * i + 1}, {"image_id", i}, {"caption", "the circle is right of the square"}});
+  }
+  imcap::test::write_text(tmp.file("ann.json"), j.dump());
+  const auto vocab = imcap::Vocabulary::build({tmp.file("ann.json")}, {/*threshold=*/1});
+  const auto left = vocab.id("left"), right = vocab.id("right");
+  for (const double p : {0.0, 0.5, 1.0}) {
+    INFO("flip probability " << p);
+    imcap::TransformOptions t;
+    t.resize = 16;
+    t.crop = 12;
+    t.train = true;
+    t.flip_probability = p;
+    imcap::CocoDataset data(tmp.file("ann.json"), tmp.file("img"), vocab, imcap::ImageTransform(t));
+    CHECK(data.mirrored_token(left) == right);
+    CHECK(data.mirrored_token(right) == left);
+    CHECK(data.mirrored_token(vocab.id("square")) == vocab.id("square"));
+    imcap::DataLoaderOptions o;
+    o.batch_size = 4;
+    o.mode = imcap::BatchMode::image_major;
+    o.workers = 0;
+    o.seed = 3;
+    std::size_t swapped = 0, kept = 0;
+    for (const auto& b : epoch(data, o)) {
+      const auto captions = b.captions.accessor<std::int64_t, 2>();
+      for (std::size_t r = 0; r < b.size(); ++r) {
+        const auto& ids = data.caption_ids(b.caption_indices[r]);
+        bool same = true, mirrored = true;
+        for (std::size_t k = 0; k < ids.size(); ++k) {
+          const auto got = captions[static_cast<std::int64_t>(r)][static_cast<std::int64_t>(k)];
+          same = same && got == ids[k];
+          mirrored = mirrored && got == data.mirrored_token(ids[k]);
+        }
+        REQUIRE((same || mirrored));
+        (same ? kept : swapped) += 1;
+      }
+    }
+    if (p == 0.0) CHECK(swapped == 0);
+    if (p == 1.0) CHECK(kept == 0);
+    if (p == 0.5) CHECK((swapped > 0 && kept > 0));
+  }
+  // Another pair, or none.
+  imcap::CocoDatasetOptions none;
+  none.flip_swap_words.clear();
+  imcap::CocoDataset plain(tmp.file("ann.json"), tmp.file("img"), vocab,
+                           imcap::ImageTransform::train(16, 12), none);
+  CHECK(plain.mirrored_token(left) == left);
+}

@@ -35,6 +35,12 @@ struct Tiny : imcap::test::TinyDataset {
   imcap::TrainerOptions options(const std::string& out) const {
     return imcap::test::tiny_trainer_options(tmp.file(out));
   }
+  imcap::CocoDataset split(bool training, const imcap::CaptionModel& m) const {
+    return training ? imcap::CocoDataset(files.train_annotations, files.train_images, *vocab,
+                                         m.eval_transform())
+                    : imcap::CocoDataset(files.val_annotations, files.val_images, *vocab,
+                                         m.eval_transform());
+  }
 };
 
 // A checkpoint's tensors and metadata, to be written back with another training state.
@@ -94,13 +100,67 @@ TEST_CASE("a resumed run reproduces the uninterrupted run's losses", "[trainer]"
   REQUIRE(joined.size() == full.losses.size());
   for (std::size_t i = 0; i < joined.size(); ++i) CHECK(joined[i] == full.losses[i]);
   CHECK(rest.steps == full.steps);
-  // The log has step and validation lines.
+  // The log has step and validation lines: the stopped run validated its final state (step
+  // 3), the resumed one the end of each epoch.
   std::ifstream log(t.tmp.file("b/log.jsonl"));
   std::string line;
-  int validations = 0;
-  while (std::getline(log, line))
-    validations += nlohmann::json::parse(line)["type"] == "validation";
-  CHECK(validations == 2);
+  std::vector<std::size_t> validated;
+  while (std::getline(log, line)) {
+    const auto j = nlohmann::json::parse(line);
+    if (j["type"] == "validation") validated.push_back(j["step"].get<std::size_t>());
+  }
+  REQUIRE(validated.size() == 3);
+  CHECK(validated[0] == 3);
+  CHECK(validated[2] == full.steps);
+}
+
+TEST_CASE("best.imcap is never older than the last validated state", "[trainer]") {
+  Tiny t;
+  auto model = t.model();
+  const auto train = t.split(/*training=*/true, model), val = t.split(false, model);
+  const auto best_step = [&](const std::string& dir) {
+    return Checkpoint(t.tmp.file(dir + "/best.imcap")).training()["global_step"].get<std::size_t>();
+  };
+  // A stop on max_steps in the middle of the first epoch validates the final state: best.imcap
+  // exists and is that state (it is the only validation).
+  auto o = t.options("stop");
+  o.max_steps = 2;
+  const auto stopped = imcap::Trainer(model, train, &val, o).fit();
+  CHECK(stopped.stopped_early);
+  REQUIRE(stopped.has_validation);
+  CHECK(stopped.best_validation.cider == stopped.last_validation.cider);
+  CHECK(best_step("stop") == 2);
+  // last.imcap records the best validation, so that a resumed run compares against it.
+  CHECK(Checkpoint(t.tmp.file("stop/last.imcap")).training()["best"]["cider"].get<double>() ==
+        stopped.best_validation.cider);
+  // Without validate_at_stop, nothing validated the state and there is no best.imcap.
+  auto model2 = t.model();
+  o = t.options("nostop");
+  o.max_steps = 2;
+  o.validate_at_stop = false;
+  CHECK_FALSE(imcap::Trainer(model2, train, &val, o).fit().has_validation);
+  CHECK_FALSE(imcap::detail::path_exists(t.tmp.file("nostop/best.imcap")));
+  // val_every_steps validates inside the epochs too; best.imcap is the state of the best CIDEr
+  // among all of them, and never one that was not validated.
+  auto model3 = t.model();
+  o = t.options("every");
+  o.val_every_steps = 1;
+  const auto every = imcap::Trainer(model3, train, &val, o).fit();
+  std::ifstream log(t.tmp.file("every/log.jsonl"));
+  std::string line;
+  std::map<std::size_t, double> cider_at;
+  while (std::getline(log, line)) {
+    const auto j = nlohmann::json::parse(line);
+    if (j["type"] == "validation")
+      cider_at[j["step"].get<std::size_t>()] = j["cider"].get<double>();
+  }
+  CHECK(cider_at.size() == every.steps);  // every step, once (an epoch's end is not repeated)
+  double best = -1;
+  std::size_t best_at = 0;
+  for (const auto& [step, cider] : cider_at)
+    if (cider > best) best = cider, best_at = step;
+  CHECK(every.best_validation.cider == best);
+  CHECK(best_step("every") == best_at);
 }
 
 TEST_CASE("the trainer refuses a mismatched resume and bad options", "[trainer]") {

@@ -13,6 +13,7 @@
 #include <string>
 #include <string_view>
 #include <unordered_map>
+#include <utility>
 #include <vector>
 
 #include <ATen/core/Tensor.h>
@@ -94,6 +95,10 @@ struct CocoDatasetOptions {
   /// captioned image needs a row; images without one count as missing (see
   /// skip_missing_images).
   at::Tensor feature_image_ids;
+  /// Words exchanged in the captions of an image that the training transform mirrored
+  /// (TransformOptions::flip_probability), so that a flipped image's caption stays true. Pairs
+  /// whose words are not both in the vocabulary are ignored. Default {left, right}.
+  std::vector<std::pair<std::string, std::string>> flip_swap_words = {{"left", "right"}};
 };
 
 /// One training example.
@@ -129,8 +134,15 @@ class CocoDataset {
   /// Image id of caption `index`.
   std::int64_t image_id_of(std::size_t index) const;
   /// Decoded and transformed image by image id ([3, H, W]), or its precomputed features ([C])
-  /// when the dataset has them.
-  at::Tensor image(std::int64_t image_id, std::mt19937_64& rng) const;
+  /// when the dataset has them. `flipped`, when given, is set to whether the transform
+  /// mirrored the image (then its captions read through mirrored_token()).
+  at::Tensor image(std::int64_t image_id, std::mt19937_64& rng, bool* flipped = nullptr) const;
+  /// The token a mirrored image's caption has in place of `id`: its flip_swap_words partner,
+  /// or `id` itself.
+  std::int64_t mirrored_token(std::int64_t id) const {
+    const auto it = mirrored_.find(id);
+    return it == mirrored_.end() ? id : it->second;
+  }
   /// Whether image() returns precomputed features (CocoDatasetOptions::features).
   bool has_features() const { return options_.features.defined(); }
   /// Decoded image (no transform) by image id.
@@ -160,6 +172,7 @@ class CocoDataset {
   std::unordered_map<std::int64_t, std::vector<std::size_t>>
       by_image_;                                                 // image id -> dataset indices
   std::unordered_map<std::int64_t, std::int64_t> feature_rows_;  // image id -> row of features
+  std::unordered_map<std::int64_t, std::int64_t> mirrored_;      // flip_swap_words, both ways
 };
 
 }  // namespace imcap

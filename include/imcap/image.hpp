@@ -104,7 +104,8 @@ class ImageTransform {
   static ImageTransform eval(int resize = 256, int crop = 224);
 
   /// Applies the transform; rng drives the random crop and flip of the training transform.
-  at::Tensor operator()(const Image& image, std::mt19937_64& rng) const;
+  /// `flipped`, when given, is set to whether the image was mirrored.
+  at::Tensor operator()(const Image& image, std::mt19937_64& rng, bool* flipped = nullptr) const;
   /// Applies the evaluation transform (throws InvalidArgument for a training transform).
   at::Tensor operator()(const Image& image) const;
   /// The same pipeline, stopping before ToTensor (useful to save or inspect the crop).

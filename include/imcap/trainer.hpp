@@ -52,6 +52,12 @@ struct TrainerOptions {
   double max_seconds = 0.0;   ///< stop cleanly (and save) after this many seconds; 0 = no limit.
   std::size_t max_steps = 0;  ///< stop cleanly after this many steps in all; 0 = no limit.
   std::size_t val_max_images = 500;  ///< images captioned for BLEU/CIDEr each validation; 0 = all.
+  /// Validate also every this many steps (0: only at the end of each epoch and at a stop).
+  /// best.imcap keeps the state of the highest validation CIDEr, wherever it was seen. Default 0.
+  std::size_t val_every_steps = 0;
+  /// A run that stops early (max_seconds, max_steps, a signal) validates its final state, so
+  /// that best.imcap is never older than the model. Default true.
+  bool validate_at_stop = true;
   CaptionOptions val_search{/*beam_size=*/1};  ///< search used for validation captions (greedy).
   bool resume = false;                         ///< continue from out_dir/last.imcap. Default false.
   bool progress = true;  ///< a progress bar on a terminal, plain lines otherwise.
@@ -85,10 +91,12 @@ struct TrainResult {
   double last_loss = 0.0;            ///< training loss of the last step
   bool stopped_early = false;        ///< max_seconds, max_steps or a stop request ended it
   bool has_validation = false;
-  Validation last_validation;  ///< the last validation, when there was one
-  Validation best_validation;  ///< the one best.imcap was saved at
-  double seconds = 0.0;        ///< wall time of this fit() call
-  std::vector<double> losses;  ///< the training loss of every step of this call
+  Validation last_validation;       ///< the last validation, when there was one
+  Validation best_validation;       ///< the one best.imcap was saved at
+  double seconds = 0.0;             ///< wall time of this fit() call
+  double captions = 0.0;            ///< captions trained on in this call (all processes together)
+  double validation_seconds = 0.0;  ///< the part of `seconds` spent validating
+  std::vector<double> losses;       ///< the training loss of every step of this call
 };
 
 /// Trains a CaptionModel.

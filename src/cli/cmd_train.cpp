@@ -31,8 +31,11 @@ struct TrainArgs {
   int image_size = 224, vocab_threshold = 5, epochs = 3, threads = 0, blas_threads = -1,
       workers = 2, nproc = 0;
   std::int64_t embed_size = 256, hidden_size = 512, num_layers = 1;
-  std::size_t batch_size = 64, log_interval = 50, val_max_images = 500, max_steps = 0;
-  double lr = 1e-3, max_seconds = 0, clip = 5.0, weight_decay = 0, dropout = 0, flip = 0.5;
+  std::size_t batch_size = 64, log_interval = 50, val_max_images = 500, max_steps = 0,
+              val_every = 0;
+  // No flips by default: a mirrored image keeps a true caption only when the captions say
+  // nothing a mirror changes (text, digits, handedness); left and right are swapped when on.
+  double lr = 1e-3, max_seconds = 0, clip = 5.0, weight_decay = 0, dropout = 0, flip = 0.0;
   double dist_timeout = 300;
   std::uint64_t seed = 1;
   bool resume = false, head_bn = false, skip_missing = false;
@@ -212,6 +215,7 @@ void run_train(const TrainArgs& a) {
   o.max_seconds = a.max_seconds;
   o.max_steps = a.max_steps;
   o.val_max_images = a.val_max_images;
+  o.val_every_steps = a.val_every;
   o.resume = a.resume;
   o.process_group = group;
   if (group && chatty)
@@ -234,12 +238,33 @@ void run_train(const TrainArgs& a) {
           return n;
         }(),
         describe_threads());
+  if (chatty && train.has_features())
+    fmt::print("augmentation: none (cached features)\n");
+  else if (chatty)
+    fmt::print("augmentation: random {}-px crops of the {}-px resized images; {}\n", tf.crop,
+               tf.resize,
+               tf.flip_probability > 0
+                   ? fmt::format("horizontal flips with probability {:g}, 'left' and 'right' "
+                                 "swapped in the flipped images' captions",
+                                 tf.flip_probability)
+                   : std::string("no horizontal flips (--flip-probability turns them on)"));
+  if (chatty && val)
+    fmt::print(
+        "validation: {} images at the end of each epoch{} and when the run stops; "
+        "best.imcap keeps the best CIDEr\n",
+        a.val_max_images == 0 ? val->num_images() : std::min(val->num_images(), a.val_max_images),
+        a.val_every > 0 ? fmt::format(", every {} steps", a.val_every) : std::string());
   Trainer trainer(*model, train, val.get(), o);
   Trainer::install_signal_handlers();
   const auto r = trainer.fit();
   if (!chatty) return;
-  fmt::print("{} steps, {} epochs, last loss {:.4f}, {:.1f} s{}\n", r.steps, r.epochs_completed,
-             r.last_loss, r.seconds, r.stopped_early ? " (stopped early; --resume continues)" : "");
+  const double training_seconds = std::max(1e-9, r.seconds - r.validation_seconds);
+  fmt::print(
+      "{} steps ({:.0f} captions, {:.1f} captions/s outside validation), {} epochs, last loss "
+      "{:.4f}, {:.1f} s ({:.1f} s validating){}\n",
+      r.steps, r.captions, r.captions / training_seconds, r.epochs_completed, r.last_loss,
+      r.seconds, r.validation_seconds,
+      r.stopped_early ? " (stopped early; --resume continues)" : "");
   if (r.has_validation)
     fmt::print("best validation: BLEU-4 {:.4f} CIDEr {:.4f} loss {:.4f}\n", r.best_validation.bleu4,
                r.best_validation.cider, r.best_validation.loss);
@@ -328,11 +353,16 @@ void add_train_command(CLI::App& app) {
       ->capture_default_str();
   cmd->add_option("--val-max-images", a->val_max_images, "Images captioned per validation (0: all)")
       ->capture_default_str();
+  cmd->add_option("--val-every", a->val_every,
+                  "Also validate every this many steps (0: at the end of each epoch and at the "
+                  "stop only)")
+      ->capture_default_str();
   cmd->add_option("--log-interval", a->log_interval, "Steps between log lines")
       ->capture_default_str()
       ->check(CLI::Range(1, 1 << 30));
   cmd->add_option("--flip-probability", a->flip,
-                  "Chance of a horizontal flip in training (0 when captions say left and right)")
+                  "Chance of a horizontal flip in training; 'left' and 'right' are swapped in the "
+                  "flipped images' captions (keep 0 for text, digits or handedness)")
       ->capture_default_str()
       ->check(finite_range(0.0, 1.0));
   cmd->add_flag("--resume", a->resume, "Continue from OUT/last.imcap");
