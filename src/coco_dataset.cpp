@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <iostream>
+#include <mutex>
 #include <unordered_set>
 
 #include <fmt/format.h>
@@ -223,6 +224,12 @@ CocoDataset::CocoDataset(const std::string& annotation_file, const std::string& 
     : CocoDataset(CocoAnnotations::load(annotation_file), image_root, std::move(vocab),
                   std::move(transform), std::move(options)) {}
 
+struct CocoDataset::ImageCache {
+  std::mutex mutex;
+  std::unordered_map<std::int64_t, std::shared_ptr<const Image>> images;
+  std::size_t bytes = 0;
+};
+
 CocoDataset::CocoDataset(CocoAnnotations annotations, const std::string& image_root,
                          Vocabulary vocab, ImageTransform transform, CocoDatasetOptions options)
     : annotations_(std::move(annotations)),
@@ -257,6 +264,7 @@ CocoDataset::CocoDataset(CocoAnnotations annotations, const std::string& image_r
   } else if (!detail::is_directory(image_root_)) {
     throw IoError(fmt::format("{}: image folder does not exist or is not a folder", image_root_));
   }
+  if (options_.cache_bytes > 0 && !features) cache_ = std::make_shared<ImageCache>();
   for (const auto& [a, b] : options_.flip_swap_words) {
     if (a == b || !vocab_.contains(a) || !vocab_.contains(b)) continue;
     mirrored_[vocab_.id(a)] = vocab_.id(b);
@@ -350,9 +358,26 @@ at::Tensor CocoDataset::image(std::int64_t image_id, std::mt19937_64& rng, bool*
     return options_.features[it->second];
   }
   // JPEGs are downscaled while decoding as far as the transform allows.
-  return transform_(
-      decode_image(image_path(image_id), transform_.fast_decode_options(options_.decode)), rng,
-      flipped);
+  auto decode = [&] {
+    return decode_image(image_path(image_id), transform_.fast_decode_options(options_.decode));
+  };
+  if (!cache_) return transform_(decode(), rng, flipped);
+  std::shared_ptr<const Image> cached;
+  {
+    std::lock_guard<std::mutex> lock(cache_->mutex);
+    const auto it = cache_->images.find(image_id);
+    if (it != cache_->images.end()) cached = it->second;
+  }
+  if (!cached) {
+    // Resized to the transform's size, the transform's own resize is the identity: the crop
+    // and flip it then takes are those it takes of the decoded image (same pixels, same draws).
+    cached = std::make_shared<const Image>(resize_shorter(decode(), transform_.options().resize));
+    std::lock_guard<std::mutex> lock(cache_->mutex);
+    if (cache_->bytes + cached->pixels.size() <= options_.cache_bytes &&
+        cache_->images.emplace(image_id, cached).second)
+      cache_->bytes += cached->pixels.size();
+  }
+  return transform_(*cached, rng, flipped);
 }
 
 const std::vector<std::size_t>& CocoDataset::captions_of_image(std::int64_t image_id) const {

@@ -70,6 +70,17 @@ TEST_CASE("imcap bench --json prints the baseline's keys and nesting", "[bench][
   check_figure(j, "vocabulary_build_ms");
   CHECK(j["vocabulary_build_ms"]["vocabulary_size"].get<int>() > 4);
   CHECK(j["memory"]["peak_rss_mib"].get<double>() > 1.0);
+  // End-to-end training at imcap train's defaults: both cases, timed steps only.
+  for (const char* k : {"resnet18_64px_scratch", "resnet50_224px_frozen"}) {
+    INFO(k);
+    const auto& e = j["train_e2e_captions_per_s"][k];
+    CHECK(e["steps"] == 2);
+    CHECK(e["captions"].get<double>() > 0.0);
+    CHECK(e["captions_per_s"].get<double>() ==
+          Approx(e["captions"].get<double>() / e["seconds"].get<double>()));
+    CHECK(e["batching"] == "image_major");
+  }
+  CHECK(j["config"].contains("train_e2e"));
 }
 
 TEST_CASE("imcap bench --device-figures prints the GPU goals' figures", "[bench][cli]") {

@@ -272,3 +272,33 @@ TEST_CASE("a flipped image's captions have left and right swapped", "[data_loade
                            imcap::ImageTransform::train(16, 12), none);
   CHECK(plain.mirrored_token(left) == left);
 }
+
+TEST_CASE("the decoded-image cache gives the pixels and draws of decoding again", "[data_loader]") {
+  Fixture f;
+  const auto& plain = *f.data;
+  imcap::CocoDatasetOptions o;
+  o.cache_bytes = 16 * 18 * 3 * 5;  // room for about five of the twelve resized images
+  const imcap::CocoDataset cached(f.tmp.file("ann.json"), f.tmp.file("img"), plain.vocabulary(),
+                                  plain.transform(), o);
+  for (int pass = 0; pass < 3; ++pass) {
+    for (const auto id : plain.image_ids()) {
+      std::mt19937_64 a(static_cast<std::uint64_t>(id * 7 + pass)), b = a;
+      bool fa = false, fb = false;
+      const auto want = plain.image(id, a, &fa);
+      const auto got = cached.image(id, b, &fb);
+      INFO("image " << id << " pass " << pass);
+      REQUIRE(got.sizes() == want.sizes());
+      CHECK(torch::equal(got, want));
+      CHECK(fa == fb);
+      CHECK(a() == b());  // the same random draws
+    }
+  }
+  // The whole loader too, with workers.
+  imcap::DataLoaderOptions lo;
+  lo.batch_size = 5;
+  lo.workers = 2;
+  lo.seed = 9;
+  const auto want = epoch(plain, lo, 1), got = epoch(cached, lo, 1);
+  REQUIRE(want.size() == got.size());
+  for (std::size_t i = 0; i < want.size(); ++i) CHECK(torch::equal(want[i].images, got[i].images));
+}

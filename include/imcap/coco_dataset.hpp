@@ -9,6 +9,7 @@
 
 #include <cstdint>
 #include <map>
+#include <memory>
 #include <random>
 #include <string>
 #include <string_view>
@@ -99,6 +100,10 @@ struct CocoDatasetOptions {
   /// (TransformOptions::flip_probability), so that a flipped image's caption stays true. Pairs
   /// whose words are not both in the vocabulary are ignored. Default {left, right}.
   std::vector<std::pair<std::string, std::string>> flip_swap_words = {{"left", "right"}};
+  /// Keep up to this many bytes of decoded images, resized to the transform's resize size, in
+  /// memory: later epochs then only crop (and flip) them, with the same result as decoding
+  /// again. Images beyond the budget are decoded each time. 0 = no cache. Default 0.
+  std::size_t cache_bytes = 0;
 };
 
 /// One training example.
@@ -173,6 +178,8 @@ class CocoDataset {
       by_image_;                                                 // image id -> dataset indices
   std::unordered_map<std::int64_t, std::int64_t> feature_rows_;  // image id -> row of features
   std::unordered_map<std::int64_t, std::int64_t> mirrored_;      // flip_swap_words, both ways
+  struct ImageCache;
+  std::shared_ptr<ImageCache> cache_;  // resized images (cache_bytes); shared by copies
 };
 
 }  // namespace imcap

@@ -18,6 +18,7 @@
 #include "cli/bench_support.hpp"
 #include "cli/cli_common.hpp"
 #include "cli/commands.hpp"
+#include "cli/train_defaults.hpp"
 #include "detail/cuda_info.hpp"
 #include "detail/fused_adam.hpp"
 #include "detail/io.hpp"
@@ -31,6 +32,8 @@
 #include "imcap/image.hpp"
 #include "imcap/model.hpp"
 #include "imcap/search.hpp"
+#include "imcap/synthetic.hpp"
+#include "imcap/trainer.hpp"
 #include "imcap/vocabulary.hpp"
 
 namespace imcap::cli {
@@ -41,8 +44,8 @@ using bench::Json;
 using bench::Reps;
 
 // The parts `--only` can select, in the order they run.
-const std::vector<std::string> kParts = {"encoder", "greedy", "train", "data",
-                                         "full",    "coco",   "memory"};
+const std::vector<std::string> kParts = {"encoder", "greedy", "train",  "data",
+                                         "full",    "coco",   "memory", "train_e2e"};
 
 struct BenchArgs {
   bool json = false, quick = false, smoke = false;
@@ -60,14 +63,15 @@ struct BenchArgs {
 };
 
 struct Plan {
-  Reps enc_b1, enc_b8, greedy, train, pipe, full, coco;
+  Reps enc_b1, enc_b8, greedy, train, pipe, full, coco, e2e;
 };
 
 Plan make_plan(const BenchArgs& a) {
   // The baseline's (warm-up, repetitions) per measurement; coco is imcap's own.
-  if (a.smoke) return {{0, 1}, {0, 1}, {0, 1}, {0, 1}, {0, 1}, {0, 1}, {0, 1}};
-  if (a.quick) return {{1, 3}, {1, 2}, {3, 10}, {1, 3}, {1, 2}, {1, 3}, {0, 1}};
-  return {{3, 15}, {2, 7}, {20, 100}, {3, 15}, {2, 7}, {3, 15}, {1, 3}};
+  // e2e: (warm-up steps, timed steps) of whole training runs.
+  if (a.smoke) return {{0, 1}, {0, 1}, {0, 1}, {0, 1}, {0, 1}, {0, 1}, {0, 1}, {1, 2}};
+  if (a.quick) return {{1, 3}, {1, 2}, {3, 10}, {1, 3}, {1, 2}, {1, 3}, {0, 1}, {10, 20}};
+  return {{3, 15}, {2, 7}, {20, 100}, {3, 15}, {2, 7}, {3, 15}, {1, 3}, {40, 80}};
 }
 
 // The device figures' repetitions: bench/gpu_baseline.py's (PyTorch eager), so that both warm up
@@ -185,6 +189,77 @@ Json measure_train(CaptionModel& model, const BenchArgs& a, Reps reps, std::size
     note("train RSS (MiB) by step: {}", rss.dump());
   }
   model.train(false);
+  return out;
+}
+
+// End-to-end training at `imcap train`'s defaults (cli/train_defaults.hpp): whole Trainer steps
+// on `imcap synth` JPEGs (128 px), data loading, decoding and the image cache included, for the
+// two cases of docs/performance.md: ResNet-18 at 64 px training from scratch, and ResNet-50 at
+// 224 px frozen (random weights shaped as the pretrained ones; the COCO recipe). Figures:
+// captions per second over the timed steps, after the warm-up steps (the first epoch's decoding
+// included in neither: the cache then holds every image, as from the second epoch of a run).
+Json measure_train_e2e(const BenchArgs& a, Reps reps, const std::string& tmp) {
+  namespace d = train_defaults;
+  Json out;
+  const std::string data_dir = detail::join_path(tmp, "e2e-data");
+  SyntheticOptions so;
+  so.train_images = a.smoke ? 24 : 400;
+  so.val_images = 1;
+  so.image_size = 128;
+  so.seed = a.seed + 1;
+  const auto files = generate_synthetic_dataset(data_dir, so);
+  struct Case {
+    const char* name;
+    ResNetArch arch;
+    int image_size;
+    int trainable_stages;
+  };
+  const std::vector<Case> cases = {
+      {"resnet18_64px_scratch", ResNetArch::kResNet18, a.smoke ? 32 : 64, kResNetStages},
+      {"resnet50_224px_frozen", ResNetArch::kResNet50, a.smoke ? 32 : 224, 0}};
+  for (const Case& c : cases) {
+    ModelConfig config;
+    config.encoder.arch = c.arch;
+    config.encoder.embed_size = a.smoke ? 8 : d::kEmbedSize;
+    config.encoder.trainable_stages = c.trainable_stages;
+    config.decoder.hidden_size = a.smoke ? 16 : d::kHiddenSize;
+    config.decoder.image_inject = parse_image_inject(d::kInject);
+    config.image_crop = c.image_size;
+    config.image_resize = static_cast<int>(c.image_size * 256.0 / 224.0 + 0.5);
+    torch::manual_seed(a.seed);
+    CaptionModel model(config, Vocabulary::build({files.train_annotations}, {/*threshold=*/1}));
+    TransformOptions tf = model.eval_transform().options();
+    tf.train = true;
+    tf.flip_probability = d::kFlipProbability;
+    CocoDatasetOptions dop;
+    dop.cache_bytes = static_cast<std::size_t>(d::kCacheMib) << 20;
+    const CocoDataset train(files.train_annotations, files.train_images, model.vocab(),
+                            ImageTransform(tf), dop);
+    TrainerOptions o;
+    o.out_dir = detail::join_path(tmp, "e2e-run");
+    o.batch_size = d::kBatchSize;
+    o.batching = parse_batch_mode(d::kBatching);
+    o.lr = d::kLr;
+    o.clip_norm = d::kClip;
+    o.workers = d::kWorkers;
+    o.progress = false;
+    o.epochs = 1000;
+    o.seed = a.seed + 1;
+    // Warm-up: one epoch fills the image cache, then the warm-up steps; then the timed run.
+    o.max_steps = std::max<std::size_t>(1, (train.size() + o.batch_size - 1) / o.batch_size) +
+                  static_cast<std::size_t>(reps.warmup);
+    Trainer(model, train, nullptr, o).fit();
+    o.max_steps = static_cast<std::size_t>(reps.reps);
+    const TrainResult r = Trainer(model, train, nullptr, o).fit();
+    bench::remove_flat_dir(o.out_dir);
+    const double rate = r.captions / std::max(1e-9, r.seconds);
+    out[c.name] = {{"captions_per_s", rate},     {"steps", r.steps},
+                   {"captions", r.captions},     {"seconds", r.seconds},
+                   {"batch_size", o.batch_size}, {"batching", d::kBatching}};
+    note("train end to end, {}: {:.1f} captions/s ({} steps)", c.name, rate, r.steps);
+  }
+  for (const auto* dir : {"train", "val"}) bench::remove_flat_dir(detail::join_path(data_dir, dir));
+  bench::remove_flat_dir(data_dir);
   return out;
 }
 
@@ -366,6 +441,10 @@ void print_table(const Json& res) {
       {"vocabulary_build_ms", "ms"}};
   for (const auto& [key, unit] : keys)
     if (res.contains(key)) row(key, res[key], unit);
+  if (res.contains("train_e2e_captions_per_s"))
+    for (const auto& [name, j] : res["train_e2e_captions_per_s"].items())
+      fmt::print("{:<38} {:>10.1f} {:>10} {:>10}  captions/s, {} steps\n", "train_e2e." + name,
+                 j.at("captions_per_s").get<double>(), "", "", j.at("steps").get<int>());
   if (res.contains("memory"))
     fmt::print("peak RSS {:.1f} MiB\n", res["memory"]["peak_rss_mib"].get<double>());
   fmt::print("benchmark wall time {:.1f} s\n", res["benchmark_wall_s"].get<double>());
@@ -543,11 +622,6 @@ void run_bench(BenchArgs a) {
     const Captioner captioner(model, co);
     measure_full(captioner, *model, a, files.front(), plan, &caption, res);
   }
-  res["benchmark_wall_s"] =
-      std::round(std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count() *
-                 10) /
-      10;
-
   Json config;
   config["cnn"] = fmt::format("{} (random init), frozen, eval", a.arch);
   config["encoder_head_bn"] = a.head_bn;
@@ -569,9 +643,22 @@ void run_bench(BenchArgs a) {
   config["reps_warmup"] = {{"enc_b1", reps_json(plan.enc_b1)}, {"enc_b8", reps_json(plan.enc_b8)},
                            {"greedy", reps_json(plan.greedy)}, {"train", reps_json(plan.train)},
                            {"pipe", reps_json(plan.pipe)},     {"full", reps_json(plan.full)},
-                           {"coco", reps_json(plan.coco)}};
+                           {"coco", reps_json(plan.coco)},     {"train_e2e", reps_json(plan.e2e)}};
   if (wanted("coco")) measure_coco(a, plan, tmp, res, config);
+  if (wanted("train_e2e")) {
+    res["train_e2e_captions_per_s"] = measure_train_e2e(a, plan.e2e, tmp);
+    config["train_e2e"] = fmt::format(
+        "imcap train defaults: {} batches of {} captions, {}-inject, E {}, H {}, Adam {:g}, "
+        "{} workers, image cache {} MiB; synthetic 128-px JPEGs",
+        train_defaults::kBatching, train_defaults::kBatchSize, train_defaults::kInject,
+        train_defaults::kEmbedSize, train_defaults::kHiddenSize, train_defaults::kLr,
+        train_defaults::kWorkers, train_defaults::kCacheMib);
+  }
   if (!caption.empty()) config["full_caption_example"] = caption;
+  res["benchmark_wall_s"] =
+      std::round(std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count() *
+                 10) /
+      10;
   memory["peak_rss_mib"] = std::round(detail::to_mib(detail::peak_rss_bytes()) * 10) / 10;
   memory["rss_mib_end"] = std::round(detail::to_mib(detail::current_rss_bytes()) * 10) / 10;
   res["memory"] = memory;

@@ -13,6 +13,7 @@
 #include "cli/cli_common.hpp"
 #include "cli/commands.hpp"
 #include "cli/launch.hpp"
+#include "cli/train_defaults.hpp"
 #include "detail/io.hpp"
 #include "imcap/distributed.hpp"
 #include "imcap/error.hpp"
@@ -26,16 +27,19 @@ namespace {
 
 struct TrainArgs {
   std::string annotations, images, val_annotations, val_images, out, features, val_features;
-  std::string encoder = "resnet50", weights, device = "cpu", inject = "par", trainable = "auto";
-  std::string optimizer = "adam", schedule = "none", batching = "image_major";
+  std::string encoder = "resnet50", weights, device = "cpu", inject = train_defaults::kInject,
+              trainable = "auto";
+  std::string optimizer = "adam", schedule = "none", batching = train_defaults::kBatching;
   int image_size = 224, vocab_threshold = 5, epochs = 3, threads = 0, blas_threads = -1,
-      workers = 2, nproc = 0;
-  std::int64_t embed_size = 256, hidden_size = 512, num_layers = 1;
-  std::size_t batch_size = 64, log_interval = 50, val_max_images = 500, max_steps = 0,
-              val_every = 0;
+      workers = train_defaults::kWorkers, nproc = 0, cache_mib = train_defaults::kCacheMib;
+  std::int64_t embed_size = train_defaults::kEmbedSize, hidden_size = train_defaults::kHiddenSize,
+               num_layers = 1;
+  std::size_t batch_size = train_defaults::kBatchSize, log_interval = 50, val_max_images = 500,
+              max_steps = 0, val_every = 0;
   // No flips by default: a mirrored image keeps a true caption only when the captions say
   // nothing a mirror changes (text, digits, handedness); left and right are swapped when on.
-  double lr = 1e-3, max_seconds = 0, clip = 5.0, weight_decay = 0, dropout = 0, flip = 0.0;
+  double lr = train_defaults::kLr, max_seconds = 0, clip = train_defaults::kClip, weight_decay = 0,
+         dropout = 0, flip = train_defaults::kFlipProbability;
   double dist_timeout = 300;
   std::uint64_t seed = 1;
   bool resume = false, head_bn = false, skip_missing = false;
@@ -183,6 +187,7 @@ void run_train(const TrainArgs& a) {
   auto dataset_options = [&a](const std::string& features) {
     CocoDatasetOptions d;
     d.skip_missing_images = a.skip_missing;
+    d.cache_bytes = static_cast<std::size_t>(a.cache_mib) << 20;
     if (!features.empty()) {
       FeatureSet set = load_features(features);
       d.features = set.features;
@@ -372,6 +377,11 @@ void add_train_command(CLI::App& app) {
   cmd->add_option("--device", a->device, "cpu, cuda or cuda:N")->capture_default_str();
   cmd->add_option("--seed", a->seed, "Random seed")->capture_default_str();
   add_thread_options(cmd, a->threads, a->blas_threads);
+  cmd->add_option("--cache-images", a->cache_mib,
+                  "MiB of decoded, resized images kept in memory for the next epochs, for each of "
+                  "the training and validation sets (0: decode every time)")
+      ->capture_default_str()
+      ->check(CLI::Range(0, 1 << 24));
   cmd->add_option("--workers", a->workers, "Image decoding threads")
       ->capture_default_str()
       ->check(CLI::Range(0, 256));
