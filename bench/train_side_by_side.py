@@ -38,8 +38,7 @@ def run(cmd, log_path, env=None):
 def score(imcap, annotations, results, log_path):
     out = run([imcap, "eval", "--annotations", annotations, "--results", results, "--json"], log_path)
     j = json.loads(out[out.index("{"):])
-    corpus = j.get("corpus", j)
-    return corpus["bleu"][3] if isinstance(corpus.get("bleu"), list) else corpus["bleu4"], corpus["cider"]
+    return j["Bleu_4"], j["CIDEr"]
 
 
 def main():

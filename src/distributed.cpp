@@ -10,6 +10,7 @@
 #include <cstring>
 #include <exception>
 #include <map>
+#include <type_traits>
 #include <utility>
 
 #include <fmt/format.h>
@@ -34,6 +35,20 @@
 namespace imcap {
 
 namespace {
+
+// LibTorch 2.4+ asks for the libuv TCPStore by default, and builds without libuv (Debian 13's
+// 2.6) then fail every rendezvous ("use_libuv was requested but PyTorch was build without libuv
+// support"). The classic store runs everywhere and speaks the same protocol (torchrun's agent
+// may serve either). 1.13 has no such option.
+template <typename Options, typename = void>
+struct HasUseLibUV : std::false_type {};
+template <typename Options>
+struct HasUseLibUV<Options, std::void_t<decltype(std::declval<Options&>().useLibUV)>>
+    : std::true_type {};
+template <typename Options>
+void use_classic_store(Options& options) {
+  if constexpr (HasUseLibUV<Options>::value) options.useLibUV = false;
+}
 
 std::optional<std::string> env(const char* name) {
   const char* v = std::getenv(name);
@@ -188,6 +203,7 @@ ProcessGroup::ProcessGroup(const DistributedOptions& options, const c10::Device&
     so.numWorkers = static_cast<std::size_t>(options.world_size);
     so.waitWorkers = !options.agent_store;
     so.timeout = timeout;
+    use_classic_store(so);
     c10::intrusive_ptr<c10d::Store> base =
         c10::make_intrusive<c10d::TCPStore>(options.master_addr, so);
     // torchrun's agent serves the store and keys each restart's workers apart, as

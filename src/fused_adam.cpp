@@ -15,9 +15,13 @@ using StateKey = OptimizerStateKey;
 
 StateKey state_key(const torch::Tensor& p) { return optimizer_state_key(p); }
 
-bool plain_float_cpu(const torch::Tensor& t) {
+// A float32 CPU tensor whose elements fill its memory without gaps or overlaps, laid out as
+// `like` (row-major, or channels_last as the trainer keeps convolution weights): the update then
+// runs over the raw memory of all four tensors at once.
+bool plain_float_cpu(const torch::Tensor& t, const torch::Tensor& like) {
   return t.defined() && t.device().is_cpu() && t.scalar_type() == torch::kFloat &&
-         t.layout() == torch::kStrided && t.is_contiguous();
+         t.layout() == torch::kStrided && t.is_non_overlapping_and_dense() &&
+         t.sizes() == like.sizes() && t.strides() == like.strides();
 }
 
 struct Coefficients {
@@ -120,13 +124,11 @@ bool FusedAdam::fusable() const {
     if (options.amsgrad()) return false;
     for (const auto& p : group.params()) {
       if (!p.grad().defined()) continue;
-      if (!plain_float_cpu(p) || !plain_float_cpu(p.grad())) return false;
+      if (!plain_float_cpu(p, p) || !plain_float_cpu(p.grad(), p)) return false;
       const auto it = state_.find(state_key(p));
-      if (it == state_.end()) continue;
+      if (it == state_.end()) continue;  // created below with p's layout (zeros_like)
       const auto& s = static_cast<const torch::optim::AdamParamState&>(*it->second);
-      if (!plain_float_cpu(s.exp_avg()) || !plain_float_cpu(s.exp_avg_sq()) ||
-          s.exp_avg().numel() != p.numel() || s.exp_avg_sq().numel() != p.numel())
-        return false;
+      if (!plain_float_cpu(s.exp_avg(), p) || !plain_float_cpu(s.exp_avg_sq(), p)) return false;
     }
   }
   return true;

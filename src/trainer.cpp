@@ -214,6 +214,7 @@ struct Trainer::Impl {
   std::vector<torch::Tensor> params;
   std::unique_ptr<torch::optim::Optimizer> optimizer;
   DataLoader loader;
+  bool channels_last = false;  // images go to the CNN in channels_last (see the constructor)
   // Progress, saved in checkpoints.
   std::size_t epoch = 0;          // current epoch (0-based)
   std::size_t step_in_epoch = 0;  // batches of `epoch` already done
@@ -492,6 +493,19 @@ Trainer::Trainer(CaptionModel& model, const CocoDataset& train, const CocoDatase
   }
   impl_ = std::make_unique<Impl>(model, train, val, std::move(options));
   auto& o = impl_->options;
+  // oneDNN trains the CNN's convolutions on the CPU about 1.4x faster in channels_last (NHWC)
+  // than in NCHW at training batch sizes (docs/performance.md): the trainable convolution
+  // weights are kept in that layout (their gradients and Adam's moments follow), and the images
+  // are given in it. Saved files are row-major as always.
+  if (model.device().is_cpu() && at::hasMKLDNN() && !train.has_features()) {
+    torch::NoGradGuard no_grad;
+    for (auto& m : model.encoder()->backbone->modules(/*include_self=*/false))
+      if (auto* conv = m->as<torch::nn::Conv2d>();
+          conv != nullptr && conv->weight.requires_grad()) {
+        conv->weight.set_data(conv->weight.contiguous(at::MemoryFormat::ChannelsLast));
+        impl_->channels_last = true;
+      }
+  }
   for (auto& p : model.encoder()->parameters())
     if (p.requires_grad()) impl_->params.push_back(p);
   for (auto& p : model.decoder()->parameters())
@@ -692,7 +706,9 @@ TrainResult Trainer::fit() {
       torch::Tensor loss;
       double loss_value = 0.0, rank_tokens = 0.0, all_tokens = 0.0;
       if (has_data) {
-        const auto images = batch->images.to(device, /*non_blocking=*/true);
+        auto images = batch->images.to(device, /*non_blocking=*/true);
+        if (s.channels_last && images.dim() == 4)
+          images = images.contiguous(at::MemoryFormat::ChannelsLast);
         const auto captions = batch->captions.to(device, /*non_blocking=*/true);
         const auto lengths = batch->lengths.to(device, /*non_blocking=*/true);
         const auto features =

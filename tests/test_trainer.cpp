@@ -622,3 +622,30 @@ TEST_CASE("imcap demo --quick runs end to end and writes a report", "[trainer][d
   CHECK_THAT(html, Catch::Contains("<svg") && Catch::Contains("data:image/jpeg;base64,"));
   CHECK(imcap::detail::path_exists(tmp.file("demo/model/last.imcap")));
 }
+
+TEST_CASE("the fused Adam step on channels_last weights equals Adam's", "[trainer]") {
+  // The trainer keeps trainable convolution weights in channels_last on the CPU; their gradients
+  // and moments share that layout, and the fused update runs over the raw memory.
+  auto make = [] {
+    torch::manual_seed(11);
+    return torch::randn({8, 3, 5, 5}).contiguous(at::MemoryFormat::ChannelsLast).requires_grad_();
+  };
+  auto a = make(), b = make();
+  REQUIRE_FALSE(a.is_contiguous());
+  imcap::detail::FusedAdam fused({a}, torch::optim::AdamOptions(1e-2).weight_decay(0.01));
+  torch::optim::Adam plain({b}, torch::optim::AdamOptions(1e-2).weight_decay(0.01));
+  for (int step = 0; step < 6; ++step) {
+    auto gen = torch::make_generator<torch::CPUGeneratorImpl>(step);
+    // One step with a row-major gradient: the layouts differ, and the update must not run over
+    // raw memory then.
+    const auto g = step == 3
+                       ? torch::randn({8, 3, 5, 5}, gen)
+                       : torch::randn({8, 3, 5, 5}, gen).contiguous(at::MemoryFormat::ChannelsLast);
+    a.mutable_grad() = g.clone(at::MemoryFormat::Preserve);
+    b.mutable_grad() = g.clone(at::MemoryFormat::Preserve);
+    fused.step();
+    plain.step();
+  }
+  CHECK(((a - b).abs() / (b.abs() + 1)).max().item<double>() < 1e-6);
+  CHECK(a.strides() == b.strides());
+}

@@ -32,7 +32,10 @@ class DecoderRNN(nn.Module):
 
 
 def main():
-    blob = torch.load(sys.argv[1])
+    # A dict of tensors that imcap's test wrote with torch::pickle_save. PyTorch 2.6+ loads with
+    # weights_only=True by default, which refuses the torch.jit type tags of that format; the
+    # file is the test's own (1.13 has the argument too).
+    blob = torch.load(sys.argv[1], weights_only=False)
     max_len = int(sys.argv[2])
     features = blob.pop("features")
     vocab_size, embed_size = blob["embed.weight"].shape
