@@ -25,12 +25,15 @@ namespace imcap::cli {
 
 namespace {
 
+constexpr int kMaxEpochs = 100000;  // the most --epochs takes
+
 struct TrainArgs {
   std::string annotations, images, val_annotations, val_images, out, features, val_features;
   std::string encoder = "resnet50", weights, device = "cpu", inject = train_defaults::kInject,
               trainable = "auto";
   std::string optimizer = "adam", schedule = "none", batching = train_defaults::kBatching;
-  int image_size = 224, vocab_threshold = 5, epochs = 3, threads = 0, blas_threads = -1,
+  // 0: three epochs, or as many as fit in --max-seconds when that is given.
+  int image_size = 224, vocab_threshold = 5, epochs = 0, threads = 0, blas_threads = -1,
       workers = train_defaults::kWorkers, nproc = 0, cache_mib = train_defaults::kCacheMib;
   std::int64_t embed_size = train_defaults::kEmbedSize, hidden_size = train_defaults::kHiddenSize,
                num_layers = 1;
@@ -206,7 +209,8 @@ void run_train(const TrainArgs& a) {
                                         model->eval_transform(), dataset_options(a.val_features));
   TrainerOptions o;
   o.out_dir = a.out;
-  o.epochs = a.epochs;
+  // A time budget is the run's length unless epochs are given too.
+  o.epochs = a.epochs > 0 ? a.epochs : (a.max_seconds > 0 ? kMaxEpochs : 3);
   o.batch_size = a.batch_size;
   o.batching = parse_batch_mode(a.batching);
   o.optimizer = a.optimizer;
@@ -325,9 +329,9 @@ void add_train_command(CLI::App& app) {
   cmd->add_option("--vocab-threshold", a->vocab_threshold, "Minimum word count")
       ->capture_default_str()
       ->check(CLI::Range(0, 1000000000));
-  cmd->add_option("--epochs", a->epochs, "Epochs")
-      ->capture_default_str()
-      ->check(CLI::Range(1, 100000));
+  cmd->add_option("--epochs", a->epochs,
+                  "Epochs (default 3; with --max-seconds, as many as fit in the time)")
+      ->check(CLI::Range(1, kMaxEpochs));
   cmd->add_option("--batch-size", a->batch_size,
                   "Captions per step (all processes together when data-parallel)")
       ->capture_default_str()
