@@ -187,6 +187,8 @@ TEST_CASE("a notebook model imports and captions exactly like the notebook's sam
     // The trained captions come back (the first predicted token is <start>).
     CHECK(model.vocab().decode(std::vector<std::int64_t>(expected["ids"][0])) ==
           "a dog sleeping on the sofa .");
+    CHECK(model.vocab().decode(std::vector<std::int64_t>(expected["ids"][1])) ==
+          "a cat running with a red ball on the grass .");
   }
 }
 
