@@ -11,10 +11,6 @@
 namespace imcap::detail {
 namespace {
 
-using StateKey = OptimizerStateKey;
-
-StateKey state_key(const torch::Tensor& p) { return optimizer_state_key(p); }
-
 // A float32 CPU tensor whose elements fill its memory without gaps or overlaps, laid out as
 // `like` (row-major, or channels_last as the trainer keeps convolution weights): the update then
 // runs over the raw memory of all four tensors at once.
@@ -49,7 +45,7 @@ void update(float* __restrict p, const float* __restrict grad, float* __restrict
 }  // namespace
 
 torch::optim::AdamParamState& FusedAdam::next_step_state(const torch::Tensor& p) {
-  const StateKey key = state_key(p);
+  const OptimizerStateKey key = optimizer_state_key(p);
   auto it = state_.find(key);
   if (it == state_.end()) {  // Adam's fresh state: step 0, zero moments
     auto fresh = std::make_unique<torch::optim::AdamParamState>();
@@ -96,7 +92,7 @@ void FusedAdam::foreach_step() {
     for (auto& [step, params] : params_by_step) {
       std::vector<torch::Tensor> grads, exp_avgs, exp_avg_sqs;
       for (const auto& p : params) {
-        auto& s = static_cast<torch::optim::AdamParamState&>(*state_.at(state_key(p)));
+        auto& s = static_cast<torch::optim::AdamParamState&>(*state_.at(optimizer_state_key(p)));
         grads.push_back(p.grad());
         exp_avgs.push_back(s.exp_avg());
         exp_avg_sqs.push_back(s.exp_avg_sq());
@@ -125,7 +121,7 @@ bool FusedAdam::fusable() const {
     for (const auto& p : group.params()) {
       if (!p.grad().defined()) continue;
       if (!plain_float_cpu(p, p) || !plain_float_cpu(p.grad(), p)) return false;
-      const auto it = state_.find(state_key(p));
+      const auto it = state_.find(optimizer_state_key(p));
       if (it == state_.end()) continue;  // created below with p's layout (zeros_like)
       const auto& s = static_cast<const torch::optim::AdamParamState&>(*it->second);
       if (!plain_float_cpu(s.exp_avg(), p) || !plain_float_cpu(s.exp_avg_sq(), p)) return false;

@@ -650,9 +650,8 @@ TrainResult Trainer::fit() {
   double window_captions = 0.0, ema_loss = 0.0;
   auto window_start = Clock::now();
   bool stop = false;
-  // The step the model was last validated at. A resumed run starts from a state that was
-  // validated when it was saved (last.imcap is written at epoch ends and at stops).
-  std::size_t validated_at = o.resume && s.val != nullptr ? s.global_step : SIZE_MAX;
+  // The step this call last validated at (validate_now sets it with result.last_validation).
+  std::size_t validated_at = SIZE_MAX;
   auto validate_now = [&](const std::string& when) {
     if (tty) std::cerr << "\r\033[K";
     const auto started = Clock::now();
