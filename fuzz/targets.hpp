@@ -17,13 +17,12 @@
 #include <utility>
 #include <vector>
 
+#include "detail/pickle.hpp"
 #include "imcap/coco_dataset.hpp"
 #include "imcap/error.hpp"
 #include "imcap/image.hpp"
+#include "imcap/import.hpp"
 #include "imcap/model.hpp"
-#include "imcap/pickle.hpp"
-#include "imcap/safetensors.hpp"
-#include "imcap/vocab_pickle.hpp"
 #include "imcap/vocabulary.hpp"
 #include "imcap/weights.hpp"
 
@@ -114,10 +113,10 @@ inline void pickle(std::string_view data) {
   static const ScratchFile scratch("pickle");
   for (const bool allow_objects : {false, true}) {
     try {
-      UnpickleOptions options;
+      detail::UnpickleOptions options;
       options.allow_objects = allow_objects;
       std::size_t consumed = 0;
-      unpickle(data, options, "fuzz.pkl", &consumed);
+      detail::unpickle(data, options, "fuzz.pkl", &consumed);
       require(consumed <= data.size(), "unpickle consumed more than it was given");
     } catch (const Error&) {
     }

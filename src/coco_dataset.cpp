@@ -82,15 +82,15 @@ struct Fields {
 
 void read_fields(JsonReader& in, const char* text_key, bool want_image_id, const std::string& file,
                  const Where& where, Fields& f, std::string& key) {
-  expect_kind(in, JsonReader::Kind::object, file, where);
+  expect_kind(in, JsonReader::Kind::kObject, file, where);
   in.begin_object();
   while (in.next_key(key)) {
     if (key == "id" || (want_image_id && key == "image_id")) {
-      expect_kind(in, JsonReader::Kind::integer, file, where, key);
+      expect_kind(in, JsonReader::Kind::kInt, file, where, key);
       (key == "id" ? f.id : f.image_id) = in.read_int();
       (key == "id" ? f.has_id : f.has_image_id) = true;
     } else if (key == text_key) {
-      expect_kind(in, JsonReader::Kind::string, file, where, key);
+      expect_kind(in, JsonReader::Kind::kString, file, where, key);
       in.read_string(f.text);
       if (const auto problem = detail::utf8_problem(f.text); !problem.empty())
         fail(file, where.str(key), problem);
@@ -116,7 +116,7 @@ CocoAnnotations CocoAnnotations::parse(std::string_view text, const std::string&
   out.source_ = name;
   JsonReader in(text, name);
   const auto top = in.peek();
-  if (top != JsonReader::Kind::object)
+  if (top != JsonReader::Kind::kObject)
     fail(name, "top level",
          fmt::format("expected a JSON object with 'images' and 'annotations', got {}",
                      JsonReader::kind_name(top)));
@@ -128,7 +128,7 @@ CocoAnnotations CocoAnnotations::parse(std::string_view text, const std::string&
   while (in.next_key(key)) {
     if (key == "images") {
       has_images = true;
-      expect_kind(in, JsonReader::Kind::array, name, "images");
+      expect_kind(in, JsonReader::Kind::kArray, name, "images");
       in.begin_array();
       for (std::size_t i = 0; in.next_element(); ++i) {
         const Where where{"images", i};
@@ -153,7 +153,7 @@ CocoAnnotations CocoAnnotations::parse(std::string_view text, const std::string&
       }
     } else if (key == "annotations") {
       has_annotations = true;
-      expect_kind(in, JsonReader::Kind::array, name, "annotations");
+      expect_kind(in, JsonReader::Kind::kArray, name, "annotations");
       in.begin_array();
       for (std::size_t i = 0; in.next_element(); ++i) {
         const Where where{"annotations", i};

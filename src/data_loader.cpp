@@ -12,6 +12,7 @@
 #include <fmt/format.h>
 #include <torch/torch.h>
 
+#include "detail/enum_names.hpp"
 #include "imcap/error.hpp"
 
 namespace imcap {
@@ -33,25 +34,9 @@ std::uint64_t derive_seed(std::uint64_t seed, std::uint64_t a, std::uint64_t b =
 
 }  // namespace
 
-BatchMode parse_batch_mode(const std::string& name) {
-  if (name == "padded") return BatchMode::padded;
-  if (name == "same_length") return BatchMode::same_length;
-  if (name == "image_major") return BatchMode::image_major;
-  throw InvalidArgument(
-      fmt::format("batch mode '{}' is not one of: padded, same_length, image_major", name));
-}
+BatchMode parse_batch_mode(const std::string& name) { return detail::parse_enum<BatchMode>(name); }
 
-const char* batch_mode_name(BatchMode mode) {
-  switch (mode) {
-    case BatchMode::padded:
-      return "padded";
-    case BatchMode::same_length:
-      return "same_length";
-    case BatchMode::image_major:
-      return "image_major";
-  }
-  return "?";
-}
+std::string to_string(BatchMode mode) { return detail::enum_name(mode); }
 
 void pad_captions(const std::vector<const std::vector<std::int64_t>*>& sequences,
                   std::int64_t pad_id, Batch& batch) {
@@ -117,7 +102,7 @@ std::size_t DataLoader::batches_per_epoch() const { return batches_in_epoch(stat
 
 std::size_t DataLoader::batches_in_epoch(std::size_t epoch) const {
   const std::size_t n = dataset_.size(), bs = options_.batch_size;
-  if (options_.mode == BatchMode::image_major) return make_plan(epoch).size();
+  if (options_.mode == BatchMode::kImageMajor) return make_plan(epoch).size();
   return options_.drop_last ? n / bs : (n + bs - 1) / bs;
 }
 
@@ -136,7 +121,7 @@ std::vector<std::vector<std::size_t>> DataLoader::make_plan(std::size_t epoch) c
   std::mt19937_64 rng(derive_seed(options_.seed, epoch, 0x0a11));
   const std::size_t n = dataset_.size(), bs = options_.batch_size;
   switch (options_.mode) {
-    case BatchMode::padded: {
+    case BatchMode::kPadded: {
       std::vector<std::size_t> order(n);
       std::iota(order.begin(), order.end(), 0);
       if (options_.shuffle) std::shuffle(order.begin(), order.end(), rng);
@@ -147,7 +132,7 @@ std::vector<std::vector<std::size_t>> DataLoader::make_plan(std::size_t epoch) c
       }
       break;
     }
-    case BatchMode::same_length: {
+    case BatchMode::kSameLength: {
       std::map<std::size_t, std::vector<std::size_t>> by_length;
       for (std::size_t i = 0; i < n; ++i) by_length[dataset_.caption_ids(i).size()].push_back(i);
       std::vector<std::size_t> lengths;
@@ -167,7 +152,7 @@ std::vector<std::vector<std::size_t>> DataLoader::make_plan(std::size_t epoch) c
       }
       break;
     }
-    case BatchMode::image_major: {
+    case BatchMode::kImageMajor: {
       std::vector<std::int64_t> images = dataset_.image_ids();
       if (options_.shuffle) std::shuffle(images.begin(), images.end(), rng);
       std::vector<std::size_t> batch;
@@ -224,7 +209,7 @@ Batch build_batch(const CocoDataset& data, const DataLoaderOptions& options, std
   batch.index = index;
   batch.global_size = planned.size();
   const auto captions = shard_of(data, planned, options.shard_index, options.shard_count,
-                                 options.mode == BatchMode::image_major);
+                                 options.mode == BatchMode::kImageMajor);
   batch.caption_indices = captions;
   std::unordered_map<std::int64_t, std::int64_t> row_of;
   std::vector<std::int64_t> rows;

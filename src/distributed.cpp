@@ -317,7 +317,7 @@ void ProcessGroup::all_reduce(at::Tensor& tensor, ReduceOp op) {
     const bool direct = s.on_backend_device(tensor) && tensor.is_contiguous();
     std::vector<at::Tensor> arg{direct ? tensor : tensor.to(s.device).contiguous()};
     c10d::AllreduceOptions ao;
-    ao.reduceOp = op == ReduceOp::max ? c10d::ReduceOp::MAX : c10d::ReduceOp::SUM;
+    ao.reduceOp = op == ReduceOp::kMax ? c10d::ReduceOp::MAX : c10d::ReduceOp::SUM;
     s.group->allreduce(arg, ao)->wait();
     if (!direct) {
       torch::NoGradGuard no_grad;

@@ -4,9 +4,10 @@
 #include <torch/torch.h>
 
 #include <array>
-#include <mutex>
 #include <utility>
 
+#include "detail/enum_names.hpp"
+#include "detail/resnet_inference.hpp"
 #include "detail/tensor_check.hpp"
 #include "imcap/error.hpp"
 
@@ -17,18 +18,17 @@ namespace nn = torch::nn;
 
 struct ArchSpec {
   ResNetArch arch;
-  const char* name;
   bool bottleneck;
   std::array<int64_t, 4> blocks;  // residual blocks in layer1..layer4
 };
 
 // The depths of torchvision's resnet18 .. resnet152 (He et al. 2016, table 1).
 constexpr std::array<ArchSpec, 5> kArchSpecs{{
-    {ResNetArch::kResNet18, "resnet18", false, {2, 2, 2, 2}},
-    {ResNetArch::kResNet34, "resnet34", false, {3, 4, 6, 3}},
-    {ResNetArch::kResNet50, "resnet50", true, {3, 4, 6, 3}},
-    {ResNetArch::kResNet101, "resnet101", true, {3, 4, 23, 3}},
-    {ResNetArch::kResNet152, "resnet152", true, {3, 8, 36, 3}},
+    {ResNetArch::kResNet18, false, {2, 2, 2, 2}},
+    {ResNetArch::kResNet34, false, {3, 4, 6, 3}},
+    {ResNetArch::kResNet50, true, {3, 4, 6, 3}},
+    {ResNetArch::kResNet101, true, {3, 4, 23, 3}},
+    {ResNetArch::kResNet152, true, {3, 8, 36, 3}},
 }};
 
 const ArchSpec& spec(ResNetArch arch) {
@@ -78,213 +78,13 @@ void check_trainable_stages(int n) {
   }
 }
 
-// ---- Inference path: batch norm folded into the convolutions ----
-
-// A convolution with its batch norm folded in: y = conv(x, W * s) + (beta - mean * s), where
-// s = gamma / sqrt(var + eps), per output channel.
-struct FoldedConv {
-  torch::Tensor weight;  // dense, or pre-arranged for oneDNN
-  torch::Tensor bias;
-  std::vector<int64_t> stride, padding;
-};
-
-struct FoldedBlock {
-  std::vector<FoldedConv> convs;  // conv1, conv2 (, conv3 for a bottleneck)
-  bool has_downsample = false;
-  FoldedConv downsample;
-};
-
-// What a plan was computed from: every parameter and buffer, with its version counter (bumped
-// by every in-place change: optimizer steps, copy_, running statistics).
-struct TensorStamp {
-  const void* impl;
-  const void* data;
-  int64_t version;
-  bool operator==(const TensorStamp& o) const {
-    return impl == o.impl && data == o.data && version == o.version;
-  }
-};
-
-// How a plan stores its folded weights and runs its activations.
-struct PlanFormat {
-  torch::Dtype dtype = torch::kFloat;  // of the folded weights and the activations
-  bool mkldnn = false;                 // weights pre-arranged for oneDNN; activations in its layout
-  bool channels_last = false;          // NHWC weights and activations (cuDNN's tensor cores)
-  bool fused_cudnn = false;            // conv + bias + ReLU (+ residual) in one cuDNN call each
-};
-
-// The slot of a compute type in the inference cache.
-std::size_t plan_slot(torch::Dtype dtype) {
-  switch (dtype) {
-    case torch::kFloat:
-      return 0;
-    case torch::kBFloat16:
-      return 1;
-    case torch::kHalf:
-      return 2;
-    default:
-      throw InvalidArgument(fmt::format(
-          "encoder compute type {}: expected float32, bfloat16 or float16", c10::toString(dtype)));
-  }
-}
-
-FoldedConv fold(const nn::Conv2d& conv, const nn::BatchNorm2d& bn, const PlanFormat& format) {
-  torch::NoGradGuard no_grad;
-  FoldedConv f;
-  const int64_t k = conv->weight.size(2);
-  const int64_t stride = (*conv->options.stride())[0];
-  f.stride = {stride, stride};
-  f.padding = {k / 2, k / 2};  // the convolutions of a ResNet pad by half their kernel
-  const auto w = conv->weight.to(torch::kFloat);
-  const auto scale = bn->weight.to(torch::kFloat) *
-                     torch::rsqrt(bn->running_var.to(torch::kFloat) + bn->options.eps());
-  // Folded in float32 whatever the storage, then rounded once to the plan's type.
-  f.weight = (w * scale.view({-1, 1, 1, 1})).to(format.dtype).contiguous();
-  f.bias =
-      (bn->bias.to(torch::kFloat) - bn->running_mean.to(torch::kFloat) * scale).to(format.dtype);
-  if (format.channels_last) f.weight = f.weight.contiguous(at::MemoryFormat::ChannelsLast);
-  if (format.mkldnn) {
-    f.weight = at::mkldnn_reorder_conv2d_weight(f.weight.to_mkldnn(), f.padding, f.stride,
-                                                /*dilation=*/{1, 1}, /*groups=*/1);
-    f.bias = f.bias.to_mkldnn();
-  }
-  return f;
-}
-
-FoldedBlock fold_block(torch::nn::Module& block, const PlanFormat& format) {
-  FoldedBlock b;
-  nn::Sequential downsample{nullptr};
-  if (auto* bottleneck = block.as<BottleneckImpl>()) {
-    b.convs = {fold(bottleneck->conv1, bottleneck->bn1, format),
-               fold(bottleneck->conv2, bottleneck->bn2, format),
-               fold(bottleneck->conv3, bottleneck->bn3, format)};
-    downsample = bottleneck->downsample;
-  } else if (auto* basic = block.as<BasicBlockImpl>()) {
-    b.convs = {fold(basic->conv1, basic->bn1, format), fold(basic->conv2, basic->bn2, format)};
-    downsample = basic->downsample;
-  } else {
-    throw InvalidArgument("ResNet: a stage holds something other than residual blocks");
-  }
-  if (downsample) {
-    b.has_downsample = true;
-    b.downsample =
-        fold(nn::Conv2d(std::dynamic_pointer_cast<nn::Conv2dImpl>(downsample->ptr(0))),
-             nn::BatchNorm2d(std::dynamic_pointer_cast<nn::BatchNorm2dImpl>(downsample->ptr(1))),
-             format);
-  }
-  return b;
-}
-
-struct InferencePlan {
-  PlanFormat format;
-  FoldedConv stem;
-  std::vector<FoldedBlock> blocks;
-  std::vector<TensorStamp> stamps;
-};
-
-torch::Tensor run(const FoldedConv& c, const torch::Tensor& x, bool mkldnn) {
-  if (mkldnn)
-    return at::mkldnn_convolution(x, c.weight, c.bias, c.padding, c.stride, /*dilation=*/{1, 1},
-                                  /*groups=*/1);
-  return at::conv2d(x, c.weight, c.bias, c.stride, c.padding);
-}
-
-// relu(conv(x) + bias): on a GPU one cuDNN call, where conv then relu_ reads and writes the
-// activations twice.
-torch::Tensor run_relu(const FoldedConv& c, const torch::Tensor& x, const PlanFormat& format) {
-  if (format.fused_cudnn)
-    return at::cudnn_convolution_relu(x, c.weight, c.bias, c.stride, c.padding,
-                                      /*dilation=*/{1, 1}, /*groups=*/1);
-  return run(c, x, format.mkldnn).relu_();
-}
-
-// relu(conv(x) + bias + z), the end of a residual block.
-torch::Tensor run_add_relu(const FoldedConv& c, const torch::Tensor& x, const torch::Tensor& z,
-                           const PlanFormat& format) {
-  if (format.fused_cudnn)
-    return at::cudnn_convolution_add_relu(x, c.weight, z, /*alpha=*/1, c.bias, c.stride, c.padding,
-                                          /*dilation=*/{1, 1}, /*groups=*/1);
-  torch::Tensor out = run(c, x, format.mkldnn);
-  out.add_(z);
-  return out.relu_();
-}
-
-// Whether cuDNN's fused convolutions run on `device` in `dtype` (channels_last) and agree with
-// the unfused ones: they depend on the cuDNN version and the card, so a small case is checked
-// once per plan, and the plan does without them otherwise.
-bool fused_cudnn_works(const torch::Device& device, torch::Dtype dtype) {
-  if (!device.is_cuda() || !at::globalContext().userEnabledCuDNN()) return false;
-  try {
-    torch::NoGradGuard no_grad;
-    const auto options = torch::TensorOptions().device(device).dtype(dtype);
-    const auto nhwc = at::MemoryFormat::ChannelsLast;
-    const torch::Tensor x = torch::randn({2, 16, 8, 8}, options).contiguous(nhwc);
-    const torch::Tensor z = torch::randn({2, 16, 8, 8}, options).contiguous(nhwc);
-    const torch::Tensor w = (torch::randn({16, 16, 3, 3}, options) * 0.1).contiguous(nhwc);
-    const torch::Tensor b = torch::randn({16}, options);
-    const torch::Tensor plain = at::conv2d(x, w, b, /*stride=*/{1, 1}, /*padding=*/{1, 1});
-    const torch::Tensor relu = at::cudnn_convolution_relu(x, w, b, {1, 1}, {1, 1}, {1, 1}, 1);
-    const torch::Tensor add_relu =
-        at::cudnn_convolution_add_relu(x, w, z, /*alpha=*/1, b, {1, 1}, {1, 1}, {1, 1}, 1);
-    auto close = [](const torch::Tensor& got, const torch::Tensor& want) {
-      const double scale = want.abs().max().item<double>() + 1.0;
-      return (got.to(torch::kFloat) - want.to(torch::kFloat)).abs().max().item<double>() <
-             0.05 * scale;
-    };
-    return close(relu, plain.relu()) && close(add_relu, (plain + z).relu());
-  } catch (const std::exception&) {
-    return false;
-  }
-}
-
-// The backbone's forward_features with folded convolutions, in the plan's type; the result has
-// the images' type.
-torch::Tensor forward_folded(const InferencePlan& plan, const torch::Tensor& images) {
-  const bool mk = plan.format.mkldnn;
-  torch::Tensor x = images.to(plan.format.dtype);
-  if (mk) {
-    x = x.contiguous().to_mkldnn();
-  } else if (plan.format.channels_last) {
-    x = x.contiguous(at::MemoryFormat::ChannelsLast);
-  }
-  const PlanFormat& f = plan.format;
-  x = run_relu(plan.stem, x, f);
-  // On a oneDNN tensor the pooling is called by its own name. at::max_pool2d is a composite
-  // operator; LibTorch 2.x builds with a Vulkan kernel of it (Debian's 2.6) make its entry for
-  // the AutogradOther key, which oneDNN tensors dispatch to, ambiguous, and it fails with
-  // "INTERNAL ASSERT FAILED ... registered to both CompositeImplicitAutograd and a backend
-  // mapped to AutogradOther". mkldnn_max_pool2d is what the composite runs for them anyway.
-  x = mk ? at::mkldnn_max_pool2d(x, /*kernel_size=*/{3, 3}, /*stride=*/{2, 2}, /*padding=*/{1, 1})
-         : at::max_pool2d(x, /*kernel_size=*/{3, 3}, /*stride=*/{2, 2}, /*padding=*/{1, 1});
-  for (const FoldedBlock& b : plan.blocks) {
-    torch::Tensor out = x;
-    for (std::size_t i = 0; i + 1 < b.convs.size(); ++i) out = run_relu(b.convs[i], out, f);
-    const torch::Tensor shortcut = b.has_downsample ? run(b.downsample, x, mk) : x;
-    x = run_add_relu(b.convs.back(), out, shortcut, f);
-  }
-  if (mk) x = x.to_dense();
-  return x.to(images.scalar_type());
-}
-
 }  // namespace
 
-struct ResNetImpl::InferenceCache {
-  std::mutex mutex;
-  // One plan per compute type: float32, bfloat16, float16.
-  std::array<std::shared_ptr<const InferencePlan>, 3> plans;
-};
-
 ResNetArch parse_resnet_arch(const std::string& name) {
-  for (const auto& s : kArchSpecs) {
-    if (name == s.name) return s.arch;
-  }
-  throw InvalidArgument(fmt::format(
-      "unknown encoder architecture '{}': expected resnet18, resnet34, resnet50, resnet101 or "
-      "resnet152",
-      name));
+  return detail::parse_enum<ResNetArch>(name);
 }
 
-std::string to_string(ResNetArch arch) { return spec(arch).name; }
+std::string to_string(ResNetArch arch) { return detail::enum_name(arch); }
 
 int64_t feature_dim(ResNetArch arch) {
   return kLastStagePlanes *
@@ -327,7 +127,7 @@ torch::Tensor BottleneckImpl::forward(const torch::Tensor& x) {
 }
 
 ResNetImpl::ResNetImpl(const ResNetOptions& options)
-    : options_(options), inference_(std::make_unique<InferenceCache>()) {
+    : options_(options), inference_(std::make_unique<detail::ResNetInference>()) {
   check_trainable_stages(options.trainable_stages);
   if (options.num_classes < 0) {
     throw InvalidArgument(
@@ -413,18 +213,21 @@ ResNetImpl::~ResNetImpl() = default;
 
 int64_t ResNetImpl::feature_dim() const { return imcap::feature_dim(options_.arch); }
 
-bool ResNetImpl::fused_inference(torch::Dtype compute_dtype) const {
-  std::lock_guard<std::mutex> lock(inference_->mutex);
-  const auto& plan = inference_->plans[plan_slot(compute_dtype)];
-  return plan && plan->format.fused_cudnn;
-}
-
 void ResNetImpl::set_fast_inference(bool on) {
   fast_inference_ = on;
-  if (!on) {
-    std::lock_guard<std::mutex> lock(inference_->mutex);
-    for (auto& plan : inference_->plans) plan.reset();
-  }
+  if (!on) inference_->clear();
+}
+
+// Whether the folded inference path computes forward_features' function for these images: no
+// batch norm in training mode, nothing that needs a gradient.
+bool ResNetImpl::inference_path_applies(const torch::Tensor& images) const {
+  const bool all_eval = !requested_training_ || options_.trainable_stages == 0;
+  if (!fast_inference_ || !all_eval || images.requires_grad() || images.layout() != torch::kStrided)
+    return false;
+  if (!torch::GradMode::is_enabled()) return true;
+  for (const auto& p : parameters())
+    if (p.requires_grad()) return false;
+  return true;
 }
 
 torch::Tensor ResNetImpl::forward_features(const torch::Tensor& images,
@@ -439,48 +242,7 @@ torch::Tensor ResNetImpl::forward_features(const torch::Tensor& images,
         "encoder compute type float16 needs a CUDA device, the CNN is on the {}: use bfloat16 "
         "there (or float32)",
         conv1->weight.device().str()));
-  // The folded path computes the same function when no batch norm is in training mode and
-  // nothing needs a gradient.
-  const bool all_eval = !requested_training_ || options_.trainable_stages == 0;
-  if (fast_inference_ && all_eval && !images.requires_grad() &&
-      images.layout() == torch::kStrided) {
-    std::vector<TensorStamp> stamps;
-    bool needs_grad = false;
-    for (const auto& list : {parameters(), buffers()}) {
-      for (const auto& t : list) {
-        needs_grad = needs_grad || (torch::GradMode::is_enabled() && t.requires_grad());
-        stamps.push_back({t.unsafeGetTensorImpl(), t.data_ptr(), t._version()});
-      }
-    }
-    if (!needs_grad) {
-      const std::size_t slot = plan_slot(dtype);
-      std::shared_ptr<const InferencePlan> plan;
-      {
-        std::lock_guard<std::mutex> lock(inference_->mutex);
-        plan = inference_->plans[slot];
-        if (!plan || plan->stamps != stamps) {
-          auto p = std::make_shared<InferencePlan>();
-          const bool cpu = conv1->weight.device().is_cpu();
-          p->format.dtype = dtype;
-          p->format.mkldnn = at::hasMKLDNN() && cpu && dtype == torch::kFloat;
-          // cuDNN's tensor-core kernels want NHWC; on the CPU oneDNN has its own layout.
-          p->format.channels_last = conv1->weight.device().is_cuda();
-          p->format.fused_cudnn =
-              p->format.channels_last && fused_cudnn_works(conv1->weight.device(), dtype);
-          p->stem = fold(conv1, bn1, p->format);
-          for (const auto& layer : {layer1, layer2, layer3, layer4}) {
-            for (const auto& child : layer->children()) {
-              p->blocks.push_back(fold_block(*child, p->format));
-            }
-          }
-          p->stamps = std::move(stamps);
-          inference_->plans[slot] = p;
-          plan = std::move(p);
-        }
-      }
-      return forward_folded(*plan, images);
-    }
-  }
+  if (inference_path_applies(images)) return inference_->forward(*this, images, dtype);
   if (dtype != weights_dtype) {
     throw InvalidArgument(fmt::format(
         "encoder compute type {}: only the inference path (no gradients, every stage in eval "

@@ -11,7 +11,7 @@
 #include "detail/io.hpp"
 #include "detail/tensor_check.hpp"
 #include "imcap/error.hpp"
-#include "imcap/safetensors.hpp"
+#include "imcap/weights.hpp"
 
 namespace imcap {
 

@@ -4,7 +4,6 @@
 #include <torch/torch.h>
 
 #include "imcap/error.hpp"
-#include "imcap/vocab_pickle.hpp"
 
 namespace imcap {
 

@@ -10,8 +10,9 @@
 #include <torch/torch.h>
 #include <nlohmann/json.hpp>
 
+#include "imcap/checkpoint.hpp"
 #include "imcap/error.hpp"
-#include "imcap/safetensors.hpp"
+#include "imcap/weights.hpp"
 
 namespace imcap {
 

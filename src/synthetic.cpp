@@ -12,6 +12,7 @@
 #define STB_IMAGE_WRITE_STATIC
 #include <stb_image_write.h>
 
+#include "detail/enum_names.hpp"
 #include "detail/io.hpp"
 #include "imcap/error.hpp"
 
@@ -376,29 +377,10 @@ void render_textures(Rng& rng, int size, std::vector<std::uint8_t>& px, Syntheti
 }  // namespace
 
 SyntheticKind parse_synthetic_kind(const std::string& name) {
-  for (const auto kind : {SyntheticKind::kShapes, SyntheticKind::kCounts, SyntheticKind::kRelations,
-                          SyntheticKind::kGlyphs, SyntheticKind::kTextures})
-    if (name == synthetic_kind_name(kind)) return kind;
-  throw InvalidArgument(fmt::format(
-      "synthetic dataset kind '{}' is not one of: shapes, counts, relations, glyphs, textures",
-      name));
+  return detail::parse_enum<SyntheticKind>(name);
 }
 
-const char* synthetic_kind_name(SyntheticKind kind) {
-  switch (kind) {
-    case SyntheticKind::kShapes:
-      return "shapes";
-    case SyntheticKind::kCounts:
-      return "counts";
-    case SyntheticKind::kRelations:
-      return "relations";
-    case SyntheticKind::kGlyphs:
-      return "glyphs";
-    case SyntheticKind::kTextures:
-      return "textures";
-  }
-  return "?";
-}
+std::string to_string(SyntheticKind kind) { return detail::enum_name(kind); }
 
 std::vector<std::uint8_t> render_synthetic_scene(std::uint64_t seed, const SyntheticOptions& o,
                                                  SyntheticScene& scene) {
@@ -435,7 +417,7 @@ void write_split(const std::string& dir, const std::string& split, std::size_t c
   detail::create_directories(images);
   nlohmann::json root;
   root["info"] = {
-      {"description", fmt::format("imcap synthetic {} dataset", synthetic_kind_name(o.kind))},
+      {"description", fmt::format("imcap synthetic {} dataset", to_string(o.kind))},
       {"seed", o.seed},
       {"split", split}};
   root["licenses"] = nlohmann::json::array();

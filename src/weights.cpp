@@ -12,16 +12,23 @@
 #include <fmt/format.h>
 #include <fmt/ranges.h>
 
+#include "detail/enum_names.hpp"
 #include "detail/io.hpp"
+#include "detail/pickle.hpp"
 #include "detail/zip.hpp"
 #include "imcap/error.hpp"
-#include "imcap/pickle.hpp"
-#include "imcap/safetensors.hpp"
+#include "imcap/weights.hpp"
 
 namespace imcap {
 
 namespace {
 
+using detail::PickleStorageRef;
+using detail::PickleTensorRef;
+using detail::PickleValue;
+using detail::PickleValuePtr;
+using detail::unpickle;
+using detail::UnpickleOptions;
 using Kind = PickleValue::Kind;
 
 // 0x1950a86a20f9469cfc6c, the legacy format's magic number, as pickle's LONG1 bytes.
@@ -355,17 +362,7 @@ std::int64_t TensorMap::total_numel() const {
   return n;
 }
 
-std::string to_string(WeightsFormat format) {
-  switch (format) {
-    case WeightsFormat::kTorchZip:
-      return "torch-zip";
-    case WeightsFormat::kTorchLegacy:
-      return "torch-legacy";
-    case WeightsFormat::kSafetensors:
-      return "safetensors";
-  }
-  return "?";
-}
+std::string to_string(WeightsFormat format) { return detail::enum_name(format); }
 
 namespace {
 
@@ -490,6 +487,37 @@ LoadReport load_state_dict(torch::nn::Module& module, const TensorMap& tensors,
   torch::NoGradGuard no_grad;
   for (auto& [target, src] : copies) target.copy_(*src);
   return report;
+}
+
+std::string dtype_name(torch::ScalarType type) {
+  switch (type) {
+    case torch::kFloat:
+      return "float32";
+    case torch::kDouble:
+      return "float64";
+    case torch::kHalf:
+      return "float16";
+    case torch::kBFloat16:
+      return "bfloat16";
+    case torch::kLong:
+      return "int64";
+    case torch::kInt:
+      return "int32";
+    case torch::kShort:
+      return "int16";
+    case torch::kChar:
+      return "int8";
+    case torch::kByte:
+      return "uint8";
+    case torch::kBool:
+      return "bool";
+    case torch::kComplexFloat:
+      return "complex64";
+    case torch::kComplexDouble:
+      return "complex128";
+    default:
+      return c10::toString(type);
+  }
 }
 
 }  // namespace imcap

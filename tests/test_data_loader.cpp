@@ -108,7 +108,7 @@ TEST_CASE("same_length batches need no padding (the seed's sampler)", "[data_loa
   Fixture f;
   imcap::DataLoaderOptions o;
   o.batch_size = 4;
-  o.mode = imcap::BatchMode::same_length;
+  o.mode = imcap::BatchMode::kSameLength;
   o.seed = 3;
   const auto batches = epoch(*f.data, o);
   CHECK(batches.size() == 6);
@@ -127,7 +127,7 @@ TEST_CASE("image_major batches hold whole images", "[data_loader]") {
   const auto& data = *f.data;
   imcap::DataLoaderOptions o;
   o.batch_size = 6;
-  o.mode = imcap::BatchMode::image_major;
+  o.mode = imcap::BatchMode::kImageMajor;
   const auto batches = epoch(data, o);
   std::size_t captions = 0;
   for (const auto& b : batches) {
@@ -243,7 +243,7 @@ TEST_CASE("a flipped image's captions have left and right swapped", "[data_loade
     CHECK(data.mirrored_token(vocab.id("square")) == vocab.id("square"));
     imcap::DataLoaderOptions o;
     o.batch_size = 4;
-    o.mode = imcap::BatchMode::image_major;
+    o.mode = imcap::BatchMode::kImageMajor;
     o.workers = 0;
     o.seed = 3;
     std::size_t swapped = 0, kept = 0;

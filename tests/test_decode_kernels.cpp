@@ -1,5 +1,5 @@
 // The kernels of a decoding step: the split float32 product and huge pages for the weights it
-// streams (src/compressed_projection.cpp, src/huge_pages.cpp).
+// streams (src/detail/compressed_projection.cpp, src/detail/huge_pages.cpp).
 #include <torch/torch.h>
 #include "catch.hpp"
 

@@ -127,8 +127,8 @@ imcap::TrainerOptions tiny_options(const std::string& out) {
   o.out_dir = out;
   o.epochs = 2;
   o.batch_size = 10;
-  o.batching = imcap::BatchMode::padded;  // ranks get different token counts
-  o.optimizer = "sgd";
+  o.batching = imcap::BatchMode::kPadded;  // ranks get different token counts
+  o.optimizer = imcap::Optimizer::kSgd;
   o.lr = 0.1;
   o.workers = 0;
   o.progress = false;
@@ -260,7 +260,7 @@ TEST_CASE("the data loader's shards are disjoint parts of the one-process batche
   const auto vocab = imcap::Vocabulary::build({f.train_annotations}, {1});
   imcap::CocoDataset data(f.train_annotations, f.train_images, vocab,
                           imcap::ImageTransform::eval(32, 32));
-  for (const auto mode : {imcap::BatchMode::padded, imcap::BatchMode::image_major}) {
+  for (const auto mode : {imcap::BatchMode::kPadded, imcap::BatchMode::kImageMajor}) {
     imcap::DataLoaderOptions o;
     o.batch_size = 7;
     o.mode = mode;
@@ -287,7 +287,7 @@ TEST_CASE("the data loader's shards are disjoint parts of the one-process batche
         CHECK(part->global_size == b->size());
         joined.insert(joined.end(), part->caption_indices.begin(), part->caption_indices.end());
         // Whole images: no image is split between two shards.
-        if (mode == imcap::BatchMode::image_major)
+        if (mode == imcap::BatchMode::kImageMajor)
           for (const auto id : part->image_ids)
             CHECK(std::count(b->image_ids.begin(), b->image_ids.end(), id) == 1);
       }

@@ -9,9 +9,9 @@
 #include "detail/io.hpp"
 #include "imcap/error.hpp"
 #include "imcap/features.hpp"
-#include "imcap/safetensors.hpp"
 #include "imcap/synthetic.hpp"
 #include "imcap/trainer.hpp"
+#include "imcap/weights.hpp"
 #include "support.hpp"
 #include "tiny.hpp"
 

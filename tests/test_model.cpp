@@ -7,11 +7,12 @@
 #include <nlohmann/json.hpp>
 
 #include "detail/io.hpp"
+#include "imcap/checkpoint.hpp"
 #include "imcap/error.hpp"
 #include "imcap/features.hpp"
 #include "imcap/import.hpp"
 #include "imcap/model.hpp"
-#include "imcap/safetensors.hpp"
+#include "imcap/weights.hpp"
 #include "support.hpp"
 
 namespace {

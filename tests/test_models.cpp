@@ -10,6 +10,8 @@
 #include <utility>
 #include <vector>
 
+#include "detail/compressed_projection.hpp"
+#include "detail/resnet_inference.hpp"
 #include "detail/lstm_sequence.hpp"
 #include "imcap/captioner.hpp"
 #include "imcap/decoder.hpp"
@@ -586,8 +588,8 @@ TEST_CASE("compressed decode weights keep each row's best scores exact and bound
       CHECK(torch::equal(step.state.h, ref_step.state.h));
       for (const auto& [got, ref] :
            {std::pair{start.logits, ref_start.logits}, std::pair{step.logits, ref_step.logits}}) {
-        const auto [ref_top, ref_ids] = ref.topk(imcap::kExactDecodeScores, /*dim=*/1);
-        const auto [got_top, got_ids] = got.topk(imcap::kExactDecodeScores, /*dim=*/1);
+        const auto [ref_top, ref_ids] = ref.topk(imcap::detail::kExactDecodeScores, /*dim=*/1);
+        const auto [got_top, got_ids] = got.topk(imcap::detail::kExactDecodeScores, /*dim=*/1);
         INFO("float32 top " << ref_top << ref_ids << "\ncompressed top " << got_top << got_ids);
         CHECK(torch::equal(got_ids, ref_ids));
         CHECK(torch::equal(got_top, ref_top));  // bit for bit
@@ -608,7 +610,7 @@ TEST_CASE("compressed decode weights keep each row's best scores exact and bound
   CHECK(max_abs_error(after, ref) < 2e-2);
   CHECK(max_abs_error(after, before) > 0.1);
   // More rows than the compressed path takes, and weights it cannot hold, run in float32.
-  const torch::Tensor many = torch::randn({imcap::kMaxCompressedDecodeRows + 1, 24});
+  const torch::Tensor many = torch::randn({imcap::detail::kMaxCompressedDecodeRows + 1, 24});
   CHECK(torch::equal(decoder->start(many, imcap::DecodeWeights::kInt8).logits,
                      decoder->start(many).logits));
   decoder->linear->weight[3][2].fill_(std::numeric_limits<float>::infinity());
@@ -728,7 +730,7 @@ TEST_CASE("the inference path computes in bfloat16 when asked and returns float3
   CHECK(err < 0.15);
   // The float32 plan is kept beside the bfloat16 one, and still gives the same bits.
   CHECK(torch::equal(encoder->backbone->forward_features(images), full));
-  CHECK_FALSE(encoder->backbone->fused_inference(torch::kBFloat16));  // cuDNN only
+  CHECK_FALSE(encoder->backbone->inference_engine().fused(torch::kBFloat16));  // cuDNN only
   // The encoder's head computes in float32 from the bfloat16 features.
   const torch::Tensor embedded = encoder->forward(images, torch::kBFloat16);
   CHECK(embedded.scalar_type() == torch::kFloat);
@@ -759,7 +761,7 @@ TEST_CASE("the folded encoder on CUDA (channels_last) equals the CPU's", "[model
   const torch::Tensor cpu = encoder->forward_all(images).pooled;
   encoder->to(torch::kCUDA);
   const torch::Tensor gpu = encoder->forward_all(images.to(torch::kCUDA)).pooled.cpu();
-  WARN("fused cuDNN convolutions: float32 " << encoder->backbone->fused_inference(torch::kFloat));
+  WARN("fused cuDNN convolutions: float32 " << encoder->backbone->inference_engine().fused(torch::kFloat));
   // cuDNN may use TF32 for float32 convolutions: 1e-2 of the largest feature, not 1e-5.
   CHECK(relative_error(gpu, cpu) < 1e-2);
   const torch::Tensor bf16 =
@@ -767,7 +769,7 @@ TEST_CASE("the folded encoder on CUDA (channels_last) equals the CPU's", "[model
   CHECK(bf16.scalar_type() == torch::kFloat);
   CHECK(relative_error(bf16, cpu) < 0.15);
   WARN("fused cuDNN convolutions: bfloat16 "
-       << encoder->backbone->fused_inference(torch::kBFloat16));
+       << encoder->backbone->inference_engine().fused(torch::kBFloat16));
 }
 
 TEST_CASE("another compute type than the weights' needs the inference path", "[models]") {

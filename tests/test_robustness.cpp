@@ -601,7 +601,7 @@ TEST_CASE("a non-finite loss stops training naming the step, and keeps the last 
   o.out_dir = d.tmp.file("run");
   o.epochs = 5;
   o.batch_size = 10;
-  o.batching = imcap::BatchMode::image_major;
+  o.batching = imcap::BatchMode::kImageMajor;
   o.workers = 1;
   o.progress = false;
   o.max_steps = 2;

@@ -11,8 +11,8 @@
 #include <nlohmann/json.hpp>
 #include "catch.hpp"
 
+#include "detail/cuda_graph_greedy.hpp"
 #include "imcap/captioner.hpp"
-#include "imcap/cuda_graph_greedy.hpp"
 #include "imcap/error.hpp"
 #include "imcap/search.hpp"
 #include "support.hpp"
@@ -669,7 +669,7 @@ TEST_CASE("CudaGraphGreedy gives greedy_ids ids and runs eagerly on the CPU", "[
   imcap::Decoder decoder = imcap::test::eval_decoder(/*vocab=*/400, /*embed=*/12, /*hidden=*/24,
                                                      /*seed=*/93);
   const imcap::DecoderStepper stepper(decoder);
-  const imcap::CudaGraphGreedy greedy(decoder, /*max_length=*/9);
+  const imcap::detail::CudaGraphGreedy greedy(decoder, /*max_length=*/9);
   CHECK(greedy.max_length() == 9);
   for (const std::int64_t batch : {1, 4}) {
     const auto features = random_features(batch, 12, 94 + static_cast<std::uint64_t>(batch));
@@ -682,8 +682,8 @@ TEST_CASE("CudaGraphGreedy gives greedy_ids ids and runs eagerly on the CPU", "[
   CHECK(greedy.graphs_captured() == 0);  // graphs only on a GPU
   CHECK_THROWS_AS(greedy(torch::zeros({2, 13})), imcap::InvalidArgument);
   CHECK_THROWS_AS(greedy(torch::zeros({12})), imcap::InvalidArgument);
-  CHECK_THROWS_AS(imcap::CudaGraphGreedy(decoder, 0), imcap::InvalidArgument);
-  CHECK_THROWS_AS(imcap::CudaGraphGreedy(imcap::Decoder(nullptr), 5), imcap::InvalidArgument);
+  CHECK_THROWS_AS(imcap::detail::CudaGraphGreedy(decoder, 0), imcap::InvalidArgument);
+  CHECK_THROWS_AS(imcap::detail::CudaGraphGreedy(imcap::Decoder(nullptr), 5), imcap::InvalidArgument);
 }
 
 TEST_CASE("CudaGraphGreedy on CUDA replays one graph per batch size", "[search][cuda]") {
@@ -692,7 +692,7 @@ TEST_CASE("CudaGraphGreedy on CUDA replays one graph per batch size", "[search][
     return;
   }
   // A LibTorch that runs on a GPU has CUDA graphs: if the build's probe missed them, fail here.
-  REQUIRE(imcap::CudaGraphGreedy::available());
+  REQUIRE(imcap::detail::CudaGraphGreedy::available());
   imcap::Decoder decoder = imcap::test::eval_decoder(500, 16, 32, /*seed=*/95);
   const auto features = random_features(6, 16, 96);
   decoder->to(torch::kCUDA);
@@ -700,7 +700,7 @@ TEST_CASE("CudaGraphGreedy on CUDA replays one graph per batch size", "[search][
   // The graph replays the eager loop's kernels: the same ids, bit for bit (the CPU's may differ
   // where two scores nearly tie; "searches on CUDA give the CPU's results" covers those).
   const auto want = imcap::greedy_ids(imcap::DecoderStepper(decoder), on_gpu, 12);
-  const imcap::CudaGraphGreedy greedy(decoder, 12);
+  const imcap::detail::CudaGraphGreedy greedy(decoder, 12);
   CHECK(torch::equal(greedy(on_gpu), want));  // captured
   CHECK(torch::equal(greedy(on_gpu), want));  // replayed
   CHECK(greedy.graphs_captured() == 1);
@@ -732,7 +732,7 @@ TEST_CASE("CudaGraphGreedy on CUDA replays one graph per batch size", "[search][
       d->to(torch::kCUDA);
       // The graph replays the eager loop's kernels: the same ids, bit for bit.
       const auto eager_ids = imcap::greedy_ids(imcap::DecoderStepper(d), on_gpu, 10);
-      const imcap::CudaGraphGreedy g(d, 10);
+      const imcap::detail::CudaGraphGreedy g(d, 10);
       CHECK(torch::equal(g(on_gpu), eager_ids));
       CHECK(torch::equal(g(on_gpu), eager_ids));
       CHECK(g.graphs_captured() == 1);

@@ -71,8 +71,8 @@ TEST_CASE("every synthetic kind is deterministic and its captions name what it d
   using imcap::SyntheticKind;
   for (const auto kind : {SyntheticKind::kCounts, SyntheticKind::kRelations, SyntheticKind::kGlyphs,
                           SyntheticKind::kTextures}) {
-    INFO(imcap::synthetic_kind_name(kind));
-    CHECK(imcap::parse_synthetic_kind(imcap::synthetic_kind_name(kind)) == kind);
+    INFO(imcap::to_string(kind));
+    CHECK(imcap::parse_synthetic_kind(imcap::to_string(kind)) == kind);
     imcap::SyntheticOptions o;
     o.kind = kind;
     o.image_size = 64;

@@ -16,9 +16,9 @@
 #include "imcap/data_loader.hpp"
 #include "imcap/error.hpp"
 #include "imcap/metrics.hpp"
-#include "imcap/safetensors.hpp"
 #include "imcap/synthetic.hpp"
 #include "imcap/trainer.hpp"
+#include "imcap/weights.hpp"
 #include "support.hpp"
 #include "tiny.hpp"
 
@@ -179,8 +179,12 @@ TEST_CASE("the trainer refuses a mismatched resume and bad options", "[trainer]"
   o.batch_size = 7;
   CHECK_THROWS_WITH(imcap::Trainer(model, train, nullptr, o),
                     Catch::Contains("resume with the same"));
-  o.optimizer = "rmsprop";
+  o.optimizer = static_cast<imcap::Optimizer>(7);
   CHECK_THROWS_AS(imcap::Trainer(model, train, nullptr, o), imcap::InvalidArgument);
+  CHECK(imcap::parse_optimizer("sgd") == imcap::Optimizer::kSgd);
+  CHECK(imcap::to_string(imcap::Optimizer::kAdam) == "adam");
+  CHECK_THROWS_WITH(imcap::parse_optimizer("rmsprop"),
+                    "unknown optimizer 'rmsprop': expected adam or sgd");
 }
 
 TEST_CASE("a resume checks every value of the checkpoint's training state", "[trainer]") {

@@ -13,10 +13,9 @@
 #include <nlohmann/json.hpp>
 
 #include "detail/io.hpp"
+#include "detail/pickle.hpp"
 #include "imcap/error.hpp"
-#include "imcap/pickle.hpp"
-#include "imcap/safetensors.hpp"
-#include "imcap/vocab_pickle.hpp"
+#include "imcap/import.hpp"
 #include "imcap/weights.hpp"
 #include "support.hpp"
 
@@ -44,35 +43,6 @@ const TempDir& fixtures(bool with_resnet = false) {
   return dir;
 }
 
-std::string py_dtype(const torch::Tensor& t) {
-  switch (t.scalar_type()) {
-    case torch::kFloat:
-      return "float32";
-    case torch::kDouble:
-      return "float64";
-    case torch::kHalf:
-      return "float16";
-    case torch::kBFloat16:
-      return "bfloat16";
-    case torch::kLong:
-      return "int64";
-    case torch::kInt:
-      return "int32";
-    case torch::kShort:
-      return "int16";
-    case torch::kChar:
-      return "int8";
-    case torch::kByte:
-      return "uint8";
-    case torch::kBool:
-      return "bool";
-    case torch::kComplexFloat:
-      return "complex64";
-    default:
-      return "?";
-  }
-}
-
 // Compares tensors with what Python saved: names in order, dtype, shape, bytes, and (for
 // torch.save files) strides and storage offsets.
 void check_expected(const TensorMap& tensors, const std::string& expected, bool layout) {
@@ -85,7 +55,7 @@ void check_expected(const TensorMap& tensors, const std::string& expected, bool 
     CHECK(tensors.entries()[i++].first == name);
     REQUIRE(tensors.contains(name));
     const auto& t = tensors.at(name);
-    CHECK(py_dtype(t) == info["dtype"].get<std::string>());
+    CHECK(imcap::dtype_name(t.scalar_type()) == info["dtype"].get<std::string>());
     CHECK(t.sizes().vec() == info["shape"].get<std::vector<std::int64_t>>());
     if (layout) {
       CHECK(t.strides().vec() == info["strides"].get<std::vector<std::int64_t>>());
@@ -348,16 +318,16 @@ TEST_CASE("truncated and corrupted weight files fail cleanly", "[weights]") {
 
 TEST_CASE("malicious pickles are refused with the global named, and nothing runs", "[weights]") {
   const auto& dir = fixtures();
-  imcap::UnpickleOptions objects;
+  imcap::detail::UnpickleOptions objects;
   objects.allow_objects = true;
   for (const char* name : {"evil_p2.pkl", "evil_p4.pkl"}) {
     INFO(name);
     const auto bytes = file_bytes(dir.file(name));
-    CHECK_THROWS_WITH(imcap::unpickle(bytes, objects, name), Catch::Contains("posix.system"));
-    CHECK_THROWS_AS(imcap::unpickle(bytes, {}, name), imcap::SecurityError);
+    CHECK_THROWS_WITH(imcap::detail::unpickle(bytes, objects, name), Catch::Contains("posix.system"));
+    CHECK_THROWS_AS(imcap::detail::unpickle(bytes, {}, name), imcap::SecurityError);
     CHECK_THROWS_AS(imcap::import_vocab_pickle(dir.file(name)), imcap::SecurityError);
   }
-  CHECK_THROWS_WITH(imcap::unpickle(file_bytes(dir.file("evil_eval.pkl")), objects),
+  CHECK_THROWS_WITH(imcap::detail::unpickle(file_bytes(dir.file("evil_eval.pkl")), objects),
                     Catch::Contains("builtins.eval"));
   CHECK_THROWS_AS(imcap::load_weights(dir.file("evil.pt")), imcap::SecurityError);
   CHECK_THROWS_WITH(imcap::load_weights(dir.file("evil.pt")), Catch::Contains("posix.system"));
@@ -367,16 +337,16 @@ TEST_CASE("malicious pickles are refused with the global named, and nothing runs
       "\x80\x02"
       "cvocabulary\nVocabulary\n)R.");
   CHECK_THROWS_WITH(
-      imcap::unpickle(call_class, objects),
+      imcap::detail::unpickle(call_class, objects),
       Catch::Contains("vocabulary.Vocabulary") && Catch::Contains("may not be called"));
-  CHECK_THROWS_AS(imcap::unpickle(call_class), imcap::SecurityError);
+  CHECK_THROWS_AS(imcap::detail::unpickle(call_class), imcap::SecurityError);
 }
 
 TEST_CASE("the unpickler reads plain values and bounds hostile input", "[weights]") {
-  using Kind = imcap::PickleValue::Kind;
+  using Kind = imcap::detail::PickleValue::Kind;
   // Protocol 0 text opcodes: (dp0\nS'k'\np1\n(lp2\nI1\naF2.5\naVcaf\xe9\np3\nas.
   const auto v =
-      imcap::unpickle(std::string("(dp0\nS'k'\np1\n(lp2\nI1\naF2.5\naVcaf\\u00e9\np3\naI01\nas."));
+      imcap::detail::unpickle(std::string("(dp0\nS'k'\np1\n(lp2\nI1\naF2.5\naVcaf\\u00e9\np3\naI01\nas."));
   REQUIRE(v->kind == Kind::kDict);
   const auto* list = v->get("k");
   REQUIRE(list != nullptr);
@@ -387,18 +357,18 @@ TEST_CASE("the unpickler reads plain values and bounds hostile input", "[weights
   CHECK(list->items[3]->kind == Kind::kBool);
   // LONG1 beyond 64 bits, negative LONG1, BININT, bytes, tuple keys.
   const auto big =
-      imcap::unpickle(std::string("\x80\x02\x8a\x09\x00\x00\x00\x00\x00\x00\x00\x00\x01.", 14));
+      imcap::detail::unpickle(std::string("\x80\x02\x8a\x09\x00\x00\x00\x00\x00\x00\x00\x00\x01.", 14));
   CHECK(big->kind == Kind::kBigInt);
-  CHECK(imcap::unpickle(std::string("\x80\x02\x8a\x01\xff.", 6))->integer == -1);
-  CHECK(imcap::unpickle(std::string("\x80\x03J\xfe\xff\xff\xff.", 8))->integer == -2);
-  CHECK(imcap::unpickle(std::string("\x80\x03"
+  CHECK(imcap::detail::unpickle(std::string("\x80\x02\x8a\x01\xff.", 6))->integer == -1);
+  CHECK(imcap::detail::unpickle(std::string("\x80\x03J\xfe\xff\xff\xff.", 8))->integer == -2);
+  CHECK(imcap::detail::unpickle(std::string("\x80\x03"
                                     "C\x03"
                                     "abc.",
                                     8))
             ->text == "abc");
 
   // A list that contains itself, and nesting beyond the limit, are refused.
-  CHECK_THROWS_WITH(imcap::unpickle(std::string("\x80\x02]q\x00h\x00"
+  CHECK_THROWS_WITH(imcap::detail::unpickle(std::string("\x80\x02]q\x00h\x00"
                                                 "a.",
                                                 9)),
                     Catch::Contains("contains itself"));
@@ -406,34 +376,34 @@ TEST_CASE("the unpickler reads plain values and bounds hostile input", "[weights
   for (int i = 0; i < 500; ++i) deep += "]";
   for (int i = 0; i < 499; ++i) deep += "a";
   deep += ".";
-  CHECK_THROWS_WITH(imcap::unpickle(deep), Catch::Contains("nesting deeper"));
+  CHECK_THROWS_WITH(imcap::detail::unpickle(deep), Catch::Contains("nesting deeper"));
   // Lengths beyond the data, undefined memo keys, unknown opcodes, no STOP, big protocol.
   CHECK_THROWS_WITH(
-      imcap::unpickle(std::string("\x80\x04\x8d\xff\xff\xff\xff\xff\xff\xff\x7f", 11)),
+      imcap::detail::unpickle(std::string("\x80\x04\x8d\xff\xff\xff\xff\xff\xff\xff\x7f", 11)),
       Catch::Contains("truncated"));
-  CHECK_THROWS_WITH(imcap::unpickle(std::string("\x80\x02h\x05.", 5)),
+  CHECK_THROWS_WITH(imcap::detail::unpickle(std::string("\x80\x02h\x05.", 5)),
                     Catch::Contains("memo key 5"));
-  CHECK_THROWS_WITH(imcap::unpickle(std::string("\x80\x02\xff.", 4)),
+  CHECK_THROWS_WITH(imcap::detail::unpickle(std::string("\x80\x02\xff.", 4)),
                     Catch::Contains("unknown opcode"));
-  CHECK_THROWS_WITH(imcap::unpickle(std::string("\x80\x02N", 3)), Catch::Contains("no STOP"));
-  CHECK_THROWS_WITH(imcap::unpickle(std::string("\x80\x09N.", 4)), Catch::Contains("protocol 9"));
-  CHECK_THROWS_WITH(imcap::unpickle(std::string("\x80\x02"
+  CHECK_THROWS_WITH(imcap::detail::unpickle(std::string("\x80\x02N", 3)), Catch::Contains("no STOP"));
+  CHECK_THROWS_WITH(imcap::detail::unpickle(std::string("\x80\x09N.", 4)), Catch::Contains("protocol 9"));
+  CHECK_THROWS_WITH(imcap::detail::unpickle(std::string("\x80\x02"
                                                 "a.",
                                                 4)),
                     Catch::Contains("underflow"));
-  CHECK_THROWS_AS(imcap::unpickle(std::string("\x80\x02"
+  CHECK_THROWS_AS(imcap::detail::unpickle(std::string("\x80\x02"
                                               "cos\nsystem\n.",
                                               14)),
                   imcap::SecurityError);
   // Strings that are not UTF-8 (Python's decoder refuses them too): BINUNICODE with FF FE, an
   // encoded surrogate in SHORT_BINUNICODE, a Python 2 STRING with a lone continuation byte.
   CHECK_THROWS_WITH(
-      imcap::unpickle(std::string("\x80\x02X\x02\x00\x00\x00\xff\xfe.", 10), {}, "bad.pkl"),
+      imcap::detail::unpickle(std::string("\x80\x02X\x02\x00\x00\x00\xff\xfe.", 10), {}, "bad.pkl"),
       Catch::StartsWith("bad.pkl: pickle byte 2: ") &&
           Catch::Contains("ill-formed UTF-8 at byte 0"));
-  CHECK_THROWS_WITH(imcap::unpickle(std::string("\x80\x04\x8c\x03\xed\xa0\x80.", 8)),
+  CHECK_THROWS_WITH(imcap::detail::unpickle(std::string("\x80\x04\x8c\x03\xed\xa0\x80.", 8)),
                     Catch::Contains("ill-formed UTF-8"));
-  CHECK_THROWS_WITH(imcap::unpickle(std::string("U\x02"
+  CHECK_THROWS_WITH(imcap::detail::unpickle(std::string("U\x02"
                                                 "a\x80.",
                                                 5)),
                     Catch::Contains("ill-formed UTF-8 at byte 1"));

@@ -69,7 +69,7 @@ inline TrainerOptions tiny_trainer_options(const std::string& out_dir) {
   o.out_dir = out_dir;
   o.epochs = 2;
   o.batch_size = 20;
-  o.batching = BatchMode::image_major;
+  o.batching = BatchMode::kImageMajor;
   o.workers = 1;
   o.progress = false;
   o.val_max_images = 6;

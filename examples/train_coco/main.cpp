@@ -26,7 +26,7 @@ int main(int argc, char** argv) {
     imcap::TrainerOptions options;
     options.out_dir = argv[5];
     options.epochs = 10;
-    options.batching = imcap::BatchMode::image_major;  // each image encoded once per batch
+    options.batching = imcap::BatchMode::kImageMajor;  // each image encoded once per batch
     options.max_seconds = argc > 6 ? std::stod(argv[6]) : 0.0;
     imcap::Trainer trainer(model, train, &val, options);
     imcap::Trainer::install_signal_handlers();

@@ -24,24 +24,24 @@ namespace imcap {
 /// How captions are grouped into batches.
 enum class BatchMode {
   /// Random captions, padded to the longest one, with lengths and a mask (the default).
-  padded,
+  kPadded,
   /// The seed's sampler: each batch draws a caption length, weighted by how many captions have
   /// it, then samples (with replacement) batch_size captions of exactly that length: no padding.
-  same_length,
+  kSameLength,
   /// Random images with all of their captions: each image is decoded and encoded once for
   /// several captions. batch_size counts captions; a batch holds whole images.
-  image_major,
+  kImageMajor,
 };
 
 /// Parses "padded", "same_length" or "image_major"; throws InvalidArgument otherwise.
 BatchMode parse_batch_mode(const std::string& name);
 /// The name parse_batch_mode accepts.
-const char* batch_mode_name(BatchMode mode);
+std::string to_string(BatchMode mode);
 
 /// Options of DataLoader.
 struct DataLoaderOptions {
   std::size_t batch_size = 64;         ///< captions per batch. Default 64.
-  BatchMode mode = BatchMode::padded;  ///< grouping of captions. Default padded.
+  BatchMode mode = BatchMode::kPadded;  ///< grouping of captions. Default padded.
   bool shuffle = true;     ///< random order each epoch (from seed and epoch). Default true.
   bool drop_last = false;  ///< drop a final smaller batch. Default false.
   std::uint64_t seed = 0;  ///< seeds the order and the random transforms. Default 0.

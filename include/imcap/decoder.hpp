@@ -22,6 +22,11 @@
 
 namespace imcap {
 
+namespace detail {
+class DecodeStep;
+class LossBuffer;
+}  // namespace detail
+
 /// Where the image feature enters the LSTM (Tanti et al., "Where to put the image in an image
 /// caption generator", Natural Language Engineering 2018).
 enum class ImageInject {
@@ -40,7 +45,7 @@ std::string to_string(ImageInject inject);
 ///
 /// With kBFloat16 (half the bytes) or kInt8 (a quarter, one scale per row) every score gets a
 /// known error bound (the compression error's norm times |h|, plus float rounding), and the
-/// scores that could be among the kExactDecodeScores (8) highest of their row are recomputed from
+/// scores that could be among the 8 highest of their row are recomputed from
 /// the float32 weights. So the 8 best words of each row, their order and their scores are
 /// float32's (bit for bit), and greedy search chooses the same words (it masks at most three
 /// ids); the other
@@ -48,19 +53,14 @@ std::string to_string(ImageInject inject);
 /// bound (with int8 on random weights the largest differences were about 1e-2). Beam search's
 /// choices can differ from float32's only between candidates whose scores tie within that bound.
 /// The compressed copy is built on first use and rebuilt when the weights change. Only CPU float32
-/// steps of at most kMaxCompressedDecodeRows (16) rows use it; others, and weights with non-finite
-/// values, run in float32.
+/// steps of at most 16 rows (images times beams) use it; others, and weights with non-finite
+/// values, run in float32 (a larger step is a compute-bound matrix product that reads each
+/// weight once anyway).
 enum class DecodeWeights {
   kFloat32,   ///< the weights as they are (default)
   kBFloat16,  ///< bfloat16 copy: relative error <= 2^-9 per weight
   kInt8,      ///< int8 copy with a float scale per row
 };
-
-/// Scores per row that compressed decode weights keep equal to float32's: the highest ones.
-inline constexpr int64_t kExactDecodeScores = 8;
-/// Most rows (images times beams) of a step that use compressed decode weights; a larger step
-/// is a compute-bound matrix product that reads each weight once anyway, and runs in float32.
-inline constexpr int64_t kMaxCompressedDecodeRows = 16;
 
 /// Parses "float32", "bfloat16" or "int8"; throws InvalidArgument otherwise.
 DecodeWeights parse_decode_weights(const std::string& name);
@@ -161,14 +161,11 @@ struct DecoderImpl : torch::nn::Module {
                               const torch::Tensor& lengths);
   DecoderStepOutput step_inputs(const torch::Tensor& inputs, const DecoderState& state,
                                 DecodeWeights weights);
-  // The output projection of an inference step.
-  torch::Tensor project(const torch::Tensor& hidden, DecodeWeights weights);
-  // loss()'s (rows, V) logits buffer, reused between calls when free.
-  torch::Tensor loss_buffer(int64_t rows, const torch::TensorOptions& options);
 
   DecoderOptions options_;
-  struct ProjectionCache;  // compressed copies of `linear` (src/decoder.cpp)
-  std::shared_ptr<ProjectionCache> projection_cache_;
+  // The engines behind the inference steps and the loss (src/detail/).
+  std::shared_ptr<detail::DecodeStep> decode_step_;
+  std::shared_ptr<detail::LossBuffer> loss_buffer_;
 };
 TORCH_MODULE(Decoder);
 

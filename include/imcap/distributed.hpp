@@ -53,7 +53,7 @@ bool has_distributed_support();
 bool has_nccl_support();
 
 /// Reductions of ProcessGroup::all_reduce.
-enum class ReduceOp { sum, max };
+enum class ReduceOp { kSum, kMax };
 
 /// A group of processes that run collectives together, in the same order on every rank (the
 /// c10d contract). Every collective throws imcap::Error, naming the operation and this rank,
@@ -82,7 +82,7 @@ class ProcessGroup {
   /// Replaces each tensor with root's (in place; same shapes and dtypes on every rank).
   void broadcast(std::vector<at::Tensor>& tensors, int root = 0);
   /// Replaces the tensor with the reduction over all ranks (in place).
-  void all_reduce(at::Tensor& tensor, ReduceOp op = ReduceOp::sum);
+  void all_reduce(at::Tensor& tensor, ReduceOp op = ReduceOp::kSum);
   /// Replaces each tensor with its mean over all ranks. The tensors are packed into flat buckets
   /// of at most bucket_bytes (one per dtype and device, a tensor larger than that alone), and
   /// each bucket is one all-reduce; the buckets are in flight together. Undefined tensors are

@@ -25,6 +25,10 @@
 
 namespace imcap {
 
+namespace detail {
+class ResNetInference;
+}  // namespace detail
+
 /// The ResNet depths torchvision ships.
 enum class ResNetArch { kResNet18, kResNet34, kResNet50, kResNet101, kResNet152 };
 
@@ -115,14 +119,11 @@ struct ResNetImpl : torch::nn::Module {
   /// run convolutions with each batch norm folded in, on CPU with their weights pre-arranged
   /// for oneDNN (when LibTorch has it): the same function, faster. The folded weights are a
   /// second copy of the convolutions' (about the backbone's size in memory), rebuilt
-  /// whenever a weight or statistic changes. Thread-safe.
+  /// whenever a weight or statistic changes; turning the path off frees them. Thread-safe.
   void set_fast_inference(bool on);
   bool fast_inference() const { return fast_inference_; }
-  /// Whether the inference path in `compute_dtype` runs each convolution with its ReLU (and a
-  /// block's residual add) in one cuDNN call. Only on a GPU, where a small case checked against
-  /// the unfused convolutions when the folded weights were built decides it; false before the
-  /// first inference forward in that type.
-  bool fused_inference(torch::Dtype compute_dtype) const;
+  /// The engine of the inference path (internal: src/detail/resnet_inference.hpp).
+  const detail::ResNetInference& inference_engine() const { return *inference_; }
 
   torch::nn::Conv2d conv1{nullptr};
   torch::nn::BatchNorm2d bn1{nullptr};
@@ -137,8 +138,8 @@ struct ResNetImpl : torch::nn::Module {
   // The mode last asked for; is_training() is false when every stage is frozen.
   bool requested_training_ = true;
   bool fast_inference_ = true;
-  struct InferenceCache;  // folded weights and what they were computed from (src/encoder.cpp)
-  std::unique_ptr<InferenceCache> inference_;
+  bool inference_path_applies(const torch::Tensor& images) const;
+  std::unique_ptr<detail::ResNetInference> inference_;
 };
 TORCH_MODULE(ResNet);
 

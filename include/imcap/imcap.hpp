@@ -2,8 +2,8 @@
 #pragma once
 
 #include "imcap/captioner.hpp"
+#include "imcap/checkpoint.hpp"
 #include "imcap/coco_dataset.hpp"
-#include "imcap/cuda_graph_greedy.hpp"
 #include "imcap/data_loader.hpp"
 #include "imcap/decoder.hpp"
 #include "imcap/distributed.hpp"
@@ -14,12 +14,9 @@
 #include "imcap/import.hpp"
 #include "imcap/metrics.hpp"
 #include "imcap/model.hpp"
-#include "imcap/pickle.hpp"
-#include "imcap/safetensors.hpp"
 #include "imcap/search.hpp"
 #include "imcap/synthetic.hpp"
 #include "imcap/trainer.hpp"
 #include "imcap/version.hpp"
-#include "imcap/vocab_pickle.hpp"
 #include "imcap/vocabulary.hpp"
 #include "imcap/weights.hpp"

@@ -6,11 +6,13 @@
 //   imcap::CaptionModel model = imcap::import_notebook_model(
 //       "encoder-3.pkl", "decoder-3.pkl", "vocab.pkl", opts);
 //   model.save("notebook.imcap");
+//   imcap::Vocabulary vocab = imcap::import_vocab_pickle("vocab.pkl");  // the vocabulary alone
 #pragma once
 
 #include <string>
 
 #include "imcap/model.hpp"
+#include "imcap/vocabulary.hpp"
 
 namespace imcap {
 
@@ -38,5 +40,13 @@ struct NotebookImportOptions {
 CaptionModel import_notebook_model(const std::string& encoder_path, const std::string& decoder_path,
                                    const std::string& vocab_path,
                                    const NotebookImportOptions& options = {});
+
+/// Reads a pickled vocabulary object (any class whose state holds word2idx and/or idx2word, or a
+/// plain dict with those keys) through the restricted unpickler; nothing in it is executed.
+/// Ids are kept exactly as in the file (<start>=0, <end>=1, <unk>=2 for the Udacity notebook).
+/// Throws FormatError naming the file when idx2word is not 0..n-1, when word2idx is not its
+/// inverse, or when a special token is missing; SecurityError when the pickle asks for a
+/// dangerous global.
+Vocabulary import_vocab_pickle(const std::string& path);
 
 }  // namespace imcap

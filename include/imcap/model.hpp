@@ -40,12 +40,8 @@ struct ModelConfig {
 std::string model_config_to_json(const ModelConfig& config);
 ModelConfig model_config_from_json(const std::string& json, const std::string& name);
 
-/// State that a Trainer stores beside the model in a checkpoint: JSON text plus tensors
-/// (optimizer moments, ...). Empty in a plain model file.
-struct TrainingState {
-  std::string json;   ///< free-form JSON of the trainer's choosing; empty = none
-  TensorMap tensors;  ///< stored under "training." in the file
-};
+/// What a checkpoint holds beside the model (imcap/checkpoint.hpp).
+struct TrainingState;
 
 /// An encoder and a decoder with their vocabulary and image transform.
 class CaptionModel {
@@ -56,7 +52,8 @@ class CaptionModel {
 
   /// Loads a `.imcap` file onto `device`. Validates the format version, the configuration,
   /// the vocabulary and every weight's name and shape; throws IoError or FormatError naming the
-  /// file and the problem. Fills *training when given and the file holds training state.
+  /// file and the problem. Fills *training when given (empty when the file holds no training
+  /// state; load_checkpoint in imcap/checkpoint.hpp reads it as a Checkpoint).
   static CaptionModel load(const std::string& path, const torch::Device& device = torch::kCPU,
                            TrainingState* training = nullptr);
   /// Writes the model (and optional training state) crash-safely: temporary file, fsync, rename.

@@ -25,7 +25,7 @@ enum class SyntheticKind {
 /// Parses "shapes", "counts", "relations", "glyphs" or "textures"; throws InvalidArgument.
 SyntheticKind parse_synthetic_kind(const std::string& name);
 /// The name parse_synthetic_kind accepts.
-const char* synthetic_kind_name(SyntheticKind kind);
+std::string to_string(SyntheticKind kind);
 
 /// Options of generate_synthetic_dataset.
 struct SyntheticOptions {

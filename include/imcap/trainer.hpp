@@ -15,6 +15,7 @@
 #include <string>
 
 #include "imcap/captioner.hpp"
+#include "imcap/checkpoint.hpp"
 #include "imcap/coco_dataset.hpp"
 #include "imcap/data_loader.hpp"
 #include "imcap/model.hpp"
@@ -25,24 +26,38 @@ class ProcessGroup;
 
 /// Learning-rate schedules.
 enum class LrSchedule {
-  none,     ///< constant
-  step,     ///< multiply by lr_gamma every lr_step_epochs epochs
-  plateau,  ///< multiply by lr_gamma when the validation loss has not improved for lr_patience
-            ///< epochs
+  kNone,     ///< constant
+  kStep,     ///< multiply by lr_gamma every lr_step_epochs epochs
+  kPlateau,  ///< multiply by lr_gamma when the validation loss has not improved for lr_patience
+             ///< epochs
 };
+/// Parses "none", "step" or "plateau"; throws InvalidArgument otherwise.
+LrSchedule parse_lr_schedule(const std::string& name);
+/// The name parse_lr_schedule accepts.
+std::string to_string(LrSchedule schedule);
+
+/// Optimizers.
+enum class Optimizer {
+  kAdam,  ///< Adam (Kingma and Ba), fused on the CPU
+  kSgd,   ///< SGD with momentum
+};
+/// Parses "adam" or "sgd"; throws InvalidArgument otherwise.
+Optimizer parse_optimizer(const std::string& name);
+/// The name parse_optimizer accepts (and a checkpoint records).
+std::string to_string(Optimizer optimizer);
 
 /// Options of Trainer. Defaults suit training the decoder on a frozen encoder, as the seed does.
 struct TrainerOptions {
   std::string out_dir;          ///< where last.imcap, best.imcap and log.jsonl go. Required.
   int epochs = 3;               ///< passes over the training captions. Default 3.
   std::size_t batch_size = 64;  ///< captions per step, all processes together. Default 64.
-  BatchMode batching = BatchMode::padded;  ///< how captions are grouped. Default padded.
-  std::string optimizer = "adam";          ///< "adam" or "sgd" (with momentum). Default adam.
+  BatchMode batching = BatchMode::kPadded;  ///< how captions are grouped. Default padded.
+  Optimizer optimizer = Optimizer::kAdam;   ///< Default adam.
   double lr = 1e-3;                        ///< learning rate. Default 1e-3.
   double momentum = 0.9;                   ///< SGD momentum. Default 0.9.
   double weight_decay = 0.0;               ///< L2 penalty. Default 0.
   double clip_norm = 5.0;  ///< clip the gradient norm to this; 0 = no clipping. Default 5.
-  LrSchedule lr_schedule = LrSchedule::none;  ///< Default none.
+  LrSchedule lr_schedule = LrSchedule::kNone;  ///< Default none.
   int lr_step_epochs = 5;                     ///< period of the step schedule, epochs. Default 5.
   double lr_gamma = 0.5;                      ///< factor of both schedules. Default 0.5.
   int lr_patience = 1;            ///< epochs without improvement before a plateau cut. Default 1.
@@ -70,18 +85,6 @@ struct TrainerOptions {
   std::shared_ptr<ProcessGroup> process_group;
   std::size_t bucket_bytes =
       25u << 20;  ///< gradient all-reduce bucket size, bytes. Default 25 MiB.
-};
-
-/// Parses "none", "step" or "plateau"; throws InvalidArgument otherwise.
-LrSchedule parse_lr_schedule(const std::string& name);
-
-/// One validation.
-struct Validation {
-  double loss = 0.0;        ///< mean cross-entropy per token, teacher forcing
-  double perplexity = 0.0;  ///< exp(loss)
-  double bleu4 = 0.0;       ///< corpus BLEU-4 of the captions found by val_search
-  double cider = 0.0;       ///< CIDEr-D of those captions
-  std::size_t images = 0;   ///< images captioned
 };
 
 /// What fit() did.
@@ -113,9 +116,12 @@ class Trainer {
   TrainResult fit();
   /// Validation loss and captions on the validation set (also used by fit()).
   Validation validate();
-  /// Asks fit() to stop after the current step and save last.imcap. Async-signal-safe.
-  static void request_stop();
-  /// Installs SIGINT and SIGTERM handlers that call request_stop().
+  /// Asks the running fit() (or, before one, the next) to stop after the current step, save
+  /// last.imcap and validate the final state, as a time limit does. Thread-safe: call it from
+  /// another thread (a stop button). The request ends with that fit().
+  void request_stop();
+  /// Installs SIGINT and SIGTERM handlers: the first such signal asks every running fit() to
+  /// stop as request_stop() does; a second one ends the process at once.
   static void install_signal_handlers();
 
  private:

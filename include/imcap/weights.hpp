@@ -1,17 +1,20 @@
 // Weight files: reading PyTorch's torch.save files (zip and legacy formats) and safetensors
 // into named tensors, and copying named tensors into a LibTorch module. Reading never executes
-// code: pickles go through imcap's restricted unpickler (imcap/pickle.hpp).
+// code: pickles go through imcap's restricted unpickler.
 //
 //   imcap::TensorMap tensors = imcap::load_weights("resnet50-0676ba61.pth");
 //   imcap::LoadOptions options;
 //   options.ignore = {"fc\\..*"};  // torchvision's classifier
 //   imcap::load_state_dict(*encoder->backbone, tensors, options);
-//   imcap::save_safetensors("resnet50.safetensors", tensors);
+//   imcap::save_safetensors("resnet50.safetensors", tensors, {{"encoder", "resnet50"}});
+//   std::map<std::string, std::string> metadata;
+//   imcap::TensorMap back = imcap::load_safetensors("resnet50.safetensors", &metadata);
 #pragma once
 
 #include <cstdint>
 #include <map>
 #include <string>
+#include <string_view>
 #include <unordered_map>
 #include <utility>
 #include <vector>
@@ -59,6 +62,10 @@ enum class WeightsFormat {
   kSafetensors,  ///< Hugging Face safetensors
 };
 
+/// PyTorch's name of a tensor type, as Python prints it without "torch.": "float32",
+/// "bfloat16", "int64", "uint8", "bool" ... (LibTorch's own name for types Python has none for).
+std::string dtype_name(torch::ScalarType type);
+
 /// "torch-zip", "torch-legacy" or "safetensors".
 std::string to_string(WeightsFormat format);
 
@@ -84,8 +91,31 @@ WeightsFormat detect_weights_format(const std::string& path);
 TensorMap load_torch_file(const std::string& path, const TorchLoadOptions& options = {});
 
 /// Reads any supported weight file (detect_weights_format, then load_torch_file or
-/// load_safetensors from imcap/safetensors.hpp).
+/// load_safetensors).
 TensorMap load_weights(const std::string& path, const TorchLoadOptions& options = {});
+
+// ---- safetensors (https://github.com/huggingface/safetensors): an 8-byte little-endian header
+// length, a JSON header {"name": {"dtype": "F32", "shape": [2, 3], "data_offsets": [0, 24]},
+// "__metadata__": {...}}, then the raw little-endian tensor bytes, packed without gaps. ----
+
+/// Reads a safetensors file; `metadata`, when given, receives its __metadata__. Tensors come in
+/// the order of their data offsets. Throws IoError / FormatError naming the file and the tensor.
+TensorMap load_safetensors(const std::string& path,
+                           std::map<std::string, std::string>* metadata = nullptr);
+
+/// Parses safetensors bytes already in memory; `name` prefixes error messages.
+TensorMap parse_safetensors(std::string_view bytes, const std::string& name = "<safetensors>",
+                            std::map<std::string, std::string>* metadata = nullptr);
+
+/// Writes a safetensors file crash-safely, tensors in the map's order (made contiguous, moved
+/// to CPU, little-endian), with optional string metadata. Throws InvalidArgument on a dtype
+/// safetensors cannot hold, IoError when the file cannot be written.
+void save_safetensors(const std::string& path, const TensorMap& tensors,
+                      const std::map<std::string, std::string>& metadata = {});
+
+/// The bytes save_safetensors() writes. The header is padded with spaces to a multiple of 8.
+std::string serialize_safetensors(const TensorMap& tensors,
+                                  const std::map<std::string, std::string>& metadata = {});
 
 /// How file keys map onto a module's parameter and buffer names, and how strict loading is.
 struct LoadOptions {

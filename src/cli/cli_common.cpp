@@ -107,7 +107,7 @@ void add_decode_weights_option(CLI::App* cmd, DecodeWeights& weights) {
          [&weights](const std::string& name) { weights = parse_decode_weights(name); },
          "Output projection while decoding: float32, or bfloat16/int8 (faster on a CPU, same "
          "greedy words; docs/search.md#decode-weights)")
-      ->check(CLI::IsMember({"float32", "bfloat16", "int8"}))
+      ->check(one_of<DecodeWeights>())
       ->default_str("float32");
 }
 

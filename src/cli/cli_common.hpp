@@ -9,6 +9,7 @@
 #include <torch/types.h>
 #include <CLI/CLI.hpp>
 
+#include "detail/enum_names.hpp"
 #include "imcap/decoder.hpp"
 
 namespace imcap::cli {
@@ -31,6 +32,11 @@ inline constexpr int kMaxThreads = 1024;
 CLI::Validator finite_range(double lo, double hi);
 /// The same with lo itself excluded ("a number above lo, at most hi").
 CLI::Validator finite_above(double lo, double hi);
+/// A CLI11 check: one of the names of E's values, from the library's own table.
+template <typename E>
+CLI::Validator one_of() {
+  return CLI::IsMember(detail::enum_names<E>());
+}
 /// A CLI11 check: a whole number from 0 to kMaxThreads.
 CLI::Validator thread_count();
 /// Throws UsageError when the output file names the same file as one of the inputs (after

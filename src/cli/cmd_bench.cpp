@@ -12,6 +12,7 @@
 #include <thread>
 
 #include <fmt/format.h>
+#include <fmt/ranges.h>
 #include <torch/torch.h>
 #include <torch/version.h>
 
@@ -19,13 +20,14 @@
 #include "cli/cli_common.hpp"
 #include "cli/commands.hpp"
 #include "cli/train_defaults.hpp"
+#include "detail/cuda_graph_greedy.hpp"
+#include "detail/resnet_inference.hpp"
 #include "detail/cuda_info.hpp"
 #include "detail/fused_adam.hpp"
 #include "detail/io.hpp"
 #include "detail/memory.hpp"
 #include "imcap/captioner.hpp"
 #include "imcap/coco_dataset.hpp"
-#include "imcap/cuda_graph_greedy.hpp"
 #include "imcap/decoder.hpp"
 #include "imcap/encoder.hpp"
 #include "imcap/error.hpp"
@@ -225,7 +227,7 @@ Json measure_train_e2e(const BenchArgs& a, Reps reps, const std::string& tmp) {
     config.decoder.hidden_size = a.smoke ? 16 : d::kHiddenSize;
     config.decoder.image_inject = parse_image_inject(d::kInject);
     config.image_crop = c.image_size;
-    config.image_resize = static_cast<int>(c.image_size * 256.0 / 224.0 + 0.5);
+    config.image_resize = d::image_resize(c.image_size, /*pretrained=*/c.trainable_stages == 0);
     torch::manual_seed(a.seed);
     CaptionModel model(config, Vocabulary::build({files.train_annotations}, {/*threshold=*/1}));
     TransformOptions tf = model.eval_transform().options();
@@ -299,7 +301,7 @@ Json measure_device_encoder(CaptionModel& model, const BenchArgs& a, Reps reps) 
 void measure_device_greedy(CaptionModel& model, const BenchArgs& a, Reps reps, Json& res) {
   model.train(false);
   const torch::Device device = model.device();
-  const CudaGraphGreedy graphed(model.decoder(), a.max_steps);
+  const detail::CudaGraphGreedy graphed(model.decoder(), a.max_steps);
   const DecoderStepper stepper(model.decoder(), a.decode_weights);
   Json graph_out, eager_out;
   for (const std::int64_t batch : {std::int64_t{1}, static_cast<std::int64_t>(a.decode_batch)}) {
@@ -458,7 +460,7 @@ void run_device_bench(const BenchArgs& a, CaptionModel& model, const torch::Devi
   const DevicePlan plan = make_device_plan(a);
   env["device"] = device.str();
   env["cudnn_benchmark"] = at::globalContext().benchmarkCuDNN();
-  env["cuda_graphs_built"] = CudaGraphGreedy::available();
+  env["cuda_graphs_built"] = detail::CudaGraphGreedy::available();
   note("device {}: encoder batch {}, decode batch {}, train batch {}", device.str(),
        a.encoder_batch, a.decode_batch, a.train_batch);
   Json res;
@@ -481,8 +483,8 @@ void run_device_bench(const BenchArgs& a, CaptionModel& model, const torch::Devi
   figure("encoder_images_per_s", [&] {
     res["encoder_images_per_s"] = measure_device_encoder(model, a, plan.encoder);
     const ResNet& backbone = model.encoder()->backbone;
-    res["encoder_fused_cudnn"] = {{"float32", backbone->fused_inference(torch::kFloat)},
-                                  {"bfloat16", backbone->fused_inference(torch::kBFloat16)}};
+    res["encoder_fused_cudnn"] = {{"float32", backbone->inference_engine().fused(torch::kFloat)},
+                                  {"bfloat16", backbone->inference_engine().fused(torch::kBFloat16)}};
   });
   figure("greedy_decode_ms", [&] { measure_device_greedy(model, a, plan.greedy, res); });
   figure("decoder_train_step_ms",
@@ -691,13 +693,13 @@ void add_bench_command(CLI::App& app) {
       "--jpeg-dir", a->jpeg_dir,
       "Use the .jpg files of this folder (e.g. the baseline's) instead of generated ones");
   cmd->add_option("--only", a->only,
-                  "Comma-separated parts to run: encoder, greedy, train, data, full, coco, memory");
+                  "Comma-separated parts to run: " + fmt::format("{}", fmt::join(kParts, ", ")));
   cmd->add_option("--memory-steps", a->memory_steps,
                   "With the memory part: run this many training steps and report the RSS by step")
       ->capture_default_str();
   cmd->add_option("--encoder", a->arch, "CNN")
       ->capture_default_str()
-      ->check(CLI::IsMember({"resnet18", "resnet34", "resnet50", "resnet101", "resnet152"}));
+      ->check(one_of<ResNetArch>());
   cmd->add_option("--vocab", a->vocab, "Vocabulary size")
       ->capture_default_str()
       ->check(CLI::Range(8, 1 << 24));

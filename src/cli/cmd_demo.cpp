@@ -135,7 +135,7 @@ void run_demo(const DemoArgs& a) {
   o.epochs = 1000;
   o.max_seconds = a.seconds > 0 ? a.seconds : (a.quick ? 25.0 : 200.0);
   o.batch_size = 100;
-  o.batching = BatchMode::image_major;
+  o.batching = BatchMode::kImageMajor;
   o.lr = 2e-3;
   o.seed = a.seed;
   o.val_max_images = 100;

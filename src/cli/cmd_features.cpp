@@ -61,7 +61,7 @@ void add_features_command(CLI::App& app) {
   cmd->add_option("--images", a->images, "Folder holding the images")->required();
   cmd->add_option("--encoder", a->arch, "torchvision ResNet")
       ->capture_default_str()
-      ->check(CLI::IsMember({"resnet18", "resnet34", "resnet50", "resnet101", "resnet152"}));
+      ->check(one_of<ResNetArch>());
   cmd->add_option("--weights", a->weights,
                   "ResNet weights (torchvision .pth or safetensors); fc.* is ignored");
   cmd->add_option("--image-size", a->image_size,

@@ -49,7 +49,7 @@ void add_import_command(CLI::App& app) {
   cmd->add_option("--vocab", a->vocab, "The pickled Vocabulary (vocab.pkl)")->required();
   cmd->add_option("--encoder-arch", a->arch, "torchvision ResNet the encoder wraps")
       ->capture_default_str()
-      ->check(CLI::IsMember({"resnet18", "resnet34", "resnet50", "resnet101", "resnet152"}));
+      ->check(one_of<ResNetArch>());
   cmd->add_option("--embed-size", a->embed_size,
                   "Expected embedding size (0: read it from the weights)")
       ->capture_default_str()

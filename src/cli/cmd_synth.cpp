@@ -3,6 +3,7 @@
 
 #include <fmt/format.h>
 
+#include "cli/cli_common.hpp"
 #include "cli/commands.hpp"
 #include "imcap/synthetic.hpp"
 
@@ -33,7 +34,7 @@ void add_synth_command(CLI::App& app) {
                   "demo's), counts (how many), relations (above, below, left of, right of), "
                   "glyphs (letters and digits), textures (striped, checkered, dotted, plain)")
       ->capture_default_str()
-      ->check(CLI::IsMember({"shapes", "counts", "relations", "glyphs", "textures"}));
+      ->check(one_of<SyntheticKind>());
   cmd->add_option("--seed", opts->seed, "Random seed")->capture_default_str();
   cmd->callback([opts, dir, kind] {
     opts->kind = parse_synthetic_kind(*kind);

@@ -33,7 +33,8 @@ struct TrainArgs {
               trainable = "auto";
   std::string optimizer = "adam", schedule = "none", batching = train_defaults::kBatching;
   // 0: three epochs, or as many as fit in --max-seconds when that is given.
-  int image_size = 224, vocab_threshold = 5, epochs = 0, threads = 0, blas_threads = -1,
+  // resize 0: the whole image from scratch, 256/224 of image_size with --weights.
+  int image_size = 224, resize = 0, vocab_threshold = 5, epochs = 0, threads = 0, blas_threads = -1,
       workers = train_defaults::kWorkers, nproc = 0, cache_mib = train_defaults::kCacheMib;
   std::int64_t embed_size = train_defaults::kEmbedSize, hidden_size = train_defaults::kHiddenSize,
                num_layers = 1;
@@ -170,7 +171,13 @@ void run_train(const TrainArgs& a) {
     config.decoder.dropout = a.dropout;
     config.decoder.image_inject = parse_image_inject(a.inject);
     config.image_crop = a.image_size;
-    config.image_resize = static_cast<int>(a.image_size * 256.0 / 224.0 + 0.5);
+    config.image_resize =
+        a.resize > 0 ? a.resize
+                     : train_defaults::image_resize(a.image_size,
+                                                    !a.weights.empty() || !a.features.empty());
+    if (config.image_resize < config.image_crop)
+      throw UsageError(fmt::format("--image-resize {} is smaller than --image-size {}: the crop must fit",
+                                   config.image_resize, config.image_crop));
     VocabularyOptions vo;
     vo.threshold = a.vocab_threshold;
     model = std::make_unique<CaptionModel>(config, Vocabulary::build({a.annotations}, vo));
@@ -213,7 +220,7 @@ void run_train(const TrainArgs& a) {
   o.epochs = a.epochs > 0 ? a.epochs : (a.max_seconds > 0 ? kMaxEpochs : 3);
   o.batch_size = a.batch_size;
   o.batching = parse_batch_mode(a.batching);
-  o.optimizer = a.optimizer;
+  o.optimizer = parse_optimizer(a.optimizer);
   o.lr = a.lr;
   o.weight_decay = a.weight_decay;
   o.clip_norm = a.clip;
@@ -250,8 +257,13 @@ void run_train(const TrainArgs& a) {
   if (chatty && train.has_features())
     fmt::print("augmentation: none (cached features)\n");
   else if (chatty)
-    fmt::print("augmentation: random {}-px crops of the {}-px resized images; {}\n", tf.crop,
-               tf.resize,
+    fmt::print("augmentation: {}; {}\n",
+               tf.resize == tf.crop
+                   ? fmt::format("the whole images, resized to {} px (of non-square ones a "
+                                 "random square)",
+                                 tf.crop)
+                   : fmt::format("random {}-px crops of the {}-px resized images", tf.crop,
+                                 tf.resize),
                tf.flip_probability > 0
                    ? fmt::format("horizontal flips with probability {:g}, 'left' and 'right' "
                                  "swapped in the flipped images' captions",
@@ -297,7 +309,7 @@ void add_train_command(CLI::App& app) {
   cmd->add_option("--out", a->out, "Output folder: last.imcap, best.imcap, log.jsonl")->required();
   cmd->add_option("--encoder", a->encoder, "CNN")
       ->capture_default_str()
-      ->check(CLI::IsMember({"resnet18", "resnet34", "resnet50", "resnet101", "resnet152"}));
+      ->check(one_of<ResNetArch>());
   cmd->add_option("--weights", a->weights,
                   "Pretrained CNN weights (torchvision .pth or safetensors)");
   cmd->add_option(
@@ -308,6 +320,11 @@ void add_train_command(CLI::App& app) {
                   "Crop side in pixels (resized to 256/224 of it first)")
       ->capture_default_str()
       ->check(CLI::Range(16, 4096));
+  cmd->add_option("--image-resize", a->resize,
+                  "Shorter side the images are resized to before the crop (default: --image-size, "
+                  "the whole image, when the CNN trains from scratch; 256/224 of it, the seed's, "
+                  "with --weights or --features, as imcap features computes them)")
+      ->check(CLI::Range(16, 8192));
   cmd->add_option("--embed-size", a->embed_size, "Image/word embedding size")
       ->capture_default_str()
       ->check(CLI::Range(1, 65536));
@@ -323,7 +340,7 @@ void add_train_command(CLI::App& app) {
   cmd->add_option("--inject", a->inject,
                   "Where the image enters the LSTM: pre (Show and Tell), par, init")
       ->capture_default_str()
-      ->check(CLI::IsMember({"pre", "par", "init"}));
+      ->check(one_of<ImageInject>());
   cmd->add_flag("--head-batch-norm", a->head_bn,
                 "BatchNorm1d after the encoder's embedding (tutorial variant)");
   cmd->add_option("--vocab-threshold", a->vocab_threshold, "Minimum word count")
@@ -339,10 +356,10 @@ void add_train_command(CLI::App& app) {
   cmd->add_option("--batching", a->batching,
                   "padded, same_length (the seed's sampler) or image_major")
       ->capture_default_str()
-      ->check(CLI::IsMember({"padded", "same_length", "image_major"}));
+      ->check(one_of<BatchMode>());
   cmd->add_option("--optimizer", a->optimizer, "adam or sgd")
       ->capture_default_str()
-      ->check(CLI::IsMember({"adam", "sgd"}));
+      ->check(one_of<Optimizer>());
   cmd->add_option("--lr", a->lr, "Learning rate")
       ->capture_default_str()
       ->check(finite_above(0.0, 100.0));
@@ -354,7 +371,7 @@ void add_train_command(CLI::App& app) {
       ->check(finite_range(0.0, 1e9));
   cmd->add_option("--lr-schedule", a->schedule, "none, step or plateau")
       ->capture_default_str()
-      ->check(CLI::IsMember({"none", "step", "plateau"}));
+      ->check(one_of<LrSchedule>());
   cmd->add_option("--max-seconds", a->max_seconds, "Stop cleanly and save after this many seconds")
       ->capture_default_str()
       ->check(finite_range(0.0, 1e9));

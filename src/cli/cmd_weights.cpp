@@ -11,7 +11,6 @@
 #include "cli/commands.hpp"
 #include "detail/utf8.hpp"
 #include "imcap/error.hpp"
-#include "imcap/safetensors.hpp"
 #include "imcap/weights.hpp"
 
 namespace imcap::cli {
@@ -25,38 +24,6 @@ struct WeightsArgs {
   std::string out;
   std::vector<std::string> metadata;
 };
-
-// PyTorch's names, as users know them from Python.
-std::string dtype_name(torch::ScalarType type) {
-  switch (type) {
-    case torch::kFloat:
-      return "float32";
-    case torch::kDouble:
-      return "float64";
-    case torch::kHalf:
-      return "float16";
-    case torch::kBFloat16:
-      return "bfloat16";
-    case torch::kLong:
-      return "int64";
-    case torch::kInt:
-      return "int32";
-    case torch::kShort:
-      return "int16";
-    case torch::kChar:
-      return "int8";
-    case torch::kByte:
-      return "uint8";
-    case torch::kBool:
-      return "bool";
-    case torch::kComplexFloat:
-      return "complex64";
-    case torch::kComplexDouble:
-      return "complex128";
-    default:
-      return c10::toString(type);
-  }
-}
 
 TorchLoadOptions load_options(const WeightsArgs& args) {
   TorchLoadOptions options;

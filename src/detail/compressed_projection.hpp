@@ -12,6 +12,12 @@
 
 namespace imcap::detail {
 
+/// Scores per row that compressed decode weights keep equal to float32's: the highest ones.
+inline constexpr int64_t kExactDecodeScores = 8;
+/// Most rows (images times beams) of a step that use compressed decode weights; a larger step
+/// is a compute-bound matrix product that reads each weight once anyway, and runs in float32.
+inline constexpr int64_t kMaxCompressedDecodeRows = 16;
+
 /// x (B, k) W^T + b, without autograd, for CPU float32 tensors: W (V, k) contiguous, b (V) or
 /// undefined, with imcap's own kernel: every score is summed in one fixed order whatever the
 /// batch, the split between Torch's threads (rows of W in blocks) or the decode weights, so a

@@ -11,7 +11,7 @@ namespace imcap::detail {
 
 class JsonReader {
  public:
-  enum class Kind { null, boolean, integer, floating, string, array, object };
+  enum class Kind { kNull, kBool, kInt, kFloat, kString, kArray, kObject };
 
   JsonReader(std::string_view text, std::string name) : text_(text), name_(std::move(name)) {}
 

@@ -17,7 +17,7 @@
 #include <utility>
 #include <vector>
 
-namespace imcap {
+namespace imcap::detail {
 
 struct PickleValue;
 using PickleValuePtr = std::shared_ptr<PickleValue>;
@@ -112,4 +112,4 @@ PickleValuePtr unpickle(std::string_view data, const UnpickleOptions& options = 
 /// Whether "module.name" is a global the unpickler accepts in a torch state-dict file.
 bool is_allowed_pickle_global(std::string_view qualified_name);
 
-}  // namespace imcap
+}  // namespace imcap::detail

@@ -1,6 +1,6 @@
-// safetensors reader and writer (imcap/safetensors.hpp), following the format's specification:
+// safetensors reader and writer (declared in imcap/weights.hpp), following the format's specification:
 // https://github.com/huggingface/safetensors#format
-#include "imcap/safetensors.hpp"
+#include "imcap/weights.hpp"
 
 #include <torch/torch.h>
 

@@ -18,7 +18,7 @@
 
 #include "imcap/decoder.hpp"
 
-namespace imcap {
+namespace imcap::detail {
 
 /// The seed's sample() (imcap::greedy_ids) for a Decoder, from CUDA graphs on a GPU.
 class CudaGraphGreedy {
@@ -61,4 +61,4 @@ class CudaGraphGreedy {
   std::unique_ptr<Impl> impl_;
 };
 
-}  // namespace imcap
+}  // namespace imcap::detail

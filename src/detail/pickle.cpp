@@ -1,6 +1,6 @@
-// The restricted unpickler (imcap/pickle.hpp). It interprets the pickle opcodes on a value
+// The restricted unpickler (detail/pickle.hpp). It interprets the pickle opcodes on a value
 // stack and never calls anything: the few allowlisted globals are emulated here.
-#include "imcap/pickle.hpp"
+#include "detail/pickle.hpp"
 
 #include <algorithm>
 #include <array>
@@ -15,7 +15,7 @@
 #include "detail/utf8.hpp"
 #include "imcap/error.hpp"
 
-namespace imcap {
+namespace imcap::detail {
 
 namespace {
 
@@ -897,4 +897,4 @@ PickleValuePtr unpickle(std::string_view data, const UnpickleOptions& options,
   return Unpickler(data, options, name).run(consumed);
 }
 
-}  // namespace imcap
+}  // namespace imcap::detail

@@ -1,11 +1,11 @@
-// Importing the notebooks' pickled Vocabulary objects (imcap/vocab_pickle.hpp).
-#include "imcap/vocab_pickle.hpp"
+// Importing the notebooks' pickled Vocabulary objects (import_vocab_pickle, imcap/import.hpp).
 
 #include <fmt/format.h>
 
 #include "detail/io.hpp"
+#include "detail/pickle.hpp"
 #include "imcap/error.hpp"
-#include "imcap/pickle.hpp"
+#include "imcap/import.hpp"
 
 namespace imcap {
 
@@ -17,10 +17,11 @@ constexpr std::uint64_t kMaxVocabPickleBytes = std::uint64_t{1} << 30;
 }  // namespace
 
 Vocabulary import_vocab_pickle(const std::string& path) {
+  using detail::PickleValue;
   using Kind = PickleValue::Kind;
-  UnpickleOptions options;
+  detail::UnpickleOptions options;
   options.allow_objects = true;
-  const auto root = unpickle(detail::read_file(path, kMaxVocabPickleBytes), options, path);
+  const auto root = detail::unpickle(detail::read_file(path, kMaxVocabPickleBytes), options, path);
   const auto fail = [&](const std::string& why) {
     throw FormatError(fmt::format("{}: {}", path, why));
   };

@@ -50,16 +50,16 @@ JsonReader::Kind JsonReader::peek() {
   if (pos_ >= text_.size()) syntax_error("expected a value, got the end of the text");
   switch (text_[pos_]) {
     case 'n':
-      return Kind::null;
+      return Kind::kNull;
     case 't':
     case 'f':
-      return Kind::boolean;
+      return Kind::kBool;
     case '"':
-      return Kind::string;
+      return Kind::kString;
     case '[':
-      return Kind::array;
+      return Kind::kArray;
     case '{':
-      return Kind::object;
+      return Kind::kObject;
     case '-':
     case '0':
     case '1':
@@ -74,8 +74,8 @@ JsonReader::Kind JsonReader::peek() {
       std::size_t i = pos_ + 1;
       while (i < text_.size() && ((text_[i] >= '0' && text_[i] <= '9'))) ++i;
       if (i < text_.size() && (text_[i] == '.' || text_[i] == 'e' || text_[i] == 'E'))
-        return Kind::floating;
-      return Kind::integer;
+        return Kind::kFloat;
+      return Kind::kInt;
     }
     default:
       syntax_error(fmt::format("unexpected character '{}'", text_[pos_]));
@@ -84,19 +84,19 @@ JsonReader::Kind JsonReader::peek() {
 
 const char* JsonReader::kind_name(Kind kind) {
   switch (kind) {
-    case Kind::null:
+    case Kind::kNull:
       return "null";
-    case Kind::boolean:
+    case Kind::kBool:
       return "a boolean";
-    case Kind::integer:
+    case Kind::kInt:
       return "an integer";
-    case Kind::floating:
+    case Kind::kFloat:
       return "a floating-point number";
-    case Kind::string:
+    case Kind::kString:
       return "a string";
-    case Kind::array:
+    case Kind::kArray:
       return "an array";
-    case Kind::object:
+    case Kind::kObject:
       return "an object";
   }
   return "a value";
@@ -278,24 +278,24 @@ void JsonReader::skip_number() {
 void JsonReader::skip_value() {
   std::string scratch;
   switch (peek()) {
-    case Kind::null:
+    case Kind::kNull:
       skip_literal("null");
       break;
-    case Kind::boolean:
+    case Kind::kBool:
       skip_literal(text_[pos_] == 't' ? "true" : "false");
       break;
-    case Kind::integer:
-    case Kind::floating:
+    case Kind::kInt:
+    case Kind::kFloat:
       skip_number();
       break;
-    case Kind::string:
+    case Kind::kString:
       read_string(scratch);
       break;
-    case Kind::array:
+    case Kind::kArray:
       begin_array();
       while (next_element()) skip_value();
       break;
-    case Kind::object:
+    case Kind::kObject:
       begin_object();
       while (next_key(scratch)) skip_value();
       break;

@@ -1,4 +1,4 @@
-#include "imcap/cuda_graph_greedy.hpp"
+#include "detail/cuda_graph_greedy.hpp"
 
 #include <deque>
 #include <mutex>
@@ -21,7 +21,7 @@
 #include "detail/tensor_check.hpp"
 #include "imcap/error.hpp"
 
-namespace imcap {
+namespace imcap::detail {
 
 namespace {
 
@@ -65,8 +65,6 @@ struct CudaGraphGreedy::Impl {
   std::string capture_error;  // why the last capture failed; later calls then run eagerly
 };
 
-namespace detail {
-
 std::string cuda_device_name(int index) {
 #if IMCAP_HAVE_CUDA_GRAPHS
   cudaDeviceProp properties{};
@@ -77,8 +75,6 @@ std::string cuda_device_name(int index) {
 #endif
   return {};
 }
-
-}  // namespace detail
 
 bool CudaGraphGreedy::available() {
 #if IMCAP_HAVE_CUDA_GRAPHS
@@ -229,4 +225,4 @@ torch::Tensor CudaGraphGreedy::operator()(const torch::Tensor& features) const {
   return greedy_loop(decoder, features, max_length_).to(torch::kCPU);
 }
 
-}  // namespace imcap
+}  // namespace imcap::detail

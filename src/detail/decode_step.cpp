@@ -1,0 +1,109 @@
+// The decoder's inference step engine (detail/decode_step.hpp).
+#include "detail/decode_step.hpp"
+
+#include <torch/torch.h>
+
+#include "detail/compressed_projection.hpp"
+#include "detail/huge_pages.hpp"
+
+namespace imcap::detail {
+
+torch::Tensor step_affine(const torch::Tensor& x, const torch::Tensor& w, const torch::Tensor& b) {
+  constexpr int64_t kMinRowsToSplit = 512;
+  if (x.size(0) <= CompressedProjection::kMaxRows && at::get_num_threads() > 1 &&
+      w.size(0) >= kMinRowsToSplit && rowwise_affine_supported(x, w, b)) {
+    return rowwise_affine(x, w, b);
+  }
+  if (x.size(0) != 1) return at::addmm(b, x, w.t());
+  return at::addmv(b, w, x[0]).unsqueeze(0);
+}
+
+torch::Tensor DecodeStep::lstm(const torch::Tensor& inputs, const torch::Tensor& h,
+                               const torch::Tensor& c, const std::vector<torch::Tensor>& weights,
+                               torch::Tensor& h_next, torch::Tensor& c_next) {
+  const int64_t layers = h.size(0);
+  std::vector<torch::Tensor> hs, cs;
+  torch::Tensor x = inputs;
+  for (int64_t l = 0; l < layers; ++l) {
+    const auto& w_ih = weights[static_cast<std::size_t>(4 * l)];
+    const auto& w_hh = weights[static_cast<std::size_t>(4 * l + 1)];
+    const auto& b_ih = weights[static_cast<std::size_t>(4 * l + 2)];
+    const auto& b_hh = weights[static_cast<std::size_t>(4 * l + 3)];
+    torch::Tensor gates = step_affine(x, w_ih, b_ih);
+    gates += step_affine(h[l], w_hh, b_hh);
+    const auto chunks = gates.chunk(4, /*dim=*/1);
+    const torch::Tensor c_l = chunks[1].sigmoid() * c[l] + chunks[0].sigmoid() * chunks[2].tanh();
+    x = chunks[3].sigmoid() * c_l.tanh();
+    hs.push_back(x);
+    cs.push_back(c_l);
+  }
+  h_next = torch::stack(hs);
+  c_next = torch::stack(cs);
+  return x;
+}
+
+torch::Tensor DecodeStep::project(const torch::Tensor& hidden, const torch::Tensor& w,
+                                  const torch::Tensor& b, DecodeWeights weights) {
+  // Small CPU steps use imcap's kernel in float32 too: the scores that compressed weights
+  // recompute are then those of the float32 path, bit for bit.
+  if (hidden.size(0) > CompressedProjection::kMaxRows || !rowwise_affine_supported(hidden, w, b))
+    return step_affine(hidden, w, b);
+  // Inference-mode tensors have no version counter to key a compressed copy on.
+  if (weights == DecodeWeights::kFloat32 || w.is_inference() || (b.defined() && b.is_inference()))
+    return rowwise_affine(hidden, w, b);
+  const std::vector<const void*> data = {w.data_ptr(), b.defined() ? b.data_ptr() : nullptr};
+  const std::vector<int64_t> versions = {w._version(), b.defined() ? b._version() : 0};
+  std::shared_ptr<const CompressedProjection> projection;
+  {
+    std::lock_guard<std::mutex> lock(mutex_);
+    Compressed& entry = weights == DecodeWeights::kInt8 ? int8_ : bf16_;
+    if (!entry.built || !entry.weight.is_same(w) || !entry.bias.is_same(b) || entry.data != data ||
+        entry.versions != versions) {
+      entry.projection = CompressedProjection::build(w, b, weights);
+      entry.weight = w;
+      entry.bias = b;
+      entry.data = data;
+      entry.versions = versions;
+      entry.built = true;
+    }
+    projection = entry.projection;
+  }
+  if (projection && projection->accepts(hidden)) return projection->forward(hidden, w, b);
+  return rowwise_affine(hidden, w, b);
+}
+
+void DecodeStep::advise_huge_pages(const std::vector<torch::Tensor>& lstm_weights,
+                                   const torch::Tensor& projection) {
+  // Collapsing the benchmark's 27 MB takes 10 to 40 ms, which a one-image caption would not
+  // win back: only weights that keep serving steps get huge pages.
+  std::vector<c10::Storage> storages;
+  std::vector<const void*> data;
+  storages.reserve(lstm_weights.size() + 1);
+  data.reserve(lstm_weights.size() + 1);
+  auto add = [&](const torch::Tensor& w) {
+    if (!w.defined() || !w.device().is_cpu() || !w.has_storage()) return false;
+    storages.push_back(w.storage());
+    data.push_back(storages.back().data_ptr().get());
+    return true;
+  };
+  for (const auto& w : lstm_weights)
+    if (!add(w)) return;
+  if (!add(projection)) return;
+  {
+    std::lock_guard<std::mutex> lock(mutex_);
+    bool same = data == paged_data_;
+    for (std::size_t i = 0; same && i < storages.size(); ++i)
+      same = storages[i].unsafeGetStorageImpl() == paged_[i].unsafeGetStorageImpl();
+    if (!same) {
+      paged_ = storages;
+      paged_data_ = data;
+      paged_steps_ = 0;
+    }
+    if (++paged_steps_ != kStepsBeforeHugePages) return;
+  }
+  // Outside the lock: other threads go on decoding meanwhile.
+  for (const auto& storage : storages)
+    detail::advise_huge_pages(storage.data_ptr().get(), storage.nbytes());
+}
+
+}  // namespace imcap::detail

@@ -1,0 +1,122 @@
+// One training step (trainer/step.hpp).
+#include "trainer/step.hpp"
+
+#include <cmath>
+
+#include <fmt/format.h>
+#include <torch/torch.h>
+
+#include "detail/fused_adam.hpp"
+#include "detail/io.hpp"
+#include "imcap/error.hpp"
+#include "trainer/validation.hpp"
+
+namespace imcap::detail {
+namespace {
+
+// Spreads the ranks' per-step dropout seeds apart (rank 0 keeps the one-process seeds).
+constexpr std::uint64_t kRankSeedStride = 0x9e3779b97f4a7c15ull;
+
+}  // namespace
+
+TrainStep::TrainStep(CaptionModel& model, const TrainerOptions& options, ProcessGroup* group,
+                     bool images)
+    : model_(model),
+      options_(options),
+      group_(group),
+      rank_(group != nullptr ? group->rank() : 0),
+      world_(group != nullptr ? group->world_size() : 1) {
+  // oneDNN trains the CNN's convolutions on the CPU about 1.4x faster in channels_last (NHWC)
+  // than in NCHW at training batch sizes (docs/performance.md): the trainable convolution
+  // weights are kept in that layout (their gradients and Adam's moments follow), and the images
+  // are given in it. Saved files are row-major as always.
+  if (model.device().is_cpu() && at::hasMKLDNN() && images) {
+    torch::NoGradGuard no_grad;
+    for (auto& m : model.encoder()->backbone->modules(/*include_self=*/false))
+      if (auto* conv = m->as<torch::nn::Conv2d>();
+          conv != nullptr && conv->weight.requires_grad()) {
+        conv->weight.set_data(conv->weight.contiguous(at::MemoryFormat::ChannelsLast));
+        channels_last_ = true;
+      }
+  }
+  for (auto& p : model.encoder()->parameters())
+    if (p.requires_grad()) params_.push_back(p);
+  for (auto& p : model.decoder()->parameters())
+    if (p.requires_grad()) params_.push_back(p);
+  if (options.optimizer == Optimizer::kAdam)
+    optimizer_ = std::make_unique<FusedAdam>(
+        params_, torch::optim::AdamOptions(options.lr).weight_decay(options.weight_decay));
+  else
+    optimizer_ = std::make_unique<torch::optim::SGD>(
+        params_, torch::optim::SGDOptions(options.lr)
+                     .momentum(options.momentum)
+                     .weight_decay(options.weight_decay));
+}
+
+StepOutcome TrainStep::run(const Batch& batch, bool want_stop, const TrainingProgress& at,
+                           const std::string& last_checkpoint) {
+  const auto device = model_.device();
+  model_.train(true);
+  // A per-step seed makes dropout reproducible across a resume without storing RNG state;
+  // each rank draws its own masks.
+  torch::manual_seed(options_.seed * 1000003ull + at.global_step +
+                     static_cast<std::uint64_t>(rank_) * kRankSeedStride);
+  const bool has_data = batch.size() > 0;
+  torch::Tensor loss;
+  StepOutcome out;
+  double rank_tokens = 0.0, all_tokens = 0.0;
+  if (has_data) {
+    auto images = batch.images.to(device, /*non_blocking=*/true);
+    if (channels_last_ && images.dim() == 4)
+      images = images.contiguous(at::MemoryFormat::ChannelsLast);
+    const auto captions = batch.captions.to(device, /*non_blocking=*/true);
+    const auto lengths = batch.lengths.to(device, /*non_blocking=*/true);
+    const auto features = encode(model_, images)
+                              .index_select(0, batch.image_index.to(device, /*non_blocking=*/true));
+    loss = model_.decoder()->loss(features, captions, lengths);
+    out.loss = loss.item<double>();
+    rank_tokens = static_cast<double>(batch.lengths.sum().item<std::int64_t>());
+  }
+  out.captions = static_cast<double>(batch.size());
+  if (group_ != nullptr) {
+    // One small all-reduce: the batch's token-weighted loss and token count, its captions,
+    // and whether any rank must stop (time limit, signal), so that all stop at one step.
+    auto stats = torch::tensor(
+        {out.loss * rank_tokens, rank_tokens, out.captions, want_stop ? 1.0 : 0.0},
+        torch::kFloat64);
+    group_->all_reduce(stats);
+    const auto st = stats.accessor<double, 1>();
+    all_tokens = st[1];
+    out.loss = st[0] / all_tokens;
+    out.captions = st[2];
+    out.stop = st[3] > 0;
+  }
+  if (!std::isfinite(out.loss))
+    throw Error(fmt::format(
+        "training diverged: the loss is {} at step {} (epoch {}); {}. Try a lower --lr.", out.loss,
+        at.global_step + 1, at.epoch + 1,
+        path_exists(last_checkpoint)
+            ? fmt::format("the last checkpoint {} is kept", last_checkpoint)
+            : std::string("no checkpoint was written")));
+  optimizer_->zero_grad();
+  if (group_ == nullptr) {
+    loss.backward();
+  } else {
+    // caption_loss is a mean over this rank's tokens. Weighted by the rank's share of the
+    // batch's tokens (times the world size), the ranks' averaged gradient is the gradient of
+    // the whole batch's mean loss: the step one process would take on the whole batch.
+    if (has_data) (loss * (rank_tokens * world_ / all_tokens)).backward();
+    std::vector<torch::Tensor> grads;
+    grads.reserve(params_.size());
+    for (auto& p : params_) {
+      if (!p.grad().defined()) p.mutable_grad() = torch::zeros_like(p);
+      grads.push_back(p.grad());
+    }
+    group_->all_reduce_mean(grads, options_.bucket_bytes);
+  }
+  if (options_.clip_norm > 0) torch::nn::utils::clip_grad_norm_(params_, options_.clip_norm);
+  optimizer_->step();
+  return out;
+}
+
+}  // namespace imcap::detail

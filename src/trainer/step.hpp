@@ -1,0 +1,56 @@
+// One training step (internal): forward, loss, backward, the data-parallel gradient average,
+// clipping and the optimizer's update.
+#pragma once
+
+#include <memory>
+#include <string>
+#include <vector>
+
+#include <torch/optim/optimizer.h>
+
+#include "imcap/data_loader.hpp"
+#include "imcap/distributed.hpp"
+#include "imcap/checkpoint.hpp"
+#include "imcap/model.hpp"
+#include "imcap/trainer.hpp"
+
+namespace imcap::detail {
+
+/// What a step did.
+struct StepOutcome {
+  double loss = 0.0;      ///< the batch's mean loss per token (all ranks together)
+  double captions = 0.0;  ///< captions in the batch (all ranks together)
+  bool stop = false;      ///< with a process group: some rank asked to stop at this step
+};
+
+/// The step of Trainer::fit. Owns the optimizer over the model's trainable parameters.
+class TrainStep {
+ public:
+  /// `images`: the batches hold images (not precomputed features), so trainable CNN
+  /// convolutions run.
+  TrainStep(CaptionModel& model, const TrainerOptions& options, ProcessGroup* group, bool images);
+
+  /// Trains on `batch` (this rank's part of the step's batch; it may be empty when the batch
+  /// has fewer captions or images than there are ranks: the rank then only joins the
+  /// collectives). `want_stop`: this rank wants the run to stop (time, signal); with a group
+  /// all ranks learn it in the step's one small all-reduce, so that all stop at one step.
+  /// `at` (the progress before the step) seeds dropout, per rank. Throws Error when the loss is
+  /// not finite, before the update (the parameters stay as they were), naming the step and
+  /// `last_checkpoint` when it exists.
+  StepOutcome run(const Batch& batch, bool want_stop, const TrainingProgress& at,
+                  const std::string& last_checkpoint);
+
+  torch::optim::Optimizer& optimizer() { return *optimizer_; }
+  const std::vector<torch::Tensor>& params() const { return params_; }
+
+ private:
+  CaptionModel& model_;
+  const TrainerOptions& options_;
+  ProcessGroup* group_;
+  int rank_ = 0, world_ = 1;
+  bool channels_last_ = false;  // images go to the CNN in channels_last (see the constructor)
+  std::vector<torch::Tensor> params_;
+  std::unique_ptr<torch::optim::Optimizer> optimizer_;
+};
+
+}  // namespace imcap::detail
