@@ -12,6 +12,9 @@
 #include "imcap/synthetic.hpp"
 #include "imcap/trainer.hpp"
 #include "imcap/weights.hpp"
+#include "imcap/checkpoint.hpp"
+#include "imcap/import.hpp"
+#include "imcap/model.hpp"
 #include "support.hpp"
 #include "tiny.hpp"
 
@@ -52,6 +55,10 @@ imcap::CocoDatasetOptions with_features(const imcap::FeatureSet& set) {
   o.features = set.features;
   o.feature_image_ids = set.image_ids;
   return o;
+}
+
+double max_rel_error(const torch::Tensor& got, const torch::Tensor& want) {
+  return (got - want).abs().max().item<double>() / want.abs().max().item<double>();
 }
 
 }  // namespace
@@ -244,4 +251,28 @@ TEST_CASE("feature files with a wrong dtype or non-finite values are refused nam
   CHECK_THROWS_WITH(
       imcap::CocoDataset(d.files.train_annotations, "", *d.vocab, imcap::ImageTransform{}, o),
       Catch::Contains("dtype Bool"));
+}
+
+TEST_CASE("imcap features matches torchvision's eval transform and model",
+          "[model][features][python]") {
+  imcap::test::TempDir tmp;
+  const auto dir = tmp.file("f");
+  REQUIRE(imcap::test::run_python("features_reference.py", {dir, "resnet18"}).exit_code == 0);
+  const auto r = imcap::test::run_cli(
+      {"features", "--annotations", dir + "/ann.json", "--images", dir + "/images", "--encoder",
+       "resnet18", "--weights", dir + "/weights.pth", "--out", dir + "/features.safetensors"});
+  INFO(r.err);
+  REQUIRE(r.exit_code == 0);
+  const auto set = imcap::load_features(dir + "/features.safetensors");
+  const auto want = imcap::load_weights(dir + "/expected.pt").at("features");
+  REQUIRE(set.features.sizes() == want.sizes());
+  CHECK(set.image_ids.equal(torch::tensor({10, 11, 12}, torch::kInt64)));
+  const double err = max_rel_error(set.features, want);
+  INFO("max relative error " << err);
+  CHECK(err < 1e-4);
+  const auto missing = imcap::test::run_cli({"features", "--annotations", dir + "/ann.json",
+                                             "--images", tmp.file("nowhere"), "--encoder",
+                                             "resnet18", "--out", dir + "/x.safetensors"});
+  CHECK(missing.exit_code == 1);
+  CHECK_THAT(missing.err, Catch::Contains("nowhere"));
 }

@@ -1,4 +1,4 @@
-// CaptionModel and its .imcap file, importing the notebooks' checkpoints, feature extraction.
+// CaptionModel and its .imcap file.
 #include "catch.hpp"
 
 #include <fstream>
@@ -31,10 +31,6 @@ imcap::ModelConfig small_config() {
 imcap::Vocabulary small_vocab() {
   return imcap::Vocabulary::build_from_captions({"a red circle", "a blue square"},
                                                 {/*threshold=*/1});
-}
-
-double max_rel_error(const torch::Tensor& got, const torch::Tensor& want) {
-  return (got - want).abs().max().item<double>() / want.abs().max().item<double>();
 }
 
 }  // namespace
@@ -146,98 +142,4 @@ TEST_CASE("broken model files are rejected with the file name", "[model]") {
   imcap::save_safetensors(tmp.file("typed.imcap"), tensors, other);
   CHECK_THROWS_WITH(imcap::CaptionModel::load(tmp.file("typed.imcap")),
                     Catch::StartsWith(typed + "'encoder' is number, expected an object"));
-}
-
-TEST_CASE("a notebook model imports and captions exactly like the notebook's sample()",
-          "[model][import][python]") {
-  imcap::test::TempDir tmp;
-  for (const std::string variant : {"embed", "tutorial"}) {
-    const auto dir = tmp.file(variant);
-    const auto py = imcap::test::run_python("notebook_model.py", {dir, "resnet18", variant});
-    REQUIRE(py.exit_code == 0);
-    INFO(py.err);
-    const auto expected = nlohmann::json::parse(imcap::test::read_text(dir + "/expected.json"));
-    const auto cli = imcap::test::run_cli(
-        {"import-pytorch", "--encoder", dir + "/encoder-1.pkl", "--decoder", dir + "/decoder-1.pkl",
-         "--vocab", dir + "/vocab.pkl", "--encoder-arch", "resnet18", "--embed-size", "32",
-         "--hidden-size", "48", "--out", dir + "/model.imcap"});
-    INFO(cli.err);
-    REQUIRE(cli.exit_code == 0);
-    auto model = imcap::CaptionModel::load(dir + "/model.imcap");
-    // The notebook's ids: <start>=0, <end>=1, <unk>=2, no <pad>.
-    CHECK(model.vocab().start_id() == 0);
-    CHECK(model.vocab().end_id() == 1);
-    CHECK(model.vocab().unk_id() == 2);
-    CHECK_FALSE(model.vocab().pad_id().has_value());
-    CHECK(model.config().encoder.head_batch_norm == (variant == "tutorial"));
-    CHECK(model.config().decoder.num_layers == (variant == "tutorial" ? 2 : 1));
-    const auto images = imcap::load_weights(dir + "/inputs.pt").at("images");
-    torch::NoGradGuard no_grad;
-    const auto features = model.encoder()->forward(images);
-    std::vector<std::vector<float>> want_features = expected["features"];
-    for (std::size_t i = 0; i < want_features.size(); ++i)
-      CHECK(max_rel_error(features[static_cast<std::int64_t>(i)], torch::tensor(want_features[i])) <
-            1e-4);
-    const auto ids = model.decoder()->sample(features, /*max_len=*/20);
-    for (std::int64_t i = 0; i < 2; ++i) {
-      const std::vector<std::int64_t> want = expected["ids"][static_cast<std::size_t>(i)];
-      const auto row = ids[i].contiguous();
-      CHECK(std::vector<std::int64_t>(row.data_ptr<std::int64_t>(),
-                                      row.data_ptr<std::int64_t>() + row.numel()) == want);
-    }
-    // The trained captions come back (the first predicted token is <start>).
-    CHECK(model.vocab().decode(std::vector<std::int64_t>(expected["ids"][0])) ==
-          "a dog sleeping on the sofa .");
-    CHECK(model.vocab().decode(std::vector<std::int64_t>(expected["ids"][1])) ==
-          "a cat running with a red ball on the grass .");
-  }
-}
-
-TEST_CASE("import-pytorch reports files that do not belong together", "[model][import][python]") {
-  imcap::test::TempDir tmp;
-  const auto dir = tmp.file("nb");
-  REQUIRE(imcap::test::run_python("notebook_model.py", {dir, "resnet18"}).exit_code == 0);
-  auto run = [&](std::vector<std::string> extra, const std::string& decoder = "/decoder-1.pkl") {
-    std::vector<std::string> args{"import-pytorch",   "--encoder",   dir + "/encoder-1.pkl",
-                                  "--decoder",        dir + decoder, "--vocab",
-                                  dir + "/vocab.pkl", "--out",       dir + "/m.imcap"};
-    args.insert(args.end(), extra.begin(), extra.end());
-    return imcap::test::run_cli(args);
-  };
-  auto r = run({"--encoder-arch", "resnet50"});
-  CHECK(r.exit_code == 1);
-  CHECK_THAT(r.err,
-             Catch::Contains("encoder-1.pkl: embed.weight is [32, 512], but resnet50 gives 2048"));
-  r = run({"--encoder-arch", "resnet18", "--hidden-size", "64"});
-  CHECK(r.exit_code == 1);
-  CHECK_THAT(r.err, Catch::Contains("the hidden size is 48, not 64"));
-  r = run({"--encoder-arch", "resnet18"}, "/encoder-1.pkl");
-  CHECK(r.exit_code == 1);
-  CHECK_THAT(r.err, Catch::Contains("encoder-1.pkl: missing tensor 'lstm.weight_hh_l0'"));
-  CHECK(run({"--encoder-arch", "resnet9"}).exit_code == 2);
-  CHECK_FALSE(imcap::detail::path_exists(dir + "/m.imcap"));
-}
-
-TEST_CASE("imcap features matches torchvision's eval transform and model",
-          "[model][features][python]") {
-  imcap::test::TempDir tmp;
-  const auto dir = tmp.file("f");
-  REQUIRE(imcap::test::run_python("features_reference.py", {dir, "resnet18"}).exit_code == 0);
-  const auto r = imcap::test::run_cli(
-      {"features", "--annotations", dir + "/ann.json", "--images", dir + "/images", "--encoder",
-       "resnet18", "--weights", dir + "/weights.pth", "--out", dir + "/features.safetensors"});
-  INFO(r.err);
-  REQUIRE(r.exit_code == 0);
-  const auto set = imcap::load_features(dir + "/features.safetensors");
-  const auto want = imcap::load_weights(dir + "/expected.pt").at("features");
-  REQUIRE(set.features.sizes() == want.sizes());
-  CHECK(set.image_ids.equal(torch::tensor({10, 11, 12}, torch::kInt64)));
-  const double err = max_rel_error(set.features, want);
-  INFO("max relative error " << err);
-  CHECK(err < 1e-4);
-  const auto missing = imcap::test::run_cli({"features", "--annotations", dir + "/ann.json",
-                                             "--images", tmp.file("nowhere"), "--encoder",
-                                             "resnet18", "--out", dir + "/x.safetensors"});
-  CHECK(missing.exit_code == 1);
-  CHECK_THAT(missing.err, Catch::Contains("nowhere"));
 }

@@ -96,4 +96,23 @@ inline std::vector<std::string> tiny_train_args(const SyntheticDataset& f, const
   return args;
 }
 
+/// A TinyDataset with a par-inject model whose last ResNet stage trains.
+struct Tiny : TinyDataset {
+  CaptionModel model() const {
+    TinyConfig t;
+    t.inject = ImageInject::kPar;
+    t.trainable_stages = 1;
+    return tiny_model(*vocab, 5, t);
+  }
+  TrainerOptions options(const std::string& out) const {
+    return tiny_trainer_options(tmp.file(out));
+  }
+  CocoDataset split(bool training, const CaptionModel& m) const {
+    return training ? CocoDataset(files.train_annotations, files.train_images, *vocab,
+                                  m.eval_transform())
+                    : CocoDataset(files.val_annotations, files.val_images, *vocab,
+                                  m.eval_transform());
+  }
+};
+
 }  // namespace imcap::test

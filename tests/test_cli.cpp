@@ -1,0 +1,109 @@
+// The imcap command line end to end: train, caption, predict, eval, and the demo.
+#include "catch.hpp"
+
+#include <cmath>
+#include <fstream>
+#include <future>
+#include <map>
+#include <thread>
+
+#include <torch/torch.h>
+#include <nlohmann/json.hpp>
+
+#include "detail/fused_adam.hpp"
+#include "detail/io.hpp"
+#include "imcap/captioner.hpp"
+#include "imcap/data_loader.hpp"
+#include "imcap/error.hpp"
+#include "imcap/metrics.hpp"
+#include "imcap/synthetic.hpp"
+#include "imcap/trainer.hpp"
+#include "imcap/weights.hpp"
+#include "support.hpp"
+#include "tiny.hpp"
+
+namespace {
+
+using imcap::test::Tiny;
+
+}  // namespace
+
+TEST_CASE("train, caption, predict and eval from the command line", "[trainer][cli]") {
+  Tiny t;
+  const auto& f = t.files;
+  auto r = imcap::test::run_cli(
+      imcap::test::tiny_train_args(f, t.tmp.file("run"),
+                                   {"--epochs", "1", "--batch-size", "20", "--flip-probability",
+                                    "0", "--threads", "1", "--blas-threads", "2"}));
+  INFO(r.err);
+  REQUIRE(r.exit_code == 0);
+  CHECK(imcap::detail::path_exists(t.tmp.file("run/best.imcap")));
+  // The first line names the threads (OpenBLAS's only where LibTorch uses OpenBLAS).
+  const std::string first_line = r.out.substr(0, r.out.find('\n'));
+  CHECK_THAT(first_line, Catch::StartsWith("training resnet18") && Catch::Contains("Torch 1"));
+  if (first_line.find("OpenBLAS") != std::string::npos)
+    CHECK_THAT(first_line, Catch::EndsWith("threads: Torch 1, OpenBLAS 2"));
+  const auto model = t.tmp.file("run/last.imcap");
+  r = imcap::test::run_cli({"caption", "--model", model, f.val_images + "/1000000.jpg", "--json"});
+  REQUIRE(r.exit_code == 0);
+  const auto j = nlohmann::json::parse(r.out);
+  REQUIRE(j.size() == 1);
+  CHECK(j[0].contains("caption"));
+  CHECK(j[0]["tokens"].is_array());
+  CHECK(j[0]["log_prob"].get<double>() <= 0.0);
+  // Compressed decode weights choose the same greedy words, with nearly the same log p.
+  std::vector<nlohmann::json> greedy;
+  for (const std::string weights : {"float32", "bfloat16", "int8"}) {
+    r = imcap::test::run_cli({"caption", "--model", model, f.val_images + "/1000000.jpg", "--json",
+                              "--beam", "1", "--decode-weights", weights});
+    INFO(weights << ": " << r.err);
+    REQUIRE(r.exit_code == 0);
+    greedy.push_back(nlohmann::json::parse(r.out).at(0));
+  }
+  for (std::size_t i = 1; i < greedy.size(); ++i) {
+    CHECK(greedy[i]["tokens"] == greedy[0]["tokens"]);
+    CHECK(std::abs(greedy[i]["log_prob"].get<double>() - greedy[0]["log_prob"].get<double>()) <
+          0.05);
+  }
+#ifdef IMCAP_EXAMPLES_DIR
+  // The bundled example captions with the trained model, as the CLI does (both beam 3).
+  const auto example = imcap::test::run_process(
+      {std::string(IMCAP_EXAMPLES_DIR) + "/caption_image", model, f.val_images + "/1000000.jpg"});
+  INFO(example.err);
+  CHECK(example.exit_code == 0);
+  CHECK_THAT(example.out, Catch::Contains(": " + j[0]["caption"].get<std::string>() + "  (log p"));
+#endif
+  r = imcap::test::run_cli({"predict", "--model", model, "--annotations", f.val_annotations,
+                            "--images", f.val_images, "--out", t.tmp.file("results.json"), "--beam",
+                            "2"});
+  REQUIRE(r.exit_code == 0);
+  const auto results = imcap::load_caption_results(t.tmp.file("results.json"));
+  CHECK(results.size() == 6);
+  r = imcap::test::run_cli({"eval", "--annotations", f.val_annotations, "--results",
+                            t.tmp.file("results.json"), "--json"});
+  CHECK(r.exit_code == 0);
+  // Bad input and bad usage.
+  r = imcap::test::run_cli({"caption", "--model", t.tmp.file("nope.imcap"), "x.jpg"});
+  CHECK(r.exit_code == 1);
+  CHECK_THAT(r.err, Catch::StartsWith("imcap: error: ") && Catch::Contains("nope.imcap"));
+  CHECK(imcap::test::run_cli({"caption", "--model", model, "--beam", "0", "x.jpg"}).exit_code == 2);
+  CHECK(imcap::test::run_cli({"train", "--annotations", f.train_annotations, "--images",
+                              f.train_images, "--out", t.tmp.file("r2"), "--lr", "fast"})
+            .exit_code == 2);
+  r = imcap::test::run_cli({"train", "--annotations", f.train_annotations, "--images",
+                            f.train_images, "--out", t.tmp.file("r3"), "--resume"});
+  CHECK(r.exit_code == 1);
+  CHECK_THAT(r.err, Catch::Contains("r3/last.imcap"));
+}
+
+TEST_CASE("imcap demo --quick runs end to end and writes a report", "[trainer][demo][slow]") {
+  imcap::test::TempDir tmp;
+  const auto r =
+      imcap::test::run_cli({"demo", "--quick", "--seconds", "10", "--out", tmp.file("demo")});
+  INFO(r.err);
+  REQUIRE(r.exit_code == 0);
+  CHECK_THAT(r.out, Catch::Contains("BLEU-4"));
+  const auto html = imcap::test::read_text(tmp.file("demo/report.html"));
+  CHECK_THAT(html, Catch::Contains("<svg") && Catch::Contains("data:image/jpeg;base64,"));
+  CHECK(imcap::detail::path_exists(tmp.file("demo/model/last.imcap")));
+}
