@@ -78,7 +78,6 @@ DecoderState DecoderState::index_select(const torch::Tensor& rows) const {
   return out;
 }
 
-
 DecoderImpl::DecoderImpl(const DecoderOptions& options)
     : options_(options),
       decode_step_(std::make_shared<detail::DecodeStep>()),

@@ -416,10 +416,9 @@ void write_split(const std::string& dir, const std::string& split, std::size_t c
   const std::string images = detail::join_path(dir, split);
   detail::create_directories(images);
   nlohmann::json root;
-  root["info"] = {
-      {"description", fmt::format("imcap synthetic {} dataset", to_string(o.kind))},
-      {"seed", o.seed},
-      {"split", split}};
+  root["info"] = {{"description", fmt::format("imcap synthetic {} dataset", to_string(o.kind))},
+                  {"seed", o.seed},
+                  {"split", split}};
   root["licenses"] = nlohmann::json::array();
   root["images"] = nlohmann::json::array();
   root["annotations"] = nlohmann::json::array();

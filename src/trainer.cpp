@@ -226,7 +226,8 @@ struct Trainer::Impl {
     }
     progress_json = group->broadcast_bytes(progress_json, 0);
     optimizer_bytes = group->broadcast_bytes(optimizer_bytes, 0);
-    if (!writer()) resume({training_progress_from_json(progress_json, last), optimizer_bytes}, last);
+    if (!writer())
+      resume({training_progress_from_json(progress_json, last), optimizer_bytes}, last);
   }
 };
 
@@ -352,8 +353,7 @@ TrainResult Trainer::fit() {
       result.captions += r.captions;
       if (const auto entry = line.after_step(p, r.loss, r.captions, p.lr); !entry.is_null())
         s.log.write(entry);
-      const bool time_or_signal =
-          s.group != nullptr ? r.stop : out_of_time() || stop_requested();
+      const bool time_or_signal = s.group != nullptr ? r.stop : out_of_time() || stop_requested();
       if (time_or_signal || (o.max_steps > 0 && p.global_step >= o.max_steps)) {
         stop = true;
         break;
@@ -370,8 +370,9 @@ TrainResult Trainer::fit() {
       s.save("last.imcap", p.epoch, p.step_in_epoch);
       if (s.val != nullptr && o.validate_at_stop && validated_at != p.global_step) {
         if (stop_requested.by_signal())
-          line.print("validating the final state (a second signal stops at once; last.imcap "
-                     "is saved)");
+          line.print(
+              "validating the final state (a second signal stops at once; last.imcap "
+              "is saved)");
         if (keep_if_best(validate_now("at the stop"), p.epoch, p.step_in_epoch))
           s.save("last.imcap", p.epoch, p.step_in_epoch);  // it records the best
       }

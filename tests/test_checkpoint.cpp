@@ -86,8 +86,7 @@ TEST_CASE("training progress names the file and the key of a bad value", "[check
     j[key] = value;
     return refusal(j);
   };
-  CHECK(with("lr", -1.0) ==
-        "run/last.imcap: training.lr: expected a finite number > 0, got -1.0");
+  CHECK(with("lr", -1.0) == "run/last.imcap: training.lr: expected a finite number > 0, got -1.0");
   CHECK(with("epoch", -3) ==
         "run/last.imcap: training.epoch: expected an integer from 0 to 2147483647, got -3");
   CHECK(with("seed", "x") ==
@@ -106,8 +105,8 @@ TEST_CASE("training progress names the file and the key of a bad value", "[check
 TEST_CASE("a checkpoint file holds the model, the progress and the optimizer's bytes",
           "[checkpoint]") {
   imcap::test::TempDir tmp;
-  const auto vocab = imcap::Vocabulary::build_from_captions({"a red circle", "a blue square"},
-                                                            {/*threshold=*/1});
+  const auto vocab =
+      imcap::Vocabulary::build_from_captions({"a red circle", "a blue square"}, {/*threshold=*/1});
   const imcap::CaptionModel model = imcap::test::tiny_model(vocab, 5);
   imcap::Checkpoint c;
   c.progress = some_progress();
@@ -115,8 +114,7 @@ TEST_CASE("a checkpoint file holds the model, the progress and the optimizer's b
   imcap::save_checkpoint(tmp.file("c.imcap"), model, c);
 
   imcap::Checkpoint back;
-  const imcap::CaptionModel loaded =
-      imcap::load_checkpoint(tmp.file("c.imcap"), torch::kCPU, back);
+  const imcap::CaptionModel loaded = imcap::load_checkpoint(tmp.file("c.imcap"), torch::kCPU, back);
   CHECK(back.optimizer_state == c.optimizer_state);
   CHECK(back.progress.global_step == 57);
   CHECK(back.progress.best->bleu4 == 0.5);

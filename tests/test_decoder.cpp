@@ -10,8 +10,8 @@
 #include <vector>
 
 #include "detail/compressed_projection.hpp"
-#include "detail/resnet_inference.hpp"
 #include "detail/lstm_sequence.hpp"
+#include "detail/resnet_inference.hpp"
 #include "imcap/captioner.hpp"
 #include "imcap/decoder.hpp"
 #include "imcap/encoder.hpp"

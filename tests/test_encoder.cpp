@@ -10,8 +10,8 @@
 #include <vector>
 
 #include "detail/compressed_projection.hpp"
-#include "detail/resnet_inference.hpp"
 #include "detail/lstm_sequence.hpp"
+#include "detail/resnet_inference.hpp"
 #include "imcap/captioner.hpp"
 #include "imcap/decoder.hpp"
 #include "imcap/encoder.hpp"
@@ -347,7 +347,8 @@ TEST_CASE("the folded encoder on CUDA (channels_last) equals the CPU's", "[model
   const torch::Tensor cpu = encoder->forward_all(images).pooled;
   encoder->to(torch::kCUDA);
   const torch::Tensor gpu = encoder->forward_all(images.to(torch::kCUDA)).pooled.cpu();
-  WARN("fused cuDNN convolutions: float32 " << encoder->backbone->inference_engine().fused(torch::kFloat));
+  WARN("fused cuDNN convolutions: float32 "
+       << encoder->backbone->inference_engine().fused(torch::kFloat));
   // cuDNN may use TF32 for float32 convolutions: 1e-2 of the largest feature, not 1e-5.
   CHECK(relative_error(gpu, cpu) < 1e-2);
   const torch::Tensor bf16 =

@@ -7,14 +7,14 @@
 #include <torch/torch.h>
 
 #include "detail/io.hpp"
+#include "imcap/checkpoint.hpp"
 #include "imcap/error.hpp"
 #include "imcap/features.hpp"
+#include "imcap/import.hpp"
+#include "imcap/model.hpp"
 #include "imcap/synthetic.hpp"
 #include "imcap/trainer.hpp"
 #include "imcap/weights.hpp"
-#include "imcap/checkpoint.hpp"
-#include "imcap/import.hpp"
-#include "imcap/model.hpp"
 #include "support.hpp"
 #include "tiny.hpp"
 

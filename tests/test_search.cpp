@@ -683,7 +683,8 @@ TEST_CASE("CudaGraphGreedy gives greedy_ids ids and runs eagerly on the CPU", "[
   CHECK_THROWS_AS(greedy(torch::zeros({2, 13})), imcap::InvalidArgument);
   CHECK_THROWS_AS(greedy(torch::zeros({12})), imcap::InvalidArgument);
   CHECK_THROWS_AS(imcap::detail::CudaGraphGreedy(decoder, 0), imcap::InvalidArgument);
-  CHECK_THROWS_AS(imcap::detail::CudaGraphGreedy(imcap::Decoder(nullptr), 5), imcap::InvalidArgument);
+  CHECK_THROWS_AS(imcap::detail::CudaGraphGreedy(imcap::Decoder(nullptr), 5),
+                  imcap::InvalidArgument);
 }
 
 TEST_CASE("CudaGraphGreedy on CUDA replays one graph per batch size", "[search][cuda]") {

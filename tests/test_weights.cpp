@@ -323,7 +323,8 @@ TEST_CASE("malicious pickles are refused with the global named, and nothing runs
   for (const char* name : {"evil_p2.pkl", "evil_p4.pkl"}) {
     INFO(name);
     const auto bytes = file_bytes(dir.file(name));
-    CHECK_THROWS_WITH(imcap::detail::unpickle(bytes, objects, name), Catch::Contains("posix.system"));
+    CHECK_THROWS_WITH(imcap::detail::unpickle(bytes, objects, name),
+                      Catch::Contains("posix.system"));
     CHECK_THROWS_AS(imcap::detail::unpickle(bytes, {}, name), imcap::SecurityError);
     CHECK_THROWS_AS(imcap::import_vocab_pickle(dir.file(name)), imcap::SecurityError);
   }
@@ -345,8 +346,8 @@ TEST_CASE("malicious pickles are refused with the global named, and nothing runs
 TEST_CASE("the unpickler reads plain values and bounds hostile input", "[weights]") {
   using Kind = imcap::detail::PickleValue::Kind;
   // Protocol 0 text opcodes: (dp0\nS'k'\np1\n(lp2\nI1\naF2.5\naVcaf\xe9\np3\nas.
-  const auto v =
-      imcap::detail::unpickle(std::string("(dp0\nS'k'\np1\n(lp2\nI1\naF2.5\naVcaf\\u00e9\np3\naI01\nas."));
+  const auto v = imcap::detail::unpickle(
+      std::string("(dp0\nS'k'\np1\n(lp2\nI1\naF2.5\naVcaf\\u00e9\np3\naI01\nas."));
   REQUIRE(v->kind == Kind::kDict);
   const auto* list = v->get("k");
   REQUIRE(list != nullptr);
@@ -356,21 +357,21 @@ TEST_CASE("the unpickler reads plain values and bounds hostile input", "[weights
   CHECK(list->items[2]->text == "caf\xc3\xa9");
   CHECK(list->items[3]->kind == Kind::kBool);
   // LONG1 beyond 64 bits, negative LONG1, BININT, bytes, tuple keys.
-  const auto big =
-      imcap::detail::unpickle(std::string("\x80\x02\x8a\x09\x00\x00\x00\x00\x00\x00\x00\x00\x01.", 14));
+  const auto big = imcap::detail::unpickle(
+      std::string("\x80\x02\x8a\x09\x00\x00\x00\x00\x00\x00\x00\x00\x01.", 14));
   CHECK(big->kind == Kind::kBigInt);
   CHECK(imcap::detail::unpickle(std::string("\x80\x02\x8a\x01\xff.", 6))->integer == -1);
   CHECK(imcap::detail::unpickle(std::string("\x80\x03J\xfe\xff\xff\xff.", 8))->integer == -2);
   CHECK(imcap::detail::unpickle(std::string("\x80\x03"
-                                    "C\x03"
-                                    "abc.",
-                                    8))
+                                            "C\x03"
+                                            "abc.",
+                                            8))
             ->text == "abc");
 
   // A list that contains itself, and nesting beyond the limit, are refused.
   CHECK_THROWS_WITH(imcap::detail::unpickle(std::string("\x80\x02]q\x00h\x00"
-                                                "a.",
-                                                9)),
+                                                        "a.",
+                                                        9)),
                     Catch::Contains("contains itself"));
   std::string deep("\x80\x02", 2);
   for (int i = 0; i < 500; ++i) deep += "]";
@@ -385,15 +386,17 @@ TEST_CASE("the unpickler reads plain values and bounds hostile input", "[weights
                     Catch::Contains("memo key 5"));
   CHECK_THROWS_WITH(imcap::detail::unpickle(std::string("\x80\x02\xff.", 4)),
                     Catch::Contains("unknown opcode"));
-  CHECK_THROWS_WITH(imcap::detail::unpickle(std::string("\x80\x02N", 3)), Catch::Contains("no STOP"));
-  CHECK_THROWS_WITH(imcap::detail::unpickle(std::string("\x80\x09N.", 4)), Catch::Contains("protocol 9"));
+  CHECK_THROWS_WITH(imcap::detail::unpickle(std::string("\x80\x02N", 3)),
+                    Catch::Contains("no STOP"));
+  CHECK_THROWS_WITH(imcap::detail::unpickle(std::string("\x80\x09N.", 4)),
+                    Catch::Contains("protocol 9"));
   CHECK_THROWS_WITH(imcap::detail::unpickle(std::string("\x80\x02"
-                                                "a.",
-                                                4)),
+                                                        "a.",
+                                                        4)),
                     Catch::Contains("underflow"));
   CHECK_THROWS_AS(imcap::detail::unpickle(std::string("\x80\x02"
-                                              "cos\nsystem\n.",
-                                              14)),
+                                                      "cos\nsystem\n.",
+                                                      14)),
                   imcap::SecurityError);
   // Strings that are not UTF-8 (Python's decoder refuses them too): BINUNICODE with FF FE, an
   // encoded surrogate in SHORT_BINUNICODE, a Python 2 STRING with a lone continuation byte.
@@ -404,8 +407,8 @@ TEST_CASE("the unpickler reads plain values and bounds hostile input", "[weights
   CHECK_THROWS_WITH(imcap::detail::unpickle(std::string("\x80\x04\x8c\x03\xed\xa0\x80.", 8)),
                     Catch::Contains("ill-formed UTF-8"));
   CHECK_THROWS_WITH(imcap::detail::unpickle(std::string("U\x02"
-                                                "a\x80.",
-                                                5)),
+                                                        "a\x80.",
+                                                        5)),
                     Catch::Contains("ill-formed UTF-8 at byte 1"));
 }
 

@@ -46,10 +46,10 @@ struct TrainingProgress {
   std::size_t global_step = 0;
   double lr = 0.0;  ///< the learning rate now (after any schedule's cuts)
   /// What the run was started with; a resume must use the same (its batches depend on them).
-  std::string optimizer;      ///< "adam" or "sgd"
+  std::string optimizer;  ///< "adam" or "sgd"
   std::uint64_t seed = 0;
   std::size_t batch_size = 0;
-  std::string batching;       ///< "padded", "same_length" or "image_major"
+  std::string batching;  ///< "padded", "same_length" or "image_major"
   /// The plateau schedule's memory: the lowest validation loss and the epochs since it.
   double best_val_loss = INFINITY;
   std::size_t bad_epochs = 0;

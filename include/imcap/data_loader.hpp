@@ -40,7 +40,7 @@ std::string to_string(BatchMode mode);
 
 /// Options of DataLoader.
 struct DataLoaderOptions {
-  std::size_t batch_size = 64;         ///< captions per batch. Default 64.
+  std::size_t batch_size = 64;          ///< captions per batch. Default 64.
   BatchMode mode = BatchMode::kPadded;  ///< grouping of captions. Default padded.
   bool shuffle = true;     ///< random order each epoch (from seed and epoch). Default true.
   bool drop_last = false;  ///< drop a final smaller batch. Default false.

@@ -53,13 +53,13 @@ struct TrainerOptions {
   std::size_t batch_size = 64;  ///< captions per step, all processes together. Default 64.
   BatchMode batching = BatchMode::kPadded;  ///< how captions are grouped. Default padded.
   Optimizer optimizer = Optimizer::kAdam;   ///< Default adam.
-  double lr = 1e-3;                        ///< learning rate. Default 1e-3.
-  double momentum = 0.9;                   ///< SGD momentum. Default 0.9.
-  double weight_decay = 0.0;               ///< L2 penalty. Default 0.
+  double lr = 1e-3;                         ///< learning rate. Default 1e-3.
+  double momentum = 0.9;                    ///< SGD momentum. Default 0.9.
+  double weight_decay = 0.0;                ///< L2 penalty. Default 0.
   double clip_norm = 5.0;  ///< clip the gradient norm to this; 0 = no clipping. Default 5.
   LrSchedule lr_schedule = LrSchedule::kNone;  ///< Default none.
-  int lr_step_epochs = 5;                     ///< period of the step schedule, epochs. Default 5.
-  double lr_gamma = 0.5;                      ///< factor of both schedules. Default 0.5.
+  int lr_step_epochs = 5;                      ///< period of the step schedule, epochs. Default 5.
+  double lr_gamma = 0.5;                       ///< factor of both schedules. Default 0.5.
   int lr_patience = 1;            ///< epochs without improvement before a plateau cut. Default 1.
   std::size_t log_interval = 50;  ///< steps between log lines. Default 50.
   std::uint64_t seed = 1;         ///< seeds initialisation order, batches, transforms. Default 1.

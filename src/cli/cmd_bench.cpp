@@ -21,11 +21,11 @@
 #include "cli/commands.hpp"
 #include "cli/train_defaults.hpp"
 #include "detail/cuda_graph_greedy.hpp"
-#include "detail/resnet_inference.hpp"
 #include "detail/cuda_info.hpp"
 #include "detail/fused_adam.hpp"
 #include "detail/io.hpp"
 #include "detail/memory.hpp"
+#include "detail/resnet_inference.hpp"
 #include "imcap/captioner.hpp"
 #include "imcap/coco_dataset.hpp"
 #include "imcap/decoder.hpp"
@@ -483,8 +483,9 @@ void run_device_bench(const BenchArgs& a, CaptionModel& model, const torch::Devi
   figure("encoder_images_per_s", [&] {
     res["encoder_images_per_s"] = measure_device_encoder(model, a, plan.encoder);
     const ResNet& backbone = model.encoder()->backbone;
-    res["encoder_fused_cudnn"] = {{"float32", backbone->inference_engine().fused(torch::kFloat)},
-                                  {"bfloat16", backbone->inference_engine().fused(torch::kBFloat16)}};
+    res["encoder_fused_cudnn"] = {
+        {"float32", backbone->inference_engine().fused(torch::kFloat)},
+        {"bfloat16", backbone->inference_engine().fused(torch::kBFloat16)}};
   });
   figure("greedy_decode_ms", [&] { measure_device_greedy(model, a, plan.greedy, res); });
   figure("decoder_train_step_ms",
@@ -697,9 +698,7 @@ void add_bench_command(CLI::App& app) {
   cmd->add_option("--memory-steps", a->memory_steps,
                   "With the memory part: run this many training steps and report the RSS by step")
       ->capture_default_str();
-  cmd->add_option("--encoder", a->arch, "CNN")
-      ->capture_default_str()
-      ->check(one_of<ResNetArch>());
+  cmd->add_option("--encoder", a->arch, "CNN")->capture_default_str()->check(one_of<ResNetArch>());
   cmd->add_option("--vocab", a->vocab, "Vocabulary size")
       ->capture_default_str()
       ->check(CLI::Range(8, 1 << 24));

@@ -172,12 +172,13 @@ void run_train(const TrainArgs& a) {
     config.decoder.image_inject = parse_image_inject(a.inject);
     config.image_crop = a.image_size;
     config.image_resize =
-        a.resize > 0 ? a.resize
-                     : train_defaults::image_resize(a.image_size,
-                                                    !a.weights.empty() || !a.features.empty());
+        a.resize > 0
+            ? a.resize
+            : train_defaults::image_resize(a.image_size, !a.weights.empty() || !a.features.empty());
     if (config.image_resize < config.image_crop)
-      throw UsageError(fmt::format("--image-resize {} is smaller than --image-size {}: the crop must fit",
-                                   config.image_resize, config.image_crop));
+      throw UsageError(
+          fmt::format("--image-resize {} is smaller than --image-size {}: the crop must fit",
+                      config.image_resize, config.image_crop));
     VocabularyOptions vo;
     vo.threshold = a.vocab_threshold;
     model = std::make_unique<CaptionModel>(config, Vocabulary::build({a.annotations}, vo));
@@ -257,18 +258,18 @@ void run_train(const TrainArgs& a) {
   if (chatty && train.has_features())
     fmt::print("augmentation: none (cached features)\n");
   else if (chatty)
-    fmt::print("augmentation: {}; {}\n",
-               tf.resize == tf.crop
-                   ? fmt::format("the whole images, resized to {} px (of non-square ones a "
-                                 "random square)",
-                                 tf.crop)
-                   : fmt::format("random {}-px crops of the {}-px resized images", tf.crop,
-                                 tf.resize),
-               tf.flip_probability > 0
-                   ? fmt::format("horizontal flips with probability {:g}, 'left' and 'right' "
-                                 "swapped in the flipped images' captions",
-                                 tf.flip_probability)
-                   : std::string("no horizontal flips (--flip-probability turns them on)"));
+    fmt::print(
+        "augmentation: {}; {}\n",
+        tf.resize == tf.crop
+            ? fmt::format("the whole images, resized to {} px (of non-square ones a "
+                          "random square)",
+                          tf.crop)
+            : fmt::format("random {}-px crops of the {}-px resized images", tf.crop, tf.resize),
+        tf.flip_probability > 0
+            ? fmt::format("horizontal flips with probability {:g}, 'left' and 'right' "
+                          "swapped in the flipped images' captions",
+                          tf.flip_probability)
+            : std::string("no horizontal flips (--flip-probability turns them on)"));
   if (chatty && val)
     fmt::print(
         "validation: {} images at the end of each epoch{} and when the run stops; "

@@ -204,7 +204,8 @@ torch::Tensor forward_folded(const FoldedPlan& plan, const torch::Tensor& images
 std::vector<TensorStamp> stamps_of(const torch::nn::Module& module) {
   std::vector<TensorStamp> stamps;
   for (const auto& list : {module.parameters(), module.buffers()})
-    for (const auto& t : list) stamps.push_back({t.unsafeGetTensorImpl(), t.data_ptr(), t._version()});
+    for (const auto& t : list)
+      stamps.push_back({t.unsafeGetTensorImpl(), t.data_ptr(), t._version()});
   return stamps;
 }
 
@@ -233,7 +234,8 @@ torch::Tensor ResNetInference::forward(const ResNetImpl& resnet, const torch::Te
       p->format.fused_cudnn = p->format.channels_last && fused_cudnn_works(device, dtype);
       p->stem = fold(resnet.conv1, resnet.bn1, p->format);
       for (const auto& layer : {resnet.layer1, resnet.layer2, resnet.layer3, resnet.layer4})
-        for (const auto& child : layer->children()) p->blocks.push_back(fold_block(*child, p->format));
+        for (const auto& child : layer->children())
+          p->blocks.push_back(fold_block(*child, p->format));
       p->stamps = std::move(stamps);
       plans_[slot] = p;
       plan = std::move(p);

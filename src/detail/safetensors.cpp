@@ -1,5 +1,5 @@
-// safetensors reader and writer (declared in imcap/weights.hpp), following the format's specification:
-// https://github.com/huggingface/safetensors#format
+// safetensors reader and writer (declared in imcap/weights.hpp), following the format's
+// specification: https://github.com/huggingface/safetensors#format
 #include "imcap/weights.hpp"
 
 #include <torch/torch.h>

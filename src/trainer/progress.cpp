@@ -57,9 +57,8 @@ void TrainLog::write(const nlohmann::json& line) {
   if (!out_) throw IoError(fmt::format("{}: cannot write the log", path_));
 }
 
-ProgressLine::ProgressLine(bool enabled, const TrainerOptions& options,
-                           std::size_t steps_per_epoch, std::size_t start_step,
-                           Clock::time_point t0)
+ProgressLine::ProgressLine(bool enabled, const TrainerOptions& options, std::size_t steps_per_epoch,
+                           std::size_t start_step, Clock::time_point t0)
     : enabled_(enabled),
       tty_(enabled && ::isatty(STDERR_FILENO) != 0),
       options_(options),

@@ -44,8 +44,7 @@ class ProgressLine {
 
   /// After a step: its loss and captions. Returns the step's log line when one is due (every
   /// log_interval steps), else null; on a terminal it also redraws the line.
-  nlohmann::json after_step(const TrainingProgress& at, double loss, double captions,
-                            double lr);
+  nlohmann::json after_step(const TrainingProgress& at, double loss, double captions, double lr);
   /// Before other output (a validation line): clears the terminal's line; and the captions/s
   /// count restarts after it, so that they are those of training.
   void interrupt();

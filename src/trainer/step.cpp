@@ -47,10 +47,10 @@ TrainStep::TrainStep(CaptionModel& model, const TrainerOptions& options, Process
     optimizer_ = std::make_unique<FusedAdam>(
         params_, torch::optim::AdamOptions(options.lr).weight_decay(options.weight_decay));
   else
-    optimizer_ = std::make_unique<torch::optim::SGD>(
-        params_, torch::optim::SGDOptions(options.lr)
-                     .momentum(options.momentum)
-                     .weight_decay(options.weight_decay));
+    optimizer_ =
+        std::make_unique<torch::optim::SGD>(params_, torch::optim::SGDOptions(options.lr)
+                                                         .momentum(options.momentum)
+                                                         .weight_decay(options.weight_decay));
 }
 
 StepOutcome TrainStep::run(const Batch& batch, bool want_stop, const TrainingProgress& at,
@@ -71,8 +71,8 @@ StepOutcome TrainStep::run(const Batch& batch, bool want_stop, const TrainingPro
       images = images.contiguous(at::MemoryFormat::ChannelsLast);
     const auto captions = batch.captions.to(device, /*non_blocking=*/true);
     const auto lengths = batch.lengths.to(device, /*non_blocking=*/true);
-    const auto features = encode(model_, images)
-                              .index_select(0, batch.image_index.to(device, /*non_blocking=*/true));
+    const auto features =
+        encode(model_, images).index_select(0, batch.image_index.to(device, /*non_blocking=*/true));
     loss = model_.decoder()->loss(features, captions, lengths);
     out.loss = loss.item<double>();
     rank_tokens = static_cast<double>(batch.lengths.sum().item<std::int64_t>());
@@ -81,9 +81,9 @@ StepOutcome TrainStep::run(const Batch& batch, bool want_stop, const TrainingPro
   if (group_ != nullptr) {
     // One small all-reduce: the batch's token-weighted loss and token count, its captions,
     // and whether any rank must stop (time limit, signal), so that all stop at one step.
-    auto stats = torch::tensor(
-        {out.loss * rank_tokens, rank_tokens, out.captions, want_stop ? 1.0 : 0.0},
-        torch::kFloat64);
+    auto stats =
+        torch::tensor({out.loss * rank_tokens, rank_tokens, out.captions, want_stop ? 1.0 : 0.0},
+                      torch::kFloat64);
     group_->all_reduce(stats);
     const auto st = stats.accessor<double, 1>();
     all_tokens = st[1];

@@ -8,9 +8,9 @@
 
 #include <torch/optim/optimizer.h>
 
+#include "imcap/checkpoint.hpp"
 #include "imcap/data_loader.hpp"
 #include "imcap/distributed.hpp"
-#include "imcap/checkpoint.hpp"
 #include "imcap/model.hpp"
 #include "imcap/trainer.hpp"
 
