@@ -115,7 +115,7 @@ ModelConfig bench_config(const BenchArgs& a) {
   c.decoder.num_layers = 1;
   c.decoder.image_inject = ImageInject::kPre;
   c.image_crop = a.image_size;
-  c.image_resize = static_cast<int>(a.image_size * 256.0 / 224.0 + 0.5);
+  c.image_resize = train_defaults::image_resize(a.image_size, /*pretrained=*/true);
   return c;
 }
 

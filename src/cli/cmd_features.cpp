@@ -8,6 +8,7 @@
 
 #include "cli/cli_common.hpp"
 #include "cli/commands.hpp"
+#include "cli/train_defaults.hpp"
 #include "imcap/features.hpp"
 #include "imcap/weights.hpp"
 
@@ -39,7 +40,8 @@ void run_features(const FeaturesArgs& a) {
   const auto annotations = CocoAnnotations::load(a.annotations);
   FeatureOptions fo;
   fo.crop = a.image_size;
-  fo.resize = static_cast<int>(a.image_size * 256.0 / 224.0 + 0.5);
+  // The seed's transform, which imcap train --features assumes (train_defaults.hpp).
+  fo.resize = train_defaults::image_resize(a.image_size, /*pretrained=*/true);
   fo.batch_size = a.batch_size;
   fo.progress = true;
   fo.compute_dtype = a.encoder_dtype;
