@@ -1,63 +1,49 @@
 #include "imcap/captioner.hpp"
 
+#include <mutex>
+#include <tuple>
+#include <utility>
+
 #include <fmt/format.h>
 #include <torch/torch.h>
 
+#include "detail/cuda_graph_greedy.hpp"
 #include "imcap/error.hpp"
 
 namespace imcap {
 
 namespace {
 
-// The search's state tensors for a decoder state, and back.
-SearchState to_search_state(const DecoderState& s) {
-  SearchState out;
-  out.add(s.h, 1);
-  out.add(s.c, 1);
-  if (s.image.defined()) out.add(s.image, 0);
-  return out;
-}
-
-DecoderState to_decoder_state(const SearchState& s) {
-  DecoderState out;
-  out.h = s.tensors.at(0);
-  out.c = s.tensors.at(1);
-  if (s.tensors.size() > 2) out.image = s.tensors[2];
-  return out;
-}
-
-}  // namespace
-
-StepStart DecoderStepper::start(const at::Tensor& features) const {
-  auto out = decoder_.ptr()->start(features, weights_);
-  return StepStart{out.logits, to_search_state(out.state)};  // the search normalises
-}
-
-at::Tensor DecoderStepper::step(const at::Tensor& tokens, SearchState& state) const {
-  DecoderImpl& decoder = *decoder_.ptr();
-  // Decoder::step checks the ids against the vocabulary on the host. On a GPU that check would
-  // wait for the device at every step (and rule out CUDA graphs); the searches pass only ids
-  // that index the scores, so there the embedding is looked up directly.
-  auto out = tokens.device().is_cpu()
-                 ? decoder.step(tokens, to_decoder_state(state), weights_)
-                 : decoder.step_embedded(decoder.embed(tokens), to_decoder_state(state), weights_);
-  state = to_search_state(out.state);
-  return out.logits;
-}
-
-SearchOptions search_options(const CaptionOptions& o, const Vocabulary& vocab) {
+void check_options(const CaptionOptions& o) {
   if (o.beam_size < 1)
     throw InvalidArgument(fmt::format("beam size {} must be at least 1", o.beam_size));
   if (o.max_length < 1)
     throw InvalidArgument(fmt::format("max length {} must be at least 1", o.max_length));
-  SearchOptions s = SearchOptions::for_vocabulary(vocab);
-  s.beam_size = o.beam_size;
-  s.max_length = o.max_length;
-  s.alpha = o.alpha;
-  s.forbid_unk = o.forbid_unk;
-  s.num_return = 1;
-  return s;
+  if (o.num_return < 1 || o.num_return > o.beam_size)
+    throw InvalidArgument(fmt::format("num_return {} must be between 1 and the beam size {}",
+                                      o.num_return, o.beam_size));
 }
+
+}  // namespace
+
+// The CUDA-graph greedy engines, one per set of options that changes the captured loop.
+struct Captioner::GraphCache {
+  using Key = std::tuple<int, bool, int, double>;  // max_length, forbid_unk, min_length, alpha
+  static constexpr std::size_t kMaxEngines = 4;
+  std::mutex mutex;
+  std::vector<std::pair<Key, std::shared_ptr<detail::CudaGraphGreedy>>> engines;
+
+  std::shared_ptr<detail::CudaGraphGreedy> get(const CaptionModel& model, const CaptionOptions& o) {
+    const Key key{o.max_length, o.forbid_unk, o.min_length, o.alpha};
+    std::lock_guard<std::mutex> lock(mutex);
+    for (const auto& [k, engine] : engines)
+      if (k == key) return engine;
+    if (engines.size() == kMaxEngines) engines.erase(engines.begin());
+    engines.emplace_back(key, std::make_shared<detail::CudaGraphGreedy>(
+                                  model.decoder(), o, SpecialTokens::of(model.vocab())));
+    return engines.back().second;
+  }
+};
 
 Captioner Captioner::load(const std::string& path, const torch::Device& device,
                           CaptionOptions options) {
@@ -65,75 +51,144 @@ Captioner Captioner::load(const std::string& path, const torch::Device& device,
 }
 
 Captioner::Captioner(std::shared_ptr<CaptionModel> model, CaptionOptions options)
-    : model_(std::move(model)), options_(options), transform_(model_->eval_transform()) {
-  search_options(options_, model_->vocab());  // validates
+    : model_(std::move(model)),
+      options_(options),
+      transform_(model_->eval_transform()),
+      graphs_(std::make_unique<GraphCache>()) {
+  check_options(options_);
 }
 
-std::vector<Caption> Captioner::caption_features(const torch::Tensor& features,
-                                                 const CaptionOptions& options) const {
+Captioner::~Captioner() = default;
+Captioner::Captioner(const Captioner& other)
+    : model_(other.model_),
+      options_(other.options_),
+      transform_(other.transform_),
+      graphs_(std::make_unique<GraphCache>()) {}
+Captioner::Captioner(Captioner&&) noexcept = default;
+Captioner& Captioner::operator=(const Captioner& other) {
+  if (this != &other) *this = Captioner(other);
+  return *this;
+}
+Captioner& Captioner::operator=(Captioner&&) noexcept = default;
+
+std::vector<std::vector<Caption>> Captioner::candidates(const torch::Tensor& features,
+                                                        const CaptionOptions& options) const {
+  check_options(options);
   torch::NoGradGuard no_grad;
-  const DecoderStepper stepper(model_->decoder(), options.decode_weights);
-  const auto results = search(stepper, features, search_options(options, model_->vocab()));
-  std::vector<Caption> out;
-  out.reserve(results.size());
-  for (const auto& hyps : results) {
-    Caption c;
-    if (!hyps.empty()) {
-      c.ids = hyps.front().tokens;
-      c.log_prob = hyps.front().log_prob;
+  const SpecialTokens tokens = SpecialTokens::of(model_->vocab());
+  std::vector<std::vector<Hypothesis>> results;
+  if (options.beam_size == 1 && features.is_cuda() && detail::CudaGraphGreedy::available()) {
+    for (auto& h : (*graphs_->get(*model_, options))(features)) results.push_back({std::move(h)});
+  } else {
+    const DecoderStepper stepper(model_->decoder(), options.decode_weights);
+    results = search(stepper, features, options, tokens);
+  }
+  std::vector<std::vector<Caption>> out(results.size());
+  for (std::size_t i = 0; i < results.size(); ++i) {
+    for (const Hypothesis& h : results[i]) {
+      Caption c;
+      c.ids = h.tokens;
+      c.log_prob = h.log_prob;
+      c.tokens = model_->vocab().decode_tokens(c.ids);
+      for (const auto& w : c.tokens) c.text += (c.text.empty() ? "" : " ") + w;
+      out[i].push_back(std::move(c));
     }
-    c.tokens = model_->vocab().decode_tokens(c.ids);
-    for (const auto& w : c.tokens) c.text += (c.text.empty() ? "" : " ") + w;
-    out.push_back(std::move(c));
   }
   return out;
 }
 
-std::vector<Caption> Captioner::caption_tensor_batch(const torch::Tensor& images,
-                                                     const CaptionOptions& options) const {
+std::vector<Caption> Captioner::caption_features(const torch::Tensor& features,
+                                                 const CaptionOptions& options) const {
+  CaptionOptions best = options;
+  best.num_return = 1;
+  std::vector<Caption> out;
+  for (auto& list : candidates(features, best))
+    out.push_back(list.empty() ? Caption{} : std::move(list.front()));
+  return out;
+}
+
+std::vector<Caption> Captioner::caption_features(const torch::Tensor& features) const {
+  return caption_features(features, options_);
+}
+
+torch::Tensor Captioner::encode(const torch::Tensor& images, const CaptionOptions& options) const {
   if (images.dim() != 4 || images.size(1) != 3)
     throw InvalidArgument(
         fmt::format("captioner: expected images [B, 3, H, W], got {} dimensions", images.dim()));
   torch::NoGradGuard no_grad;
   Encoder encoder = model_->encoder();  // a handle on the shared module; forward is not const
-  const auto features =
-      encoder->forward(images.to(model_->device(), torch::kFloat32), options.encoder_dtype);
-  return caption_features(features, options);
+  return encoder->forward(images.to(model_->device(), torch::kFloat32), options.encoder_dtype);
 }
 
-Caption Captioner::caption(const torch::Tensor& image) const {
-  if (image.dim() != 3)
-    throw InvalidArgument(
-        fmt::format("captioner: expected an image [3, H, W], got {} dimensions", image.dim()));
-  return caption_tensor_batch(image.unsqueeze(0), options_).front();
-}
-
-Caption Captioner::caption(const Image& image) const { return caption(transform_(image)); }
-
-Caption Captioner::caption(const std::string& image_path) const {
-  return caption(decode_image(image_path, transform_.fast_decode_options()));
-}
-
-std::vector<Caption> Captioner::caption_batch(const std::vector<Image>& images) const {
-  if (images.empty()) return {};
+torch::Tensor Captioner::encode(const std::vector<Image>& images,
+                                const CaptionOptions& options) const {
+  if (images.empty()) throw InvalidArgument("captioner: no images to encode");
   std::vector<torch::Tensor> xs;
   xs.reserve(images.size());
   for (const auto& img : images) xs.push_back(transform_(img));
-  return caption_tensor_batch(torch::stack(xs), options_);
+  return encode(torch::stack(xs), options);
+}
+
+torch::Tensor Captioner::encode(const std::vector<std::string>& paths,
+                                const CaptionOptions& options) const {
+  if (paths.empty()) throw InvalidArgument("captioner: no image files to encode");
+  std::vector<torch::Tensor> xs;
+  xs.reserve(paths.size());
+  for (const auto& p : paths)
+    xs.push_back(transform_(decode_image(p, transform_.fast_decode_options())));
+  return encode(torch::stack(xs), options);
+}
+
+std::vector<Caption> Captioner::caption_batch(const torch::Tensor& images,
+                                              const CaptionOptions& options) const {
+  return caption_features(encode(images, options), options);
+}
+
+std::vector<Caption> Captioner::caption_batch(const std::vector<Image>& images,
+                                              const CaptionOptions& options) const {
+  if (images.empty()) return {};
+  return caption_features(encode(images, options), options);
 }
 
 std::vector<Caption> Captioner::caption_batch(const std::vector<std::string>& paths,
                                               const CaptionOptions& options) const {
   if (paths.empty()) return {};
-  std::vector<torch::Tensor> xs;
-  xs.reserve(paths.size());
-  for (const auto& p : paths)
-    xs.push_back(transform_(decode_image(p, transform_.fast_decode_options())));
-  return caption_tensor_batch(torch::stack(xs), options);
+  return caption_features(encode(paths, options), options);
+}
+
+std::vector<Caption> Captioner::caption_batch(const torch::Tensor& images) const {
+  return caption_batch(images, options_);
+}
+
+std::vector<Caption> Captioner::caption_batch(const std::vector<Image>& images) const {
+  return caption_batch(images, options_);
 }
 
 std::vector<Caption> Captioner::caption_batch(const std::vector<std::string>& paths) const {
   return caption_batch(paths, options_);
+}
+
+Caption Captioner::caption(const torch::Tensor& image, const CaptionOptions& options) const {
+  if (image.dim() != 3)
+    throw InvalidArgument(
+        fmt::format("captioner: expected an image [3, H, W], got {} dimensions", image.dim()));
+  return caption_batch(image.unsqueeze(0), options).front();
+}
+
+Caption Captioner::caption(const Image& image, const CaptionOptions& options) const {
+  return caption(transform_(image), options);
+}
+
+Caption Captioner::caption(const std::string& image_path, const CaptionOptions& options) const {
+  return caption(decode_image(image_path, transform_.fast_decode_options()), options);
+}
+
+Caption Captioner::caption(const torch::Tensor& image) const { return caption(image, options_); }
+
+Caption Captioner::caption(const Image& image) const { return caption(image, options_); }
+
+Caption Captioner::caption(const std::string& image_path) const {
+  return caption(image_path, options_);
 }
 
 }  // namespace imcap

@@ -19,6 +19,9 @@ namespace nn = torch::nn;
 
 using detail::kIgnoreIndex;
 
+// Where the decoder's tensors lie in its DecodeState.
+constexpr std::size_t kH = 0, kC = 1, kImage = 2;
+
 void check_positive(const char* name, int64_t value) {
   if (value <= 0) {
     throw InvalidArgument(fmt::format("{}: expected a positive size, got {}", name, value));
@@ -69,14 +72,6 @@ DecodeWeights parse_decode_weights(const std::string& name) {
 }
 
 std::string to_string(DecodeWeights weights) { return detail::enum_name(weights); }
-
-DecoderState DecoderState::index_select(const torch::Tensor& rows) const {
-  DecoderState out;
-  out.h = h.index_select(1, rows);
-  out.c = c.index_select(1, rows);
-  if (image.defined()) out.image = image.index_select(0, rows);
-  return out;
-}
 
 DecoderImpl::DecoderImpl(const DecoderOptions& options)
     : options_(options),
@@ -163,16 +158,18 @@ torch::Tensor DecoderImpl::hidden_states(const torch::Tensor& features,
       inputs = torch::cat({features.new_zeros({batch, 1, options_.embed_size}), words}, 1);
       break;
   }
-  const DecoderState state = init_state(features);
+  const DecodeState state = init_state(features);
+  const torch::Tensor& h = state.tensors[kH];
+  const torch::Tensor& c = state.tensors[kC];
   if (detail::lstm_sequence_supported(inputs, lstm))
-    return detail::lstm_sequence(inputs, state.h, state.c, lstm);
-  return std::get<0>(lstm->forward(inputs, std::make_tuple(state.h, state.c)));
+    return detail::lstm_sequence(inputs, h, c, lstm);
+  return std::get<0>(lstm->forward(inputs, std::make_tuple(h, c)));
 }
 
-DecoderState DecoderImpl::init_state(const torch::Tensor& features) {
+DecodeState DecoderImpl::init_state(const torch::Tensor& features) {
   check_features(features);
   const int64_t batch = features.size(0);
-  DecoderState state;
+  torch::Tensor h, c;
   if (options_.image_inject == ImageInject::kInit) {
     auto reshape = [&](const torch::Tensor& flat) {
       return torch::tanh(flat)
@@ -180,51 +177,70 @@ DecoderState DecoderImpl::init_state(const torch::Tensor& features) {
           .transpose(0, 1)
           .contiguous();
     };
-    state.h = reshape(init_h(features));
-    state.c = reshape(init_c(features));
+    h = reshape(init_h(features));
+    c = reshape(init_c(features));
   } else {
-    state.h = features.new_zeros({options_.num_layers, batch, options_.hidden_size});
-    state.c = torch::zeros_like(state.h);
+    h = features.new_zeros({options_.num_layers, batch, options_.hidden_size});
+    c = torch::zeros_like(h);
   }
-  if (options_.image_inject == ImageInject::kPar) state.image = features;
+  DecodeState state;
+  state.add(std::move(h), /*row_dim=*/1);
+  state.add(std::move(c), /*row_dim=*/1);
+  if (options_.image_inject == ImageInject::kPar) state.add(features, /*row_dim=*/0);
   return state;
 }
 
-DecoderStepOutput DecoderImpl::step_inputs(const torch::Tensor& inputs, const DecoderState& state,
-                                           DecodeWeights weights) {
+torch::Tensor DecoderImpl::step_inputs(const torch::Tensor& inputs, DecodeState& state,
+                                       DecodeWeights weights) {
+  torch::Tensor& h = state.tensors[kH];
+  torch::Tensor& c = state.tensors[kC];
   const bool dropout = is_training() && options_.dropout > 0 && options_.num_layers > 1;
   if (!torch::GradMode::is_enabled() && !dropout) {
     // Inference: the LSTM cell by hand and the output projection (detail/decode_step.hpp).
     const std::vector<torch::Tensor> w = lstm->all_weights();
     decode_step_->advise_huge_pages(w, linear->weight);
-    DecoderStepOutput out;
-    const torch::Tensor hidden =
-        decode_step_->lstm(inputs, state.h, state.c, w, out.state.h, out.state.c);
-    out.logits = decode_step_->project(hidden, linear->weight, linear->bias, weights);
-    out.state.image = state.image;
-    return out;
+    torch::Tensor next_h, next_c;
+    const torch::Tensor hidden = decode_step_->lstm(inputs, h, c, w, next_h, next_c);
+    h = std::move(next_h);
+    c = std::move(next_c);
+    return decode_step_->project(hidden, linear->weight, linear->bias, weights);
   }
-  auto [hidden, hc] =
-      lstm->forward(inputs.unsqueeze(1), std::make_tuple(state.h, state.c));  // one time step
-  DecoderStepOutput out;
-  out.logits = linear(hidden.squeeze(1));
-  out.state.h = std::get<0>(hc);
-  out.state.c = std::get<1>(hc);
-  out.state.image = state.image;
+  auto [hidden, hc] = lstm->forward(inputs.unsqueeze(1), std::make_tuple(h, c));  // one time step
+  h = std::get<0>(hc);
+  c = std::get<1>(hc);
+  return linear(hidden.squeeze(1));
+}
+
+StepStart DecoderImpl::start(const torch::Tensor& features, DecodeWeights weights) {
+  StepStart out;
+  out.state = init_state(features);
+  out.scores = options_.image_inject == ImageInject::kPre
+                   ? step_inputs(features, out.state, weights)
+                   : step_embedded(features.new_zeros({features.size(0), options_.embed_size}),
+                                   out.state, weights);
   return out;
 }
 
-DecoderStepOutput DecoderImpl::start(const torch::Tensor& features, DecodeWeights weights) {
-  DecoderState state = init_state(features);
-  if (options_.image_inject == ImageInject::kPre) return step_inputs(features, state, weights);
-  return step_embedded(features.new_zeros({features.size(0), options_.embed_size}), state, weights);
+void DecoderImpl::check_state(const DecodeState& state) const {
+  const std::size_t n = options_.image_inject == ImageInject::kPar ? 3 : 2;
+  if (state.tensors.size() != n || state.row_dims.size() != n)
+    throw InvalidArgument(fmt::format(
+        "decoder state: expected {} tensors (h, c{}) from init_state, start or step, got {}", n,
+        n == 3 ? ", image" : "", state.tensors.size()));
+  const torch::Tensor& h = state.tensors[kH];
+  detail::check_tensor(h.defined() && h.dim() == 3 && h.size(0) == options_.num_layers &&
+                           h.size(2) == options_.hidden_size && state.tensors[kC].defined() &&
+                           state.tensors[kC].sizes() == h.sizes(),
+                       "decoder state h",
+                       fmt::format("h and c of shape [{}, B, {}] from init_state, start or step",
+                                   options_.num_layers, options_.hidden_size),
+                       h);
 }
 
-DecoderStepOutput DecoderImpl::step_embedded(const torch::Tensor& word_embeddings,
-                                             const DecoderState& state, DecodeWeights weights) {
-  detail::check_tensor(state.h.defined() && state.h.dim() == 3 && state.c.defined(),
-                       "decoder state h", "a state from init_state, start or step", state.h);
-  const int64_t batch = state.h.size(1);
+torch::Tensor DecoderImpl::step_embedded(const torch::Tensor& word_embeddings, DecodeState& state,
+                                         DecodeWeights weights) {
+  check_state(state);
+  const int64_t batch = state.tensors[kH].size(1);
   detail::check_tensor(word_embeddings.defined() && word_embeddings.dim() == 2 &&
                            word_embeddings.size(0) == batch &&
                            word_embeddings.size(1) == options_.embed_size,
@@ -232,44 +248,36 @@ DecoderStepOutput DecoderImpl::step_embedded(const torch::Tensor& word_embedding
                        fmt::format("word embeddings of shape [{}, {}]", batch, options_.embed_size),
                        word_embeddings);
   if (options_.image_inject == ImageInject::kPar) {
-    detail::check_tensor(
-        state.image.defined() && state.image.dim() == 2 && state.image.size(0) == batch,
-        "decoder state image", fmt::format("features of shape [{}, E]", batch), state.image);
-    return step_inputs(torch::cat({word_embeddings, state.image}, /*dim=*/1), state, weights);
+    const torch::Tensor& image = state.tensors[kImage];
+    detail::check_tensor(image.defined() && image.dim() == 2 && image.size(0) == batch &&
+                             image.size(1) == options_.embed_size,
+                         "decoder state image",
+                         fmt::format("features of shape [{}, {}]", batch, options_.embed_size),
+                         image);
+    return step_inputs(torch::cat({word_embeddings, image}, /*dim=*/1), state, weights);
   }
   return step_inputs(word_embeddings, state, weights);
 }
 
-DecoderStepOutput DecoderImpl::step(const torch::Tensor& ids, const DecoderState& state,
-                                    DecodeWeights weights) {
+torch::Tensor DecoderImpl::step(const torch::Tensor& ids, DecodeState& state,
+                                DecodeWeights weights) {
   detail::check_tensor(ids.defined() && ids.dim() == 1 && ids.scalar_type() == torch::kLong,
                        "decoder step ids", "int64 ids of shape [B]", ids);
   check_ids(ids, options_.vocab_size, "decoder step ids");
   return step_embedded(embed(ids), state, weights);
 }
 
-torch::Tensor DecoderImpl::sample(const torch::Tensor& features, int64_t max_len, int64_t end_id) {
-  check_positive("max_len", max_len);
-  if (end_id >= options_.vocab_size) {
-    throw InvalidArgument(fmt::format("end_id: expected an id below the vocabulary size {}, got {}",
-                                      options_.vocab_size, end_id));
-  }
-  torch::NoGradGuard no_grad;
-  std::vector<torch::Tensor> generated;
-  DecoderStepOutput out = start(features);
-  torch::Tensor finished = torch::zeros({features.size(0)}, torch::kBool);
-  for (int64_t t = 0; t < max_len; ++t) {
-    // max(1), not argmax: the notebooks' `outputs.max(1)[1]`, with the same tie-breaking.
-    torch::Tensor ids = std::get<1>(out.logits.max(/*dim=*/1));
-    if (end_id >= 0) {
-      ids = ids.masked_fill(finished, end_id);
-      finished = finished | ids.eq(end_id);
-    }
-    generated.push_back(ids);
-    if (t + 1 == max_len || (end_id >= 0 && finished.all().item<bool>())) break;
-    out = step(ids, out.state);
-  }
-  return torch::stack(generated, /*dim=*/1);
+StepStart DecoderStepper::start(const at::Tensor& features) const {
+  return decoder_.ptr()->start(features, weights_);  // logits: the search normalises
+}
+
+at::Tensor DecoderStepper::step(const at::Tensor& tokens, DecodeState& state) const {
+  DecoderImpl& decoder = *decoder_.ptr();
+  // Decoder::step checks the ids against the vocabulary on the host. On a GPU that check would
+  // wait for the device at every step (and rule out CUDA graphs); the searches pass only ids
+  // that index the scores, so there the embedding is looked up directly.
+  if (tokens.device().is_cpu()) return decoder.step(tokens, state, weights_);
+  return decoder.step_embedded(decoder.embed(tokens), state, weights_);
 }
 
 torch::Tensor length_mask(const torch::Tensor& lengths, int64_t max_len) {

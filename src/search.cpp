@@ -8,39 +8,40 @@
 #include <fmt/format.h>
 #include <torch/torch.h>
 
+#include "detail/hypothesis.hpp"
 #include "imcap/error.hpp"
 
 namespace imcap {
 
-void SearchState::select_rows(const at::Tensor& rows) {
+void DecodeState::select_rows(const at::Tensor& rows) {
   if (tensors.size() != row_dims.size()) {
     throw InvalidArgument(
-        fmt::format("SearchState: {} tensors but {} row_dims", tensors.size(), row_dims.size()));
+        fmt::format("DecodeState: {} tensors but {} row_dims", tensors.size(), row_dims.size()));
   }
   for (std::size_t i = 0; i < tensors.size(); ++i) {
     if (row_dims[i] < 0 || row_dims[i] >= tensors[i].dim()) {
-      throw InvalidArgument(fmt::format("SearchState: tensors[{}] has {} dims, row_dims[{}] = {}",
+      throw InvalidArgument(fmt::format("DecodeState: tensors[{}] has {} dims, row_dims[{}] = {}",
                                         i, tensors[i].dim(), i, row_dims[i]));
     }
     tensors[i] = tensors[i].index_select(row_dims[i], rows);
   }
 }
 
-std::int64_t SearchState::num_rows() const {
+std::int64_t DecodeState::num_rows() const {
   if (tensors.size() != row_dims.size()) {
     throw InvalidArgument(
-        fmt::format("SearchState: {} tensors but {} row_dims", tensors.size(), row_dims.size()));
+        fmt::format("DecodeState: {} tensors but {} row_dims", tensors.size(), row_dims.size()));
   }
   std::int64_t rows = 0;
   for (std::size_t i = 0; i < tensors.size(); ++i) {
     if (row_dims[i] < 0 || row_dims[i] >= tensors[i].dim()) {
-      throw InvalidArgument(fmt::format("SearchState: tensors[{}] has {} dims, row_dims[{}] = {}",
+      throw InvalidArgument(fmt::format("DecodeState: tensors[{}] has {} dims, row_dims[{}] = {}",
                                         i, tensors[i].dim(), i, row_dims[i]));
     }
     const std::int64_t n = tensors[i].size(row_dims[i]);
     if (i > 0 && n != rows) {
       throw InvalidArgument(
-          fmt::format("SearchState: tensors[{}] has {} rows along dim {}, tensors[0] has {}", i, n,
+          fmt::format("DecodeState: tensors[{}] has {} rows along dim {}, tensors[0] has {}", i, n,
                       row_dims[i], rows));
     }
     rows = n;
@@ -48,7 +49,47 @@ std::int64_t SearchState::num_rows() const {
   return rows;
 }
 
+namespace detail {
+
+double length_penalty(std::int64_t length, double alpha) {
+  if (alpha == 0.0) return 1.0;
+  return std::pow(static_cast<double>(std::max<std::int64_t>(length, 1)), alpha);
+}
+
+bool starts_with_start(const std::vector<std::int64_t>& tokens, std::int64_t start_id) {
+  return start_id >= 0 && !tokens.empty() && tokens.front() == start_id;
+}
+
+std::int64_t word_count(const std::vector<std::int64_t>& tokens, std::int64_t start_id) {
+  return static_cast<std::int64_t>(tokens.size()) - (starts_with_start(tokens, start_id) ? 1 : 0);
+}
+
+Hypothesis make_hypothesis(const std::vector<std::int64_t>& tokens, double log_prob, bool finished,
+                           const SearchOptions& options, const SpecialTokens& ids) {
+  Hypothesis h;
+  const auto skip = starts_with_start(tokens, ids.start) ? 1 : 0;
+  h.tokens.assign(tokens.begin() + skip, tokens.end());
+  h.log_prob = log_prob;
+  h.finished = finished;
+  const auto length = static_cast<std::int64_t>(h.tokens.size()) + (finished ? 1 : 0);
+  h.score = log_prob / length_penalty(length, options.alpha);
+  return h;
+}
+
+}  // namespace detail
+
 namespace {
+
+using detail::length_penalty;
+using detail::make_hypothesis;
+using detail::starts_with_start;
+using detail::word_count;
+
+// A hypothesis under construction; tokens include a leading <start> if one was generated.
+struct Partial {
+  std::vector<std::int64_t> tokens;
+  double log_prob = 0.0;
+};
 
 constexpr float kNegInf = -std::numeric_limits<float>::infinity();
 
@@ -74,11 +115,15 @@ void check_options(const SearchOptions& options, const char* what) {
         fmt::format("{}: SearchOptions::num_return must be in [1, beam_size = {}], got {}", what,
                     options.beam_size, options.num_return));
   }
-  if (options.forbid_unk && options.unk_id < 0) {
-    throw InvalidArgument(
-        fmt::format("{}: SearchOptions::forbid_unk needs unk_id (got {})", what, options.unk_id));
-  }
 }
+
+}  // namespace
+
+void detail::check_search_options(const SearchOptions& options, const char* what) {
+  check_options(options, what);
+}
+
+namespace {
 
 void check_features(const at::Tensor& features, const char* what) {
   if (!features.defined() || features.dim() < 1) {
@@ -88,13 +133,13 @@ void check_features(const at::Tensor& features, const char* what) {
 }
 
 // Special ids must be -1 or a valid id; checked once the vocabulary size is known.
-void check_ids(const SearchOptions& options, std::int64_t vocab_size, const char* what) {
+void check_ids(const SpecialTokens& tokens, std::int64_t vocab_size, const char* what) {
   const std::pair<const char*, std::int64_t> ids[] = {
-      {"end_id", options.end_id}, {"unk_id", options.unk_id}, {"start_id", options.start_id}};
+      {"end", tokens.end}, {"unk", tokens.unk}, {"start", tokens.start}};
   for (const auto& [name, id] : ids) {
     if (id < -1 || id >= vocab_size) {
       throw InvalidArgument(fmt::format(
-          "{}: SearchOptions::{} = {} is outside [0, {}) (the decoder's vocabulary) and not -1",
+          "{}: SpecialTokens::{} = {} is outside [0, {}) (the decoder's vocabulary) and not -1",
           what, name, id, vocab_size));
     }
   }
@@ -113,7 +158,7 @@ at::Tensor log_probs(const at::Tensor& scores, std::int64_t rows, std::int64_t v
   return at::log_softmax(scores, /*dim=*/1, at::kFloat);
 }
 
-void check_state_rows(const SearchState& state, std::int64_t rows, const char* what) {
+void check_state_rows(const DecodeState& state, std::int64_t rows, const char* what) {
   if (state.tensors.empty()) return;
   const std::int64_t n = state.num_rows();
   if (n != rows) {
@@ -122,44 +167,13 @@ void check_state_rows(const SearchState& state, std::int64_t rows, const char* w
   }
 }
 
-double length_penalty(std::int64_t length, double alpha) {
-  if (alpha == 0.0) return 1.0;
-  return std::pow(static_cast<double>(std::max<std::int64_t>(length, 1)), alpha);
-}
-
-// A hypothesis under construction; tokens include a leading <start> if one was generated.
-struct Partial {
-  std::vector<std::int64_t> tokens;
-  double log_prob = 0.0;
-};
-
-bool starts_with_start(const std::vector<std::int64_t>& tokens, std::int64_t start_id) {
-  return start_id >= 0 && !tokens.empty() && tokens.front() == start_id;
-}
-
-std::int64_t word_count(const std::vector<std::int64_t>& tokens, std::int64_t start_id) {
-  return static_cast<std::int64_t>(tokens.size()) - (starts_with_start(tokens, start_id) ? 1 : 0);
-}
-
-Hypothesis make_hypothesis(const std::vector<std::int64_t>& tokens, double log_prob, bool finished,
-                           const SearchOptions& options) {
-  Hypothesis h;
-  const auto skip = starts_with_start(tokens, options.start_id) ? 1 : 0;
-  h.tokens.assign(tokens.begin() + skip, tokens.end());
-  h.log_prob = log_prob;
-  h.finished = finished;
-  const auto length = static_cast<std::int64_t>(h.tokens.size()) + (finished ? 1 : 0);
-  h.score = log_prob / length_penalty(length, options.alpha);
-  return h;
-}
-
 // Masks <unk> everywhere, <start> after the first step and <end> in rows that have fewer
 // than min_length words.
 void apply_masks(at::Tensor& logp, int step, const std::vector<std::int64_t>& words,
-                 const SearchOptions& options) {
-  if (options.forbid_unk) logp.select(1, options.unk_id).fill_(kNegInf);
-  if (step > 0 && options.start_id >= 0) logp.select(1, options.start_id).fill_(kNegInf);
-  if (options.end_id >= 0 && options.min_length > 0) {
+                 const SearchOptions& options, const SpecialTokens& ids) {
+  if (options.forbid_unk && ids.unk >= 0) logp.select(1, ids.unk).fill_(kNegInf);
+  if (step > 0 && ids.start >= 0) logp.select(1, ids.start).fill_(kNegInf);
+  if (ids.end >= 0 && options.min_length > 0) {
     std::vector<float> penalty(words.size(), 0.0f);
     bool any = false;
     for (std::size_t i = 0; i < words.size(); ++i) {
@@ -172,7 +186,7 @@ void apply_masks(at::Tensor& logp, int step, const std::vector<std::int64_t>& wo
       auto pen = torch::from_blob(penalty.data(), {static_cast<std::int64_t>(penalty.size())},
                                   torch::kFloat)
                      .to(logp.device());
-      logp.select(1, options.end_id).add_(pen);
+      logp.select(1, ids.end).add_(pen);
     }
   }
 }
@@ -187,18 +201,18 @@ at::Tensor to_device_int64(const std::vector<std::int64_t>& values, const at::De
 // log-probabilities.
 struct FirstStep {
   at::Tensor log_probs;  // [B, V]
-  SearchState state;     // B rows
+  DecodeState state;     // B rows
   std::int64_t vocab_size = -1;
 };
 
 FirstStep first_step(const StepDecoder& decoder, const at::Tensor& features, std::int64_t batch,
-                     const SearchOptions& options, const char* what) {
+                     const SpecialTokens& ids, const char* what) {
   StepStart start = decoder.start(features);
   check_state_rows(start.state, batch, what);
   FirstStep first;
   first.vocab_size = start.scores.defined() && start.scores.dim() == 2 ? start.scores.size(1) : -1;
   first.log_probs = log_probs(start.scores, batch, first.vocab_size, what);
-  check_ids(options, first.vocab_size, what);
+  check_ids(ids, first.vocab_size, what);
   first.state = std::move(start.state);
   return first;
 }
@@ -206,7 +220,7 @@ FirstStep first_step(const StepDecoder& decoder, const at::Tensor& features, std
 }  // namespace
 
 std::vector<Hypothesis> greedy_search(const StepDecoder& decoder, const at::Tensor& features,
-                                      const SearchOptions& options) {
+                                      const SearchOptions& options, const SpecialTokens& ids) {
   constexpr const char* kWhat = "greedy search";
   SearchOptions opts = options;
   opts.beam_size = 1;
@@ -218,8 +232,8 @@ std::vector<Hypothesis> greedy_search(const StepDecoder& decoder, const at::Tens
   if (batch == 0) return results;
 
   torch::NoGradGuard no_grad;
-  FirstStep first = first_step(decoder, features, batch, opts, kWhat);
-  SearchState state = std::move(first.state);
+  FirstStep first = first_step(decoder, features, batch, ids, kWhat);
+  DecodeState state = std::move(first.state);
   const std::int64_t vocab_size = first.vocab_size;
   at::Tensor logp = std::move(first.log_probs);
 
@@ -230,7 +244,7 @@ std::vector<Hypothesis> greedy_search(const StepDecoder& decoder, const at::Tens
   std::vector<std::int64_t> words(static_cast<std::size_t>(batch), 0);
 
   for (int t = 0;; ++t) {
-    apply_masks(logp, t, words, opts);
+    apply_masks(logp, t, words, opts, ids);
     auto [best_logp, best_id] = logp.max(/*dim=*/1);
     const at::Tensor best_logp_cpu = best_logp.cpu();
     const at::Tensor best_id_cpu = best_id.cpu();
@@ -244,17 +258,17 @@ std::vector<Hypothesis> greedy_search(const StepDecoder& decoder, const at::Tens
       Partial& p = partial[static_cast<std::size_t>(rows[i])];
       Hypothesis& out = results[static_cast<std::size_t>(rows[i])];
       if (!std::isfinite(lp[i])) {  // every token masked or impossible: stop here
-        out = make_hypothesis(p.tokens, p.log_prob, /*finished=*/false, opts);
+        out = make_hypothesis(p.tokens, p.log_prob, /*finished=*/false, opts, ids);
         continue;
       }
       p.log_prob += lp[i];
-      if (id[i] == opts.end_id) {
-        out = make_hypothesis(p.tokens, p.log_prob, /*finished=*/true, opts);
+      if (id[i] == ids.end) {
+        out = make_hypothesis(p.tokens, p.log_prob, /*finished=*/true, opts, ids);
         continue;
       }
       p.tokens.push_back(id[i]);
       if (last) {
-        out = make_hypothesis(p.tokens, p.log_prob, /*finished=*/false, opts);
+        out = make_hypothesis(p.tokens, p.log_prob, /*finished=*/false, opts, ids);
         continue;
       }
       keep.push_back(static_cast<std::int64_t>(i));
@@ -273,7 +287,7 @@ std::vector<Hypothesis> greedy_search(const StepDecoder& decoder, const at::Tens
     }
     words.resize(rows.size());
     for (std::size_t i = 0; i < rows.size(); ++i) {
-      words[i] = word_count(partial[static_cast<std::size_t>(rows[i])].tokens, opts.start_id);
+      words[i] = word_count(partial[static_cast<std::size_t>(rows[i])].tokens, ids.start);
     }
     const auto n = static_cast<std::int64_t>(rows.size());
     const at::Tensor scores = decoder.step(tokens, state);
@@ -284,40 +298,26 @@ std::vector<Hypothesis> greedy_search(const StepDecoder& decoder, const at::Tens
 }
 
 at::Tensor greedy_ids(const StepDecoder& decoder, const at::Tensor& features, int max_length) {
-  constexpr const char* kWhat = "greedy_ids";
-  check_features(features, kWhat);
-  if (max_length < 1) {
-    throw InvalidArgument(fmt::format("{}: max_length must be >= 1, got {}", kWhat, max_length));
+  check_features(features, "greedy_ids");
+  SearchOptions plain;  // no masks, no end: the notebook's sample()
+  plain.beam_size = 1;
+  plain.max_length = max_length;
+  plain.forbid_unk = false;
+  const std::vector<Hypothesis> best = greedy_search(decoder, features, plain, SpecialTokens{});
+  at::Tensor ids =
+      torch::zeros({static_cast<std::int64_t>(best.size()), max_length}, torch::kInt64);
+  auto rows = ids.accessor<std::int64_t, 2>();
+  for (std::size_t b = 0; b < best.size(); ++b) {
+    for (std::size_t t = 0; t < best[b].tokens.size(); ++t)
+      rows[static_cast<std::int64_t>(b)][static_cast<std::int64_t>(t)] = best[b].tokens[t];
   }
-  const std::int64_t batch = features.size(0);
-  if (batch == 0) return torch::empty({0, max_length}, torch::kInt64);
-
-  torch::NoGradGuard no_grad;
-  StepStart first = decoder.start(features);
-  SearchState state = std::move(first.state);
-  check_state_rows(state, batch, kWhat);
-  at::Tensor scores = std::move(first.scores);
-  const std::int64_t vocab_size = scores.defined() && scores.dim() == 2 ? scores.size(1) : -1;
-  std::vector<at::Tensor> ids;
-  ids.reserve(static_cast<std::size_t>(max_length));
-  for (int t = 0; t < max_length; ++t) {
-    if (t > 0) {
-      scores = decoder.step(ids.back(), state);
-      check_state_rows(state, batch, kWhat);
-    }
-    if (!scores.defined() || scores.dim() != 2 || scores.size(0) != batch ||
-        scores.size(1) != vocab_size || vocab_size < 1) {
-      log_probs(scores, batch, vocab_size, kWhat);  // throws with the shapes
-    }
-    // Same reduction as the notebook's `outputs.max(1)`: ties go to the first index.
-    ids.push_back(std::get<1>(scores.max(/*dim=*/1)));
-  }
-  return torch::stack(ids, /*dim=*/1).cpu();
+  return ids;
 }
 
 std::vector<std::vector<Hypothesis>> beam_search(const StepDecoder& decoder,
                                                  const at::Tensor& features,
-                                                 const SearchOptions& options) {
+                                                 const SearchOptions& options,
+                                                 const SpecialTokens& ids) {
   constexpr const char* kWhat = "beam search";
   check_options(options, kWhat);
   check_features(features, kWhat);
@@ -328,8 +328,8 @@ std::vector<std::vector<Hypothesis>> beam_search(const StepDecoder& decoder,
   if (batch == 0) return finished;
 
   torch::NoGradGuard no_grad;
-  FirstStep first = first_step(decoder, features, batch, options, kWhat);
-  SearchState state = std::move(first.state);
+  FirstStep first = first_step(decoder, features, batch, ids, kWhat);
+  DecodeState state = std::move(first.state);
   const std::int64_t vocab_size = first.vocab_size;
   at::Tensor logp = std::move(first.log_probs);
   const at::Device device = logp.device();
@@ -359,9 +359,9 @@ std::vector<std::vector<Hypothesis>> beam_search(const StepDecoder& decoder,
     const bool last = t + 1 >= options.max_length;
     std::vector<std::int64_t> words(live.size());
     for (std::size_t r = 0; r < live.size(); ++r) {
-      words[r] = word_count(live[r].tokens, options.start_id);
+      words[r] = word_count(live[r].tokens, ids.start);
     }
-    apply_masks(logp, t, words, options);
+    apply_masks(logp, t, words, options, ids);
     const auto num_active = static_cast<std::int64_t>(active.size());
     // Candidates: every live row extended by every token, ranked per image by log-probability
     // (all live hypotheses of an image have the same length, so this is also the score order).
@@ -391,11 +391,11 @@ std::vector<std::vector<Hypothesis>> beam_search(const StepDecoder& decoder,
         const std::int64_t index = indices[a * take + r];
         const std::int64_t row = a * per_image + index / vocab_size;
         const std::int64_t token = index % vocab_size;
-        if (token == options.end_id) {
+        if (token == ids.end) {
           // Like a beam slot: only an <end> ranked among the best `beam` candidates finishes.
           if (r < beam) {
             add_finished(done, make_hypothesis(live[static_cast<std::size_t>(row)].tokens, value,
-                                               /*finished=*/true, options));
+                                               /*finished=*/true, options, ids));
           }
           continue;
         }
@@ -456,7 +456,7 @@ std::vector<std::vector<Hypothesis>> beam_search(const StepDecoder& decoder,
     if (list.size() >= num_return) continue;
     std::vector<Hypothesis> rest;
     for (const Partial& p : cut[image]) {
-      rest.push_back(make_hypothesis(p.tokens, p.log_prob, /*finished=*/false, options));
+      rest.push_back(make_hypothesis(p.tokens, p.log_prob, /*finished=*/false, options, ids));
     }
     // Same number of tokens, but a stripped <start> makes lengths differ by one.
     std::stable_sort(rest.begin(), rest.end(),
@@ -470,16 +470,17 @@ std::vector<std::vector<Hypothesis>> beam_search(const StepDecoder& decoder,
 }
 
 std::vector<std::vector<Hypothesis>> search(const StepDecoder& decoder, const at::Tensor& features,
-                                            const SearchOptions& options) {
+                                            const SearchOptions& options,
+                                            const SpecialTokens& ids) {
   if (options.beam_size == 1) {
     check_options(options, "search");
-    std::vector<Hypothesis> best = greedy_search(decoder, features, options);
+    std::vector<Hypothesis> best = greedy_search(decoder, features, options, ids);
     std::vector<std::vector<Hypothesis>> results;
     results.reserve(best.size());
     for (auto& h : best) results.push_back({std::move(h)});
     return results;
   }
-  return beam_search(decoder, features, options);
+  return beam_search(decoder, features, options, ids);
 }
 
 }  // namespace imcap

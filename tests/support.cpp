@@ -20,9 +20,11 @@ extern char** environ;  // POSIX: the process environment
 
 namespace imcap::test {
 
-imcap::Decoder eval_decoder(int64_t vocab, int64_t embed, int64_t hidden, uint64_t seed) {
+imcap::Decoder eval_decoder(int64_t vocab, int64_t embed, int64_t hidden, uint64_t seed,
+                            imcap::ImageInject inject) {
   torch::manual_seed(seed);
   imcap::DecoderOptions options;
+  options.image_inject = inject;
   options.vocab_size = vocab;
   options.embed_size = embed;
   options.hidden_size = hidden;

@@ -9,9 +9,10 @@
 
 namespace imcap::test {
 
-/// A single-layer pre-inject decoder with random weights drawn after manual_seed(seed), in
-/// eval mode.
-imcap::Decoder eval_decoder(int64_t vocab, int64_t embed, int64_t hidden, uint64_t seed);
+/// A single-layer decoder (pre-inject unless told) with random weights drawn after
+/// manual_seed(seed), in eval mode.
+imcap::Decoder eval_decoder(int64_t vocab, int64_t embed, int64_t hidden, uint64_t seed,
+                            imcap::ImageInject inject = imcap::ImageInject::kPre);
 
 /// Path of a file under tests/data.
 std::string data_path(const std::string& name);

@@ -1,6 +1,7 @@
 // The imcap command line end to end: train, caption, predict, eval, and the demo.
 #include "catch.hpp"
 
+#include <algorithm>
 #include <cmath>
 #include <fstream>
 #include <future>
@@ -65,6 +66,32 @@ TEST_CASE("train, caption, predict and eval from the command line", "[trainer][c
     CHECK(std::abs(greedy[i]["log_prob"].get<double>() - greedy[0]["log_prob"].get<double>()) <
           0.05);
   }
+  // --num-return: the best captions of each image, best first, the first one the plain caption.
+  r = imcap::test::run_cli({"caption", "--model", model, f.val_images + "/1000000.jpg", "--json",
+                            "--beam", "3", "--num-return", "3"});
+  REQUIRE(r.exit_code == 0);
+  const auto three = nlohmann::json::parse(r.out).at(0);
+  REQUIRE(three["candidates"].size() == 3);
+  CHECK(three["candidates"][0]["caption"] == j[0]["caption"]);
+  CHECK(three["caption"] == j[0]["caption"]);
+  CHECK(three["candidates"][0]["log_prob"].get<double>() >=
+        three["candidates"][1]["log_prob"].get<double>());
+  CHECK(three["candidates"][1]["caption"] != three["candidates"][0]["caption"]);
+  r = imcap::test::run_cli({"caption", "--model", model, f.val_images + "/1000000.jpg", "--beam",
+                            "3", "--num-return", "2"});
+  REQUIRE(r.exit_code == 0);
+  CHECK(std::count(r.out.begin(), r.out.end(), '\n') == 2);
+  CHECK_THAT(r.out, Catch::StartsWith(f.val_images + "/1000000.jpg\t" +
+                                      three["caption"].get<std::string>() + "\t-"));
+  r = imcap::test::run_cli({"caption", "--model", model, f.val_images + "/1000000.jpg", "--beam",
+                            "2", "--num-return", "3"});
+  CHECK(r.exit_code == 2);
+  CHECK_THAT(r.err, Catch::Contains("--num-return 3 is more than --beam 2"));
+  // --min-length keeps <end> away: at least 6 words.
+  r = imcap::test::run_cli(
+      {"caption", "--model", model, f.val_images + "/1000000.jpg", "--json", "--min-length", "6"});
+  REQUIRE(r.exit_code == 0);
+  CHECK(nlohmann::json::parse(r.out).at(0)["tokens"].size() >= 6);
 #ifdef IMCAP_EXAMPLES_DIR
   // The bundled example captions with the trained model, as the CLI does (both beam 3).
   const auto example = imcap::test::run_process(
@@ -90,6 +117,20 @@ TEST_CASE("train, caption, predict and eval from the command line", "[trainer][c
   CHECK(imcap::test::run_cli({"train", "--annotations", f.train_annotations, "--images",
                               f.train_images, "--out", t.tmp.file("r2"), "--lr", "fast"})
             .exit_code == 2);
+  // The options are the library's fields, with its defaults; enum options take their names.
+  r = imcap::test::run_cli({"train", "--help"});
+  CHECK_THAT(r.out, Catch::Contains("{padded,same_length,image_major}=" +
+                                    imcap::to_string(imcap::TrainerOptions{}.batching)) &&
+                        Catch::Contains("{pre,par,init}=" +
+                                        imcap::to_string(imcap::DecoderOptions{}.image_inject)));
+  r = imcap::test::run_cli(imcap::test::tiny_train_args(
+      f, t.tmp.file("r4"), {"--max-steps", "1", "--inject", "init", "--batching", "padded"}));
+  CHECK(r.exit_code == 0);
+  CHECK_THAT(r.out, Catch::StartsWith("training resnet18 (init)"));
+  r = imcap::test::run_cli({"train", "--annotations", f.train_annotations, "--images",
+                            f.train_images, "--out", t.tmp.file("r5"), "--inject", "1"});
+  CHECK(r.exit_code == 2);
+  CHECK_THAT(r.err, Catch::Contains("--inject: 1 not in {pre,par,init}"));
   r = imcap::test::run_cli({"train", "--annotations", f.train_annotations, "--images",
                             f.train_images, "--out", t.tmp.file("r3"), "--resume"});
   CHECK(r.exit_code == 1);

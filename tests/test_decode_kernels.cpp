@@ -121,12 +121,13 @@ TEST_CASE("decoding steps give the decoder's weights huge pages, also after they
     for (int64_t step = 1; step < imcap::detail::kStepsBeforeHugePages; ++step)
       decoder->start(features);
     if (!thp_always()) CHECK(huge_bytes_at(weight.data_ptr()) < int64_t{4} << 20);
-    const imcap::DecoderStepOutput out = decoder->start(features);
+    const imcap::StepStart out = decoder->start(features);
     CHECK(huge_bytes_at(weight.data_ptr()) >= int64_t{4} << 20);
     CHECK(huge_bytes_at(decoder->lstm->all_weights()[1].data_ptr()) >= int64_t{2} << 20);  // W_hh
     // The scores are rowwise_affine's, the float32 kernel, with or without huge pages.
-    CHECK(torch::equal(out.logits, imcap::detail::rowwise_affine(out.state.h[0], weight.clone(),
-                                                                 decoder->linear->bias)));
+    CHECK(torch::equal(out.scores,
+                       imcap::detail::rowwise_affine(out.state.tensors[0][0], weight.clone(),
+                                                     decoder->linear->bias)));
   }
 }
 
@@ -138,15 +139,16 @@ TEST_CASE("decoding steps score each row of a beam as if it were alone", "[kerne
   torch::NoGradGuard no_grad;
   const torch::Tensor features = torch::randn({3, 16});
   const torch::Tensor ids = torch::randint(0, 700, {3}, torch::kLong);
-  const imcap::DecoderStepOutput start = decoder->start(features);
-  const imcap::DecoderStepOutput step = decoder->step(ids, start.state);
+  imcap::StepStart start = decoder->start(features);
+  const torch::Tensor start_scores = start.scores;
+  const torch::Tensor step = decoder->step(ids, start.state);
   for (int64_t r = 0; r < 3; ++r) {
     INFO("row " << r);
-    const imcap::DecoderStepOutput start1 = decoder->start(features.slice(0, r, r + 1));
-    const imcap::DecoderStepOutput step1 = decoder->step(ids.slice(0, r, r + 1), start1.state);
-    CHECK(torch::equal(start.logits[r], start1.logits[0]));
-    CHECK(torch::equal(step.state.h[0][r], step1.state.h[0][0]));
-    CHECK(torch::equal(step.logits[r], step1.logits[0]));
+    imcap::StepStart start1 = decoder->start(features.slice(0, r, r + 1));
+    CHECK(torch::equal(start_scores[r], start1.scores[0]));
+    const torch::Tensor step1 = decoder->step(ids.slice(0, r, r + 1), start1.state);
+    CHECK(torch::equal(start.state.tensors[0][0][r], start1.state.tensors[0][0][0]));  // h
+    CHECK(torch::equal(step[r], step1[0]));
   }
 }
 
@@ -159,11 +161,12 @@ TEST_CASE("decoding steps run under InferenceMode as under NoGradGuard", "[kerne
     torch::Tensor reference;
     {
       torch::NoGradGuard no_grad;
-      reference = decoder->step(ids, decoder->start(features, weights).state, weights).logits;
+      imcap::DecodeState state = decoder->start(features, weights).state;
+      reference = decoder->step(ids, state, weights);
     }
     c10::InferenceMode inference;
-    const torch::Tensor got =
-        decoder->step(ids, decoder->start(features, weights).state, weights).logits;
+    imcap::DecodeState state = decoder->start(features, weights).state;
+    const torch::Tensor got = decoder->step(ids, state, weights);
     CHECK(torch::equal(got, reference));
   }
 }

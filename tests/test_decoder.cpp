@@ -34,6 +34,7 @@ TEST_CASE("decoder matches the notebooks' DecoderRNN", "[models][parity]") {
     options.embed_size = 16;
     options.hidden_size = 32;
     options.num_layers = layers;
+    options.image_inject = imcap::ImageInject::kPre;  // the notebooks' DecoderRNN
     imcap::Decoder decoder(options);
     decoder->eval();
     torch::NoGradGuard no_grad;
@@ -49,14 +50,27 @@ TEST_CASE("decoder matches the notebooks' DecoderRNN", "[models][parity]") {
     const auto full = torch::full({captions.size(0)}, captions.size(1), torch::kLong);
     CHECK(max_abs_error(decoder->forward(features, captions, full), logits) == 0.0);
 
-    CHECK(torch::equal(decoder->sample(features, /*max_len=*/20), data.at("greedy")));
+    const imcap::DecoderStepper steps(decoder);
+    CHECK(torch::equal(imcap::greedy_ids(steps, features, /*max_length=*/20), data.at("greedy")));
+    // With <end>, each row stops as soon as it emits it, as the notebook's loop breaks (the
+    // Python side fills the rest of a stopped row with end_id).
     const int64_t end_id = data.at("end_id").item<int64_t>();
-    CHECK(torch::equal(decoder->sample(features, 20, end_id), data.at("stopped")));
-    // One row stops as soon as it emits end_id, as the notebook's loop breaks.
-    const torch::Tensor row = data.at("stopped")[0];
-    const int64_t stop = row.eq(end_id).nonzero()[0].item<int64_t>();
-    CHECK(torch::equal(decoder->sample(features.slice(0, 0, 1), 20, end_id),
-                       row.slice(0, 0, stop + 1).unsqueeze(0)));
+    imcap::SearchOptions plain;
+    plain.beam_size = 1;
+    plain.forbid_unk = false;
+    imcap::SpecialTokens end_only;
+    end_only.end = end_id;
+    const auto found = imcap::greedy_search(steps, features, plain, end_only);
+    const torch::Tensor& stopped = data.at("stopped");
+    REQUIRE(found.size() == static_cast<std::size_t>(stopped.size(0)));
+    bool some_stopped = false;
+    for (std::size_t b = 0; b < found.size(); ++b) {
+      std::vector<int64_t> row = found[b].tokens;
+      some_stopped = some_stopped || found[b].finished;
+      while (row.size() < static_cast<std::size_t>(stopped.size(1))) row.push_back(end_id);
+      CHECK(torch::equal(torch::tensor(row, torch::kLong), stopped[static_cast<int64_t>(b)]));
+    }
+    CHECK(some_stopped);
   }
 }
 
@@ -82,25 +96,29 @@ TEST_CASE("decoder steps reproduce the teacher-forced logits in every inject mod
     torch::NoGradGuard no_grad;
     const torch::Tensor logits = decoder->forward(features, captions);
     REQUIRE(logits.sizes() == torch::IntArrayRef({3, 6, 30}));
-    imcap::DecoderStepOutput s = decoder->start(features);
-    CHECK(max_abs_error(s.logits, logits.select(1, 0)) < 1e-5);
+    imcap::StepStart s = decoder->start(features);
+    CHECK(max_abs_error(s.scores, logits.select(1, 0)) < 1e-5);
+    CHECK(s.state.num_rows() == 3);
+    CHECK(s.state.tensors.size() == (inject == imcap::ImageInject::kPar ? 3u : 2u));
     for (int64_t t = 1; t < 6; ++t) {
-      s = decoder->step(captions.select(1, t - 1), s.state);
-      CHECK(max_abs_error(s.logits, logits.select(1, t)) < 1e-5);
+      const torch::Tensor scores = decoder->step(captions.select(1, t - 1), s.state);
+      CHECK(max_abs_error(scores, logits.select(1, t)) < 1e-5);
     }
     // Reordering the state (beam search) reorders the rows.
     const torch::Tensor order = torch::tensor({2, 0}, torch::kLong);
-    const imcap::DecoderState picked = s.state.index_select(order);
+    imcap::DecodeState picked = s.state;
+    picked.select_rows(order);
     const auto a = decoder->step(captions.select(1, 5).index_select(0, order), picked);
     const auto b = decoder->step(captions.select(1, 5), s.state);
-    CHECK(max_abs_error(a.logits, b.logits.index_select(0, order)) < 1e-6);
-    // Greedy sampling is the arg-max chain of steps.
-    const torch::Tensor ids = decoder->sample(features, /*max_len=*/4);
-    imcap::DecoderStepOutput g = decoder->start(features);
+    CHECK(max_abs_error(a, b.index_select(0, order)) < 1e-6);
+    // Greedy decoding is the arg-max chain of steps.
+    const torch::Tensor ids = imcap::greedy_ids(imcap::DecoderStepper(decoder), features, 4);
+    imcap::StepStart g = decoder->start(features);
+    torch::Tensor scores = g.scores;
     for (int64_t t = 0; t < 4; ++t) {
-      const torch::Tensor next = std::get<1>(g.logits.max(1));
+      const torch::Tensor next = std::get<1>(scores.max(1));
       CHECK(torch::equal(ids.select(1, t), next));
-      g = decoder->step(next, g.state);
+      scores = decoder->step(next, g.state);
     }
   }
 }
@@ -110,6 +128,7 @@ TEST_CASE("decoder state-dict names follow the notebooks", "[models]") {
   options.vocab_size = 11;
   options.embed_size = 4;
   options.hidden_size = 6;
+  options.image_inject = imcap::ImageInject::kPre;  // the notebooks' DecoderRNN
   CHECK(state_shapes(*imcap::Decoder(options)) == NamedShapes{{"embed.weight", {11, 4}},
                                                               {"linear.bias", {11}},
                                                               {"linear.weight", {11, 6}},
@@ -184,13 +203,23 @@ TEST_CASE("the decoder's wrong shapes and options give clear errors", "[models]"
   CHECK_THROWS_AS(decoder->forward(f, c, torch::tensor({3}, torch::kLong)), imcap::InvalidArgument);
   CHECK_THROWS_WITH(decoder->forward(f, torch::full({2, 3}, 10, torch::kLong)),
                     Catch::Contains("[0, 10)") && Catch::Contains("max 10"));
-  const auto s = decoder->start(f);
+  auto s = decoder->start(f);
   CHECK_THROWS_AS(decoder->step(torch::tensor({1, -1}, torch::kLong), s.state),
                   imcap::InvalidArgument);
   CHECK_THROWS_AS(decoder->step(torch::zeros({3}, torch::kLong), s.state), imcap::InvalidArgument);
   CHECK_THROWS_AS(decoder->step_embedded(torch::zeros({2, 3}), s.state), imcap::InvalidArgument);
-  CHECK_THROWS_AS(decoder->sample(f, 0), imcap::InvalidArgument);
-  CHECK_THROWS_AS(decoder->sample(f, 5, 10), imcap::InvalidArgument);
+  imcap::DecodeState missing = s.state;
+  missing.tensors.pop_back();
+  missing.row_dims.pop_back();
+  CHECK_THROWS_WITH(
+      decoder->step(torch::zeros({2}, torch::kLong), missing),
+      Catch::Contains("expected 3 tensors (h, c, image)") && Catch::Contains("got 2"));
+  const imcap::DecoderStepper steps(decoder);
+  CHECK_THROWS_AS(imcap::greedy_ids(steps, f, 0), imcap::InvalidArgument);
+  imcap::SpecialTokens beyond;
+  beyond.end = 10;
+  CHECK_THROWS_WITH(imcap::search(steps, f, imcap::SearchOptions{}, beyond),
+                    Catch::Contains("SpecialTokens::end = 10") && Catch::Contains("[0, 10)"));
   CHECK_THROWS_AS(imcap::caption_loss(torch::zeros({2, 3, 10}), torch::zeros({2, 4}, torch::kLong)),
                   imcap::InvalidArgument);
 }
@@ -209,17 +238,18 @@ TEST_CASE("decoder inference steps equal the LSTM module's, for one row and seve
     const torch::Tensor features = torch::randn({rows, 6});
     const torch::Tensor ids = torch::randint(0, 40, {rows}, torch::kLong);
     // With autograd on, step() runs torch::nn::LSTM; without, the hand-written cell.
-    const imcap::DecoderStepOutput module_start = decoder->start(features);
-    const imcap::DecoderStepOutput module_step = decoder->step(ids, module_start.state);
-    REQUIRE(module_step.logits.requires_grad());
+    imcap::StepStart module = decoder->start(features);
+    const torch::Tensor module_step = decoder->step(ids, module.state);
+    REQUIRE(module_step.requires_grad());
     torch::NoGradGuard no_grad;
-    const imcap::DecoderStepOutput fast_start = decoder->start(features);
-    const imcap::DecoderStepOutput fast_step = decoder->step(ids, fast_start.state);
-    CHECK(max_abs_error(fast_start.logits, module_start.logits) < 1e-5);
-    CHECK(max_abs_error(fast_step.logits, module_step.logits) < 1e-5);
-    CHECK(max_abs_error(fast_step.state.h, module_step.state.h) < 1e-6);
-    CHECK(max_abs_error(fast_step.state.c, module_step.state.c) < 1e-6);
-    CHECK(fast_step.state.h.sizes() == torch::IntArrayRef({2, rows, 10}));
+    imcap::StepStart fast = decoder->start(features);
+    const torch::Tensor fast_step = decoder->step(ids, fast.state);
+    CHECK(max_abs_error(fast.scores, module.scores) < 1e-5);
+    CHECK(max_abs_error(fast_step, module_step) < 1e-5);
+    for (const std::size_t i : {0u, 1u}) {  // h and c
+      CHECK(max_abs_error(fast.state.tensors[i], module.state.tensors[i]) < 1e-6);
+      CHECK(fast.state.tensors[i].sizes() == torch::IntArrayRef({2, rows, 10}));
+    }
   }
 }
 
@@ -271,14 +301,17 @@ TEST_CASE("compressed decode weights keep each row's best scores exact and bound
       INFO(imcap::to_string(weights) << ", rows " << rows);
       const torch::Tensor features = torch::randn({rows, 24});
       const torch::Tensor ids = torch::randint(0, 3000, {rows}, torch::kLong);
-      const auto ref_start = decoder->start(features);
+      auto ref_start = decoder->start(features);
+      const torch::Tensor ref_start_scores = ref_start.scores;
+      const torch::Tensor ref_h0 = ref_start.state.tensors[0];
       const auto ref_step = decoder->step(ids, ref_start.state);
-      const auto start = decoder->start(features, weights);
+      auto start = decoder->start(features, weights);
+      const torch::Tensor start_scores = start.scores;
+      CHECK(torch::equal(start.state.tensors[0], ref_h0));
       const auto step = decoder->step(ids, start.state, weights);
-      CHECK(torch::equal(start.state.h, ref_start.state.h));
-      CHECK(torch::equal(step.state.h, ref_step.state.h));
+      CHECK(torch::equal(start.state.tensors[0], ref_start.state.tensors[0]));
       for (const auto& [got, ref] :
-           {std::pair{start.logits, ref_start.logits}, std::pair{step.logits, ref_step.logits}}) {
+           {std::pair{start_scores, ref_start_scores}, std::pair{step, ref_step}}) {
         const auto [ref_top, ref_ids] = ref.topk(imcap::detail::kExactDecodeScores, /*dim=*/1);
         const auto [got_top, got_ids] = got.topk(imcap::detail::kExactDecodeScores, /*dim=*/1);
         INFO("float32 top " << ref_top << ref_ids << "\ncompressed top " << got_top << got_ids);
@@ -293,20 +326,20 @@ TEST_CASE("compressed decode weights keep each row's best scores exact and bound
   }
   // The copy follows in-place changes of the weights.
   const torch::Tensor features = torch::randn({1, 24});
-  const auto before = decoder->start(features, imcap::DecodeWeights::kInt8).logits;
+  const auto before = decoder->start(features, imcap::DecodeWeights::kInt8).scores;
   decoder->linear->weight.mul_(-1);
-  const auto ref = decoder->start(features).logits;
-  const auto after = decoder->start(features, imcap::DecodeWeights::kInt8).logits;
+  const auto ref = decoder->start(features).scores;
+  const auto after = decoder->start(features, imcap::DecodeWeights::kInt8).scores;
   CHECK(torch::equal(std::get<1>(after.max(1)), std::get<1>(ref.max(1))));
   CHECK(max_abs_error(after, ref) < 2e-2);
   CHECK(max_abs_error(after, before) > 0.1);
   // More rows than the compressed path takes, and weights it cannot hold, run in float32.
   const torch::Tensor many = torch::randn({imcap::detail::kMaxCompressedDecodeRows + 1, 24});
-  CHECK(torch::equal(decoder->start(many, imcap::DecodeWeights::kInt8).logits,
-                     decoder->start(many).logits));
+  CHECK(torch::equal(decoder->start(many, imcap::DecodeWeights::kInt8).scores,
+                     decoder->start(many).scores));
   decoder->linear->weight[3][2].fill_(std::numeric_limits<float>::infinity());
-  CHECK(torch::allclose(decoder->start(features, imcap::DecodeWeights::kBFloat16).logits,
-                        decoder->start(features).logits, 0.0, 0.0, /*equal_nan=*/true));
+  CHECK(torch::allclose(decoder->start(features, imcap::DecodeWeights::kBFloat16).scores,
+                        decoder->start(features).scores, 0.0, 0.0, /*equal_nan=*/true));
   CHECK(imcap::parse_decode_weights("int8") == imcap::DecodeWeights::kInt8);
   CHECK_THROWS_WITH(imcap::parse_decode_weights("fp8"),
                     Catch::Contains("'fp8'") && Catch::Contains("float32, bfloat16 or int8"));
@@ -315,17 +348,20 @@ TEST_CASE("compressed decode weights keep each row's best scores exact and bound
 TEST_CASE("greedy search chooses float32's words with compressed decode weights", "[models]") {
   imcap::Decoder decoder = eval_decoder(/*vocab=*/500, /*embed=*/16, /*hidden=*/64, /*seed=*/23);
   imcap::SearchOptions search;
+  search.beam_size = 1;
   search.max_length = 12;
-  search.end_id = 2;
-  search.unk_id = 3;
   search.forbid_unk = true;
   search.min_length = 2;
+  imcap::SpecialTokens special;
+  special.end = 2;
+  special.unk = 3;
   const torch::Tensor features = torch::randn({6, 16});
-  const auto reference = imcap::greedy_search(imcap::DecoderStepper(decoder), features, search);
+  const auto reference =
+      imcap::greedy_search(imcap::DecoderStepper(decoder), features, search, special);
   for (const auto weights : {imcap::DecodeWeights::kBFloat16, imcap::DecodeWeights::kInt8}) {
     INFO(imcap::to_string(weights));
     const auto got =
-        imcap::greedy_search(imcap::DecoderStepper(decoder, weights), features, search);
+        imcap::greedy_search(imcap::DecoderStepper(decoder, weights), features, search, special);
     REQUIRE(got.size() == reference.size());
     for (std::size_t i = 0; i < got.size(); ++i) {
       CHECK(got[i].tokens == reference[i].tokens);

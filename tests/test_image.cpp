@@ -464,7 +464,10 @@ TEST_CASE("the train transform is a seeded random crop and flip of the resized i
   const Image img = pattern(300, 200);
   const Image resized = imcap::resize_shorter(img, 64);  // 96x64
   REQUIRE(resized.width == 96);
-  const ImageTransform train = ImageTransform::train(64, 48);
+  imcap::TransformOptions options = ImageTransform::train(64, 48).options();
+  CHECK(options.flip_probability == 0.0);  // no flips unless asked for
+  options.flip_probability = 0.5;          // the seed's RandomHorizontalFlip
+  const ImageTransform train(options);
   std::set<std::pair<int, int>> offsets;
   int flips = 0;
   for (std::uint64_t seed = 0; seed < 40; ++seed) {

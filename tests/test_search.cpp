@@ -19,9 +19,9 @@
 
 namespace {
 
+using imcap::DecodeState;
 using imcap::Hypothesis;
 using imcap::SearchOptions;
-using imcap::SearchState;
 using imcap::StepDecoder;
 using imcap::StepStart;
 
@@ -41,7 +41,7 @@ class MarkovDecoder : public StepDecoder {
     out.state.add(table, /*row_dim=*/0);
     return out;
   }
-  torch::Tensor step(const torch::Tensor& tokens, SearchState& state) const override {
+  torch::Tensor step(const torch::Tensor& tokens, DecodeState& state) const override {
     return trans_.index({state.tensors.at(0), tokens});
   }
 
@@ -102,7 +102,7 @@ class SeedDecoder : public StepDecoder {
     if (memory_) s.state.add(features, 0);
     return s;
   }
-  torch::Tensor step(const torch::Tensor& tokens, SearchState& state) const override {
+  torch::Tensor step(const torch::Tensor& tokens, DecodeState& state) const override {
     auto& net = *net_.ptr();
     auto x = net.embed->forward(tokens);
     if (memory_) x = x + 0.5 * state.tensors.at(2);
@@ -129,6 +129,37 @@ class SeedDecoder : public StepDecoder {
   torch::Tensor bias_;
 };
 
+// A search's options and special tokens in one value. Greedy, with <unk> allowed, unless a
+// test says otherwise.
+struct Opts : SearchOptions {
+  std::int64_t end_id = -1, unk_id = -1, start_id = -1;
+  Opts() {
+    beam_size = 1;
+    forbid_unk = false;
+  }
+  imcap::SpecialTokens tokens() const { return imcap::SpecialTokens{start_id, end_id, unk_id}; }
+};
+
+Opts ids(std::int64_t end, std::int64_t unk = -1, std::int64_t start = -1) {
+  Opts o;
+  o.end_id = end;
+  o.unk_id = unk;
+  o.start_id = start;
+  return o;
+}
+
+std::vector<std::vector<Hypothesis>> run_search(const StepDecoder& d, const torch::Tensor& f,
+                                                const Opts& o) {
+  return imcap::search(d, f, o, o.tokens());
+}
+std::vector<std::vector<Hypothesis>> run_beam(const StepDecoder& d, const torch::Tensor& f,
+                                              const Opts& o) {
+  return imcap::beam_search(d, f, o, o.tokens());
+}
+std::vector<Hypothesis> run_greedy(const StepDecoder& d, const torch::Tensor& f, const Opts& o) {
+  return imcap::greedy_search(d, f, o, o.tokens());
+}
+
 torch::Tensor random_features(std::int64_t batch, std::int64_t embed, std::uint64_t seed) {
   auto gen = at::detail::createCPUGenerator(seed);
   return torch::randn({batch, embed}, gen);
@@ -138,7 +169,7 @@ torch::Tensor random_features(std::int64_t batch, std::int64_t embed, std::uint6
 // `image`), with the same rules: masks, <end> handling, <start> stripping, scores. Sorted like
 // beam_search's results: finished first, then by score.
 std::vector<Hypothesis> exhaustive(const StepDecoder& decoder, const torch::Tensor& features,
-                                   std::int64_t image, const SearchOptions& o) {
+                                   std::int64_t image, const Opts& o) {
   torch::NoGradGuard no_grad;
   std::vector<Hypothesis> all;
   auto make = [&](std::vector<std::int64_t> tokens, double lp, bool finished) {
@@ -152,8 +183,8 @@ std::vector<Hypothesis> exhaustive(const StepDecoder& decoder, const torch::Tens
     h.score = lp / std::pow(length, o.alpha);
     return h;
   };
-  std::function<void(SearchState, torch::Tensor, std::vector<std::int64_t>, double)> walk =
-      [&](SearchState state, torch::Tensor scores, std::vector<std::int64_t> prefix, double lp) {
+  std::function<void(DecodeState, torch::Tensor, std::vector<std::int64_t>, double)> walk =
+      [&](DecodeState state, torch::Tensor scores, std::vector<std::int64_t> prefix, double lp) {
         auto logp = torch::log_softmax(scores.to(torch::kFloat), 1)[0];
         const std::int64_t words =
             static_cast<std::int64_t>(prefix.size()) -
@@ -174,7 +205,7 @@ std::vector<Hypothesis> exhaustive(const StepDecoder& decoder, const torch::Tens
             all.push_back(make(next, l, false));
             continue;
           }
-          SearchState s = state;
+          DecodeState s = state;
           auto next_scores = decoder.step(torch::tensor({v}, torch::kInt64), s);
           walk(s, next_scores, next, l);
         }
@@ -234,14 +265,6 @@ bool contains(const std::vector<std::int64_t>& v, std::int64_t x) {
   return std::find(v.begin(), v.end(), x) != v.end();
 }
 
-SearchOptions ids(std::int64_t end, std::int64_t unk = -1, std::int64_t start = -1) {
-  SearchOptions o;
-  o.end_id = end;
-  o.unk_id = unk;
-  o.start_id = start;
-  return o;
-}
-
 }  // namespace
 
 TEST_CASE("beam search equals exhaustive search when the beam holds every sequence", "[search]") {
@@ -253,14 +276,14 @@ TEST_CASE("beam search equals exhaustive search when the beam holds every sequen
 
   for (double alpha : {0.0, 0.7}) {
     for (int num_return : {3, 256}) {
-      SearchOptions o = ids(/*end=*/0);
+      Opts o = ids(/*end=*/0);
       o.beam_size = 256;
       o.max_length = kSteps;
       o.alpha = alpha;
       o.num_return = num_return;
       INFO("alpha " << alpha << ", num_return " << num_return);
-      const auto got = imcap::beam_search(markov, table_ids(3), o);
-      const auto got_lstm = imcap::beam_search(lstm, lstm_features, o);
+      const auto got = run_beam(markov, table_ids(3), o);
+      const auto got_lstm = run_beam(lstm, lstm_features, o);
       REQUIRE(got.size() == 3);
       REQUIRE(got_lstm.size() == 3);
       for (std::int64_t i = 0; i < 3; ++i) {
@@ -286,14 +309,14 @@ TEST_CASE("beam search equals exhaustive search with masks and a stripped <start
                              torch::tensor({0.0f, -2.0f, 1.5f, 0.0f, 0.0f}),
                          -1);
   const MarkovDecoder markov(init, trans);
-  SearchOptions o = ids(/*end=*/0, /*unk=*/2, /*start=*/1);
+  Opts o = ids(/*end=*/0, /*unk=*/2, /*start=*/1);
   o.beam_size = 625;
   o.max_length = 4;
   o.num_return = 625;
   o.forbid_unk = true;
   o.min_length = 1;
   o.alpha = 0.5;
-  const auto got = imcap::beam_search(markov, table_ids(2), o);
+  const auto got = run_beam(markov, table_ids(2), o);
   for (std::int64_t i = 0; i < 2; ++i) {
     const auto want = exhaustive(markov, table_ids(2), i, o);
     // [<start> 3 3 <end>] and [3 3 <end>] both give "3 3": not distinct.
@@ -322,11 +345,11 @@ TEST_CASE("beam search never returns fewer hypotheses than requested", "[search]
     const auto features = random_features(6, 8, 2);
     for (int beam : {2, 3, 5, 8}) {
       for (int num_return = 1; num_return <= beam; ++num_return) {
-        SearchOptions o = ids(0);
+        Opts o = ids(0);
         o.beam_size = beam;
         o.num_return = num_return;
         o.max_length = 6;
-        const auto results = imcap::beam_search(lstm, features, o);
+        const auto results = run_beam(lstm, features, o);
         REQUIRE(results.size() == 6);
         for (const auto& r : results) {
           REQUIRE(r.size() == static_cast<std::size_t>(num_return));
@@ -344,21 +367,21 @@ TEST_CASE("beam search never returns fewer hypotheses than requested", "[search]
     std::vector<std::vector<double>> init{{0.97, 0.012, 0.01, 0.008}};
     std::vector<std::vector<double>> trans(4, init[0]);
     const MarkovDecoder markov(log_probs_from(init), log_probs_from(trans).unsqueeze(0));
-    SearchOptions o = ids(0);
+    Opts o = ids(0);
     o.beam_size = 4;
     o.num_return = 4;
     o.max_length = 5;
-    const auto r = imcap::beam_search(markov, table_ids(1), o)[0];
+    const auto r = run_beam(markov, table_ids(1), o)[0];
     REQUIRE(r.size() == 4);
     require_best_of(r, exhaustive(markov, table_ids(1), 0, o), 4);
   }
   SECTION("no <end> at all: every hypothesis is cut at max_length") {
     const auto markov = random_markov(2, 5, 9);
-    SearchOptions o;  // end_id -1
+    Opts o;  // end_id -1
     o.beam_size = 3;
     o.num_return = 3;
     o.max_length = 4;
-    const auto results = imcap::beam_search(markov, table_ids(2), o);
+    const auto results = run_beam(markov, table_ids(2), o);
     for (std::int64_t i = 0; i < 2; ++i) {
       REQUIRE(results[i].size() == 3);
       for (const auto& h : results[i]) {
@@ -370,12 +393,12 @@ TEST_CASE("beam search never returns fewer hypotheses than requested", "[search]
   SECTION("fewer only when fewer sequences exist") {
     // Tokens 0 <end>, 1 <unk>, 2 word; unk forbidden, max_length 2: "", "2", "2 2" (cut).
     const auto markov = random_markov(1, 3, 4);
-    SearchOptions o = ids(0, 1);
+    Opts o = ids(0, 1);
     o.forbid_unk = true;
     o.beam_size = 5;
     o.num_return = 5;
     o.max_length = 2;
-    const auto r = imcap::beam_search(markov, table_ids(1), o)[0];
+    const auto r = run_beam(markov, table_ids(1), o)[0];
     REQUIRE(r.size() == 3);
     require_best_of(r, exhaustive(markov, table_ids(1), 0, o), 5);
   }
@@ -398,11 +421,11 @@ TEST_CASE("beam search keeps the best partial captions, not the worst (im2txt re
       {0.30, 0.00, 0.00, 0.00, 0.00, 0.70},  // after 5
   };
   const MarkovDecoder markov(log_probs_from(init), log_probs_from(trans).unsqueeze(0));
-  SearchOptions o = ids(0);
+  Opts o = ids(0);
   o.beam_size = 2;
   o.num_return = 2;
   o.max_length = 3;
-  const auto r = imcap::beam_search(markov, table_ids(1), o)[0];
+  const auto r = run_beam(markov, table_ids(1), o)[0];
   REQUIRE(r.size() == 2);
   CHECK(r[0].tokens == std::vector<std::int64_t>{1, 4});
   CHECK(r[0].finished);
@@ -420,13 +443,13 @@ TEST_CASE("greedy search equals beam search with one beam", "[search]") {
   const auto features = random_features(8, 8, 22);
   for (bool forbid : {false, true}) {
     for (int min_length : {0, 3}) {
-      SearchOptions o = ids(0, 3);
+      Opts o = ids(0, 3);
       o.forbid_unk = forbid;
       o.min_length = min_length;
       o.max_length = 12;
-      const auto greedy = imcap::greedy_search(lstm, features, o);
-      const auto beam = imcap::beam_search(lstm, features, o);
-      const auto dispatched = imcap::search(lstm, features, o);
+      const auto greedy = run_greedy(lstm, features, o);
+      const auto beam = run_beam(lstm, features, o);
+      const auto dispatched = run_search(lstm, features, o);
       REQUIRE(greedy.size() == 8);
       for (std::size_t i = 0; i < greedy.size(); ++i) {
         INFO("image " << i << " forbid " << forbid << " min_length " << min_length);
@@ -444,15 +467,15 @@ TEST_CASE("batched search equals one image at a time", "[search]") {
   for (float end_bias : {0.5f, 1.0f, 1.5f, 2.0f}) {
     const SeedDecoder lstm(/*vocab=*/25, 8, 16, /*seed=*/31, /*memory=*/true, {{0, end_bias}});
     for (int beam : {1, 3}) {
-      SearchOptions o = ids(0);
+      Opts o = ids(0);
       o.beam_size = beam;
       o.num_return = beam;
       o.max_length = 10;
-      const auto batched = imcap::search(lstm, features, o);
+      const auto batched = run_search(lstm, features, o);
       REQUIRE(batched.size() == 7);
       for (std::int64_t i = 0; i < 7; ++i) {
         INFO("end bias " << end_bias << " beam " << beam << " image " << i);
-        const auto alone = imcap::search(lstm, features.narrow(0, i, 1), o);
+        const auto alone = run_search(lstm, features.narrow(0, i, 1), o);
         REQUIRE(alone.size() == 1);
         require_same(batched[i], alone[0]);
         lengths.push_back(batched[i][0].tokens.size());
@@ -461,13 +484,13 @@ TEST_CASE("batched search equals one image at a time", "[search]") {
   }
   const auto markov = random_markov(8, 6, 33);
   for (int beam : {1, 4}) {
-    SearchOptions o = ids(0);
+    Opts o = ids(0);
     o.beam_size = beam;
     o.num_return = std::min(beam, 2);
     o.max_length = 8;
-    const auto batched = imcap::search(markov, table_ids(8), o);
+    const auto batched = run_search(markov, table_ids(8), o);
     for (std::int64_t i = 0; i < 8; ++i) {
-      require_same(batched[i], imcap::search(markov, table_ids(8).narrow(0, i, 1), o)[0], 0);
+      require_same(batched[i], run_search(markov, table_ids(8).narrow(0, i, 1), o)[0], 0);
       lengths.push_back(batched[i][0].tokens.size());
     }
   }
@@ -481,17 +504,17 @@ TEST_CASE("forbid_unk never emits <unk>", "[search]") {
   const SeedDecoder lstm(/*vocab=*/20, 8, 16, /*seed=*/41, /*memory=*/false, {{3, 4.0f}});
   const auto features = random_features(5, 8, 42);
   for (int beam : {1, 4}) {
-    SearchOptions o = ids(0, 3);
+    Opts o = ids(0, 3);
     o.beam_size = beam;
     o.num_return = beam;
     o.max_length = 8;
     bool seen_unk = false;
-    for (const auto& r : imcap::search(lstm, features, o)) {
+    for (const auto& r : run_search(lstm, features, o)) {
       for (const auto& h : r) seen_unk = seen_unk || contains(h.tokens, 3);
     }
     CHECK(seen_unk);  // without the option it does appear
     o.forbid_unk = true;
-    for (const auto& r : imcap::search(lstm, features, o)) {
+    for (const auto& r : run_search(lstm, features, o)) {
       REQUIRE(r.size() == static_cast<std::size_t>(beam));
       for (const auto& h : r) CHECK_FALSE(contains(h.tokens, 3));
     }
@@ -511,14 +534,14 @@ TEST_CASE("length normalisation changes which caption wins", "[search]") {
                                          {0.20, 0.20, 0.20, 0.20, 0.20},
                                          {0.20, 0.20, 0.20, 0.20, 0.20}};
   const MarkovDecoder markov(log_probs_from(init), log_probs_from(trans).unsqueeze(0));
-  SearchOptions o = ids(0);
+  Opts o = ids(0);
   o.beam_size = 2;
   o.max_length = 5;
-  auto best = imcap::beam_search(markov, table_ids(1), o)[0][0];
+  auto best = run_beam(markov, table_ids(1), o)[0][0];
   CHECK(best.tokens.empty());
   CHECK(best.score == Approx(std::log(0.4)));
   o.alpha = 1.0;
-  best = imcap::beam_search(markov, table_ids(1), o)[0][0];
+  best = run_beam(markov, table_ids(1), o)[0][0];
   CHECK(best.tokens == std::vector<std::int64_t>{1, 2});
   CHECK(best.log_prob == Approx(std::log(0.35 * 0.95 * 0.95)));
   CHECK(best.score == Approx(std::log(0.35 * 0.95 * 0.95) / 3));
@@ -530,23 +553,23 @@ TEST_CASE("searches respect max_length and min_length", "[search]") {
   const auto features = random_features(6, 8, 52);
   for (int max_length : {1, 2, 5, 9}) {
     for (int beam : {1, 3}) {
-      SearchOptions o = ids(0);
+      Opts o = ids(0);
       o.beam_size = beam;
       o.max_length = max_length;
-      for (const auto& r : imcap::search(lstm, features, o)) {
+      for (const auto& r : run_search(lstm, features, o)) {
         for (const auto& h : r) {
           CHECK(static_cast<int>(h.tokens.size()) + (h.finished ? 1 : 0) <= max_length);
           CHECK_FALSE(contains(h.tokens, 0));
         }
       }
-      SearchOptions no_end;
+      Opts no_end;
       no_end.beam_size = beam;
       no_end.max_length = max_length;
-      for (const auto& r : imcap::search(lstm, features, no_end)) {
+      for (const auto& r : run_search(lstm, features, no_end)) {
         CHECK(static_cast<int>(r[0].tokens.size()) == max_length);
       }
       o.min_length = 3;
-      for (const auto& r : imcap::search(lstm, features, o)) {
+      for (const auto& r : run_search(lstm, features, o)) {
         for (const auto& h : r) {
           if (h.finished) CHECK(h.tokens.size() >= 3);
           if (max_length > 3) CHECK(h.tokens.size() >= 3);
@@ -562,19 +585,19 @@ TEST_CASE("searches respect max_length and min_length", "[search]") {
 TEST_CASE("searches are deterministic and safe to run from several threads", "[search]") {
   const SeedDecoder lstm(/*vocab=*/50, 16, 32, /*seed=*/61, /*memory=*/true, {{0, 1.0f}});
   const auto features = random_features(4, 16, 62);
-  SearchOptions o = ids(0, 3);
+  Opts o = ids(0, 3);
   o.beam_size = 4;
   o.num_return = 3;
   o.max_length = 12;
-  const auto reference = imcap::search(lstm, features, o);
+  const auto reference = run_search(lstm, features, o);
   for (std::int64_t i = 0; i < 4; ++i)
-    require_same(imcap::search(lstm, features, o)[i], reference[i], 0);
+    require_same(run_search(lstm, features, o)[i], reference[i], 0);
 
   std::vector<std::vector<std::vector<Hypothesis>>> results(4);
   std::vector<std::thread> threads;
   for (std::size_t t = 0; t < results.size(); ++t) {
     threads.emplace_back([&, t] {
-      for (int rep = 0; rep < 5; ++rep) results[t] = imcap::search(lstm, features, o);
+      for (int rep = 0; rep < 5; ++rep) results[t] = run_search(lstm, features, o);
     });
   }
   for (auto& t : threads) t.join();
@@ -587,31 +610,36 @@ TEST_CASE("search options and decoder outputs are validated", "[search]") {
   const auto markov = random_markov(1, 5, 71);
   const auto features = table_ids(1);
   auto bad = [&](auto edit) {
-    SearchOptions o = ids(0, 3);
+    Opts o = ids(0, 3);
     o.beam_size = 2;
     edit(o);
     return o;
   };
   using imcap::InvalidArgument;
-  CHECK_THROWS_AS(imcap::search(markov, features, bad([](auto& o) { o.beam_size = 0; })),
+  CHECK_THROWS_AS(run_search(markov, features, bad([](auto& o) { o.beam_size = 0; })),
                   InvalidArgument);
-  CHECK_THROWS_AS(imcap::search(markov, features, bad([](auto& o) { o.max_length = 0; })),
+  CHECK_THROWS_AS(run_search(markov, features, bad([](auto& o) { o.max_length = 0; })),
                   InvalidArgument);
-  CHECK_THROWS_AS(imcap::search(markov, features, bad([](auto& o) { o.num_return = 3; })),
+  CHECK_THROWS_AS(run_search(markov, features, bad([](auto& o) { o.num_return = 3; })),
                   InvalidArgument);
-  CHECK_THROWS_AS(imcap::search(markov, features, bad([](auto& o) { o.alpha = -1; })),
+  CHECK_THROWS_AS(run_search(markov, features, bad([](auto& o) { o.alpha = -1; })),
                   InvalidArgument);
-  CHECK_THROWS_AS(imcap::search(markov, features, bad([](auto& o) { o.end_id = 5; })),
+  CHECK_THROWS_AS(run_search(markov, features, bad([](auto& o) { o.end_id = 5; })),
                   InvalidArgument);
-  CHECK_THROWS_WITH(imcap::search(markov, features, bad([](auto& o) { o.unk_id = 9; })),
-                    Catch::Contains("unk_id = 9") && Catch::Contains("[0, 5)"));
-  CHECK_THROWS_AS(imcap::search(markov, features, bad([](auto& o) {
-                                  o.unk_id = -1;
-                                  o.forbid_unk = true;
-                                })),
-                  InvalidArgument);
+  CHECK_THROWS_WITH(run_search(markov, features, bad([](auto& o) { o.unk_id = 9; })),
+                    Catch::Contains("SpecialTokens::unk = 9") && Catch::Contains("[0, 5)"));
+  // With no <unk> in the vocabulary, forbid_unk has nothing to forbid.
+  const auto without_unk = run_search(markov, features, bad([](auto& o) {
+                                        o.unk_id = -1;
+                                        o.forbid_unk = true;
+                                      }));
+  const auto allowed = run_search(markov, features, bad([](auto& o) {
+                                    o.unk_id = -1;
+                                    o.forbid_unk = false;
+                                  }));
+  require_same(without_unk[0], allowed[0], 0);
   CHECK_THROWS_AS(imcap::greedy_ids(markov, features, 0), InvalidArgument);
-  CHECK(imcap::search(markov, torch::zeros({0}, torch::kInt64), bad([](auto&) {})).empty());
+  CHECK(run_search(markov, torch::zeros({0}, torch::kInt64), bad([](auto&) {})).empty());
 
   class BadShape : public StepDecoder {
    public:
@@ -621,17 +649,17 @@ TEST_CASE("search options and decoder outputs are validated", "[search]") {
       s.state.add(torch::zeros({1, f.size(0), 3}), 1);
       return s;
     }
-    torch::Tensor step(const torch::Tensor& tokens, SearchState&) const override {
+    torch::Tensor step(const torch::Tensor& tokens, DecodeState&) const override {
       return torch::zeros({tokens.size(0), 5});  // vocabulary changed
     }
   };
-  SearchOptions o = ids(-1);
+  Opts o = ids(-1);
   o.beam_size = 2;
-  CHECK_THROWS_WITH(imcap::search(BadShape{}, torch::zeros({2, 3}), o),
+  CHECK_THROWS_WITH(run_search(BadShape{}, torch::zeros({2, 3}), o),
                     Catch::Contains("[4, 5]") && Catch::Contains("expected [4, 4]"));
-  CHECK_THROWS_AS(imcap::greedy_search(BadShape{}, torch::zeros({2, 3}), o), InvalidArgument);
+  CHECK_THROWS_AS(run_greedy(BadShape{}, torch::zeros({2, 3}), o), InvalidArgument);
 
-  SearchState state;
+  DecodeState state;
   state.add(torch::zeros({2, 3}), 2);
   CHECK_THROWS_AS(state.num_rows(), InvalidArgument);
   state.row_dims[0] = 1;
@@ -650,14 +678,14 @@ TEST_CASE("searches on CUDA give the CPU's results", "[search][cuda]") {
   cuda.to(torch::kCUDA);
   const auto features = random_features(6, 16, 92);
   for (int beam : {1, 4}) {
-    SearchOptions o = ids(0, 3, 1);
+    Opts o = ids(0, 3, 1);
     o.beam_size = beam;
     o.num_return = beam;
     o.forbid_unk = true;
     o.min_length = 2;
     o.max_length = 15;
-    const auto want = imcap::search(cpu, features, o);
-    const auto got = imcap::search(cuda, features.to(torch::kCUDA), o);
+    const auto want = run_search(cpu, features, o);
+    const auto got = run_search(cuda, features.to(torch::kCUDA), o);
     for (std::size_t i = 0; i < want.size(); ++i) require_same(got[i], want[i]);
   }
   const auto ids_cuda = imcap::greedy_ids(cuda, features.to(torch::kCUDA), 15);
@@ -665,25 +693,73 @@ TEST_CASE("searches on CUDA give the CPU's results", "[search][cuda]") {
   CHECK(torch::equal(ids_cuda, imcap::greedy_ids(cpu, features, 15)));
 }
 
-TEST_CASE("CudaGraphGreedy gives greedy_ids ids and runs eagerly on the CPU", "[search]") {
-  imcap::Decoder decoder = imcap::test::eval_decoder(/*vocab=*/400, /*embed=*/12, /*hidden=*/24,
-                                                     /*seed=*/93);
-  const imcap::DecoderStepper stepper(decoder);
-  const imcap::detail::CudaGraphGreedy greedy(decoder, /*max_length=*/9);
-  CHECK(greedy.max_length() == 9);
-  for (const std::int64_t batch : {1, 4}) {
-    const auto features = random_features(batch, 12, 94 + static_cast<std::uint64_t>(batch));
-    const auto got = greedy(features);
-    CHECK(got.device().is_cpu());
-    REQUIRE(got.sizes() == torch::IntArrayRef{batch, 9});
-    CHECK(torch::equal(got, imcap::greedy_ids(stepper, features, 9)));
+TEST_CASE("CudaGraphGreedy is greedy search, and runs eagerly on the CPU", "[search]") {
+  bool finished = false, cut = false;  // both kinds of row are compared
+  for (const auto inject : {imcap::ImageInject::kPre, imcap::ImageInject::kPar}) {
+    INFO("inject " << imcap::to_string(inject));
+    imcap::Decoder decoder = imcap::test::eval_decoder(/*vocab=*/400, /*embed=*/12,
+                                                       /*hidden=*/24, /*seed=*/93, inject);
+    const imcap::DecoderStepper stepper(decoder);
+    // The masks, <start> stripping, <end> and a length penalty, as the Captioner uses them;
+    // token 0 is made likely first (a seed-style <start>), token 5 (<end>) a little likely, then
+    // likely (rows that run to max_length, then rows that stop early).
+    {
+      torch::NoGradGuard no_grad;
+      decoder->linear->bias[0].add_(3.0);
+    }
+    for (const double end_boost : {0.1, 2.0}) {
+      {
+        torch::NoGradGuard no_grad;
+        decoder->linear->bias[5].add_(end_boost);
+      }
+      for (const int min_length : {0, 3}) {
+        Opts o = ids(/*end=*/5, /*unk=*/7, /*start=*/0);
+        o.forbid_unk = true;
+        o.min_length = min_length;
+        o.max_length = 9;
+        o.alpha = 0.5;
+        const imcap::detail::CudaGraphGreedy greedy(decoder, o, o.tokens());
+        for (const std::int64_t batch : {1, 6}) {
+          INFO("end boost " << end_boost << ", min_length " << min_length << ", batch " << batch);
+          const auto features = random_features(batch, 12, 94 + static_cast<std::uint64_t>(batch));
+          const auto want = run_greedy(stepper, features, o);
+          const auto got = greedy(features);
+          require_same(got, want, 1e-5);
+          for (const auto& h : want) {
+            (h.finished ? finished : cut) = true;
+            CHECK(static_cast<int>(h.tokens.size()) >= (h.finished ? min_length : 0));
+            CHECK_FALSE(contains(h.tokens, 7));
+          }
+        }
+        CHECK(greedy(torch::zeros({0, 12})).empty());
+        CHECK(greedy.graphs_captured() == 0);  // graphs only on a GPU
+      }
+    }
+    // No special tokens: the notebook's sample(), max_length ids per image.
+    Opts plain;
+    plain.max_length = 9;
+    const imcap::detail::CudaGraphGreedy sample(decoder, plain, plain.tokens());
+    const auto features = random_features(4, 12, 99);
+    const auto got = sample(features);
+    const auto want = imcap::greedy_ids(stepper, features, 9);
+    for (std::size_t b = 0; b < got.size(); ++b) {
+      CHECK(torch::equal(torch::tensor(got[b].tokens, torch::kInt64),
+                         want[static_cast<std::int64_t>(b)]));
+    }
   }
-  CHECK(greedy(torch::zeros({0, 12})).sizes() == torch::IntArrayRef{0, 9});
-  CHECK(greedy.graphs_captured() == 0);  // graphs only on a GPU
+  CHECK(finished);
+  CHECK(cut);
+  imcap::Decoder decoder = imcap::test::eval_decoder(400, 12, 24, 93);
+  const imcap::detail::CudaGraphGreedy greedy(decoder, Opts{}, imcap::SpecialTokens{});
   CHECK_THROWS_AS(greedy(torch::zeros({2, 13})), imcap::InvalidArgument);
   CHECK_THROWS_AS(greedy(torch::zeros({12})), imcap::InvalidArgument);
-  CHECK_THROWS_AS(imcap::detail::CudaGraphGreedy(decoder, 0), imcap::InvalidArgument);
-  CHECK_THROWS_AS(imcap::detail::CudaGraphGreedy(imcap::Decoder(nullptr), 5),
+  Opts zero;
+  zero.max_length = 0;
+  CHECK_THROWS_AS(imcap::detail::CudaGraphGreedy(decoder, zero, zero.tokens()),
+                  imcap::InvalidArgument);
+  CHECK_THROWS_WITH(imcap::detail::CudaGraphGreedy(decoder, Opts{}, ids(400).tokens()),
+                    Catch::Contains("400") && Catch::Contains("[0, 400)"));
+  CHECK_THROWS_AS(imcap::detail::CudaGraphGreedy(imcap::Decoder(nullptr), Opts{}, {}),
                   imcap::InvalidArgument);
 }
 
@@ -698,44 +774,47 @@ TEST_CASE("CudaGraphGreedy on CUDA replays one graph per batch size", "[search][
   const auto features = random_features(6, 16, 96);
   decoder->to(torch::kCUDA);
   const auto on_gpu = features.to(torch::kCUDA);
-  // The graph replays the eager loop's kernels: the same ids, bit for bit (the CPU's may differ
-  // where two scores nearly tie; "searches on CUDA give the CPU's results" covers those).
-  const auto want = imcap::greedy_ids(imcap::DecoderStepper(decoder), on_gpu, 12);
-  const imcap::detail::CudaGraphGreedy greedy(decoder, 12);
-  CHECK(torch::equal(greedy(on_gpu), want));  // captured
-  CHECK(torch::equal(greedy(on_gpu), want));  // replayed
+  Opts o = ids(/*end=*/2, /*unk=*/3, /*start=*/1);
+  o.forbid_unk = true;
+  o.min_length = 2;
+  o.max_length = 12;
+  // The graph replays the eager step kernels on every row; the step-by-step search drops the
+  // rows that ended, so its log-probabilities may differ in the last bits.
+  const imcap::DecoderStepper stepper(decoder);
+  const auto want = run_greedy(stepper, on_gpu, o);
+  const imcap::detail::CudaGraphGreedy greedy(decoder, o, o.tokens());
+  require_same(greedy(on_gpu), want, 1e-4);  // captured
+  require_same(greedy(on_gpu), want, 1e-4);  // replayed
   CHECK(greedy.graphs_captured() == 1);
   const auto two = on_gpu.slice(0, 0, 2);
-  CHECK(torch::equal(greedy(two), imcap::greedy_ids(imcap::DecoderStepper(decoder), two, 12)));
+  require_same(greedy(two), run_greedy(stepper, two, o), 1e-4);
   CHECK(greedy.graphs_captured() == 2);
   // In-place weight changes are read by the replay, as the eager loop reads them.
   {
     torch::NoGradGuard no_grad;
     decoder->linear->bias.add_(torch::randn_like(decoder->linear->bias));
   }
-  CHECK(
-      torch::equal(greedy(on_gpu), imcap::greedy_ids(imcap::DecoderStepper(decoder), on_gpu, 12)));
+  require_same(greedy(on_gpu), run_greedy(stepper, on_gpu, o), 1e-4);
   CHECK(greedy.graphs_captured() == 2);
   CHECK(greedy.capture_error().empty());
   // The other image injections and a deeper LSTM capture as well.
   for (const auto inject : {imcap::ImageInject::kPar, imcap::ImageInject::kInit}) {
     for (const int64_t layers : {1, 2}) {
       INFO("inject " << imcap::to_string(inject) << ", layers " << layers);
-      imcap::DecoderOptions o;
-      o.vocab_size = 300;
-      o.embed_size = 16;
-      o.hidden_size = 24;
-      o.num_layers = layers;
-      o.image_inject = inject;
+      imcap::DecoderOptions d_options;
+      d_options.vocab_size = 300;
+      d_options.embed_size = 16;
+      d_options.hidden_size = 24;
+      d_options.num_layers = layers;
+      d_options.image_inject = inject;
       torch::manual_seed(97);
-      imcap::Decoder d(o);
+      imcap::Decoder d(d_options);
       d->eval();
       d->to(torch::kCUDA);
-      // The graph replays the eager loop's kernels: the same ids, bit for bit.
-      const auto eager_ids = imcap::greedy_ids(imcap::DecoderStepper(d), on_gpu, 10);
-      const imcap::detail::CudaGraphGreedy g(d, 10);
-      CHECK(torch::equal(g(on_gpu), eager_ids));
-      CHECK(torch::equal(g(on_gpu), eager_ids));
+      const auto eager = run_greedy(imcap::DecoderStepper(d), on_gpu, o);
+      const imcap::detail::CudaGraphGreedy g(d, o, o.tokens());
+      require_same(g(on_gpu), eager, 1e-4);
+      require_same(g(on_gpu), eager, 1e-4);
       CHECK(g.graphs_captured() == 1);
       CHECK(g.capture_error().empty());
     }
@@ -769,9 +848,9 @@ TEST_CASE("greedy_ids gives the notebook's sample() ids", "[search][python]") {
     }
   }
   // greedy_search is the same walk, cut at the first <end>.
-  SearchOptions o = ids(/*end=*/sampled[0][3].item<std::int64_t>());
+  Opts o = ids(/*end=*/sampled[0][3].item<std::int64_t>());
   o.max_length = kMaxLength;
-  const auto greedy = imcap::greedy_search(lstm, features, o);
+  const auto greedy = run_greedy(lstm, features, o);
   for (std::int64_t i = 0; i < 5; ++i) {
     std::vector<std::int64_t> row(sampled[i].data_ptr<std::int64_t>(),
                                   sampled[i].data_ptr<std::int64_t>() + kMaxLength);
@@ -806,7 +885,7 @@ class CellDecoder : public StepDecoder {
     s.state.add(c, 0);
     return s;
   }
-  torch::Tensor step(const torch::Tensor& tokens, SearchState& state) const override {
+  torch::Tensor step(const torch::Tensor& tokens, DecodeState& state) const override {
     auto [h, c] = at::lstm_cell(embed_.index_select(0, tokens),
                                 {state.tensors[0], state.tensors[1]}, w_ih_, w_hh_, b_ih_, b_hh_);
     auto scores = at::linear(h, w_out_, b_out_);
@@ -830,7 +909,7 @@ class FreeDecoder : public StepDecoder {
     s.state.add(torch::zeros({1, features.size(0), 8}), 1);
     return s;
   }
-  torch::Tensor step(const torch::Tensor& tokens, SearchState&) const override {
+  torch::Tensor step(const torch::Tensor& tokens, DecodeState&) const override {
     return scores_.expand({tokens.size(0), scores_.size(1)});
   }
 
@@ -866,9 +945,9 @@ TEST_CASE("search benchmark: greedy decode, 20 steps, V 10k, E 256, H 512", "[.b
   const FreeDecoder free_decoder(kVocab);
   const auto one = random_features(1, 256, 1);
   const auto eight = random_features(8, 256, 2);
-  SearchOptions never_ends;  // end_id -1: all 20 steps, as in the PyTorch baseline
+  Opts never_ends;  // end_id -1: all 20 steps, as in the PyTorch baseline
   never_ends.max_length = 20;
-  SearchOptions beam3 = never_ends;
+  Opts beam3 = never_ends;
   beam3.beam_size = 3;
   const auto report = [](const char* what, Timing t, int per = 1) {
     std::printf("%-50s median %8.3f ms   min %8.3f ms\n", what, t.median / per, t.min / per);
@@ -886,16 +965,14 @@ TEST_CASE("search benchmark: greedy decode, 20 steps, V 10k, E 256, H 512", "[.b
                                                           },
                                                           20, 100));
   report("greedy_ids, batch 1", time_ms([&] { imcap::greedy_ids(decoder, one, 20); }, 20, 100));
-  report("greedy_search, batch 1",
-         time_ms([&] { imcap::greedy_search(decoder, one, never_ends); }, 20, 100));
-  report("beam_search 3, batch 1",
-         time_ms([&] { imcap::beam_search(decoder, one, beam3); }, 5, 30));
+  report("greedy_search, batch 1", time_ms([&] { run_greedy(decoder, one, never_ends); }, 20, 100));
+  report("beam_search 3, batch 1", time_ms([&] { run_beam(decoder, one, beam3); }, 5, 30));
   report("greedy_search, batch 8, per image",
-         time_ms([&] { imcap::greedy_search(decoder, eight, never_ends); }, 5, 30), 8);
+         time_ms([&] { run_greedy(decoder, eight, never_ends); }, 5, 30), 8);
   report("beam_search 3, batch 8, per image",
-         time_ms([&] { imcap::beam_search(decoder, eight, beam3); }, 3, 15), 8);
+         time_ms([&] { run_beam(decoder, eight, beam3); }, 3, 15), 8);
   report("search overhead: greedy_search, batch 1",
-         time_ms([&] { imcap::greedy_search(free_decoder, one, never_ends); }, 20, 200));
+         time_ms([&] { run_greedy(free_decoder, one, never_ends); }, 20, 200));
   report("search overhead: beam_search 3, batch 1",
-         time_ms([&] { imcap::beam_search(free_decoder, one, beam3); }, 20, 200));
+         time_ms([&] { run_beam(free_decoder, one, beam3); }, 20, 200));
 }

@@ -15,18 +15,16 @@ int main(int argc, char** argv) {
     imcap::ModelConfig config;
     config.encoder.arch = imcap::ResNetArch::kResNet18;
     config.encoder.trainable_stages = imcap::kResNetStages;  // from scratch: the CNN trains too
-    config.decoder.image_inject = imcap::ImageInject::kPar;
-    config.image_resize = 73;
+    config.image_resize = 64;  // from scratch the CNN sees the whole image
     config.image_crop = 64;
     imcap::CaptionModel model(config, imcap::Vocabulary::build({argv[1]}, {/*threshold=*/5}));
 
-    imcap::CocoDataset train(argv[1], argv[2], model.vocab(), imcap::ImageTransform::train(73, 64));
+    imcap::CocoDataset train(argv[1], argv[2], model.vocab(), imcap::ImageTransform::train(64, 64));
     imcap::CocoDataset val(argv[3], argv[4], model.vocab(), model.eval_transform());
 
     imcap::TrainerOptions options;
     options.out_dir = argv[5];
     options.epochs = 10;
-    options.batching = imcap::BatchMode::kImageMajor;  // each image encoded once per batch
     options.max_seconds = argc > 6 ? std::stod(argv[6]) : 0.0;
     imcap::Trainer trainer(model, train, &val, options);
     imcap::Trainer::install_signal_handlers();

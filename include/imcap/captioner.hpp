@@ -28,12 +28,9 @@
 
 namespace imcap {
 
-/// How captions are searched.
-struct CaptionOptions {
-  int beam_size = 3;       ///< beams per image; 1 = greedy. Default 3.
-  int max_length = 20;     ///< most tokens generated, the seed's max_len. Default 20.
-  double alpha = 0.0;      ///< length normalisation: score = log p / length^alpha. Default 0.
-  bool forbid_unk = true;  ///< never output <unk>. Default true.
+/// How captions are made: the search (SearchOptions: beam 3, max_length 20, no <unk>) and how the
+/// model runs. The special tokens come from the model's vocabulary.
+struct CaptionOptions : SearchOptions {
   /// Storage of the output projection while decoding (see DecodeWeights): kBFloat16 or kInt8
   /// decode faster on a CPU with the same greedy words. Default kFloat32.
   DecodeWeights decode_weights = DecodeWeights::kFloat32;
@@ -52,59 +49,83 @@ struct Caption {
 };
 
 /// Captions images with a CaptionModel.
+///
+/// Every input comes alone or as a batch, with the Captioner's options or the call's own:
+///
+/// | input | one image | a batch (one batched search) |
+/// | --- | --- | --- |
+/// | an image file | caption(path) | caption_batch(paths) |
+/// | a decoded Image | caption(image) | caption_batch(images) |
+/// | a transformed tensor | caption(tensor [3, H, W]) | caption_batch(tensor [B, 3, H, W]) |
+/// | the encoder's features | | caption_features(features [B, E]) |
+///
+/// Each takes an optional CaptionOptions last. encode() gives the features of the first three
+/// kinds, and candidates() the options.num_return best captions per image from features.
+///
+/// Greedy search (beam 1) on a CUDA device replays the decoding loop from CUDA graphs, one per
+/// batch size and options, with the same captions as the step-by-step search.
 class Captioner {
  public:
   /// Loads a `.imcap` model file onto `device` (see CaptionModel::load for the errors).
   static Captioner load(const std::string& path, const torch::Device& device = torch::kCPU,
                         CaptionOptions options = {});
   /// Wraps an existing model (shared: training code can caption with the model it trains).
+  /// Throws InvalidArgument for bad options.
   explicit Captioner(std::shared_ptr<CaptionModel> model, CaptionOptions options = {});
+  ~Captioner();
+  Captioner(const Captioner&);
+  Captioner(Captioner&&) noexcept;
+  Captioner& operator=(const Captioner&);
+  Captioner& operator=(Captioner&&) noexcept;
 
   /// Decodes an image file and captions it. Throws IoError/FormatError naming the file.
   Caption caption(const std::string& image_path) const;
+  Caption caption(const std::string& image_path, const CaptionOptions& options) const;
   /// Captions a decoded image (the model's eval transform is applied).
   Caption caption(const Image& image) const;
+  Caption caption(const Image& image, const CaptionOptions& options) const;
   /// Captions an image tensor that is already transformed: [3, H, W] float.
   Caption caption(const torch::Tensor& image) const;
+  Caption caption(const torch::Tensor& image, const CaptionOptions& options) const;
+
   /// Several image files in one batched search; results in the same order.
   std::vector<Caption> caption_batch(const std::vector<std::string>& image_paths) const;
   std::vector<Caption> caption_batch(const std::vector<std::string>& image_paths,
                                      const CaptionOptions& options) const;
   /// Decoded images in one batched search.
   std::vector<Caption> caption_batch(const std::vector<Image>& images) const;
+  std::vector<Caption> caption_batch(const std::vector<Image>& images,
+                                     const CaptionOptions& options) const;
   /// Transformed image tensors [B, 3, H, W] in one batched search.
-  std::vector<Caption> caption_tensor_batch(const torch::Tensor& images,
-                                            const CaptionOptions& options) const;
-  /// Captions from embedded image features [B, E] (the encoder's output).
+  std::vector<Caption> caption_batch(const torch::Tensor& images) const;
+  std::vector<Caption> caption_batch(const torch::Tensor& images,
+                                     const CaptionOptions& options) const;
+  /// Captions from the encoder's features [B, E].
+  std::vector<Caption> caption_features(const torch::Tensor& features) const;
   std::vector<Caption> caption_features(const torch::Tensor& features,
                                         const CaptionOptions& options) const;
+
+  /// The options.num_return best captions of each image (at most options.beam_size), best
+  /// first, from the encoder's features [B, E].
+  std::vector<std::vector<Caption>> candidates(const torch::Tensor& features,
+                                               const CaptionOptions& options) const;
+
+  /// The encoder's features [B, E] of image files, decoded images, or transformed tensors
+  /// [B, 3, H, W], on the model's device (options.encoder_dtype applies).
+  torch::Tensor encode(const std::vector<std::string>& image_paths,
+                       const CaptionOptions& options) const;
+  torch::Tensor encode(const std::vector<Image>& images, const CaptionOptions& options) const;
+  torch::Tensor encode(const torch::Tensor& images, const CaptionOptions& options) const;
 
   const CaptionModel& model() const { return *model_; }
   const CaptionOptions& options() const { return options_; }
 
  private:
+  struct GraphCache;
   std::shared_ptr<CaptionModel> model_;
   CaptionOptions options_;
   ImageTransform transform_;
+  std::unique_ptr<GraphCache> graphs_;  // CUDA-graph greedy engines, built on first use
 };
-
-/// Adapts a Decoder to the StepDecoder interface of the searches (state: h, c and, for
-/// par-inject models, the image feature). On the CPU, step() checks the tokens against the
-/// vocabulary (Decoder::step); on a GPU it does not, since that check would make the host
-/// wait for the device at every step: pass only ids below the vocabulary size there.
-class DecoderStepper : public StepDecoder {
- public:
-  explicit DecoderStepper(Decoder decoder, DecodeWeights weights = DecodeWeights::kFloat32)
-      : decoder_(std::move(decoder)), weights_(weights) {}
-  StepStart start(const at::Tensor& features) const override;
-  at::Tensor step(const at::Tensor& tokens, SearchState& state) const override;
-
- private:
-  Decoder decoder_;
-  DecodeWeights weights_;
-};
-
-/// The SearchOptions that CaptionOptions and a vocabulary imply.
-SearchOptions search_options(const CaptionOptions& options, const Vocabulary& vocab);
 
 }  // namespace imcap

@@ -102,8 +102,8 @@ struct CocoDatasetOptions {
   std::vector<std::pair<std::string, std::string>> flip_swap_words = {{"left", "right"}};
   /// Keep up to this many bytes of decoded images, resized to the transform's resize size, in
   /// memory: later epochs then only crop (and flip) them, with the same result as decoding
-  /// again. Images beyond the budget are decoded each time. 0 = no cache. Default 0.
-  std::size_t cache_bytes = 0;
+  /// again. Images beyond the budget are decoded each time. 0 = no cache. Default 1 GiB.
+  std::size_t cache_bytes = std::size_t{1} << 30;
 };
 
 /// One training example.

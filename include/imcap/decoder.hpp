@@ -6,8 +6,10 @@
 //   torch::Tensor logits = decoder->forward(features, captions, lengths);  // (B, T, V)
 //   torch::Tensor loss = imcap::caption_loss(logits, captions, lengths);
 //   // Inference: step 0 consumes the image, each later step the previous token.
-//   imcap::DecoderStepOutput s = decoder->start(features);
-//   s = decoder->step(std::get<1>(s.logits.max(1)), s.state);
+//   imcap::StepStart s = decoder->start(features);                    // logits [B, V], state
+//   torch::Tensor next = decoder->step(s.scores.argmax(1), s.state);  // updates s.state
+//   // The searches take it through the StepDecoder interface:
+//   imcap::greedy_search(imcap::DecoderStepper(decoder), features, options, tokens);
 #pragma once
 
 #include <torch/nn/module.h>
@@ -19,6 +21,9 @@
 #include <cstdint>
 #include <memory>
 #include <string>
+#include <utility>
+
+#include "imcap/step_decoder.hpp"
 
 namespace imcap {
 
@@ -79,24 +84,10 @@ struct DecoderOptions {
   int64_t num_layers = 1;
   /// Dropout between stacked LSTM layers (nn.LSTM's `dropout`), in [0, 1). Default 0.
   double dropout = 0.0;
-  /// Where the image enters. Default kPre, the notebooks' model (what imports use).
-  ImageInject image_inject = ImageInject::kPre;
-};
-
-/// The recurrent state between steps.
-struct DecoderState {
-  torch::Tensor h;      ///< (num_layers, B, H)
-  torch::Tensor c;      ///< (num_layers, B, H)
-  torch::Tensor image;  ///< (B, E): the image feature, fed again at every step with kPar
-
-  /// The state of the rows `rows` (int64 (B')), in that order: for beam search.
-  DecoderState index_select(const torch::Tensor& rows) const;
-};
-
-/// One step's output.
-struct DecoderStepOutput {
-  torch::Tensor logits;  ///< (B, V) unnormalised scores of the next token
-  DecoderState state;    ///< the state after this step
+  /// Where the image enters. Default kPar: from scratch it trains to better captions in the
+  /// same time (docs/training.md#defaults). The notebooks' model, which imports and parity
+  /// with PyTorch use, is kPre.
+  ImageInject image_inject = ImageInject::kPar;
 };
 
 /// The Show and Tell decoder.
@@ -105,6 +96,10 @@ struct DecoderStepOutput {
 /// word embedding, kPar and kInit); step t >= 1's input is captions[:, t-1]. So logits[:, t]
 /// scores captions[:, t] for every t < T: with the notebooks' captions `<start> w1 .. wn <end>`,
 /// step 0 predicts `<start>` from the image alone, and the last id of a caption is never input.
+///
+/// The state between inference steps (a DecodeState) holds h and c (num_layers, B, H), rows
+/// along dim 1, and with kPar the image feature (B, E), fed again at every step, rows along
+/// dim 0, in that order.
 struct DecoderImpl : torch::nn::Module {
   explicit DecoderImpl(const DecoderOptions& options);
 
@@ -125,24 +120,18 @@ struct DecoderImpl : torch::nn::Module {
                      const torch::Tensor& lengths = {});
 
   /// The state before step 0: zeros, or tanh(init_h/init_c(features)) with kInit.
-  DecoderState init_state(const torch::Tensor& features);
-  /// Step 0 from the image: init_state(features), then one step whose logits score the first
-  /// token (`<start>` for models trained on the notebooks' captions).
+  DecodeState init_state(const torch::Tensor& features);
+  /// Step 0 from the image: init_state(features), then one step whose logits (`scores`) score
+  /// the first token (`<start>` for models trained on the notebooks' captions).
   /// `weights`: see DecodeWeights (start, step and step_embedded alike).
-  DecoderStepOutput start(const torch::Tensor& features,
-                          DecodeWeights weights = DecodeWeights::kFloat32);
-  /// One step: ids (B) int64 of the previous tokens -> logits of the next (B, V) and state.
-  DecoderStepOutput step(const torch::Tensor& ids, const DecoderState& state,
-                         DecodeWeights weights = DecodeWeights::kFloat32);
-  /// One step from word embeddings (B, E) instead of ids (kPar appends state.image itself).
-  DecoderStepOutput step_embedded(const torch::Tensor& word_embeddings, const DecoderState& state,
-                                  DecodeWeights weights = DecodeWeights::kFloat32);
-
-  /// Greedy decoding, equal to the notebooks' DecoderRNN.sample() run on each row: start(),
-  /// then feed back the arg-max up to max_len ids in all. Returns (B, L) int64, L <= max_len.
-  /// With end_id >= 0 it stops once every row has produced end_id and fills each row after
-  /// its end_id with end_id; with end_id < 0, L = max_len. Runs without autograd.
-  torch::Tensor sample(const torch::Tensor& features, int64_t max_len = 20, int64_t end_id = -1);
+  StepStart start(const torch::Tensor& features, DecodeWeights weights = DecodeWeights::kFloat32);
+  /// One step: ids (B) int64 of the previous tokens -> logits of the next (B, V); `state`
+  /// becomes the state after this step. Throws InvalidArgument for ids outside the vocabulary.
+  torch::Tensor step(const torch::Tensor& ids, DecodeState& state,
+                     DecodeWeights weights = DecodeWeights::kFloat32);
+  /// One step from word embeddings (B, E) instead of ids (kPar appends the image itself).
+  torch::Tensor step_embedded(const torch::Tensor& word_embeddings, DecodeState& state,
+                              DecodeWeights weights = DecodeWeights::kFloat32);
 
   const DecoderOptions& options() const { return options_; }
   /// Input size of the LSTM: E, or 2E with kPar.
@@ -156,11 +145,11 @@ struct DecoderImpl : torch::nn::Module {
 
  private:
   void check_features(const torch::Tensor& features) const;
+  void check_state(const DecodeState& state) const;
   // The LSTM's outputs (B, T, H) under teacher forcing: forward() without the projection.
   torch::Tensor hidden_states(const torch::Tensor& features, const torch::Tensor& captions,
                               const torch::Tensor& lengths);
-  DecoderStepOutput step_inputs(const torch::Tensor& inputs, const DecoderState& state,
-                                DecodeWeights weights);
+  torch::Tensor step_inputs(const torch::Tensor& inputs, DecodeState& state, DecodeWeights weights);
 
   DecoderOptions options_;
   // The engines behind the inference steps and the loss (src/detail/).
@@ -168,6 +157,22 @@ struct DecoderImpl : torch::nn::Module {
   std::shared_ptr<detail::LossBuffer> loss_buffer_;
 };
 TORCH_MODULE(Decoder);
+
+/// A Decoder as a StepDecoder, for the searches and sampling. On the CPU, step() checks the
+/// tokens against the vocabulary (Decoder::step); on a GPU it does not, since that check would
+/// make the host wait for the device at every step: pass only ids below the vocabulary size
+/// there. The decoder is shared, not copied.
+class DecoderStepper : public StepDecoder {
+ public:
+  explicit DecoderStepper(Decoder decoder, DecodeWeights weights = DecodeWeights::kFloat32)
+      : decoder_(std::move(decoder)), weights_(weights) {}
+  StepStart start(const at::Tensor& features) const override;
+  at::Tensor step(const at::Tensor& tokens, DecodeState& state) const override;
+
+ private:
+  Decoder decoder_;
+  DecodeWeights weights_;
+};
 
 /// (B, T) bool mask, true where t < lengths[b]. lengths (B) integer.
 torch::Tensor length_mask(const torch::Tensor& lengths, int64_t max_len);

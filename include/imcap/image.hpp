@@ -87,7 +87,11 @@ struct TransformOptions {
   int resize = 256;    ///< shorter side after resizing, pixels. Default 256.
   int crop = 224;      ///< side of the square crop, pixels. Default 224.
   bool train = false;  ///< true: random crop + random horizontal flip; false: centre crop.
-  double flip_probability = 0.5;  ///< chance of a horizontal flip in training. Default 0.5.
+  /// Chance of a horizontal flip in training. Default 0: a mirrored image keeps a true caption
+  /// only when the captions say nothing a mirror changes (text, digits, handedness); the
+  /// seed's RandomHorizontalFlip is 0.5 (CocoDatasetOptions::flip_swap_words then swaps
+  /// "left" and "right").
+  double flip_probability = 0.0;
   std::array<float, 3> mean = kImageNetMean;  ///< per-channel mean for normalisation.
   std::array<float, 3> std = kImageNetStd;    ///< per-channel std for normalisation.
 };
@@ -98,7 +102,8 @@ struct TransformOptions {
 class ImageTransform {
  public:
   explicit ImageTransform(TransformOptions options = {});
-  /// The seed's training transform: Resize(resize), RandomCrop(crop), RandomHorizontalFlip.
+  /// The seed's training transform, Resize(resize) and RandomCrop(crop), without its
+  /// RandomHorizontalFlip (see TransformOptions::flip_probability for why, and to turn it on).
   static ImageTransform train(int resize = 256, int crop = 224);
   /// The seed's evaluation transform: Resize(resize), CenterCrop(crop).
   static ImageTransform eval(int resize = 256, int crop = 224);

@@ -6,6 +6,7 @@
 #include <utility>
 #include <vector>
 
+#include <fmt/format.h>
 #include <torch/types.h>
 #include <CLI/CLI.hpp>
 
@@ -36,6 +37,30 @@ CLI::Validator finite_above(double lo, double hi);
 template <typename E>
 CLI::Validator one_of() {
   return CLI::IsMember(detail::enum_names<E>());
+}
+/// Adds an option bound to a field of one of the library's enums: it takes the names of E's
+/// values (from the library's own table), and the help shows the field's current value, the
+/// library's default, by name.
+template <typename E>
+CLI::Option* add_enum_option(CLI::App* cmd, const std::string& name, E& value,
+                             const std::string& description) {
+  const std::string names = fmt::format("{{{}}}", fmt::join(detail::enum_names<E>(), ","));
+  // The name becomes the value's number, which CLI11 then stores into the enum.
+  CLI::Validator by_name(
+      [names](std::string& text) -> std::string {
+        for (const auto& n : detail::enum_names<E>()) {
+          if (text == n) {
+            text = std::to_string(static_cast<int>(detail::parse_enum<E>(n)));
+            return {};
+          }
+        }
+        return fmt::format("{} not in {}", text, names);
+      },
+      names, "name");
+  return cmd->add_option(name, value, description)
+      ->transform(by_name)
+      ->type_name("TEXT")
+      ->default_str(detail::enum_name(value));
 }
 /// A CLI11 check: a whole number from 0 to kMaxThreads.
 CLI::Validator thread_count();

@@ -194,7 +194,7 @@ Json measure_train(CaptionModel& model, const BenchArgs& a, Reps reps, std::size
   return out;
 }
 
-// End-to-end training at `imcap train`'s defaults (cli/train_defaults.hpp): whole Trainer steps
+// End-to-end training at `imcap train`'s defaults (the library options' own): whole Trainer steps
 // on `imcap synth` JPEGs (128 px), data loading, decoding and the image cache included, for the
 // two cases of docs/performance.md: ResNet-18 at 64 px training from scratch, and ResNet-50 at
 // 224 px frozen (random weights shaped as the pretrained ones; the COCO recipe). Figures:
@@ -220,30 +220,21 @@ Json measure_train_e2e(const BenchArgs& a, Reps reps, const std::string& tmp) {
       {"resnet18_64px_scratch", ResNetArch::kResNet18, a.smoke ? 32 : 64, kResNetStages},
       {"resnet50_224px_frozen", ResNetArch::kResNet50, a.smoke ? 32 : 224, 0}};
   for (const Case& c : cases) {
-    ModelConfig config;
+    ModelConfig config;  // the library's defaults, which are imcap train's
     config.encoder.arch = c.arch;
-    config.encoder.embed_size = a.smoke ? 8 : d::kEmbedSize;
+    if (a.smoke) config.encoder.embed_size = 8;
     config.encoder.trainable_stages = c.trainable_stages;
-    config.decoder.hidden_size = a.smoke ? 16 : d::kHiddenSize;
-    config.decoder.image_inject = parse_image_inject(d::kInject);
+    if (a.smoke) config.decoder.hidden_size = 16;
     config.image_crop = c.image_size;
     config.image_resize = d::image_resize(c.image_size, /*pretrained=*/c.trainable_stages == 0);
     torch::manual_seed(a.seed);
     CaptionModel model(config, Vocabulary::build({files.train_annotations}, {/*threshold=*/1}));
     TransformOptions tf = model.eval_transform().options();
     tf.train = true;
-    tf.flip_probability = d::kFlipProbability;
-    CocoDatasetOptions dop;
-    dop.cache_bytes = static_cast<std::size_t>(d::kCacheMib) << 20;
     const CocoDataset train(files.train_annotations, files.train_images, model.vocab(),
-                            ImageTransform(tf), dop);
+                            ImageTransform(tf), CocoDatasetOptions{});
     TrainerOptions o;
     o.out_dir = detail::join_path(tmp, "e2e-run");
-    o.batch_size = d::kBatchSize;
-    o.batching = parse_batch_mode(d::kBatching);
-    o.lr = d::kLr;
-    o.clip_norm = d::kClip;
-    o.workers = d::kWorkers;
     o.progress = false;
     o.epochs = 1000;
     o.seed = a.seed + 1;
@@ -257,7 +248,7 @@ Json measure_train_e2e(const BenchArgs& a, Reps reps, const std::string& tmp) {
     const double rate = r.captions / std::max(1e-9, r.seconds);
     out[c.name] = {{"captions_per_s", rate},     {"steps", r.steps},
                    {"captions", r.captions},     {"seconds", r.seconds},
-                   {"batch_size", o.batch_size}, {"batching", d::kBatching}};
+                   {"batch_size", o.batch_size}, {"batching", to_string(o.batching)}};
     note("train end to end, {}: {:.1f} captions/s ({} steps)", c.name, rate, r.steps);
   }
   for (const auto* dir : {"train", "val"}) bench::remove_flat_dir(detail::join_path(data_dir, dir));
@@ -297,11 +288,13 @@ Json measure_device_encoder(CaptionModel& model, const BenchArgs& a, Reps reps) 
 }
 
 // The seed's sample() (max_steps argmax steps, no stop at <end>) at batch 1 and decode_batch:
-// from CUDA graphs where this build has them, and eagerly (DecoderStepper + greedy_ids).
+// from CUDA graphs where this build has them, and eagerly (DecoderStepper + greedy_search).
 void measure_device_greedy(CaptionModel& model, const BenchArgs& a, Reps reps, Json& res) {
   model.train(false);
   const torch::Device device = model.device();
-  const detail::CudaGraphGreedy graphed(model.decoder(), a.max_steps);
+  SearchOptions opts;  // no special tokens: all max_steps steps, as the notebook's sample()
+  opts.max_length = a.max_steps;
+  const detail::CudaGraphGreedy graphed(model.decoder(), opts, SpecialTokens{});
   const DecoderStepper stepper(model.decoder(), a.decode_weights);
   Json graph_out, eager_out;
   for (const std::int64_t batch : {std::int64_t{1}, static_cast<std::int64_t>(a.decode_batch)}) {
@@ -310,7 +303,7 @@ void measure_device_greedy(CaptionModel& model, const BenchArgs& a, Reps reps, J
     const auto tg = bench::time_ms([&] { graphed(features); }, reps);
     const auto te = bench::time_ms(
         [&] {
-          greedy_ids(stepper, features, a.max_steps);  // ends with a copy to the host
+          greedy_search(stepper, features, opts);  // ends with a copy to the host
         },
         reps);
     graph_out[key] = bench::summarize(tg);
@@ -650,12 +643,14 @@ void run_bench(BenchArgs a) {
   if (wanted("coco")) measure_coco(a, plan, tmp, res, config);
   if (wanted("train_e2e")) {
     res["train_e2e_captions_per_s"] = measure_train_e2e(a, plan.e2e, tmp);
+    const TrainerOptions t;
+    const ModelConfig m;
     config["train_e2e"] = fmt::format(
-        "imcap train defaults: {} batches of {} captions, {}-inject, E {}, H {}, Adam {:g}, "
+        "imcap train defaults: {} batches of {} captions, {}-inject, E {}, H {}, {} {:g}, "
         "{} workers, image cache {} MiB; synthetic 128-px JPEGs",
-        train_defaults::kBatching, train_defaults::kBatchSize, train_defaults::kInject,
-        train_defaults::kEmbedSize, train_defaults::kHiddenSize, train_defaults::kLr,
-        train_defaults::kWorkers, train_defaults::kCacheMib);
+        to_string(t.batching), t.batch_size, to_string(m.decoder.image_inject),
+        m.encoder.embed_size, m.decoder.hidden_size, to_string(t.optimizer), t.lr, t.workers,
+        CocoDatasetOptions{}.cache_bytes >> 20);
   }
   if (!caption.empty()) config["full_caption_example"] = caption;
   res["benchmark_wall_s"] =

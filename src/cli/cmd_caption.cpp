@@ -26,6 +26,11 @@ struct CaptionArgs {
 };
 
 void run_caption(const CaptionArgs& a) {
+  if (a.options.num_return > a.options.beam_size)
+    throw UsageError(
+        fmt::format("--num-return {} is more than --beam {}: a search returns at "
+                    "most one caption per beam",
+                    a.options.num_return, a.options.beam_size));
   set_threads(a.threads, a.blas_threads);
   const auto captioner = Captioner::load(a.model, parse_device(a.device), a.options);
   nlohmann::json results = nlohmann::json::array();
@@ -35,15 +40,27 @@ void run_caption(const CaptionArgs& a) {
         a.inputs.begin() + static_cast<std::ptrdiff_t>(start),
         a.inputs.begin() + static_cast<std::ptrdiff_t>(std::min(
                                a.inputs.size(), start + static_cast<std::size_t>(a.batch_size))));
-    const auto captions = captioner.caption_batch(chunk, a.options);
+    const auto candidates = captioner.candidates(captioner.encode(chunk, a.options), a.options);
     for (std::size_t i = 0; i < chunk.size(); ++i) {
-      if (a.json)
-        results.push_back({{"image", chunk[i]},
-                           {"caption", captions[i].text},
-                           {"tokens", captions[i].tokens},
-                           {"log_prob", captions[i].log_prob}});
-      else
-        fmt::print("{}\t{}\n", chunk[i], captions[i].text);
+      const std::vector<Caption>& found = candidates[i];
+      const Caption best = found.empty() ? Caption{} : found.front();
+      if (a.json) {
+        nlohmann::json entry = {{"image", chunk[i]},
+                                {"caption", best.text},
+                                {"tokens", best.tokens},
+                                {"log_prob", best.log_prob}};
+        if (a.options.num_return > 1) {
+          nlohmann::json list = nlohmann::json::array();
+          for (const Caption& c : found)
+            list.push_back({{"caption", c.text}, {"tokens", c.tokens}, {"log_prob", c.log_prob}});
+          entry["candidates"] = std::move(list);
+        }
+        results.push_back(std::move(entry));
+      } else if (a.options.num_return > 1) {
+        for (const Caption& c : found) fmt::print("{}\t{}\t{:.4f}\n", chunk[i], c.text, c.log_prob);
+      } else {
+        fmt::print("{}\t{}\n", chunk[i], best.text);
+      }
     }
   }
   // File names need not be UTF-8 on Linux: such bytes print as U+FFFD instead of failing.
@@ -85,6 +102,9 @@ void add_search_options(CLI::App* cmd, CaptionArgs& a) {
   cmd->add_option("--alpha", a.options.alpha, "Length normalisation exponent")
       ->capture_default_str()
       ->check(finite_range(0.0, 10.0));
+  cmd->add_option("--min-length", a.options.min_length, "Fewest words before <end>")
+      ->capture_default_str()
+      ->check(CLI::Range(0, 1000));
   add_decode_weights_option(cmd, a.options.decode_weights);
   add_encoder_dtype_option(cmd, a.options.encoder_dtype);
   cmd->add_option("--device", a.device, "cpu, cuda or cuda:N")->capture_default_str();
@@ -101,7 +121,14 @@ void add_caption_command(CLI::App& app) {
   auto* cmd = app.add_subcommand("caption", "Caption image files with a model");
   cmd->add_option("--model", a->model, "Model file (.imcap)")->required();
   cmd->add_option("images", a->inputs, "Image files (JPEG, PNG, BMP, GIF)")->required();
-  cmd->add_flag("--json", a->json, "Print a JSON array of {image, caption, tokens, log_prob}");
+  cmd->add_flag("--json", a->json,
+                "Print a JSON array of {image, caption, tokens, log_prob} (and candidates with "
+                "--num-return)");
+  cmd->add_option("--num-return", a->options.num_return,
+                  "Captions per image, best first, at most --beam (text: one line each, with "
+                  "the log-probability)")
+      ->capture_default_str()
+      ->check(CLI::Range(1, 100));
   add_search_options(cmd, *a);
   cmd->callback([a] { run_caption(*a); });
 }

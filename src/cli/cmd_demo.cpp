@@ -148,7 +148,7 @@ void run_demo(const DemoArgs& a) {
 
   fmt::print("[3/4] captioning {} held-out images\n", val.num_images());
   model->train(false);
-  Captioner captioner(model, CaptionOptions{/*beam_size=*/3});
+  Captioner captioner(model, CaptionOptions{});
   std::map<std::int64_t, std::vector<std::string>> refs;
   std::map<std::int64_t, std::string> cands;
   std::vector<std::string> paths;

@@ -27,26 +27,21 @@ namespace {
 
 constexpr int kMaxEpochs = 100000;  // the most --epochs takes
 
+// The options bind to the library's own option structs, so that their defaults are the
+// library's.
 struct TrainArgs {
   std::string annotations, images, val_annotations, val_images, out, features, val_features;
-  std::string encoder = "resnet50", weights, device = "cpu", inject = train_defaults::kInject,
-              trainable = "auto";
-  std::string optimizer = "adam", schedule = "none", batching = train_defaults::kBatching;
-  // 0: three epochs, or as many as fit in --max-seconds when that is given.
+  std::string weights, device = "cpu", trainable = "auto";
+  ModelConfig model;
+  TrainerOptions trainer;
+  VocabularyOptions vocab;
+  double flip = TransformOptions{}.flip_probability;
+  int cache_mib = static_cast<int>(CocoDatasetOptions{}.cache_bytes >> 20);
+  double dist_timeout = DistributedOptions{}.timeout_seconds;
+  // epochs 0: three epochs, or as many as fit in --max-seconds when that is given.
   // resize 0: the whole image from scratch, 256/224 of image_size with --weights.
-  int image_size = 224, resize = 0, vocab_threshold = 5, epochs = 0, threads = 0, blas_threads = -1,
-      workers = train_defaults::kWorkers, nproc = 0, cache_mib = train_defaults::kCacheMib;
-  std::int64_t embed_size = train_defaults::kEmbedSize, hidden_size = train_defaults::kHiddenSize,
-               num_layers = 1;
-  std::size_t batch_size = train_defaults::kBatchSize, log_interval = 50, val_max_images = 500,
-              max_steps = 0, val_every = 0;
-  // No flips by default: a mirrored image keeps a true caption only when the captions say
-  // nothing a mirror changes (text, digits, handedness); left and right are swapped when on.
-  double lr = train_defaults::kLr, max_seconds = 0, clip = train_defaults::kClip, weight_decay = 0,
-         dropout = 0, flip = train_defaults::kFlipProbability;
-  double dist_timeout = 300;
-  std::uint64_t seed = 1;
-  bool resume = false, head_bn = false, skip_missing = false;
+  int resize = 0, epochs = 0, threads = 0, blas_threads = -1, nproc = 0;
+  bool resume = false, skip_missing = false;
 };
 
 int parse_trainable(const std::string& s, bool pretrained) {
@@ -154,34 +149,22 @@ void run_train(const TrainArgs& a) {
   }
   const bool chatty = group == nullptr || group->rank() == 0;
   const std::string last = detail::join_path(a.out, "last.imcap");
-  torch::manual_seed(a.seed);
+  torch::manual_seed(a.trainer.seed);
   std::unique_ptr<CaptionModel> model;
   if (a.resume) {
     model = std::make_unique<CaptionModel>(load_for_resume(last, device, group.get()));
   } else {
-    ModelConfig config;
-    config.encoder.arch = parse_resnet_arch(a.encoder);
-    config.encoder.embed_size = a.embed_size;
-    config.encoder.head_batch_norm = a.head_bn;
+    ModelConfig config = a.model;
+    const bool pretrained = !a.weights.empty() || !a.features.empty();
     // Precomputed features come from a frozen CNN: "auto" freezes it.
-    config.encoder.trainable_stages =
-        parse_trainable(a.trainable, !a.weights.empty() || !a.features.empty());
-    config.decoder.hidden_size = a.hidden_size;
-    config.decoder.num_layers = a.num_layers;
-    config.decoder.dropout = a.dropout;
-    config.decoder.image_inject = parse_image_inject(a.inject);
-    config.image_crop = a.image_size;
+    config.encoder.trainable_stages = parse_trainable(a.trainable, pretrained);
     config.image_resize =
-        a.resize > 0
-            ? a.resize
-            : train_defaults::image_resize(a.image_size, !a.weights.empty() || !a.features.empty());
+        a.resize > 0 ? a.resize : train_defaults::image_resize(config.image_crop, pretrained);
     if (config.image_resize < config.image_crop)
       throw UsageError(
           fmt::format("--image-resize {} is smaller than --image-size {}: the crop must fit",
                       config.image_resize, config.image_crop));
-    VocabularyOptions vo;
-    vo.threshold = a.vocab_threshold;
-    model = std::make_unique<CaptionModel>(config, Vocabulary::build({a.annotations}, vo));
+    model = std::make_unique<CaptionModel>(config, Vocabulary::build({a.annotations}, a.vocab));
     if (!a.weights.empty()) {
       LoadOptions lo;
       lo.ignore = {"fc\\..*"};
@@ -215,30 +198,16 @@ void run_train(const TrainArgs& a) {
   if (!a.val_annotations.empty())
     val = std::make_unique<CocoDataset>(a.val_annotations, a.val_images, model->vocab(),
                                         model->eval_transform(), dataset_options(a.val_features));
-  TrainerOptions o;
+  TrainerOptions o = a.trainer;
   o.out_dir = a.out;
   // A time budget is the run's length unless epochs are given too.
-  o.epochs = a.epochs > 0 ? a.epochs : (a.max_seconds > 0 ? kMaxEpochs : 3);
-  o.batch_size = a.batch_size;
-  o.batching = parse_batch_mode(a.batching);
-  o.optimizer = parse_optimizer(a.optimizer);
-  o.lr = a.lr;
-  o.weight_decay = a.weight_decay;
-  o.clip_norm = a.clip;
-  o.lr_schedule = parse_lr_schedule(a.schedule);
-  o.log_interval = a.log_interval;
-  o.seed = a.seed;
-  o.workers = a.workers;
-  o.max_seconds = a.max_seconds;
-  o.max_steps = a.max_steps;
-  o.val_max_images = a.val_max_images;
-  o.val_every_steps = a.val_every;
+  o.epochs = a.epochs > 0 ? a.epochs : (o.max_seconds > 0 ? kMaxEpochs : TrainerOptions{}.epochs);
   o.resume = a.resume;
   o.process_group = group;
   if (group && chatty)
     fmt::print("data-parallel on {} processes ({}), {} captions per process and step\n",
                group->world_size(), group->backend(),
-               (a.batch_size + static_cast<std::size_t>(group->world_size()) - 1) /
+               (o.batch_size + static_cast<std::size_t>(group->world_size()) - 1) /
                    static_cast<std::size_t>(group->world_size()));
   if (chatty)
     fmt::print(
@@ -274,8 +243,8 @@ void run_train(const TrainArgs& a) {
     fmt::print(
         "validation: {} images at the end of each epoch{} and when the run stops; "
         "best.imcap keeps the best CIDEr\n",
-        a.val_max_images == 0 ? val->num_images() : std::min(val->num_images(), a.val_max_images),
-        a.val_every > 0 ? fmt::format(", every {} steps", a.val_every) : std::string());
+        o.val_max_images == 0 ? val->num_images() : std::min(val->num_images(), o.val_max_images),
+        o.val_every_steps > 0 ? fmt::format(", every {} steps", o.val_every_steps) : std::string());
   Trainer trainer(*model, train, val.get(), o);
   Trainer::install_signal_handlers();
   const auto r = trainer.fit();
@@ -308,16 +277,14 @@ void add_train_command(CLI::App& app) {
   cmd->add_option("--val-features", a->val_features,
                   "Pooled CNN features of the validation images (from imcap features)");
   cmd->add_option("--out", a->out, "Output folder: last.imcap, best.imcap, log.jsonl")->required();
-  cmd->add_option("--encoder", a->encoder, "CNN")
-      ->capture_default_str()
-      ->check(one_of<ResNetArch>());
+  add_enum_option(cmd, "--encoder", a->model.encoder.arch, "CNN");
   cmd->add_option("--weights", a->weights,
                   "Pretrained CNN weights (torchvision .pth or safetensors)");
   cmd->add_option(
          "--trainable-stages", a->trainable,
          "CNN stages that train: auto (none with --weights, all without), none, all or 0-5")
       ->capture_default_str();
-  cmd->add_option("--image-size", a->image_size,
+  cmd->add_option("--image-size", a->model.image_crop,
                   "Crop side in pixels (resized to 256/224 of it first)")
       ->capture_default_str()
       ->check(CLI::Range(16, 4096));
@@ -326,65 +293,61 @@ void add_train_command(CLI::App& app) {
                   "the whole image, when the CNN trains from scratch; 256/224 of it, the seed's, "
                   "with --weights or --features, as imcap features computes them)")
       ->check(CLI::Range(16, 8192));
-  cmd->add_option("--embed-size", a->embed_size, "Image/word embedding size")
+  cmd->add_option("--embed-size", a->model.encoder.embed_size, "Image/word embedding size")
       ->capture_default_str()
       ->check(CLI::Range(1, 65536));
-  cmd->add_option("--hidden-size", a->hidden_size, "LSTM hidden size")
+  cmd->add_option("--hidden-size", a->model.decoder.hidden_size, "LSTM hidden size")
       ->capture_default_str()
       ->check(CLI::Range(1, 65536));
-  cmd->add_option("--num-layers", a->num_layers, "LSTM layers")
+  cmd->add_option("--num-layers", a->model.decoder.num_layers, "LSTM layers")
       ->capture_default_str()
       ->check(CLI::Range(1, 16));
-  cmd->add_option("--dropout", a->dropout, "Dropout between LSTM layers")
+  cmd->add_option("--dropout", a->model.decoder.dropout, "Dropout between LSTM layers")
       ->capture_default_str()
       ->check(finite_range(0.0, 0.99));
-  cmd->add_option("--inject", a->inject,
-                  "Where the image enters the LSTM: pre (Show and Tell), par, init")
-      ->capture_default_str()
-      ->check(one_of<ImageInject>());
-  cmd->add_flag("--head-batch-norm", a->head_bn,
+  add_enum_option(cmd, "--inject", a->model.decoder.image_inject,
+                  "Where the image enters the LSTM: pre (Show and Tell), par, init");
+  cmd->add_flag("--head-batch-norm", a->model.encoder.head_batch_norm,
                 "BatchNorm1d after the encoder's embedding (tutorial variant)");
-  cmd->add_option("--vocab-threshold", a->vocab_threshold, "Minimum word count")
+  cmd->add_option("--vocab-threshold", a->vocab.threshold, "Minimum word count")
       ->capture_default_str()
       ->check(CLI::Range(0, 1000000000));
   cmd->add_option("--epochs", a->epochs,
-                  "Epochs (default 3; with --max-seconds, as many as fit in the time)")
+                  fmt::format("Epochs (default {}; with --max-seconds, as many as fit in the time)",
+                              TrainerOptions{}.epochs))
       ->check(CLI::Range(1, kMaxEpochs));
-  cmd->add_option("--batch-size", a->batch_size,
+  cmd->add_option("--batch-size", a->trainer.batch_size,
                   "Captions per step (all processes together when data-parallel)")
       ->capture_default_str()
       ->check(CLI::Range(1, 1 << 20));
-  cmd->add_option("--batching", a->batching,
-                  "padded, same_length (the seed's sampler) or image_major")
-      ->capture_default_str()
-      ->check(one_of<BatchMode>());
-  cmd->add_option("--optimizer", a->optimizer, "adam or sgd")
-      ->capture_default_str()
-      ->check(one_of<Optimizer>());
-  cmd->add_option("--lr", a->lr, "Learning rate")
+  add_enum_option(cmd, "--batching", a->trainer.batching,
+                  "padded, same_length (the seed's sampler) or image_major");
+  add_enum_option(cmd, "--optimizer", a->trainer.optimizer, "adam or sgd");
+  cmd->add_option("--lr", a->trainer.lr, "Learning rate")
       ->capture_default_str()
       ->check(finite_above(0.0, 100.0));
-  cmd->add_option("--weight-decay", a->weight_decay, "L2 penalty")
+  cmd->add_option("--weight-decay", a->trainer.weight_decay, "L2 penalty")
       ->capture_default_str()
       ->check(finite_range(0.0, 1e3));
-  cmd->add_option("--clip", a->clip, "Gradient-norm clipping (0: off)")
+  cmd->add_option("--clip", a->trainer.clip_norm, "Gradient-norm clipping (0: off)")
       ->capture_default_str()
       ->check(finite_range(0.0, 1e9));
-  cmd->add_option("--lr-schedule", a->schedule, "none, step or plateau")
-      ->capture_default_str()
-      ->check(one_of<LrSchedule>());
-  cmd->add_option("--max-seconds", a->max_seconds, "Stop cleanly and save after this many seconds")
+  add_enum_option(cmd, "--lr-schedule", a->trainer.lr_schedule, "none, step or plateau");
+  cmd->add_option("--max-seconds", a->trainer.max_seconds,
+                  "Stop cleanly and save after this many seconds")
       ->capture_default_str()
       ->check(finite_range(0.0, 1e9));
-  cmd->add_option("--max-steps", a->max_steps, "Stop cleanly and save after this many steps")
+  cmd->add_option("--max-steps", a->trainer.max_steps,
+                  "Stop cleanly and save after this many steps")
       ->capture_default_str();
-  cmd->add_option("--val-max-images", a->val_max_images, "Images captioned per validation (0: all)")
+  cmd->add_option("--val-max-images", a->trainer.val_max_images,
+                  "Images captioned per validation (0: all)")
       ->capture_default_str();
-  cmd->add_option("--val-every", a->val_every,
+  cmd->add_option("--val-every", a->trainer.val_every_steps,
                   "Also validate every this many steps (0: at the end of each epoch and at the "
                   "stop only)")
       ->capture_default_str();
-  cmd->add_option("--log-interval", a->log_interval, "Steps between log lines")
+  cmd->add_option("--log-interval", a->trainer.log_interval, "Steps between log lines")
       ->capture_default_str()
       ->check(CLI::Range(1, 1 << 30));
   cmd->add_option("--flip-probability", a->flip,
@@ -397,14 +360,14 @@ void add_train_command(CLI::App& app) {
                 "Train without the images whose files are missing (a warning lists them) "
                 "instead of stopping with the list");
   cmd->add_option("--device", a->device, "cpu, cuda or cuda:N")->capture_default_str();
-  cmd->add_option("--seed", a->seed, "Random seed")->capture_default_str();
+  cmd->add_option("--seed", a->trainer.seed, "Random seed")->capture_default_str();
   add_thread_options(cmd, a->threads, a->blas_threads);
   cmd->add_option("--cache-images", a->cache_mib,
                   "MiB of decoded, resized images kept in memory for the next epochs, for each of "
                   "the training and validation sets (0: decode every time)")
       ->capture_default_str()
       ->check(CLI::Range(0, 1 << 24));
-  cmd->add_option("--workers", a->workers, "Image decoding threads")
+  cmd->add_option("--workers", a->trainer.workers, "Image decoding threads")
       ->capture_default_str()
       ->check(CLI::Range(0, 256));
   cmd->add_option("--nproc", a->nproc,

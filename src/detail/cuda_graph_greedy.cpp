@@ -1,8 +1,11 @@
 #include "detail/cuda_graph_greedy.hpp"
 
+#include <cmath>
 #include <deque>
+#include <limits>
 #include <mutex>
 #include <string>
+#include <tuple>
 #include <utility>
 #include <vector>
 
@@ -18,6 +21,7 @@
 #endif
 
 #include "detail/cuda_info.hpp"
+#include "detail/hypothesis.hpp"
 #include "detail/tensor_check.hpp"
 #include "imcap/error.hpp"
 
@@ -30,18 +34,68 @@ namespace {
 constexpr std::size_t kMaxGraphs = 8;
 #endif
 
-// The loop of greedy_ids with a DecoderStepper: no host synchronisation, so that it can be
-// captured. The ids come from argmax over the scores, so they need no vocabulary check.
-torch::Tensor greedy_loop(DecoderImpl& decoder, const torch::Tensor& features, int max_length) {
-  DecoderStepOutput out = decoder.start(features);
-  std::vector<torch::Tensor> ids;
-  ids.reserve(static_cast<std::size_t>(max_length));
-  for (int t = 0; t < max_length; ++t) {
-    if (t > 0) out = decoder.step_embedded(decoder.embed(ids.back()), out.state);
-    // max(1), not argmax: the notebooks' `outputs.max(1)[1]`, with the same tie-breaking.
-    ids.push_back(std::get<1>(out.logits.max(/*dim=*/1)));
+constexpr float kNegInf = -std::numeric_limits<float>::infinity();
+
+// The steps of greedy_search over a Decoder without host synchronisation, so that they can be
+// captured: every row runs max_length steps, with the search's masks as tensor operations.
+// Returns the chosen ids [B, max_length] (int64) and their log-probabilities [B, max_length]
+// (float), on the decoder's device. The ids come from argmax over the scores, so they need no
+// vocabulary check.
+std::pair<torch::Tensor, torch::Tensor> greedy_loop(DecoderImpl& decoder,
+                                                    const torch::Tensor& features,
+                                                    const SearchOptions& o,
+                                                    const SpecialTokens& tokens) {
+  StepStart out = decoder.start(features);
+  torch::Tensor scores = std::move(out.scores);
+  std::vector<torch::Tensor> ids, logps;
+  ids.reserve(static_cast<std::size_t>(o.max_length));
+  logps.reserve(static_cast<std::size_t>(o.max_length));
+  torch::Tensor started;  // [B] int64: 1 where the first token is <start>
+  for (int t = 0; t < o.max_length; ++t) {
+    if (t > 0) scores = decoder.step_embedded(decoder.embed(ids.back()), out.state);
+    torch::Tensor logp = torch::log_softmax(scores, /*dim=*/1, torch::kFloat);
+    if (o.forbid_unk && tokens.unk >= 0) logp.select(1, tokens.unk).fill_(kNegInf);
+    if (t > 0 && tokens.start >= 0) logp.select(1, tokens.start).fill_(kNegInf);
+    if (tokens.end >= 0 && o.min_length > 0) {
+      // A live row has t tokens; a leading <start> is not a word.
+      if (t == 0) {
+        logp.select(1, tokens.end).fill_(kNegInf);
+      } else {
+        const torch::Tensor words = started.defined() ? t - started : torch::full_like(ids[0], t);
+        logp.select(1, tokens.end).masked_fill_(words.lt(o.min_length), kNegInf);
+      }
+    }
+    auto [best_logp, best_id] = logp.max(/*dim=*/1);
+    if (t == 0 && tokens.start >= 0) started = best_id.eq(tokens.start).to(torch::kLong);
+    ids.push_back(best_id);
+    logps.push_back(best_logp);
   }
-  return torch::stack(ids, /*dim=*/1);
+  return {torch::stack(ids, /*dim=*/1), torch::stack(logps, /*dim=*/1)};
+}
+
+// greedy_search's bookkeeping on the loop's output (on the CPU): each row stops at its first
+// <end>, at a token with no finite log-probability, or at max_length.
+std::vector<Hypothesis> hypotheses(const torch::Tensor& ids, const torch::Tensor& logps,
+                                   const SearchOptions& o, const SpecialTokens& tokens) {
+  const auto id = ids.accessor<int64_t, 2>();
+  const auto lp = logps.accessor<float, 2>();
+  std::vector<Hypothesis> out(static_cast<std::size_t>(ids.size(0)));
+  for (int64_t b = 0; b < ids.size(0); ++b) {
+    std::vector<int64_t> generated;
+    double log_prob = 0.0;
+    bool finished = false;
+    for (int64_t t = 0; t < ids.size(1); ++t) {
+      if (!std::isfinite(lp[b][t])) break;
+      log_prob += lp[b][t];
+      if (id[b][t] == tokens.end) {
+        finished = true;
+        break;
+      }
+      generated.push_back(id[b][t]);
+    }
+    out[static_cast<std::size_t>(b)] = make_hypothesis(generated, log_prob, finished, o, tokens);
+  }
+  return out;
 }
 
 }  // namespace
@@ -56,7 +110,7 @@ struct CudaGraphGreedy::Impl {
     c10::DeviceIndex device = 0;
     std::vector<const void*> data;       // where the weights lay at capture
     std::vector<torch::Tensor> weights;  // keeps that memory alive while the graph may read it
-    torch::Tensor input, output;
+    torch::Tensor input, ids, logps;
     std::unique_ptr<at::cuda::CUDAGraph> graph;
   };
   std::deque<Graph> graphs;  // most recently captured last
@@ -84,13 +138,20 @@ bool CudaGraphGreedy::available() {
 #endif
 }
 
-CudaGraphGreedy::CudaGraphGreedy(Decoder decoder, int max_length)
-    : max_length_(max_length), impl_(std::make_unique<Impl>()) {
-  if (max_length < 1) {
-    throw InvalidArgument(
-        fmt::format("CudaGraphGreedy: max_length must be >= 1, got {}", max_length));
-  }
+CudaGraphGreedy::CudaGraphGreedy(Decoder decoder, const SearchOptions& options,
+                                 const SpecialTokens& tokens)
+    : options_(options), tokens_(tokens), impl_(std::make_unique<Impl>()) {
+  options_.beam_size = 1;
+  options_.num_return = 1;
+  check_search_options(options_, "CudaGraphGreedy");
   if (decoder.is_empty()) throw InvalidArgument("CudaGraphGreedy: the decoder is empty");
+  const int64_t vocab = decoder->options().vocab_size;
+  for (const int64_t id : {tokens.start, tokens.end, tokens.unk}) {
+    if (id < -1 || id >= vocab)
+      throw InvalidArgument(fmt::format(
+          "CudaGraphGreedy: special token {} is outside [0, {}) (the vocabulary) and not -1", id,
+          vocab));
+  }
   impl_->decoder = std::move(decoder);
 }
 
@@ -108,7 +169,7 @@ std::string CudaGraphGreedy::capture_error() const {
   return impl_->capture_error;
 }
 
-torch::Tensor CudaGraphGreedy::operator()(const torch::Tensor& features) const {
+std::vector<Hypothesis> CudaGraphGreedy::operator()(const torch::Tensor& features) const {
   DecoderImpl& decoder = *impl_->decoder;
   const int64_t embed = decoder.options().embed_size;
   detail::check_tensor(features.defined() && features.dim() == 2 && features.size(1) == embed &&
@@ -116,7 +177,11 @@ torch::Tensor CudaGraphGreedy::operator()(const torch::Tensor& features) const {
                        "CudaGraphGreedy features",
                        fmt::format("float features of shape [B, {}]", embed), features);
   const int64_t batch = features.size(0);
-  if (batch == 0) return torch::empty({0, max_length_}, torch::kInt64);
+  if (batch == 0) return {};
+  auto eager = [&] {
+    const auto [ids, logps] = greedy_loop(decoder, features, options_, tokens_);
+    return hypotheses(ids.cpu(), logps.cpu(), options_, tokens_);
+  };
   torch::NoGradGuard no_grad;
   std::lock_guard<std::mutex> lock(impl_->mutex);
 #if IMCAP_HAVE_CUDA_GRAPHS
@@ -148,7 +213,7 @@ torch::Tensor CudaGraphGreedy::operator()(const torch::Tensor& features) const {
         const c10::cuda::CUDAStreamGuard stream_guard(side);
         // The warm-up creates cuBLAS's handle and workspace (which capture must not allocate)
         // and raises any shape error before capture begins.
-        greedy_loop(decoder, g.input, max_length_);
+        greedy_loop(decoder, g.input, options_, tokens_);
         side.synchronize();
         g.graph = std::make_unique<at::cuda::CUDAGraph>();
 #if TORCH_VERSION_MAJOR >= 2
@@ -164,7 +229,7 @@ torch::Tensor CudaGraphGreedy::operator()(const torch::Tensor& features) const {
           g.graph->capture_begin();
 #endif
           try {
-            g.output = greedy_loop(decoder, g.input, max_length_);
+            std::tie(g.ids, g.logps) = greedy_loop(decoder, g.input, options_, tokens_);
           } catch (...) {
             try {
               g.graph->capture_end();
@@ -208,9 +273,7 @@ torch::Tensor CudaGraphGreedy::operator()(const torch::Tensor& features) const {
           cudaGetLastError();
         }
       }
-      if (!impl_->capture_error.empty()) {
-        return greedy_loop(decoder, features, max_length_).to(torch::kCPU);
-      }
+      if (!impl_->capture_error.empty()) return eager();
       if (impl_->graphs.size() == kMaxGraphs) impl_->graphs.pop_front();
       impl_->graphs.push_back(std::move(g));
       ++impl_->captured;
@@ -219,10 +282,10 @@ torch::Tensor CudaGraphGreedy::operator()(const torch::Tensor& features) const {
     graph->input.copy_(features);
     graph->graph->replay();
     // To the host inside the lock: the next call may overwrite the graph's input and output.
-    return graph->output.to(torch::kCPU);
+    return hypotheses(graph->ids.cpu(), graph->logps.cpu(), options_, tokens_);
   }
 #endif
-  return greedy_loop(decoder, features, max_length_).to(torch::kCPU);
+  return eager();
 }
 
 }  // namespace imcap::detail

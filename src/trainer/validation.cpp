@@ -49,7 +49,7 @@ Validation validate(CaptionModel& model, const CocoDataset& val, const TrainerOp
   const std::size_t n =
       options.val_max_images == 0 ? ids.size() : std::min(ids.size(), options.val_max_images);
   const DecoderStepper stepper(model.decoder(), options.val_search.decode_weights);
-  const SearchOptions search_opts = search_options(options.val_search, model.vocab());
+  const SpecialTokens special = SpecialTokens::of(model.vocab());
   double loss_sum = 0.0, tokens = 0.0;
   std::map<std::int64_t, std::vector<std::string>> refs;
   Ids found;
@@ -81,7 +81,7 @@ Validation validate(CaptionModel& model, const CocoDataset& val, const TrainerOp
     const double count = static_cast<double>(b.lengths.sum().item<std::int64_t>());
     loss_sum += caption_loss(logits, captions, lengths).item<double>() * count;
     tokens += count;
-    const auto results = search(stepper, features, search_opts);
+    const auto results = search(stepper, features, options.val_search, special);
     for (std::size_t i = start; i < end; ++i) {
       const auto& hyps = results[i - start];
       found[ids[i]] = hyps.empty() ? std::vector<std::int64_t>{} : hyps.front().tokens;
