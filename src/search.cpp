@@ -483,4 +483,93 @@ std::vector<std::vector<Hypothesis>> search(const StepDecoder& decoder, const at
   return beam_search(decoder, features, options, ids);
 }
 
+SampledCaptions sample_captions(const StepDecoder& decoder, const at::Tensor& features,
+                                const SampleOptions& options, const SpecialTokens& ids,
+                                at::Generator generator) {
+  constexpr const char* kWhat = "sample_captions";
+  if (options.samples < 1)
+    throw InvalidArgument(
+        fmt::format("{}: SampleOptions::samples must be >= 1, got {}", kWhat, options.samples));
+  if (options.max_length < 1)
+    throw InvalidArgument(fmt::format("{}: SampleOptions::max_length must be >= 1, got {}", kWhat,
+                                      options.max_length));
+  if (!(options.temperature > 0.0) || !std::isfinite(options.temperature))
+    throw InvalidArgument(
+        fmt::format("{}: SampleOptions::temperature must be a finite number > 0, got {}", kWhat,
+                    options.temperature));
+  if (options.top_k < 0)
+    throw InvalidArgument(
+        fmt::format("{}: SampleOptions::top_k must be >= 0, got {}", kWhat, options.top_k));
+  check_features(features, kWhat);
+  const std::int64_t rows = features.size(0) * options.samples;
+  SampledCaptions out;
+  if (rows == 0) {
+    out.tokens = torch::zeros({0, 0}, torch::kInt64);
+    out.lengths = torch::zeros({0}, torch::kInt64);
+    out.log_probs = torch::zeros({0}, features.options().dtype(torch::kFloat));
+    return out;
+  }
+  // Each sample is a row of its own, image-major.
+  StepStart first = decoder.start(features.repeat_interleave(options.samples, /*dim=*/0));
+  DecodeState state = std::move(first.state);
+  check_state_rows(state, rows, kWhat);
+  at::Tensor scores = std::move(first.scores);
+  const std::int64_t vocab_size = scores.defined() && scores.dim() == 2 ? scores.size(1) : -1;
+  check_ids(ids, vocab_size, kWhat);
+  const at::Device device = scores.device();
+  at::Tensor finished = torch::zeros({rows}, torch::TensorOptions(torch::kBool).device(device));
+  at::Tensor total = torch::zeros({rows}, torch::TensorOptions(torch::kFloat).device(device));
+  std::vector<at::Tensor> drawn;
+  for (int t = 0; t < options.max_length; ++t) {
+    if (t > 0) {
+      scores = decoder.step(drawn.back(), state);
+      check_state_rows(state, rows, kWhat);
+    }
+    const at::Tensor logp = log_probs(scores, rows, vocab_size, kWhat);  // temperature 1
+    at::Tensor weights = logp.detach() / options.temperature;
+    if (options.forbid_unk && ids.unk >= 0) weights.select(1, ids.unk).fill_(kNegInf);
+    if (t > 0 && ids.start >= 0) weights.select(1, ids.start).fill_(kNegInf);
+    if (options.top_k > 0 && options.top_k < vocab_size) {
+      const at::Tensor kth = std::get<0>(weights.topk(options.top_k, /*dim=*/1)).narrow(1, -1, 1);
+      weights.masked_fill_(weights < kth, kNegInf);
+    }
+    const at::Tensor next =
+        at::multinomial(torch::softmax(weights, /*dim=*/1), 1, /*replacement=*/false, generator)
+            .squeeze(1);
+    const at::Tensor lp = logp.gather(1, next.unsqueeze(1)).squeeze(1);
+    total = total + torch::where(finished, torch::zeros_like(lp), lp);
+    drawn.push_back(next);
+    if (ids.end >= 0) {
+      finished = finished | next.eq(ids.end);
+      if (finished.all().item<bool>()) break;
+    }
+  }
+  // Rows on the host: a leading <start> left out, cut after the first <end>, padded.
+  const at::Tensor all = torch::stack(drawn, /*dim=*/1).cpu();
+  const auto a = all.accessor<std::int64_t, 2>();
+  std::vector<std::vector<std::int64_t>> kept(static_cast<std::size_t>(rows));
+  std::size_t width = 0;
+  for (std::int64_t r = 0; r < rows; ++r) {
+    auto& row = kept[static_cast<std::size_t>(r)];
+    for (std::int64_t t = 0; t < all.size(1); ++t) {
+      if (t == 0 && ids.start >= 0 && a[r][0] == ids.start) continue;
+      row.push_back(a[r][t]);
+      if (a[r][t] == ids.end) break;
+    }
+    width = std::max(width, row.size());
+  }
+  out.tokens = torch::full({rows, static_cast<std::int64_t>(width)}, ids.end >= 0 ? ids.end : 0,
+                           torch::kInt64);
+  out.lengths = torch::zeros({rows}, torch::kInt64);
+  auto tok = out.tokens.accessor<std::int64_t, 2>();
+  auto len = out.lengths.accessor<std::int64_t, 1>();
+  for (std::int64_t r = 0; r < rows; ++r) {
+    const auto& row = kept[static_cast<std::size_t>(r)];
+    len[r] = static_cast<std::int64_t>(row.size());
+    for (std::size_t t = 0; t < row.size(); ++t) tok[r][static_cast<std::int64_t>(t)] = row[t];
+  }
+  out.log_probs = total;
+  return out;
+}
+
 }  // namespace imcap

@@ -5,9 +5,11 @@
 // reimplementation (tests/python/caption_metrics_reference.py) run at test time.
 #include "catch.hpp"
 
+#include <algorithm>
 #include <cmath>
 #include <map>
 #include <random>
+#include <thread>
 
 #include <nlohmann/json.hpp>
 
@@ -422,4 +424,54 @@ TEST_CASE("imcap eval exit codes", "[metrics][cli]") {
         1);
   CHECK(run_cli({"eval", "--annotations", refs}).exit_code == 2);
   CHECK(run_cli({"eval", "--annotations", refs, "--results"}).exit_code == 2);
+}
+
+TEST_CASE("CiderD scores each caption as imcap eval's per-image CIDEr-D", "[metrics][coco]") {
+  const auto annotations =
+      imcap::CocoAnnotations::load(imcap::test::data_path("fakecap_refs.json"));
+  const auto results = imcap::load_caption_results(imcap::test::data_path("fakecap_results.json"));
+  std::map<std::int64_t, std::vector<std::string>> refs;
+  for (const auto& c : annotations.captions())
+    if (results.count(c.image_id) > 0) refs[c.image_id].push_back(c.caption);
+  const CorpusScores s = imcap::evaluate_captions(refs, results);
+  const imcap::CiderD reward(refs);
+  CHECK(reward.num_images() == 1000);
+  double largest = 0.0;
+  for (const auto& image : s.per_image) {
+    INFO("image " << image.image_id << ": " << results.at(image.image_id));
+    CHECK(reward.score(image.image_id, results.at(image.image_id)) ==
+          Approx(image.scores.cider).margin(1e-12));
+    largest = std::max(largest, image.scores.cider);
+  }
+  CHECK(largest > 1.0);  // captions that match something: the comparison can fail
+  // A reference scores high, a caption of unknown words 0, and an empty caption 0.
+  const std::int64_t first = s.per_image.front().image_id;
+  CHECK(reward.score(first, refs.at(first).front()) > 2.0);
+  CHECK(reward.score(first, "zyzzyva quokka zyzzyva") == 0.0);
+  CHECK(reward.score(first, "") == 0.0);
+  CHECK(reward.score_tokens(first, imcap::tokenize_for_eval(results.at(first))) ==
+        reward.score(first, results.at(first)));
+  // The document frequencies are those of the given references: fewer images, other scores.
+  std::map<std::int64_t, std::vector<std::string>> few;
+  for (auto it = refs.begin(); few.size() < 20; ++it) few.insert(*it);
+  const imcap::CiderD small(few);
+  CHECK(small.score(first, results.at(first)) != Approx(reward.score(first, results.at(first))));
+  // Scores from several threads at once are the same.
+  std::vector<double> serial, parallel(s.per_image.size());
+  for (const auto& image : s.per_image)
+    serial.push_back(reward.score(image.image_id, results.at(image.image_id)));
+  std::vector<std::thread> threads;
+  for (std::size_t t = 0; t < 4; ++t)
+    threads.emplace_back([&, t] {
+      for (std::size_t i = t; i < s.per_image.size(); i += 4)
+        parallel[i] = reward.score(s.per_image[i].image_id, results.at(s.per_image[i].image_id));
+    });
+  for (auto& t : threads) t.join();
+  CHECK(parallel == serial);
+  // Errors name the image.
+  CHECK_THROWS_WITH(reward.score(-5, "a dog"), Catch::Contains("image -5"));
+  CHECK_THROWS_AS(imcap::CiderD(std::map<std::int64_t, std::vector<std::string>>{}),
+                  imcap::InvalidArgument);
+  CHECK_THROWS_WITH(imcap::CiderD(std::map<std::int64_t, std::vector<std::string>>{{7, {}}}),
+                    Catch::Contains("image 7"));
 }

@@ -5,6 +5,7 @@
 #include <cmath>
 #include <cstdio>
 #include <functional>
+#include <set>
 #include <thread>
 
 #include <torch/torch.h>
@@ -975,4 +976,112 @@ TEST_CASE("search benchmark: greedy decode, 20 steps, V 10k, E 256, H 512", "[.b
          time_ms([&] { run_greedy(free_decoder, one, never_ends); }, 20, 200));
   report("search overhead: beam_search 3, batch 1",
          time_ms([&] { run_beam(free_decoder, one, beam3); }, 20, 200));
+}
+
+TEST_CASE("sample_captions draws seeded captions whose log-probabilities are the model's",
+          "[search][sampling]") {
+  imcap::Decoder decoder = imcap::test::eval_decoder(/*vocab=*/30, /*embed=*/8, /*hidden=*/16,
+                                                     /*seed=*/101, imcap::ImageInject::kPar);
+  {
+    torch::NoGradGuard no_grad;
+    decoder->linear->bias[2].add_(1.5);  // <end> likely enough that rows end at different steps
+  }
+  const imcap::DecoderStepper stepper(decoder);
+  const auto features = random_features(3, 8, 102);
+  imcap::SampleOptions o;
+  o.samples = 4;
+  o.max_length = 12;
+  imcap::SpecialTokens special;
+  special.end = 2;
+  special.unk = 3;
+  auto draw = [&](std::uint64_t seed, const imcap::SampleOptions& opts) {
+    return imcap::sample_captions(stepper, features, opts, special,
+                                  at::make_generator<at::CPUGeneratorImpl>(seed));
+  };
+  const imcap::SampledCaptions a = draw(7, o);
+  const imcap::SampledCaptions b = draw(7, o);
+  const imcap::SampledCaptions c = draw(8, o);
+  REQUIRE(a.tokens.size(0) == 12);
+  CHECK(torch::equal(a.tokens, b.tokens));
+  CHECK(torch::equal(a.log_probs, b.log_probs));
+  CHECK_FALSE(torch::equal(a.tokens, c.tokens));
+  CHECK(a.log_probs.requires_grad());  // autograd was on
+  // Each row: no <unk>, ends at its first <end> (or runs to max_length), padded with <end>; its
+  // log-probability is the sum of the decoder's log-softmax along the row, <end> included.
+  std::set<std::int64_t> lengths;
+  for (std::int64_t r = 0; r < a.tokens.size(0); ++r) {
+    INFO("row " << r);
+    const std::int64_t n = a.lengths[r].item<std::int64_t>();
+    lengths.insert(n);
+    const auto row = a.tokens[r];
+    for (std::int64_t t = 0; t < a.tokens.size(1); ++t) {
+      const std::int64_t id = row[t].item<std::int64_t>();
+      CHECK(id != 3);
+      if (t >= n) CHECK(id == 2);
+      if (t < n - 1) CHECK(id != 2);
+    }
+    if (n < o.max_length) CHECK(row[n - 1].item<std::int64_t>() == 2);
+    torch::NoGradGuard no_grad;
+    imcap::StepStart s = stepper.start(features.narrow(0, r / o.samples, 1));
+    torch::Tensor scores = s.scores;
+    double want = 0.0;
+    for (std::int64_t t = 0; t < n; ++t) {
+      const auto id = row.narrow(0, t, 1);
+      want += torch::log_softmax(scores, 1)[0][id.item<std::int64_t>()].item<double>();
+      scores = stepper.step(id, s.state);
+    }
+    CHECK(a.log_probs[r].item<double>() == Approx(want).margin(1e-4));
+  }
+  CHECK(lengths.size() > 1);
+  // The log-probabilities are differentiable: their gradient reaches the decoder's weights.
+  a.log_probs.sum().backward();
+  CHECK(decoder->linear->weight.grad().abs().sum().item<double>() > 0.0);
+  // top_k 1 is greedy search, whatever the temperature.
+  imcap::SampleOptions top1 = o;
+  top1.top_k = 1;
+  top1.temperature = 3.0;
+  imcap::SearchOptions greedy;
+  greedy.beam_size = 1;
+  greedy.max_length = o.max_length;
+  const auto best = imcap::greedy_search(stepper, features, greedy, special);
+  const imcap::SampledCaptions g = draw(9, top1);
+  for (std::int64_t r = 0; r < g.tokens.size(0); ++r) {
+    const auto& h = best[static_cast<std::size_t>(r / o.samples)];
+    std::vector<std::int64_t> row(
+        g.tokens[r].data_ptr<std::int64_t>(),
+        g.tokens[r].data_ptr<std::int64_t>() + g.lengths[r].item<int64_t>());
+    if (h.finished) row.pop_back();  // greedy_search leaves out the <end>
+    CHECK(row == h.tokens);
+    CHECK(g.log_probs[r].item<double>() == Approx(h.log_prob).margin(1e-4));
+  }
+  // Bad options.
+  for (auto edit : std::vector<std::function<void(imcap::SampleOptions&)>>{
+           [](auto& x) { x.samples = 0; }, [](auto& x) { x.max_length = 0; },
+           [](auto& x) { x.temperature = 0; }, [](auto& x) { x.top_k = -1; }}) {
+    imcap::SampleOptions bad = o;
+    edit(bad);
+    CHECK_THROWS_AS(draw(1, bad), imcap::InvalidArgument);
+  }
+}
+
+TEST_CASE("sample_captions leaves out a drawn leading <start> and never draws it later",
+          "[search][sampling]") {
+  imcap::Decoder decoder = imcap::test::eval_decoder(30, 8, 16, /*seed=*/103);
+  {
+    torch::NoGradGuard no_grad;
+    decoder->linear->bias[1].add_(6.0);  // <start> first, as a seed-style model predicts
+  }
+  imcap::SpecialTokens special;
+  special.start = 1;
+  special.end = 2;
+  imcap::SampleOptions o;
+  o.samples = 3;
+  o.max_length = 6;
+  torch::NoGradGuard no_grad;
+  const auto s = imcap::sample_captions(imcap::DecoderStepper(decoder), random_features(2, 8, 104),
+                                        o, special, at::make_generator<at::CPUGeneratorImpl>(5));
+  CHECK_FALSE(s.log_probs.requires_grad());
+  CHECK(s.tokens.size(1) <= 5);  // the <start> of step 0 is not a token
+  CHECK_FALSE((s.tokens == 1).any().item<bool>());
+  CHECK((s.lengths <= 5).all().item<bool>());
 }

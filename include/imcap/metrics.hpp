@@ -15,6 +15,7 @@
 #include <array>
 #include <cstdint>
 #include <map>
+#include <memory>
 #include <string>
 #include <string_view>
 #include <vector>
@@ -62,6 +63,38 @@ std::vector<std::string> tokenize_for_eval(std::string_view caption);
 /// of `candidates` has no entry or no caption in `references`.
 CorpusScores evaluate_captions(const std::map<std::int64_t, std::vector<std::string>>& references,
                                const std::map<std::int64_t, std::string>& candidates);
+
+/// CIDEr-D of captions against each image's references, with the document frequencies of a fixed
+/// set of references: the reward of self-critical training, scored one caption at a time. The
+/// references' n-grams, weights and norms are computed once. When the set is the evaluated
+/// images' own references, score(id, caption) equals evaluate_captions' per-image CIDEr-D of
+/// that caption (tested). score() is const and may be called from several threads at once.
+///
+///   imcap::CiderD reward(training_references);           // image id -> reference captions
+///   double r = reward.score(42, "a dog runs on grass");   // x10, as coco-caption reports
+class CiderD {
+ public:
+  /// `references`: image id -> its reference captions (raw text, tokenized with
+  /// tokenize_for_eval). An n-gram's document frequency is the number of these images whose
+  /// references hold it. Throws InvalidArgument when there is no image, or an image without a
+  /// reference.
+  explicit CiderD(const std::map<std::int64_t, std::vector<std::string>>& references);
+  ~CiderD();
+  CiderD(CiderD&&) noexcept;
+  CiderD& operator=(CiderD&&) noexcept;
+
+  /// CIDEr-D (x10) of `caption` (raw text) against the references of `image_id`. Throws
+  /// InvalidArgument for an image that is not in the references.
+  double score(std::int64_t image_id, std::string_view caption) const;
+  /// The same for a caption already split into tokenize_for_eval's tokens.
+  double score_tokens(std::int64_t image_id, const std::vector<std::string>& tokens) const;
+  /// Images in the references.
+  std::size_t num_images() const;
+
+ private:
+  struct Impl;
+  std::unique_ptr<Impl> impl_;
+};
 
 /// Same, with the references of each candidate image taken from a COCO annotation file. Throws
 /// InvalidArgument naming the annotation file when `results` is empty or names an image that the

@@ -14,6 +14,7 @@
 #include <utility>
 #include <vector>
 
+#include <ATen/core/Generator.h>
 #include <ATen/core/Tensor.h>
 
 #include "imcap/step_decoder.hpp"
@@ -101,5 +102,43 @@ std::vector<Hypothesis> greedy_search(const StepDecoder& decoder, const at::Tens
 /// sample() for the same model. (A row whose scores are all NaN or -inf stops there; its
 /// remaining ids are 0.)
 at::Tensor greedy_ids(const StepDecoder& decoder, const at::Tensor& features, int max_length = 20);
+
+/// Options of sample_captions.
+struct SampleOptions {
+  /// Captions drawn per image. Default 5.
+  int samples = 5;
+  /// Most tokens per caption, counting a leading <start> and the <end>. Default 16.
+  int max_length = 16;
+  /// The distribution is softmax(logits / temperature); > 0. Default 1.
+  double temperature = 1.0;
+  /// Draw only from the top_k most likely tokens of each step; 0 = from all. Default 0.
+  int top_k = 0;
+  /// Never draw <unk> (when there is one). Default true.
+  bool forbid_unk = true;
+};
+
+/// Captions drawn from a decoder's distribution, `samples` per image, image-major: row
+/// b * samples + j is sample j of image b.
+struct SampledCaptions {
+  /// [B * samples, L] int64 (L <= max_length): the drawn tokens, a leading <start> left out,
+  /// each row's first <end> included, then end ids (or 0 without an <end>) as padding.
+  at::Tensor tokens;
+  /// [B * samples] int64: tokens per row up to and including the first <end> (all L when a row
+  /// never drew one).
+  at::Tensor lengths;
+  /// [B * samples] float: the summed log-probability (at temperature 1) of each row's tokens
+  /// up to and including its first <end>, a drawn leading <start> included. Differentiable with
+  /// respect to the decoder's parameters when autograd is on (self-critical training).
+  at::Tensor log_probs;
+};
+
+/// Draws options.samples captions per image from decoder's next-token distributions, all rows
+/// stepped together until every row has drawn <end> or max_length tokens. The draws come from
+/// `generator` (a CPU generator gives the same captions for the same seed). Autograd follows
+/// the caller's GradMode. <start> is never drawn after the first step. Throws InvalidArgument
+/// for bad options.
+SampledCaptions sample_captions(const StepDecoder& decoder, const at::Tensor& features,
+                                const SampleOptions& options, const SpecialTokens& tokens,
+                                at::Generator generator);
 
 }  // namespace imcap
