@@ -8,23 +8,10 @@
 #include <torch/torch.h>
 
 #include "detail/cuda_graph_greedy.hpp"
+#include "detail/hypothesis.hpp"
 #include "imcap/error.hpp"
 
 namespace imcap {
-
-namespace {
-
-void check_options(const CaptionOptions& o) {
-  if (o.beam_size < 1)
-    throw InvalidArgument(fmt::format("beam size {} must be at least 1", o.beam_size));
-  if (o.max_length < 1)
-    throw InvalidArgument(fmt::format("max length {} must be at least 1", o.max_length));
-  if (o.num_return < 1 || o.num_return > o.beam_size)
-    throw InvalidArgument(fmt::format("num_return {} must be between 1 and the beam size {}",
-                                      o.num_return, o.beam_size));
-}
-
-}  // namespace
 
 // The CUDA-graph greedy engines, one per set of options that changes the captured loop.
 struct Captioner::GraphCache {
@@ -55,7 +42,7 @@ Captioner::Captioner(std::shared_ptr<CaptionModel> model, CaptionOptions options
       options_(options),
       transform_(model_->eval_transform()),
       graphs_(std::make_unique<GraphCache>()) {
-  check_options(options_);
+  detail::check_search_options(options_, "captioner");
 }
 
 Captioner::~Captioner() = default;
@@ -73,7 +60,7 @@ Captioner& Captioner::operator=(Captioner&&) noexcept = default;
 
 std::vector<std::vector<Caption>> Captioner::candidates(const torch::Tensor& features,
                                                         const CaptionOptions& options) const {
-  check_options(options);
+  detail::check_search_options(options, "captioner");
   torch::NoGradGuard no_grad;
   const SpecialTokens tokens = SpecialTokens::of(model_->vocab());
   std::vector<std::vector<Hypothesis>> results;

@@ -93,7 +93,9 @@ struct Partial {
 
 constexpr float kNegInf = -std::numeric_limits<float>::infinity();
 
-void check_options(const SearchOptions& options, const char* what) {
+}  // namespace
+
+void detail::check_search_options(const SearchOptions& options, const char* what) {
   if (options.beam_size < 1) {
     throw InvalidArgument(
         fmt::format("{}: SearchOptions::beam_size must be >= 1, got {}", what, options.beam_size));
@@ -117,12 +119,6 @@ void check_options(const SearchOptions& options, const char* what) {
   }
 }
 
-}  // namespace
-
-void detail::check_search_options(const SearchOptions& options, const char* what) {
-  check_options(options, what);
-}
-
 namespace {
 
 void check_features(const at::Tensor& features, const char* what) {
@@ -132,8 +128,10 @@ void check_features(const at::Tensor& features, const char* what) {
   }
 }
 
-// Special ids must be -1 or a valid id; checked once the vocabulary size is known.
-void check_ids(const SpecialTokens& tokens, std::int64_t vocab_size, const char* what) {
+}  // namespace
+
+void detail::check_special_tokens(const SpecialTokens& tokens, std::int64_t vocab_size,
+                                  const char* what) {
   const std::pair<const char*, std::int64_t> ids[] = {
       {"end", tokens.end}, {"unk", tokens.unk}, {"start", tokens.start}};
   for (const auto& [name, id] : ids) {
@@ -144,6 +142,11 @@ void check_ids(const SpecialTokens& tokens, std::int64_t vocab_size, const char*
     }
   }
 }
+
+namespace {
+
+using detail::check_search_options;
+using detail::check_special_tokens;
 
 // The decoder's scores for `rows` rows as float log-probabilities; checks the shape.
 at::Tensor log_probs(const at::Tensor& scores, std::int64_t rows, std::int64_t vocab_size,
@@ -212,7 +215,7 @@ FirstStep first_step(const StepDecoder& decoder, const at::Tensor& features, std
   FirstStep first;
   first.vocab_size = start.scores.defined() && start.scores.dim() == 2 ? start.scores.size(1) : -1;
   first.log_probs = log_probs(start.scores, batch, first.vocab_size, what);
-  check_ids(ids, first.vocab_size, what);
+  check_special_tokens(ids, first.vocab_size, what);
   first.state = std::move(start.state);
   return first;
 }
@@ -225,7 +228,7 @@ std::vector<Hypothesis> greedy_search(const StepDecoder& decoder, const at::Tens
   SearchOptions opts = options;
   opts.beam_size = 1;
   opts.num_return = 1;
-  check_options(opts, kWhat);
+  check_search_options(opts, kWhat);
   check_features(features, kWhat);
   const std::int64_t batch = features.size(0);
   std::vector<Hypothesis> results(static_cast<std::size_t>(batch));
@@ -319,7 +322,7 @@ std::vector<std::vector<Hypothesis>> beam_search(const StepDecoder& decoder,
                                                  const SearchOptions& options,
                                                  const SpecialTokens& ids) {
   constexpr const char* kWhat = "beam search";
-  check_options(options, kWhat);
+  check_search_options(options, kWhat);
   check_features(features, kWhat);
   const std::int64_t batch = features.size(0);
   const std::int64_t beam = options.beam_size;
@@ -473,7 +476,7 @@ std::vector<std::vector<Hypothesis>> search(const StepDecoder& decoder, const at
                                             const SearchOptions& options,
                                             const SpecialTokens& ids) {
   if (options.beam_size == 1) {
-    check_options(options, "search");
+    check_search_options(options, "search");
     std::vector<Hypothesis> best = greedy_search(decoder, features, options, ids);
     std::vector<std::vector<Hypothesis>> results;
     results.reserve(best.size());
@@ -515,7 +518,7 @@ SampledCaptions sample_captions(const StepDecoder& decoder, const at::Tensor& fe
   check_state_rows(state, rows, kWhat);
   at::Tensor scores = std::move(first.scores);
   const std::int64_t vocab_size = scores.defined() && scores.dim() == 2 ? scores.size(1) : -1;
-  check_ids(ids, vocab_size, kWhat);
+  check_special_tokens(ids, vocab_size, kWhat);
   const at::Device device = scores.device();
   at::Tensor finished = torch::zeros({rows}, torch::TensorOptions(torch::kBool).device(device));
   at::Tensor total = torch::zeros({rows}, torch::TensorOptions(torch::kFloat).device(device));
@@ -537,7 +540,7 @@ SampledCaptions sample_captions(const StepDecoder& decoder, const at::Tensor& fe
         at::multinomial(torch::softmax(weights, /*dim=*/1), 1, /*replacement=*/false, generator)
             .squeeze(1);
     const at::Tensor lp = logp.gather(1, next.unsqueeze(1)).squeeze(1);
-    total = total + torch::where(finished, torch::zeros_like(lp), lp);
+    total = total + lp.masked_fill(finished, 0.0);  // rows that ended add nothing
     drawn.push_back(next);
     if (ids.end >= 0) {
       finished = finished | next.eq(ids.end);

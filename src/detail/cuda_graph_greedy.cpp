@@ -145,13 +145,7 @@ CudaGraphGreedy::CudaGraphGreedy(Decoder decoder, const SearchOptions& options,
   options_.num_return = 1;
   check_search_options(options_, "CudaGraphGreedy");
   if (decoder.is_empty()) throw InvalidArgument("CudaGraphGreedy: the decoder is empty");
-  const int64_t vocab = decoder->options().vocab_size;
-  for (const int64_t id : {tokens.start, tokens.end, tokens.unk}) {
-    if (id < -1 || id >= vocab)
-      throw InvalidArgument(fmt::format(
-          "CudaGraphGreedy: special token {} is outside [0, {}) (the vocabulary) and not -1", id,
-          vocab));
-  }
+  check_special_tokens(tokens, decoder->options().vocab_size, "CudaGraphGreedy");
   impl_->decoder = std::move(decoder);
 }
 

@@ -1,5 +1,6 @@
-// The pieces of the searches (src/search.cpp) that the CUDA-graph greedy engine shares: how a
-// token sequence becomes a Hypothesis, and the options check.
+// The pieces of the searches (src/search.cpp) that the CUDA-graph greedy engine and the
+// Captioner share: how a token sequence becomes a Hypothesis, and the checks of the options and
+// the special tokens.
 #pragma once
 
 #include <cstdint>
@@ -21,5 +22,8 @@ Hypothesis make_hypothesis(const std::vector<std::int64_t>& tokens, double log_p
                            const SearchOptions& options, const SpecialTokens& ids);
 /// Throws InvalidArgument, prefixed by `what`, for options out of range.
 void check_search_options(const SearchOptions& options, const char* what);
+/// Throws InvalidArgument, prefixed by `what`, for a special id that is neither -1 nor below
+/// `vocab_size`.
+void check_special_tokens(const SpecialTokens& tokens, std::int64_t vocab_size, const char* what);
 
 }  // namespace imcap::detail
