@@ -15,6 +15,7 @@
 #include "imcap/metrics.hpp"
 #include "imcap/model.hpp"
 #include "imcap/search.hpp"
+#include "imcap/step_decoder.hpp"
 #include "imcap/synthetic.hpp"
 #include "imcap/trainer.hpp"
 #include "imcap/version.hpp"
