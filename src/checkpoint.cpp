@@ -133,6 +133,7 @@ std::string training_progress_to_json(const TrainingProgress& p) {
          {"seed", p.seed},
          {"batch_size", p.batch_size},
          {"batching", p.batching},
+         {"objective", p.objective},
          {"best_val_loss", std::isfinite(p.best_val_loss) ? json(p.best_val_loss) : json(nullptr)},
          {"bad_epochs", p.bad_epochs}};
   if (p.best) j["best"] = validation_json(*p.best);
@@ -147,6 +148,7 @@ TrainingProgress training_progress_from_json(const std::string& text, const std:
   p.batch_size = j.count("batch_size", 1, kMax, "a positive integer");
   p.seed = j.count("seed", 0, kMax, "a non-negative integer");
   p.batching = j.text("batching");
+  if (j.has("objective")) p.objective = j.text("objective");
   p.epoch = j.count("epoch", 0, static_cast<std::uint64_t>(std::numeric_limits<int>::max()));
   p.step_in_epoch = j.count("step_in_epoch", 0, kMax, "a non-negative integer");
   p.global_step = j.count("global_step", 0, kMax, "a non-negative integer");

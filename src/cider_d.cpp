@@ -123,6 +123,7 @@ Bag make_bag(Table& table, const std::vector<std::uint32_t>& words,
 struct CiderD::Impl {
   GramTable table;
   double log_images = 0.0;
+  bool count_end = false;
 
   // A reference's CIDEr-D vector: weights per order, sorted by n-gram id for the lookups, and
   // their norms (summed in first-occurrence order, as metrics.cpp sums them).
@@ -139,8 +140,9 @@ struct CiderD::Impl {
   }
 };
 
-CiderD::CiderD(const std::map<std::int64_t, std::vector<std::string>>& references)
+CiderD::CiderD(const std::map<std::int64_t, std::vector<std::string>>& references, bool count_end)
     : impl_(std::make_unique<Impl>()) {
+  impl_->count_end = count_end;
   if (references.empty()) throw InvalidArgument("CIDEr-D: no reference captions");
   Impl& m = *impl_;
   // Pass 1: every reference's bag, and the document frequencies (images, not captions).
@@ -152,7 +154,9 @@ CiderD::CiderD(const std::map<std::int64_t, std::vector<std::string>>& reference
       throw InvalidArgument(fmt::format("CIDEr-D: image {} has no reference caption", image));
     std::vector<std::pair<Bag, std::size_t>> image_bags;
     for (const auto& caption : captions) {
-      lookup_words(m.table, tokenize_for_eval(caption), words, unknown);
+      auto tokens = tokenize_for_eval(caption);
+      if (count_end) tokens.emplace_back(kEndWord);
+      lookup_words(m.table, tokens, words, unknown);
       image_bags.emplace_back(make_bag(m.table, words, unknown), words.size());
     }
     mark.resize(m.table.df.size(), kNone);
@@ -194,6 +198,8 @@ CiderD& CiderD::operator=(CiderD&&) noexcept = default;
 
 std::size_t CiderD::num_images() const { return impl_->images.size(); }
 
+bool CiderD::counts_end() const { return impl_->count_end; }
+
 double CiderD::score(std::int64_t image_id, std::string_view caption) const {
   return score_tokens(image_id, tokenize_for_eval(caption));
 }
@@ -204,7 +210,13 @@ double CiderD::score_tokens(std::int64_t image_id, const std::vector<std::string
   if (image == m.images.end())
     throw InvalidArgument(fmt::format("CIDEr-D: image {} is not in the references", image_id));
   std::vector<std::uint32_t> words, unknown;
-  lookup_words(m.table, tokens, words, unknown);  // const: no new ids
+  if (m.count_end) {
+    std::vector<std::string> closed = tokens;
+    closed.emplace_back(kEndWord);
+    lookup_words(m.table, closed, words, unknown);  // const: no new ids
+  } else {
+    lookup_words(m.table, tokens, words, unknown);
+  }
   const Bag cand = make_bag(m.table, words, unknown);
   std::array<std::vector<double>, kOrders> weight;
   std::array<double, kOrders> norm{};
@@ -216,7 +228,7 @@ double CiderD::score_tokens(std::int64_t image_id, const std::vector<std::string
     }
     norm[ks] = std::sqrt(norm[ks]);
   }
-  const double cand_bigrams = bigram_count(tokens.size());
+  const double cand_bigrams = bigram_count(words.size());
   std::array<double, kOrders> sum{};
   for (const Impl::Reference& ref : image->second) {
     const double delta = cand_bigrams - ref.bigrams;

@@ -13,6 +13,7 @@
 #include <fmt/format.h>
 #include <nlohmann/json.hpp>
 
+#include "detail/bleu.hpp"
 #include "detail/io.hpp"
 #include "detail/token_table.hpp"
 #include "imcap/coco_dataset.hpp"
@@ -22,9 +23,9 @@ namespace imcap {
 
 namespace {
 
+using detail::bleu_from_counts;
+
 constexpr int kMaxOrder = 4;          // BLEU-1..4 and CIDEr-D's n = 1..4
-constexpr double kBleuTiny = 1e-15;   // bleu_scorer.py's "tiny" (numerators)
-constexpr double kBleuSmall = 1e-9;   // bleu_scorer.py's "small" (denominators)
 constexpr double kRougeBeta = 1.2;    // rouge.py
 constexpr double kCiderSigma = 6.0;   // cider_scorer.py: Gaussian length penalty
 constexpr double kCiderScale = 10.0;  // cider_scorer.py: scores are reported x10
@@ -121,25 +122,6 @@ struct Bag {
   std::vector<std::uint32_t> counts;
   std::array<std::size_t, kMaxOrder + 1> order_begin{};
 };
-
-// BLEU from summed statistics, as BleuScorer.compute_score(option="closest") combines them.
-std::array<double, kMaxOrder> bleu_from_counts(std::int64_t test_length, std::int64_t ref_length,
-                                               const std::array<std::int64_t, kMaxOrder>& guess,
-                                               const std::array<std::int64_t, kMaxOrder>& correct) {
-  std::array<double, kMaxOrder> bleu{};
-  const double ratio = (static_cast<double>(test_length) + kBleuTiny) /
-                       (static_cast<double>(ref_length) + kBleuSmall);
-  for (int n = 1; n <= kMaxOrder; ++n) {
-    double b = 1.0;
-    for (int k = 0; k < n; ++k)
-      b *= (static_cast<double>(correct[k]) + kBleuTiny) /
-           (static_cast<double>(guess[k]) + kBleuSmall);
-    b = std::pow(b, 1.0 / n);
-    if (ratio < 1.0) b *= std::exp(1.0 - 1.0 / ratio);
-    bleu[n - 1] = b;
-  }
-  return bleu;
-}
 
 class Evaluator {
  public:

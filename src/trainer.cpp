@@ -17,7 +17,9 @@
 #include "imcap/distributed.hpp"
 #include "imcap/error.hpp"
 #include "trainer/progress.hpp"
+#include "trainer/reward.hpp"
 #include "trainer/schedule.hpp"
+#include "trainer/scst.hpp"
 #include "trainer/step.hpp"
 #include "trainer/stop.hpp"
 #include "trainer/validation.hpp"
@@ -34,6 +36,16 @@ Optimizer parse_optimizer(const std::string& name) { return detail::parse_enum<O
 
 std::string to_string(Optimizer optimizer) { return detail::enum_name(optimizer); }
 
+Objective parse_objective(const std::string& name) { return detail::parse_enum<Objective>(name); }
+
+std::string to_string(Objective objective) { return detail::enum_name(objective); }
+
+ScstBaseline parse_scst_baseline(const std::string& name) {
+  return detail::parse_enum<ScstBaseline>(name);
+}
+
+std::string to_string(ScstBaseline baseline) { return detail::enum_name(baseline); }
+
 void Trainer::install_signal_handlers() { detail::install_stop_signal_handlers(); }
 
 // The run: its parts (trainer/) and where it stands (`progress`, what checkpoints record).
@@ -45,6 +57,7 @@ struct Trainer::Impl {
   ProcessGroup* group;  // null: one process
   int rank = 0;
   DataLoader loader;
+  std::unique_ptr<detail::ScstReward> reward;  // SCST only
   detail::TrainStep step;
   detail::LrSchedulePolicy schedule;
   TrainingProgress progress;
@@ -59,13 +72,17 @@ struct Trainer::Impl {
         group(options.process_group.get()),
         rank(group != nullptr ? group->rank() : 0),
         loader(t, loader_options(options, m.device())),
-        step(m, options, group, !t.has_features()),
+        reward(options.objective == Objective::kScst
+                   ? std::make_unique<detail::ScstReward>(t, options.scst)
+                   : nullptr),
+        step(m, options, group, !t.has_features(), reward.get()),
         schedule(options) {
     progress.lr = options.lr;
     progress.optimizer = to_string(options.optimizer);
     progress.seed = options.seed;
     progress.batch_size = options.batch_size;
     progress.batching = to_string(options.batching);
+    progress.objective = to_string(options.objective);
   }
 
   // Rank 0 writes the log and the checkpoints, and reports progress.
@@ -134,11 +151,12 @@ struct Trainer::Impl {
   void resume(const Checkpoint& c, const std::string& file) {
     const TrainingProgress& q = c.progress;
     if (q.optimizer != progress.optimizer || q.batch_size != progress.batch_size ||
-        q.seed != progress.seed || q.batching != progress.batching)
-      throw InvalidArgument(
-          fmt::format("{}: was trained with optimizer {}, batch size {}, batching {} and seed {}: "
-                      "resume with the same",
-                      file, q.optimizer, q.batch_size, q.batching, q.seed));
+        q.seed != progress.seed || q.batching != progress.batching ||
+        q.objective != progress.objective)
+      throw InvalidArgument(fmt::format(
+          "{}: was trained with objective {}, optimizer {}, batch size {}, batching {} and seed "
+          "{}: resume with the same",
+          file, q.objective, q.optimizer, q.batch_size, q.batching, q.seed));
     const auto refuse = [&](const char* key, const std::string& expected, std::size_t got) {
       throw FormatError(
           fmt::format("{}: training.{}: expected {}, got {}", file, key, expected, got));
@@ -247,6 +265,17 @@ Trainer::Trainer(CaptionModel& model, const CocoDataset& train, const CocoDatase
   if (options.optimizer != Optimizer::kAdam && options.optimizer != Optimizer::kSgd)
     throw InvalidArgument(fmt::format("trainer: optimizer {} is not one of: adam, sgd",
                                       static_cast<int>(options.optimizer)));
+  if (options.objective == Objective::kScst) {
+    detail::check_scst_options(options.scst);
+    if (options.batching != BatchMode::kImageMajor)
+      throw InvalidArgument(fmt::format(
+          "trainer: SCST needs image_major batching (each image once per epoch, whole on one "
+          "process), got {}",
+          to_string(options.batching)));
+  } else if (options.objective != Objective::kCrossEntropy) {
+    throw InvalidArgument(fmt::format("trainer: objective {} is not one of: xe, scst",
+                                      static_cast<int>(options.objective)));
+  }
   if (train.vocabulary() != model.vocab())
     throw InvalidArgument("trainer: the training set's vocabulary differs from the model's");
   if (val != nullptr && val->vocabulary() != model.vocab())
@@ -303,6 +332,7 @@ TrainResult Trainer::fit() {
   bool stop = false;
   // The step this call last validated at (validate_now sets it with result.last_validation).
   std::size_t validated_at = SIZE_MAX;
+  double reward_seconds = 0.0;  // SCST: this rank's time scoring rewards
   auto validate_now = [&](const std::string& when) {
     line.interrupt();
     const auto started = detail::Clock::now();
@@ -350,9 +380,10 @@ TrainResult Trainer::fit() {
       ++p.global_step;
       result.losses.push_back(r.loss);
       result.last_loss = r.loss;
+      result.last_reward = r.reward;
       result.captions += r.captions;
-      if (const auto entry = line.after_step(p, r.loss, r.captions, p.lr); !entry.is_null())
-        s.log.write(entry);
+      reward_seconds += r.reward_seconds;
+      if (auto entry = line.after_step(p, r, p.lr); !entry.is_null()) s.log.write(entry);
       const bool time_or_signal = s.group != nullptr ? r.stop : out_of_time() || stop_requested();
       if (time_or_signal || (o.max_steps > 0 && p.global_step >= o.max_steps)) {
         stop = true;
@@ -402,6 +433,7 @@ TrainResult Trainer::fit() {
   result.steps = p.global_step;
   result.best_validation = p.best.value_or(Validation{});
   result.seconds = detail::seconds_since(t0);
+  result.reward_share = reward_seconds / std::max(1e-9, result.seconds - result.validation_seconds);
   return result;
 }
 

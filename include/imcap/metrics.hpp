@@ -76,9 +76,12 @@ class CiderD {
  public:
   /// `references`: image id -> its reference captions (raw text, tokenized with
   /// tokenize_for_eval). An n-gram's document frequency is the number of these images whose
-  /// references hold it. Throws InvalidArgument when there is no image, or an image without a
-  /// reference.
-  explicit CiderD(const std::map<std::int64_t, std::vector<std::string>>& references);
+  /// references hold it. `count_end`: an end-of-caption word (kEndWord) closes every reference
+  /// and every scored caption, as self-critical.pytorch scores its <end> token, so that a caption
+  /// that stops mid-phrase misses the n-grams that end the references. Throws InvalidArgument
+  /// when there is no image, or an image without a reference.
+  explicit CiderD(const std::map<std::int64_t, std::vector<std::string>>& references,
+                  bool count_end = false);
   ~CiderD();
   CiderD(CiderD&&) noexcept;
   CiderD& operator=(CiderD&&) noexcept;
@@ -86,10 +89,15 @@ class CiderD {
   /// CIDEr-D (x10) of `caption` (raw text) against the references of `image_id`. Throws
   /// InvalidArgument for an image that is not in the references.
   double score(std::int64_t image_id, std::string_view caption) const;
-  /// The same for a caption already split into tokenize_for_eval's tokens.
+  /// The same for a caption already split into tokenize_for_eval's tokens (without kEndWord:
+  /// score_tokens adds it when counts_end()).
   double score_tokens(std::int64_t image_id, const std::vector<std::string>& tokens) const;
   /// Images in the references.
   std::size_t num_images() const;
+  /// Whether kEndWord closes every caption (the constructor's `count_end`).
+  bool counts_end() const;
+  /// The end-of-caption word of `count_end`: no tokenize_for_eval token can equal it.
+  static constexpr const char* kEndWord = "<end>";
 
  private:
   struct Impl;

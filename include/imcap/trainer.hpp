@@ -10,6 +10,7 @@
 #pragma once
 
 #include <atomic>
+#include <cmath>
 #include <cstdint>
 #include <memory>
 #include <string>
@@ -45,6 +46,44 @@ enum class Optimizer {
 Optimizer parse_optimizer(const std::string& name);
 /// The name parse_optimizer accepts (and a checkpoint records).
 std::string to_string(Optimizer optimizer);
+
+/// What a step optimises.
+enum class Objective {
+  kCrossEntropy,  ///< teacher forcing: the mean cross-entropy of the reference captions' tokens
+  kScst,          ///< self-critical sequence training (Rennie et al. 2017): sampled captions'
+                  ///< CIDEr-D reward, minus a baseline, weighs their log-probabilities
+};
+/// Parses "xe" or "scst"; throws InvalidArgument otherwise.
+Objective parse_objective(const std::string& name);
+/// The name parse_objective accepts (and a checkpoint records).
+std::string to_string(Objective objective);
+
+/// What SCST subtracts from a sample's reward.
+enum class ScstBaseline {
+  kGreedy,  ///< the reward of the image's greedy caption (Rennie et al.'s SCST; one more pass)
+  kMean,    ///< the mean reward of the image's other samples ("new SCST", Luo 2020; no pass)
+};
+/// Parses "greedy" or "mean"; throws InvalidArgument otherwise.
+ScstBaseline parse_scst_baseline(const std::string& name);
+/// The name parse_scst_baseline accepts.
+std::string to_string(ScstBaseline baseline);
+
+/// Options of self-critical training (TrainerOptions::objective kScst; docs/training.md#scst).
+/// Each step draws `samples` captions for each distinct image of the batch, scores them against
+/// the image's training references, and minimises -(r - b) * log p(caption), averaged over the
+/// samples. The defaults are imcap train's.
+struct ScstOptions {
+  int samples = 5;                              ///< captions drawn per image (>= 2 for kMean).
+  ScstBaseline baseline = ScstBaseline::kMean;  ///< Default mean (docs/training.md#scst).
+  double temperature = 1.0;                     ///< sampling temperature, > 0. Default 1.
+  int top_k = 0;              ///< draw only from the k most likely words; 0 = all. Default 0.
+  int max_length = 16;        ///< most tokens per sampled caption, <end> included. Default 16.
+  double cider_weight = 1.0;  ///< weight of CIDEr-D (x10 scale, as reported) in the reward.
+  double bleu_weight = 0.0;   ///< weight of sentence BLEU-4 in the reward. Default 0.
+  /// The end of a caption counts as a last word of every sample and reference, so that the
+  /// reward sees where a caption stops (self-critical.pytorch does so). Default true.
+  bool reward_end = true;
+};
 
 /// Options of Trainer. The defaults are imcap train's (docs/training.md#defaults).
 struct TrainerOptions {
@@ -93,6 +132,11 @@ struct TrainerOptions {
   std::shared_ptr<ProcessGroup> process_group;
   std::size_t bucket_bytes =
       25u << 20;  ///< gradient all-reduce bucket size, bytes. Default 25 MiB.
+  /// What each step optimises. Default cross-entropy. SCST starts from a trained model (its
+  /// references come from the training set; a batch's distinct images are its images, so
+  /// image_major batches of batch_size captions hold about batch_size / 5 COCO images).
+  Objective objective = Objective::kCrossEntropy;
+  ScstOptions scst;  ///< used when objective is kScst
 };
 
 /// What fit() did.
@@ -100,7 +144,11 @@ struct TrainResult {
   std::size_t epochs_completed = 0;  ///< whole epochs done (resumed ones included)
   std::size_t steps = 0;             ///< optimizer steps in all (resumed ones included)
   double last_loss = 0.0;            ///< training loss of the last step
-  bool stopped_early = false;        ///< max_seconds, max_steps or a stop request ended it
+  /// SCST: the mean reward of the last step's samples (NaN for cross-entropy), and the share of
+  /// this call's training time (validation left out) spent scoring rewards.
+  double last_reward = NAN;
+  double reward_share = 0.0;
+  bool stopped_early = false;  ///< max_seconds, max_steps or a stop request ended it
   bool has_validation = false;
   Validation last_validation;       ///< the last validation, when there was one
   Validation best_validation;       ///< the one best.imcap was saved at

@@ -26,12 +26,15 @@ namespace imcap::cli {
 namespace {
 
 constexpr int kMaxEpochs = 100000;  // the most --epochs takes
+// SCST's learning rate when --lr is not given: self-critical.pytorch's (5e-5) is for COCO's
+// long runs; this one is measured (docs/training.md#scst).
+constexpr double kScstLearningRate = 5e-5;
 
 // The options bind to the library's own option structs, so that their defaults are the
 // library's.
 struct TrainArgs {
   std::string annotations, images, val_annotations, val_images, out, features, val_features;
-  std::string weights, device = "cpu", trainable = "auto";
+  std::string weights, device = "cpu", trainable = "auto", init_from;
   ModelConfig model;
   TrainerOptions trainer;
   VocabularyOptions vocab;
@@ -41,6 +44,7 @@ struct TrainArgs {
   // epochs 0: three epochs, or as many as fit in --max-seconds when that is given.
   // resize 0: the whole image from scratch, 256/224 of image_size with --weights.
   int resize = 0, epochs = 0, threads = 0, blas_threads = -1, nproc = 0;
+  bool lr_given = false;  // SCST's learning rate is its own unless --lr is given
   bool resume = false, skip_missing = false;
 };
 
@@ -151,8 +155,15 @@ void run_train(const TrainArgs& a) {
   const std::string last = detail::join_path(a.out, "last.imcap");
   torch::manual_seed(a.trainer.seed);
   std::unique_ptr<CaptionModel> model;
+  if (a.trainer.objective == Objective::kScst && a.init_from.empty() && !a.resume)
+    throw UsageError(
+        "--objective scst fine-tunes a trained model: give --init-from FILE (a cross-entropy "
+        "run's best.imcap), or --resume");
   if (a.resume) {
     model = std::make_unique<CaptionModel>(load_for_resume(last, device, group.get()));
+  } else if (!a.init_from.empty()) {
+    // Every rank reads the file (it must be on every machine).
+    model = std::make_unique<CaptionModel>(CaptionModel::load(a.init_from, device));
   } else {
     ModelConfig config = a.model;
     const bool pretrained = !a.weights.empty() || !a.features.empty();
@@ -189,7 +200,7 @@ void run_train(const TrainArgs& a) {
     }
     return d;
   };
-  if (chatty && !a.features.empty() && a.weights.empty() && !a.resume)
+  if (chatty && !a.features.empty() && a.weights.empty() && !a.resume && a.init_from.empty())
     std::cerr << "imcap: warning: --features without --weights: the saved model's CNN is "
                  "randomly initialised; pass the weights that computed the features so that the "
                  "model can caption images\n";
@@ -200,6 +211,7 @@ void run_train(const TrainArgs& a) {
                                         model->eval_transform(), dataset_options(a.val_features));
   TrainerOptions o = a.trainer;
   o.out_dir = a.out;
+  if (o.objective == Objective::kScst && !a.lr_given) o.lr = kScstLearningRate;
   // A time budget is the run's length unless epochs are given too.
   o.epochs = a.epochs > 0 ? a.epochs : (o.max_seconds > 0 ? kMaxEpochs : TrainerOptions{}.epochs);
   o.resume = a.resume;
@@ -245,6 +257,20 @@ void run_train(const TrainArgs& a) {
         "best.imcap keeps the best CIDEr\n",
         o.val_max_images == 0 ? val->num_images() : std::min(val->num_images(), o.val_max_images),
         o.val_every_steps > 0 ? fmt::format(", every {} steps", o.val_every_steps) : std::string());
+  if (chatty && o.objective == Objective::kScst)
+    fmt::print(
+        "self-critical training: {} samples per image (temperature {:g}{}), baseline {}, reward "
+        "{}{}{}, learning rate {:g}\n",
+        o.scst.samples, o.scst.temperature,
+        o.scst.top_k > 0 ? fmt::format(", top {}", o.scst.top_k) : std::string(),
+        to_string(o.scst.baseline),
+        o.scst.cider_weight > 0 ? fmt::format("{:g} x CIDEr-D", o.scst.cider_weight)
+                                : std::string(),
+        o.scst.bleu_weight > 0
+            ? fmt::format("{}{:g} x BLEU-4", o.scst.cider_weight > 0 ? " + " : "",
+                          o.scst.bleu_weight)
+            : std::string(),
+        o.scst.reward_end ? ", <end> counted" : "", o.lr);
   Trainer trainer(*model, train, val.get(), o);
   Trainer::install_signal_handlers();
   const auto r = trainer.fit();
@@ -256,6 +282,9 @@ void run_train(const TrainArgs& a) {
       r.steps, r.captions, r.captions / training_seconds, r.epochs_completed, r.last_loss,
       r.seconds, r.validation_seconds,
       r.stopped_early ? " (stopped early; --resume continues)" : "");
+  if (o.objective == Objective::kScst)
+    fmt::print("last mean reward {:.4f}; scoring the rewards took {:.1f} % of the training time\n",
+               r.last_reward, 100.0 * r.reward_share);
   if (r.has_validation)
     fmt::print("best validation: BLEU-4 {:.4f} CIDEr {:.4f} loss {:.4f}\n", r.best_validation.bleu4,
                r.best_validation.cider, r.best_validation.loss);
@@ -323,7 +352,9 @@ void add_train_command(CLI::App& app) {
   add_enum_option(cmd, "--batching", a->trainer.batching,
                   "padded, same_length (the seed's sampler) or image_major");
   add_enum_option(cmd, "--optimizer", a->trainer.optimizer, "adam or sgd");
-  cmd->add_option("--lr", a->trainer.lr, "Learning rate")
+  cmd->add_option(
+         "--lr", a->trainer.lr,
+         fmt::format("Learning rate (with --objective scst: {:g} unless given)", kScstLearningRate))
       ->capture_default_str()
       ->check(finite_above(0.0, 100.0));
   cmd->add_option("--weight-decay", a->trainer.weight_decay, "L2 penalty")
@@ -380,7 +411,57 @@ void add_train_command(CLI::App& app) {
                   "collective) before it fails")
       ->capture_default_str()
       ->check(finite_above(0.0, DistributedOptions::kMaxTimeoutSeconds));
-  cmd->callback([a] { run_train(*a); });
+  add_enum_option(cmd, "--objective", a->trainer.objective,
+                  "What training optimises: xe (cross-entropy, teacher forcing) or scst "
+                  "(self-critical: the CIDEr-D of sampled captions; needs --init-from)");
+  cmd->add_option("--init-from", a->init_from,
+                  "Start from this model file (weights, architecture and vocabulary; e.g. a "
+                  "cross-entropy run's best.imcap) with a fresh optimizer")
+      ->excludes("--resume")
+      ->excludes("--encoder")
+      ->excludes("--weights")
+      ->excludes("--trainable-stages")
+      ->excludes("--image-size")
+      ->excludes("--image-resize")
+      ->excludes("--embed-size")
+      ->excludes("--hidden-size")
+      ->excludes("--num-layers")
+      ->excludes("--dropout")
+      ->excludes("--inject")
+      ->excludes("--head-batch-norm")
+      ->excludes("--vocab-threshold");
+  cmd->add_option("--samples", a->trainer.scst.samples, "SCST: captions sampled per image")
+      ->capture_default_str()
+      ->check(CLI::Range(1, 1000));
+  add_enum_option(cmd, "--baseline", a->trainer.scst.baseline,
+                  "SCST: what a sample's reward is compared with: greedy (the greedy caption's "
+                  "reward) or mean (the image's other samples')");
+  cmd->add_option("--temperature", a->trainer.scst.temperature, "SCST: sampling temperature")
+      ->capture_default_str()
+      ->check(finite_above(0.0, 100.0));
+  cmd->add_option("--top-k", a->trainer.scst.top_k,
+                  "SCST: sample only from the k most likely words (0: all)")
+      ->capture_default_str()
+      ->check(CLI::Range(0, 1 << 30));
+  cmd->add_option("--max-length", a->trainer.scst.max_length,
+                  "SCST: most tokens per sampled caption, <end> included")
+      ->capture_default_str()
+      ->check(CLI::Range(2, 1000));
+  cmd->add_option("--cider-weight", a->trainer.scst.cider_weight,
+                  "SCST: weight of CIDEr-D in the reward")
+      ->capture_default_str()
+      ->check(finite_range(0.0, 1e6));
+  cmd->add_option("--bleu-weight", a->trainer.scst.bleu_weight,
+                  "SCST: weight of sentence BLEU-4 in the reward")
+      ->capture_default_str()
+      ->check(finite_range(0.0, 1e6));
+  cmd->add_flag("--reward-end,!--no-reward-end", a->trainer.scst.reward_end,
+                "SCST: the end of a caption counts as a word in the reward")
+      ->capture_default_str();
+  cmd->callback([a, cmd] {
+    a->lr_given = cmd->count("--lr") > 0;
+    run_train(*a);
+  });
 }
 
 }  // namespace imcap::cli

@@ -91,6 +91,24 @@ struct EnumTable<LrSchedule> {
 };
 
 template <>
+struct EnumTable<Objective> {
+  static constexpr const char* what = "training objective";
+  static constexpr std::array<EnumEntry<Objective>, 2> entries{{
+      {Objective::kCrossEntropy, "xe"},
+      {Objective::kScst, "scst"},
+  }};
+};
+
+template <>
+struct EnumTable<ScstBaseline> {
+  static constexpr const char* what = "SCST baseline";
+  static constexpr std::array<EnumEntry<ScstBaseline>, 2> entries{{
+      {ScstBaseline::kGreedy, "greedy"},
+      {ScstBaseline::kMean, "mean"},
+  }};
+};
+
+template <>
 struct EnumTable<SyntheticKind> {
   static constexpr const char* what = "synthetic dataset kind";
   static constexpr std::array<EnumEntry<SyntheticKind>, 5> entries{{

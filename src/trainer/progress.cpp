@@ -5,6 +5,7 @@
 
 #include <algorithm>
 #include <cerrno>
+#include <cmath>
 #include <iostream>
 
 #include <fmt/format.h>
@@ -68,10 +69,13 @@ ProgressLine::ProgressLine(bool enabled, const TrainerOptions& options, std::siz
       t0_(t0),
       window_start_(t0) {}
 
-nlohmann::json ProgressLine::after_step(const TrainingProgress& at, double loss, double captions,
+nlohmann::json ProgressLine::after_step(const TrainingProgress& at, const StepOutcome& step,
                                         double lr) {
+  const double loss = step.loss;
+  const bool scst = std::isfinite(step.reward);
   ema_loss_ = ++steps_seen_ == 1 ? loss : 0.95 * ema_loss_ + 0.05 * loss;
-  window_captions_ += captions;
+  if (scst) ema_reward_ = steps_seen_ == 1 ? step.reward : 0.95 * ema_reward_ + 0.05 * step.reward;
+  window_captions_ += step.captions;
   const bool log_now = at.global_step % std::max<std::size_t>(1, options_.log_interval) == 0;
   if (!log_now && !tty_) return nullptr;
   const double elapsed = seconds_since(t0_);
@@ -87,24 +91,31 @@ nlohmann::json ProgressLine::after_step(const TrainingProgress& at, double loss,
                             format_duration(budget), at.epoch + 1, at.step_in_epoch, per_epoch_)
               : fmt::format("epoch {}/{} step {}/{}", at.epoch + 1, options_.epochs,
                             at.step_in_epoch, per_epoch_);
-  const std::string line =
-      by_time ? fmt::format("{} loss {:.4f} {:.0f} captions/s left {}", where, ema_loss_, rate,
-                            format_duration(std::max(0.0, budget - elapsed)))
-              : fmt::format("{} loss {:.4f} {:.0f} captions/s elapsed {} ETA {}", where, ema_loss_,
-                            rate, format_duration(elapsed), format_duration(eta));
+  // SCST's loss hovers about 0 whatever it learns: its reward is what to watch.
+  const std::string what = scst ? fmt::format("reward {:.4f} {:.0f} samples/s", ema_reward_, rate)
+                                : fmt::format("loss {:.4f} {:.0f} captions/s", ema_loss_, rate);
+  const std::string line = by_time ? fmt::format("{} {} left {}", where, what,
+                                                 format_duration(std::max(0.0, budget - elapsed)))
+                                   : fmt::format("{} {} elapsed {} ETA {}", where, what,
+                                                 format_duration(elapsed), format_duration(eta));
   if (tty_) std::cerr << '\r' << line << "\033[K" << std::flush;
   if (!log_now) return nullptr;
   if (!tty_ && enabled_) std::cerr << line << '\n';
   window_captions_ = 0.0;
   window_start_ = Clock::now();
-  return {{"type", "step"},
-          {"epoch", at.epoch + 1},
-          {"step", at.global_step},
-          {"loss", loss},
-          {"lr", lr},
-          {"captions_per_s", rate},
-          {"elapsed_s", elapsed},
-          {"rss_mib", to_mib(current_rss_bytes())}};
+  nlohmann::json entry{{"type", "step"},
+                       {"epoch", at.epoch + 1},
+                       {"step", at.global_step},
+                       {"loss", loss},
+                       {"lr", lr},
+                       {"captions_per_s", rate},
+                       {"elapsed_s", elapsed},
+                       {"rss_mib", to_mib(current_rss_bytes())}};
+  if (scst) {
+    entry["reward"] = step.reward;
+    entry["baseline"] = step.baseline;
+  }
+  return entry;
 }
 
 void ProgressLine::interrupt() {

@@ -11,6 +11,7 @@
 
 #include "imcap/checkpoint.hpp"
 #include "imcap/trainer.hpp"
+#include "trainer/step.hpp"
 
 namespace imcap::detail {
 
@@ -42,9 +43,9 @@ class ProgressLine {
   ProgressLine(bool enabled, const TrainerOptions& options, std::size_t steps_per_epoch,
                std::size_t start_step, Clock::time_point t0);
 
-  /// After a step: its loss and captions. Returns the step's log line when one is due (every
-  /// log_interval steps), else null; on a terminal it also redraws the line.
-  nlohmann::json after_step(const TrainingProgress& at, double loss, double captions, double lr);
+  /// After a step: its loss and captions (and SCST's reward). Returns the step's log line when
+  /// one is due (every log_interval steps), else null; on a terminal it also redraws the line.
+  nlohmann::json after_step(const TrainingProgress& at, const StepOutcome& step, double lr);
   /// Before other output (a validation line): clears the terminal's line; and the captions/s
   /// count restarts after it, so that they are those of training.
   void interrupt();
@@ -59,7 +60,7 @@ class ProgressLine {
   const TrainerOptions& options_;
   std::size_t per_epoch_, total_steps_, start_step_;
   Clock::time_point t0_, window_start_;
-  double window_captions_ = 0.0, ema_loss_ = 0.0;
+  double window_captions_ = 0.0, ema_loss_ = 0.0, ema_reward_ = 0.0;
   std::size_t steps_seen_ = 0;
 };
 

@@ -3,12 +3,14 @@
 
 #include <cmath>
 
+#include <ATen/CPUGeneratorImpl.h>
 #include <fmt/format.h>
 #include <torch/torch.h>
 
 #include "detail/fused_adam.hpp"
 #include "detail/io.hpp"
 #include "imcap/error.hpp"
+#include "trainer/scst.hpp"
 #include "trainer/validation.hpp"
 
 namespace imcap::detail {
@@ -20,10 +22,11 @@ constexpr std::uint64_t kRankSeedStride = 0x9e3779b97f4a7c15ull;
 }  // namespace
 
 TrainStep::TrainStep(CaptionModel& model, const TrainerOptions& options, ProcessGroup* group,
-                     bool images)
+                     bool images, const ScstReward* reward)
     : model_(model),
       options_(options),
       group_(group),
+      reward_(reward),
       rank_(group != nullptr ? group->rank() : 0),
       world_(group != nullptr ? group->world_size() : 1) {
   // oneDNN trains the CNN's convolutions on the CPU about 1.4x faster in channels_last (NHWC)
@@ -59,37 +62,62 @@ StepOutcome TrainStep::run(const Batch& batch, bool want_stop, const TrainingPro
   model_.train(true);
   // A per-step seed makes dropout reproducible across a resume without storing RNG state;
   // each rank draws its own masks.
-  torch::manual_seed(options_.seed * 1000003ull + at.global_step +
-                     static_cast<std::uint64_t>(rank_) * kRankSeedStride);
+  const std::uint64_t step_seed = options_.seed * 1000003ull + at.global_step +
+                                  static_cast<std::uint64_t>(rank_) * kRankSeedStride;
+  torch::manual_seed(step_seed);
+  const bool scst = options_.objective == Objective::kScst;
   const bool has_data = batch.size() > 0;
   torch::Tensor loss;
   StepOutcome out;
-  double rank_tokens = 0.0, all_tokens = 0.0;
+  // This rank's share of the batch's mean: its tokens (cross-entropy) or samples (SCST).
+  double rank_weight = 0.0, all_weight = 0.0, reward_sum = 0.0, baseline_sum = 0.0;
   if (has_data) {
     auto images = batch.images.to(device, /*non_blocking=*/true);
     if (channels_last_ && images.dim() == 4)
       images = images.contiguous(at::MemoryFormat::ChannelsLast);
-    const auto captions = batch.captions.to(device, /*non_blocking=*/true);
-    const auto lengths = batch.lengths.to(device, /*non_blocking=*/true);
-    const auto features =
-        encode(model_, images).index_select(0, batch.image_index.to(device, /*non_blocking=*/true));
-    loss = model_.decoder()->loss(features, captions, lengths);
+    if (scst) {
+      // The batch's distinct images, each once; the samples come from a generator of the
+      // step's seed on the CPU (the device's default generator, seeded above, on a GPU).
+      at::Generator generator;
+      if (device.is_cpu()) generator = at::make_generator<at::CPUGeneratorImpl>(step_seed);
+      ScstLoss s = scst_loss(model_, encode(model_, images), batch.image_ids, options_.scst,
+                             *reward_, generator);
+      loss = std::move(s.loss);
+      rank_weight = static_cast<double>(s.samples);
+      reward_sum = s.mean_reward * rank_weight;
+      baseline_sum = s.mean_baseline * rank_weight;
+      out.reward_seconds = s.reward_seconds;
+    } else {
+      const auto captions = batch.captions.to(device, /*non_blocking=*/true);
+      const auto lengths = batch.lengths.to(device, /*non_blocking=*/true);
+      const auto features =
+          encode(model_, images)
+              .index_select(0, batch.image_index.to(device, /*non_blocking=*/true));
+      loss = model_.decoder()->loss(features, captions, lengths);
+      rank_weight = static_cast<double>(batch.lengths.sum().item<std::int64_t>());
+    }
     out.loss = loss.item<double>();
-    rank_tokens = static_cast<double>(batch.lengths.sum().item<std::int64_t>());
   }
-  out.captions = static_cast<double>(batch.size());
+  out.captions = scst ? rank_weight : static_cast<double>(batch.size());
+  all_weight = rank_weight;
   if (group_ != nullptr) {
-    // One small all-reduce: the batch's token-weighted loss and token count, its captions,
-    // and whether any rank must stop (time limit, signal), so that all stop at one step.
-    auto stats =
-        torch::tensor({out.loss * rank_tokens, rank_tokens, out.captions, want_stop ? 1.0 : 0.0},
-                      torch::kFloat64);
+    // One small all-reduce: the batch's weighted loss and weight, its captions, whether any
+    // rank must stop (time limit, signal), so that all stop at one step, and SCST's sums.
+    auto stats = torch::tensor({out.loss * rank_weight, rank_weight, out.captions,
+                                want_stop ? 1.0 : 0.0, reward_sum, baseline_sum},
+                               torch::kFloat64);
     group_->all_reduce(stats);
     const auto st = stats.accessor<double, 1>();
-    all_tokens = st[1];
-    out.loss = st[0] / all_tokens;
+    all_weight = st[1];
+    out.loss = all_weight > 0 ? st[0] / all_weight : 0.0;
     out.captions = st[2];
     out.stop = st[3] > 0;
+    reward_sum = st[4];
+    baseline_sum = st[5];
+  }
+  if (scst && all_weight > 0) {
+    out.reward = reward_sum / all_weight;
+    out.baseline = baseline_sum / all_weight;
   }
   if (!std::isfinite(out.loss))
     throw Error(fmt::format(
@@ -102,10 +130,10 @@ StepOutcome TrainStep::run(const Batch& batch, bool want_stop, const TrainingPro
   if (group_ == nullptr) {
     loss.backward();
   } else {
-    // caption_loss is a mean over this rank's tokens. Weighted by the rank's share of the
-    // batch's tokens (times the world size), the ranks' averaged gradient is the gradient of
-    // the whole batch's mean loss: the step one process would take on the whole batch.
-    if (has_data) (loss * (rank_tokens * world_ / all_tokens)).backward();
+    // The loss is a mean over this rank's tokens (or samples). Weighted by the rank's share of
+    // the batch's (times the world size), the ranks' averaged gradient is the gradient of the
+    // whole batch's mean loss: the step one process would take on the whole batch.
+    if (has_data) (loss * (rank_weight * world_ / all_weight)).backward();
     std::vector<torch::Tensor> grads;
     grads.reserve(params_.size());
     for (auto& p : params_) {

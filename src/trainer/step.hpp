@@ -2,6 +2,7 @@
 // clipping and the optimizer's update.
 #pragma once
 
+#include <cmath>
 #include <memory>
 #include <string>
 #include <vector>
@@ -13,14 +14,21 @@
 #include "imcap/distributed.hpp"
 #include "imcap/model.hpp"
 #include "imcap/trainer.hpp"
+#include "trainer/reward.hpp"
 
 namespace imcap::detail {
 
 /// What a step did.
 struct StepOutcome {
-  double loss = 0.0;      ///< the batch's mean loss per token (all ranks together)
-  double captions = 0.0;  ///< captions in the batch (all ranks together)
-  bool stop = false;      ///< with a process group: some rank asked to stop at this step
+  /// The batch's loss (all ranks together): cross-entropy, the mean per token; SCST, the mean
+  /// per sample.
+  double loss = 0.0;
+  /// Captions trained on (all ranks together): the batch's references, or SCST's samples.
+  double captions = 0.0;
+  bool stop = false;  ///< with a process group: some rank asked to stop at this step
+  /// SCST (NaN otherwise): the samples' mean reward and baseline (all ranks together), and the
+  /// seconds this rank spent scoring them.
+  double reward = NAN, baseline = NAN, reward_seconds = 0.0;
 };
 
 /// The step of Trainer::fit. Owns the optimizer over the model's trainable parameters.
@@ -28,7 +36,10 @@ class TrainStep {
  public:
   /// `images`: the batches hold images (not precomputed features), so trainable CNN
   /// convolutions run.
-  TrainStep(CaptionModel& model, const TrainerOptions& options, ProcessGroup* group, bool images);
+  /// `reward`: SCST's reward (required when options.objective is kScst; it must outlive the
+  /// step).
+  TrainStep(CaptionModel& model, const TrainerOptions& options, ProcessGroup* group, bool images,
+            const ScstReward* reward = nullptr);
 
   /// Trains on `batch` (this rank's part of the step's batch; it may be empty when the batch
   /// has fewer captions or images than there are ranks: the rank then only joins the
@@ -47,6 +58,7 @@ class TrainStep {
   CaptionModel& model_;
   const TrainerOptions& options_;
   ProcessGroup* group_;
+  const ScstReward* reward_;
   int rank_ = 0, world_ = 1;
   bool channels_last_ = false;  // images go to the CNN in channels_last (see the constructor)
   std::vector<torch::Tensor> params_;

@@ -1,0 +1,127 @@
+// Self-critical sequence training's loss (trainer/scst.hpp).
+#include "trainer/scst.hpp"
+
+#include <cmath>
+
+#include <fmt/format.h>
+
+#include "imcap/decoder.hpp"
+#include "imcap/error.hpp"
+#include "imcap/search.hpp"
+#include "trainer/progress.hpp"
+
+namespace imcap::detail {
+namespace {
+
+// Each row's image id, image-major (row b * n + j is sample j of image b).
+std::vector<std::int64_t> repeat_ids(const std::vector<std::int64_t>& ids, int n) {
+  std::vector<std::int64_t> out;
+  out.reserve(ids.size() * static_cast<std::size_t>(n));
+  for (const auto id : ids) out.insert(out.end(), static_cast<std::size_t>(n), id);
+  return out;
+}
+
+// The greedy captions' rewards, one per image.
+std::vector<double> greedy_rewards(CaptionModel& model, const torch::Tensor& features,
+                                   const std::vector<std::int64_t>& image_ids,
+                                   const ScstOptions& options, const ScstReward& reward,
+                                   double& seconds) {
+  std::vector<Hypothesis> greedy;
+  {
+    torch::NoGradGuard no_grad;
+    model.train(false);
+    SearchOptions search;
+    search.beam_size = 1;
+    search.max_length = options.max_length;
+    greedy = greedy_search(DecoderStepper(model.decoder()), features.detach(), search,
+                           SpecialTokens::of(model.vocab()));
+    model.train(true);
+  }
+  const auto started = Clock::now();
+  std::size_t width = 1;
+  for (const auto& h : greedy) width = std::max(width, h.tokens.size());
+  auto tokens =
+      torch::full({static_cast<std::int64_t>(greedy.size()), static_cast<std::int64_t>(width)},
+                  model.vocab().end_id(), torch::kInt64);
+  auto t = tokens.accessor<std::int64_t, 2>();
+  for (std::size_t b = 0; b < greedy.size(); ++b)
+    for (std::size_t i = 0; i < greedy[b].tokens.size(); ++i)
+      t[static_cast<std::int64_t>(b)][static_cast<std::int64_t>(i)] = greedy[b].tokens[i];
+  auto out = reward.score(tokens, image_ids);
+  seconds += seconds_since(started);
+  return out;
+}
+
+}  // namespace
+
+void check_scst_options(const ScstOptions& o) {
+  const auto refuse = [](const char* field, const std::string& expected, const std::string& got) {
+    throw InvalidArgument(
+        fmt::format("trainer: ScstOptions::{} must be {}, got {}", field, expected, got));
+  };
+  if (o.samples < 1 || o.samples > 1000)
+    refuse("samples", "from 1 to 1000", std::to_string(o.samples));
+  if (o.baseline == ScstBaseline::kMean && o.samples < 2)
+    refuse("samples", "at least 2 with the mean baseline (the other samples' mean)",
+           std::to_string(o.samples));
+  if (o.baseline != ScstBaseline::kMean && o.baseline != ScstBaseline::kGreedy)
+    refuse("baseline", "greedy or mean", std::to_string(static_cast<int>(o.baseline)));
+  if (!(o.temperature > 0.0) || !std::isfinite(o.temperature))
+    refuse("temperature", "a finite number > 0", fmt::format("{}", o.temperature));
+  if (o.top_k < 0) refuse("top_k", ">= 0", std::to_string(o.top_k));
+  if (o.max_length < 2 || o.max_length > 1000)
+    refuse("max_length", "from 2 to 1000", std::to_string(o.max_length));
+  for (const auto& [field, w] : {std::pair<const char*, double>{"cider_weight", o.cider_weight},
+                                 {"bleu_weight", o.bleu_weight}})
+    if (!std::isfinite(w) || w < 0) refuse(field, "a finite number >= 0", fmt::format("{}", w));
+  if (o.cider_weight == 0 && o.bleu_weight == 0)
+    refuse("cider_weight", "> 0 when bleu_weight is 0 (a reward of zero teaches nothing)", "0");
+}
+
+ScstLoss scst_loss(CaptionModel& model, const torch::Tensor& features,
+                   const std::vector<std::int64_t>& image_ids, const ScstOptions& options,
+                   const ScstReward& reward, at::Generator generator) {
+  const int n = options.samples;
+  ScstLoss out;
+  std::vector<double> greedy;
+  if (options.baseline == ScstBaseline::kGreedy)
+    greedy = greedy_rewards(model, features, image_ids, options, reward, out.reward_seconds);
+  SampleOptions sample;
+  sample.samples = n;
+  sample.max_length = options.max_length;
+  sample.temperature = options.temperature;
+  sample.top_k = options.top_k;
+  const SampledCaptions drawn = sample_captions(DecoderStepper(model.decoder()), features, sample,
+                                                SpecialTokens::of(model.vocab()), generator);
+  const auto started = Clock::now();
+  const std::vector<double> r = reward.score(drawn.tokens, repeat_ids(image_ids, n));
+  out.reward_seconds += seconds_since(started);
+  // The advantage r - b of each sample.
+  const std::size_t rows = r.size();
+  std::vector<float> advantage(rows);
+  double reward_sum = 0.0, baseline_sum = 0.0;
+  for (std::size_t b = 0; b * static_cast<std::size_t>(n) < rows; ++b) {
+    const std::size_t first = b * static_cast<std::size_t>(n);
+    double image_sum = 0.0;
+    for (int j = 0; j < n; ++j) image_sum += r[first + static_cast<std::size_t>(j)];
+    for (int j = 0; j < n; ++j) {
+      const std::size_t i = first + static_cast<std::size_t>(j);
+      const double base =
+          options.baseline == ScstBaseline::kGreedy ? greedy[b] : (image_sum - r[i]) / (n - 1);
+      advantage[i] = static_cast<float>(r[i] - base);
+      reward_sum += r[i];
+      baseline_sum += base;
+    }
+  }
+  out.samples = static_cast<std::int64_t>(rows);
+  out.mean_reward = rows > 0 ? reward_sum / static_cast<double>(rows) : 0.0;
+  out.mean_baseline = rows > 0 ? baseline_sum / static_cast<double>(rows) : 0.0;
+  // A tensor of its own (autograd keeps it for the backward pass).
+  const auto a = torch::tensor(advantage, torch::kFloat).to(drawn.log_probs.device());
+  out.loss = -(a * drawn.log_probs).mean();
+  out.tokens = drawn.tokens;
+  out.advantages.assign(advantage.begin(), advantage.end());
+  return out;
+}
+
+}  // namespace imcap::detail
