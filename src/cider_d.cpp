@@ -123,7 +123,7 @@ Bag make_bag(Table& table, const std::vector<std::uint32_t>& words,
 struct CiderD::Impl {
   GramTable table;
   double log_images = 0.0;
-  bool count_end = false;
+  std::uint32_t end_word = kNone;  // the word id of kEndWord when count_end, else kNone
 
   // A reference's CIDEr-D vector: weights per order, sorted by n-gram id for the lookups, and
   // their norms (summed in first-occurrence order, as metrics.cpp sums them).
@@ -142,7 +142,6 @@ struct CiderD::Impl {
 
 CiderD::CiderD(const std::map<std::int64_t, std::vector<std::string>>& references, bool count_end)
     : impl_(std::make_unique<Impl>()) {
-  impl_->count_end = count_end;
   if (references.empty()) throw InvalidArgument("CIDEr-D: no reference captions");
   Impl& m = *impl_;
   // Pass 1: every reference's bag, and the document frequencies (images, not captions).
@@ -170,6 +169,7 @@ CiderD::CiderD(const std::map<std::int64_t, std::vector<std::string>>& reference
           }
     bags.emplace_back(image, std::move(image_bags));
   }
+  if (count_end) m.end_word = m.table.word_ids.at(kEndWord);
   m.log_images = std::log(static_cast<double>(references.size()));
   // Pass 2: the references' vectors.
   for (auto& [image, image_bags] : bags) {
@@ -198,8 +198,6 @@ CiderD& CiderD::operator=(CiderD&&) noexcept = default;
 
 std::size_t CiderD::num_images() const { return impl_->images.size(); }
 
-bool CiderD::counts_end() const { return impl_->count_end; }
-
 double CiderD::score(std::int64_t image_id, std::string_view caption) const {
   return score_tokens(image_id, tokenize_for_eval(caption));
 }
@@ -210,12 +208,10 @@ double CiderD::score_tokens(std::int64_t image_id, const std::vector<std::string
   if (image == m.images.end())
     throw InvalidArgument(fmt::format("CIDEr-D: image {} is not in the references", image_id));
   std::vector<std::uint32_t> words, unknown;
-  if (m.count_end) {
-    std::vector<std::string> closed = tokens;
-    closed.emplace_back(kEndWord);
-    lookup_words(m.table, closed, words, unknown);  // const: no new ids
-  } else {
-    lookup_words(m.table, tokens, words, unknown);
+  lookup_words(m.table, tokens, words, unknown);  // const: no new ids
+  if (m.end_word != kNone) {                      // every reference holds it
+    words.push_back(m.end_word);
+    unknown.push_back(0);
   }
   const Bag cand = make_bag(m.table, words, unknown);
   std::array<std::vector<double>, kOrders> weight;

@@ -49,7 +49,7 @@ struct TrainingProgress {
   std::string optimizer;  ///< "adam" or "sgd"
   std::uint64_t seed = 0;
   std::size_t batch_size = 0;
-  std::string batching;  ///< "padded", "same_length" or "image_major"
+  std::string batching;          ///< "padded", "same_length" or "image_major"
   std::string objective = "xe";  ///< "xe" or "scst" (files from before SCST: "xe")
   /// The plateau schedule's memory: the lowest validation loss and the epochs since it.
   double best_val_loss = INFINITY;

@@ -89,13 +89,11 @@ class CiderD {
   /// CIDEr-D (x10) of `caption` (raw text) against the references of `image_id`. Throws
   /// InvalidArgument for an image that is not in the references.
   double score(std::int64_t image_id, std::string_view caption) const;
-  /// The same for a caption already split into tokenize_for_eval's tokens (without kEndWord:
-  /// score_tokens adds it when counts_end()).
+  /// The same for a caption already split into tokenize_for_eval's tokens (without kEndWord,
+  /// which score_tokens adds with `count_end`).
   double score_tokens(std::int64_t image_id, const std::vector<std::string>& tokens) const;
   /// Images in the references.
   std::size_t num_images() const;
-  /// Whether kEndWord closes every caption (the constructor's `count_end`).
-  bool counts_end() const;
   /// The end-of-caption word of `count_end`: no tokenize_for_eval token can equal it.
   static constexpr const char* kEndWord = "<end>";
 

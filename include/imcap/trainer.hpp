@@ -68,13 +68,13 @@ ScstBaseline parse_scst_baseline(const std::string& name);
 /// The name parse_scst_baseline accepts.
 std::string to_string(ScstBaseline baseline);
 
-/// Options of self-critical training (TrainerOptions::objective kScst; docs/training.md#scst).
-/// Each step draws `samples` captions for each distinct image of the batch, scores them against
-/// the image's training references, and minimises -(r - b) * log p(caption), averaged over the
-/// samples. The defaults are imcap train's.
+/// Options of self-critical training (TrainerOptions::objective kScst;
+/// docs/training.md#self-critical-training-scst). Each step draws `samples` captions for each
+/// distinct image of the batch, scores them against the image's training references, and minimises
+/// -(r - b) * log p(caption), averaged over the samples. The defaults are imcap train's.
 struct ScstOptions {
   int samples = 5;                              ///< captions drawn per image (>= 2 for kMean).
-  ScstBaseline baseline = ScstBaseline::kMean;  ///< Default mean (docs/training.md#scst).
+  ScstBaseline baseline = ScstBaseline::kMean;  ///< Default mean.
   double temperature = 1.0;                     ///< sampling temperature, > 0. Default 1.
   int top_k = 0;              ///< draw only from the k most likely words; 0 = all. Default 0.
   int max_length = 16;        ///< most tokens per sampled caption, <end> included. Default 16.

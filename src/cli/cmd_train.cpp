@@ -26,8 +26,8 @@ namespace imcap::cli {
 namespace {
 
 constexpr int kMaxEpochs = 100000;  // the most --epochs takes
-// SCST's learning rate when --lr is not given: self-critical.pytorch's (5e-5) is for COCO's
-// long runs; this one is measured (docs/training.md#scst).
+// SCST's learning rate when --lr is not given: self-critical.pytorch's; 2e-4 did worse on the
+// shapes data (docs/training.md#self-critical-training-scst).
 constexpr double kScstLearningRate = 5e-5;
 
 // The options bind to the library's own option structs, so that their defaults are the

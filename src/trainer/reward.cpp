@@ -103,17 +103,12 @@ double ScstReward::bleu4(std::int64_t image_id, const std::vector<std::string>& 
 }
 
 double ScstReward::score_ids(std::int64_t image_id, const std::int64_t* ids, std::size_t n) const {
-  const std::vector<std::string> tokens = eval_tokens(ids, n);
+  std::vector<std::string> tokens = eval_tokens(ids, n);
   double reward = 0.0;
   if (cider_weight_ != 0.0) reward += cider_weight_ * cider_.score_tokens(image_id, tokens);
   if (bleu_weight_ != 0.0) {
-    if (count_end_) {
-      std::vector<std::string> closed = tokens;
-      closed.emplace_back(CiderD::kEndWord);
-      reward += bleu_weight_ * bleu4(image_id, closed);
-    } else {
-      reward += bleu_weight_ * bleu4(image_id, tokens);
-    }
+    if (count_end_) tokens.emplace_back(CiderD::kEndWord);  // as the references hold it
+    reward += bleu_weight_ * bleu4(image_id, tokens);
   }
   return reward;
 }

@@ -38,16 +38,10 @@ std::vector<double> greedy_rewards(CaptionModel& model, const torch::Tensor& fea
     model.train(true);
   }
   const auto started = Clock::now();
-  std::size_t width = 1;
-  for (const auto& h : greedy) width = std::max(width, h.tokens.size());
-  auto tokens =
-      torch::full({static_cast<std::int64_t>(greedy.size()), static_cast<std::int64_t>(width)},
-                  model.vocab().end_id(), torch::kInt64);
-  auto t = tokens.accessor<std::int64_t, 2>();
+  std::vector<double> out;
+  out.reserve(greedy.size());
   for (std::size_t b = 0; b < greedy.size(); ++b)
-    for (std::size_t i = 0; i < greedy[b].tokens.size(); ++i)
-      t[static_cast<std::int64_t>(b)][static_cast<std::int64_t>(i)] = greedy[b].tokens[i];
-  auto out = reward.score(tokens, image_ids);
+    out.push_back(reward.score_ids(image_ids[b], greedy[b].tokens.data(), greedy[b].tokens.size()));
   seconds += seconds_since(started);
   return out;
 }
