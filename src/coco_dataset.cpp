@@ -1,6 +1,7 @@
 #include "imcap/coco_dataset.hpp"
 
 #include <algorithm>
+#include <map>
 #include <iostream>
 #include <mutex>
 #include <unordered_set>
@@ -104,16 +105,177 @@ void read_fields(JsonReader& in, const char* text_key, bool want_image_id, const
   if (!f.has_text) fail(file, where.str(), fmt::format("missing key '{}'", text_key));
 }
 
-}  // namespace
-
-CocoAnnotations CocoAnnotations::load(const std::string& path) {
-  const std::string text = detail::read_file(path, kMaxAnnotationBytes);
-  return parse(text, path);
+// The file name of a COCO image, checked: a relative path inside the image folder.
+void check_file_name(const std::string& file, const std::string& where, const std::string& name) {
+  // A NUL would cut the path where the operating system reads it: "a\u0000b.jpg" opens "a".
+  if (const auto nul = name.find('\0'); nul != std::string::npos)
+    fail(file, where,
+         fmt::format("'{}' contains a NUL character (\\u0000) at byte {}; expected a relative path "
+                     "inside the image folder",
+                     escape_nul(name), nul));
+  if (!is_safe_relative(name))
+    fail(file, where,
+         fmt::format("'{}' must be a relative path inside the image folder (no leading '/', no "
+                     "'..', no backslash)",
+                     name));
 }
 
-CocoAnnotations CocoAnnotations::parse(std::string_view text, const std::string& name) {
+// Reads a string value at `path` into `out`, checking that it is valid UTF-8.
+void read_text(JsonReader& in, const std::string& file, const std::string& path, std::string& out) {
+  expect_kind(in, JsonReader::Kind::kString, file, path);
+  in.read_string(out);
+  if (const auto problem = detail::utf8_problem(out); !problem.empty()) fail(file, path, problem);
+}
+
+// Whether the "images" array that `in` is at belongs to a Karpathy split file: its first image
+// has "sentences" or "cocoid" (COCO's have "file_name" and "id"). `in` is a copy: looking ahead
+// leaves the caller's reader where it was.
+bool karpathy_layout(JsonReader in) {
+  if (in.peek() != JsonReader::Kind::kArray) return false;
+  in.begin_array();
+  if (!in.next_element() || in.peek() != JsonReader::Kind::kObject) return false;
+  in.begin_object();
+  std::string key;
+  while (in.next_key(key)) {
+    if (key == "sentences" || key == "cocoid" || key == "filename") return true;
+    if (key == "file_name") return false;
+    in.skip_value();
+  }
+  return false;
+}
+
+// The split names of "train+restval", checked.
+std::vector<std::string> split_names(const std::string& split) {
+  std::vector<std::string> names;
+  std::size_t begin = 0;
+  while (true) {
+    const auto end = split.find('+', begin);
+    names.push_back(split.substr(begin, end == std::string::npos ? end : end - begin));
+    if (names.back().empty())
+      throw InvalidArgument(fmt::format(
+          "split '{}': expected split names joined by '+', e.g. 'train+restval'", split));
+    if (end == std::string::npos) break;
+    begin = end + 1;
+  }
+  return names;
+}
+
+// One sentence of a Karpathy image: "raw" (required), "tokens" and "sentid".
+void read_sentence(JsonReader& in, const std::string& file, const std::string& where,
+                   CocoCaption& c, bool& has_id, std::string& key) {
+  expect_kind(in, JsonReader::Kind::kObject, file, where);
+  in.begin_object();
+  bool has_raw = false;
+  while (in.next_key(key)) {
+    if (key == "raw") {
+      read_text(in, file, where + ".raw", c.caption);
+      has_raw = true;
+    } else if (key == "sentid") {
+      expect_kind(in, JsonReader::Kind::kInt, file, where + ".sentid");
+      c.id = in.read_int();
+      has_id = true;
+    } else if (key == "tokens") {
+      expect_kind(in, JsonReader::Kind::kArray, file, where + ".tokens");
+      in.begin_array();
+      for (std::size_t k = 0; in.next_element(); ++k) {
+        const auto path = fmt::format("{}.tokens[{}]", where, k);
+        read_text(in, file, path, c.tokens.emplace_back());
+        const auto& t = c.tokens.back();
+        if (t.empty() || t.find_first_of(" \t\n\r\f\v") != std::string::npos)
+          fail(file, path, fmt::format("'{}': expected one word, without spaces", t));
+      }
+    } else {
+      in.skip_value();
+    }
+  }
+  if (!has_raw) fail(file, where, "missing key 'raw'");
+}
+
+// The "images" array of a Karpathy split file, keeping the images of `wanted` (all when empty).
+void read_karpathy_images(JsonReader& in, const std::string& file,
+                          const std::vector<std::string>& wanted, std::vector<CocoImage>& images,
+                          std::vector<CocoCaption>& captions,
+                          std::map<std::string, std::size_t>& splits) {
+  std::unordered_map<std::int64_t, std::size_t> image_at, sentence_at;
+  std::string key, filepath, filename, split;
+  std::size_t sentences_seen = 0;
+  in.begin_array();
+  for (std::size_t i = 0; in.next_element(); ++i) {
+    const Where where{"images", i};
+    expect_kind(in, JsonReader::Kind::kObject, file, where);
+    in.begin_object();
+    std::int64_t cocoid = 0, imgid = 0;
+    bool has_cocoid = false, has_imgid = false, has_filename = false, has_split = false,
+         has_sentences = false;
+    filepath.clear();
+    std::vector<CocoCaption> sentences;
+    std::vector<bool> sentence_has_id;
+    while (in.next_key(key)) {
+      if (key == "cocoid" || key == "imgid") {
+        expect_kind(in, JsonReader::Kind::kInt, file, where, key);
+        (key == "cocoid" ? cocoid : imgid) = in.read_int();
+        (key == "cocoid" ? has_cocoid : has_imgid) = true;
+      } else if (key == "filepath") {
+        read_text(in, file, where.str(key), filepath);
+      } else if (key == "filename") {
+        read_text(in, file, where.str(key), filename);
+        has_filename = true;
+      } else if (key == "split") {
+        read_text(in, file, where.str(key), split);
+        has_split = true;
+      } else if (key == "sentences") {
+        expect_kind(in, JsonReader::Kind::kArray, file, where, key);
+        in.begin_array();
+        for (std::size_t j = 0; in.next_element(); ++j) {
+          bool has_id = false;
+          read_sentence(in, file, fmt::format("{}.sentences[{}]", where.str(), j),
+                        sentences.emplace_back(), has_id, key);
+          sentence_has_id.push_back(has_id);
+        }
+        has_sentences = true;
+      } else {
+        in.skip_value();
+      }
+    }
+    if (!has_cocoid && !has_imgid) fail(file, where.str(), "missing key 'cocoid' (or 'imgid')");
+    if (!has_filename) fail(file, where.str(), "missing key 'filename'");
+    if (!has_split) fail(file, where.str(), "missing key 'split'");
+    if (!has_sentences) fail(file, where.str(), "missing key 'sentences'");
+    const std::int64_t id = has_cocoid ? cocoid : imgid;
+    const std::string name = filepath.empty() ? filename : filepath + "/" + filename;
+    check_file_name(file, where.str(filepath.empty() ? "filename" : "filepath"), name);
+    if (const auto [it, inserted] = image_at.emplace(id, i); !inserted)
+      fail(file, where.str(has_cocoid ? "cocoid" : "imgid"),
+           fmt::format("duplicate image id {} (also images[{}])", id, it->second));
+    for (std::size_t j = 0; j < sentences.size(); ++j, ++sentences_seen) {
+      auto& c = sentences[j];
+      if (!sentence_has_id[j]) c.id = static_cast<std::int64_t>(sentences_seen);
+      if (const auto [it, inserted] = sentence_at.emplace(c.id, i); !inserted)
+        fail(file, fmt::format("{}.sentences[{}].sentid", where.str(), j),
+             fmt::format("duplicate sentence id {} (also in images[{}])", c.id, it->second));
+      c.image_id = id;
+    }
+    ++splits[split];
+    if (!wanted.empty() && std::find(wanted.begin(), wanted.end(), split) == wanted.end())
+      continue;
+    images.push_back(CocoImage{id, name});
+    for (auto& c : sentences) captions.push_back(std::move(c));
+  }
+}
+
+}  // namespace
+
+CocoAnnotations CocoAnnotations::load(const std::string& path, const AnnotationOptions& options) {
+  const std::string text = detail::read_file(path, kMaxAnnotationBytes);
+  return parse(text, path, options);
+}
+
+CocoAnnotations CocoAnnotations::parse(std::string_view text, const std::string& name,
+                                       const AnnotationOptions& options) {
   CocoAnnotations out;
   out.source_ = name;
+  const auto wanted = options.split.empty() ? std::vector<std::string>{}
+                                            : split_names(options.split);
   JsonReader in(text, name);
   const auto top = in.peek();
   if (top != JsonReader::Kind::kObject)
@@ -126,7 +288,11 @@ CocoAnnotations CocoAnnotations::parse(std::string_view text, const std::string&
   // Captions may come before images in the file: their image ids are checked at the end.
   std::unordered_map<std::int64_t, std::size_t> seen_ids;
   while (in.next_key(key)) {
-    if (key == "images") {
+    if (key == "images" && karpathy_layout(in)) {
+      has_images = true;
+      out.karpathy_ = true;
+      read_karpathy_images(in, name, wanted, out.images_, out.captions_, out.splits_);
+    } else if (key == "images") {
       has_images = true;
       expect_kind(in, JsonReader::Kind::kArray, name, "images");
       in.begin_array();
@@ -134,24 +300,14 @@ CocoAnnotations CocoAnnotations::parse(std::string_view text, const std::string&
         const Where where{"images", i};
         Fields f;
         read_fields(in, "file_name", false, name, where, f, field_key);
-        // A NUL would cut the path where the operating system reads it: "a\u0000b.jpg" opens "a".
-        if (const auto nul = f.text.find('\0'); nul != std::string::npos)
-          fail(name, where.str("file_name"),
-               fmt::format("'{}' contains a NUL character (\\u0000) at byte {}; expected a "
-                           "relative path inside the image folder",
-                           escape_nul(f.text), nul));
-        if (!is_safe_relative(f.text))
-          fail(name, where.str("file_name"),
-               fmt::format("'{}' must be a relative path inside the image folder (no leading '/', "
-                           "no '..', no backslash)",
-                           f.text));
+        check_file_name(name, where.str("file_name"), f.text);
         const auto [it, inserted] = out.image_index_.emplace(f.id, out.images_.size());
         if (!inserted)
           fail(name, where.str("id"),
                fmt::format("duplicate image id {} (also images[{}])", f.id, it->second));
         out.images_.push_back(CocoImage{f.id, std::move(f.text)});
       }
-    } else if (key == "annotations") {
+    } else if (key == "annotations" && !out.karpathy_) {
       has_annotations = true;
       expect_kind(in, JsonReader::Kind::kArray, name, "annotations");
       in.begin_array();
@@ -163,7 +319,7 @@ CocoAnnotations CocoAnnotations::parse(std::string_view text, const std::string&
         if (!inserted)
           fail(name, where.str("id"),
                fmt::format("duplicate annotation id {} (also annotations[{}])", f.id, it->second));
-        out.captions_.push_back(CocoCaption{f.id, f.image_id, std::move(f.text)});
+        out.captions_.push_back(CocoCaption{f.id, f.image_id, std::move(f.text), {}});
       }
     } else {
       in.skip_value();
@@ -171,15 +327,62 @@ CocoAnnotations CocoAnnotations::parse(std::string_view text, const std::string&
   }
   in.expect_end();
   if (!has_images) fail(name, "top level", "missing key 'images'");
-  if (!has_annotations) fail(name, "top level", "missing key 'annotations'");
-  for (std::size_t i = 0; i < out.captions_.size(); ++i) {
-    const auto image_id = out.captions_[i].image_id;
-    if (out.image_index_.count(image_id) == 0)
+  if (out.karpathy_) {
+    for (const auto& split : wanted) {
+      if (out.splits_.count(split) != 0) continue;
+      std::vector<std::string> have;
+      for (const auto& [s, n] : out.splits_) have.push_back(fmt::format("{} ({} images)", s, n));
+      throw InvalidArgument(fmt::format("{}: no images in split '{}'; the file has {}", name, split,
+                                        have.empty() ? "none" : fmt::to_string(fmt::join(have, ", "))));
+    }
+    for (std::size_t i = 0; i < out.images_.size(); ++i)
+      out.image_index_.emplace(out.images_[i].id, i);
+  } else {
+    if (!has_annotations) fail(name, "top level", "missing key 'annotations'");
+    if (!wanted.empty())
+      throw InvalidArgument(fmt::format(
+          "{}: split '{}': this is a COCO captions file, which has no splits (a split chooses "
+          "images of Karpathy's dataset_coco.json)",
+          name, options.split));
+  }
+  out.index(name);
+  return out;
+}
+
+CocoAnnotations CocoAnnotations::from(std::vector<CocoImage> images,
+                                      std::vector<CocoCaption> captions, const std::string& name) {
+  CocoAnnotations out;
+  out.source_ = name;
+  for (std::size_t i = 0; i < images.size(); ++i) {
+    const Where where{"images", i};
+    check_file_name(name, where.str("file_name"), images[i].file_name);
+    const auto [it, inserted] = out.image_index_.emplace(images[i].id, i);
+    if (!inserted)
+      fail(name, where.str("id"),
+           fmt::format("duplicate image id {} (also images[{}])", images[i].id, it->second));
+  }
+  std::unordered_map<std::int64_t, std::size_t> seen_ids;
+  for (std::size_t i = 0; i < captions.size(); ++i) {
+    const auto [it, inserted] = seen_ids.emplace(captions[i].id, i);
+    if (!inserted)
+      fail(name, fmt::format("annotations[{}].id", i),
+           fmt::format("duplicate annotation id {} (also annotations[{}])", captions[i].id,
+                       it->second));
+  }
+  out.images_ = std::move(images);
+  out.captions_ = std::move(captions);
+  out.index(name);
+  return out;
+}
+
+void CocoAnnotations::index(const std::string& name) {
+  for (std::size_t i = 0; i < captions_.size(); ++i) {
+    const auto image_id = captions_[i].image_id;
+    if (image_index_.count(image_id) == 0)
       fail(name, fmt::format("annotations[{}].image_id", i),
            fmt::format("image {} is not in 'images'", image_id));
-    out.captions_by_image_[image_id].push_back(i);
+    captions_by_image_[image_id].push_back(i);
   }
-  return out;
 }
 
 const CocoImage& CocoAnnotations::image(std::int64_t image_id) const {
@@ -202,7 +405,8 @@ CaptionStatistics caption_statistics(const CocoAnnotations& annotations, std::si
   for (const auto& img : annotations.images())
     if (annotations.captions_of(img.id).empty()) ++s.images_without_captions;
   detail::TokenCounter counter;
-  for (const auto& c : annotations.captions()) ++s.length_histogram[counter.add(c.caption)];
+  for (const auto& c : annotations.captions())
+    ++s.length_histogram[c.tokens.empty() ? counter.add(c.caption) : counter.add(c.tokens)];
   const auto counts = counter.counts();
   std::vector<std::pair<std::string, std::int64_t>> words(counts.begin(), counts.end());
   const std::size_t keep = std::min(top, words.size());
@@ -304,8 +508,14 @@ CocoDataset::CocoDataset(CocoAnnotations annotations, const std::string& image_r
     if (skipped.count(img.id) != 0) continue;
     bool any = false;
     for (const std::size_t ci : annotations_.captions_of(img.id)) {
-      auto ids = vocab_.encode(annotations_.captions()[ci].caption);
+      const auto& caption = annotations_.captions()[ci];
+      auto ids = caption.tokens.empty() ? vocab_.encode(caption.caption)
+                                        : vocab_.encode_tokens(caption.tokens);
       if (options_.max_caption_tokens > 0 && ids.size() - 2 > options_.max_caption_tokens) continue;
+      if (options_.clip_caption_tokens > 0 && ids.size() - 2 > options_.clip_caption_tokens) {
+        ids.resize(options_.clip_caption_tokens + 1);
+        ids.push_back(vocab_.end_id());
+      }
       by_image_[img.id].push_back(caption_ids_.size());
       caption_index_.push_back(ci);
       caption_ids_.push_back(std::move(ids));

@@ -177,6 +177,15 @@ std::size_t TokenCounter::add(std::string_view caption) {
   return tokens_.size();
 }
 
+std::size_t TokenCounter::add(const std::vector<std::string>& tokens) {
+  for (const auto& token : tokens) {
+    const std::uint32_t id = table_.intern(token);
+    if (id == counts_.size()) counts_.push_back(0);
+    ++counts_[id];
+  }
+  return tokens.size();
+}
+
 std::unordered_map<std::string, std::int64_t> TokenCounter::counts() const {
   std::unordered_map<std::string, std::int64_t> out;
   out.reserve(counts_.size());
@@ -265,6 +274,18 @@ Vocabulary Vocabulary::build_from_captions(const std::vector<std::string>& capti
   return from_counts(counter.counts(), options);
 }
 
+namespace {
+
+// Counts a caption's own tokens where it has them (Karpathy's), else its tokenized text.
+void count_caption(detail::TokenCounter& counter, const CocoCaption& caption) {
+  if (caption.tokens.empty())
+    counter.add(caption.caption);
+  else
+    counter.add(caption.tokens);
+}
+
+}  // namespace
+
 Vocabulary Vocabulary::build(const std::vector<std::string>& annotation_files,
                              const VocabularyOptions& options) {
   if (annotation_files.empty())
@@ -272,8 +293,15 @@ Vocabulary Vocabulary::build(const std::vector<std::string>& annotation_files,
   detail::TokenCounter counter;
   for (const auto& file : annotation_files) {
     const auto annotations = CocoAnnotations::load(file);
-    for (const auto& caption : annotations.captions()) counter.add(caption.caption);
+    for (const auto& caption : annotations.captions())
+      count_caption(counter, caption);
   }
+  return from_counts(counter.counts(), options);
+}
+
+Vocabulary Vocabulary::build(const CocoAnnotations& annotations, const VocabularyOptions& options) {
+  detail::TokenCounter counter;
+  for (const auto& caption : annotations.captions()) count_caption(counter, caption);
   return from_counts(counter.counts(), options);
 }
 

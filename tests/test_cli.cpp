@@ -143,8 +143,12 @@ TEST_CASE("imcap demo --quick runs end to end and writes a report", "[trainer][d
       imcap::test::run_cli({"demo", "--quick", "--seconds", "10", "--out", tmp.file("demo")});
   INFO(r.err);
   REQUIRE(r.exit_code == 0);
-  CHECK_THAT(r.out, Catch::Contains("BLEU-4"));
+  CHECK_THAT(r.out, Catch::Contains("cross-entropy: BLEU-4") &&
+                        Catch::Contains("after SCST: BLEU-4"));
   const auto html = imcap::test::read_text(tmp.file("demo/report.html"));
-  CHECK_THAT(html, Catch::Contains("<svg") && Catch::Contains("data:image/jpeg;base64,"));
+  CHECK_THAT(html, Catch::Contains("<svg") && Catch::Contains("data:image/jpeg;base64,") &&
+                       Catch::Contains("<td>cross-entropy</td>") &&
+                       Catch::Contains("<td>+ SCST</td>"));
   CHECK(imcap::detail::path_exists(tmp.file("demo/model/last.imcap")));
+  CHECK(imcap::detail::path_exists(tmp.file("demo/model-scst/last.imcap")));
 }

@@ -1,5 +1,6 @@
 // COCO captions: the annotation file (notebook 0) and the dataset of images and captions
-// that training reads (data_loader.py).
+// that training reads (data_loader.py). Karpathy's split file (dataset_coco.json, the split that
+// papers report on) reads into the same annotations, one split or several at a time.
 //
 //   auto vocab = imcap::Vocabulary::build({"captions_train2014.json"});
 //   imcap::CocoDataset data("captions_train2014.json", "train2014/", vocab,
@@ -30,23 +31,45 @@ struct CocoImage {
   std::string file_name;  ///< relative to the image root; never absolute, never with ".."
 };
 
-/// One entry of "annotations".
+/// One entry of "annotations" (or one of "sentences" in a Karpathy split file).
 struct CocoCaption {
   std::int64_t id = 0;
   std::int64_t image_id = 0;
-  std::string caption;
+  std::string caption;  ///< the raw text: what evaluation compares against
+  /// The caption's words as the file gives them (Karpathy's "tokens"), which training then uses
+  /// instead of tokenizing `caption`. Empty for COCO files.
+  std::vector<std::string> tokens;
 };
 
-/// A parsed and validated COCO captions annotation file.
+/// Options of CocoAnnotations::load for Karpathy's split files.
+struct AnnotationOptions {
+  /// The images to read from a Karpathy split file (dataset_coco.json): one split name
+  /// ("train", "restval", "val", "test") or several joined by '+' ("train+restval", the
+  /// 113,287 training images papers use). Empty: every image. COCO files have no splits:
+  /// naming one for them is an error.
+  std::string split;
+};
+
+/// A parsed and validated captions file: COCO's captions_*.json, or Karpathy's split file
+/// (dataset_coco.json, also dataset_flickr8k/30k.json), told apart by their layout. A Karpathy
+/// file's images take their COCO id ("cocoid", else "imgid"), their file name "filepath/filename"
+/// (relative to the folder that holds train2014/ and val2014/), and their sentences as captions
+/// with the raw text and the file's tokens.
 class CocoAnnotations {
  public:
   /// Reads and validates a file. Throws IoError, or FormatError naming the file and the JSON
   /// path (e.g. "f.json: annotations[17].caption: expected a string, got null") for malformed
   /// JSON, missing or mistyped keys, duplicate ids, captions of unknown images, and file names
-  /// that are absolute or contain "..".
-  static CocoAnnotations load(const std::string& path);
+  /// that are absolute or contain "..". A split that the file does not have is an
+  /// InvalidArgument naming the splits it has.
+  static CocoAnnotations load(const std::string& path, const AnnotationOptions& options = {});
   /// Parses JSON text; `name` stands for the file in error messages.
-  static CocoAnnotations parse(std::string_view json, const std::string& name);
+  static CocoAnnotations parse(std::string_view json, const std::string& name,
+                               const AnnotationOptions& options = {});
+  /// Annotations built in memory, validated as a file's are (unique image and caption ids,
+  /// captions of known images, safe relative file names); `name` stands for their source.
+  static CocoAnnotations from(std::vector<CocoImage> images, std::vector<CocoCaption> captions,
+                              const std::string& name = "<memory>");
 
   const std::vector<CocoImage>& images() const { return images_; }
   const std::vector<CocoCaption>& captions() const { return captions_; }
@@ -58,9 +81,18 @@ class CocoAnnotations {
   const std::vector<std::size_t>& captions_of(std::int64_t image_id) const;
   /// The file the annotations came from (or the name given to parse).
   const std::string& source() const { return source_; }
+  /// Whether they came from a Karpathy split file.
+  bool karpathy() const { return karpathy_; }
+  /// A Karpathy file's splits with their numbers of images, the whole file's (before the
+  /// split option chose among them); empty for COCO files.
+  const std::map<std::string, std::size_t>& splits() const { return splits_; }
 
  private:
+  void index(const std::string& name);
+
   std::string source_;
+  bool karpathy_ = false;
+  std::map<std::string, std::size_t> splits_;
   std::vector<CocoImage> images_;
   std::vector<CocoCaption> captions_;
   std::unordered_map<std::int64_t, std::size_t> image_index_;
@@ -88,6 +120,9 @@ struct CocoDatasetOptions {
   bool skip_missing_images = false;
   /// Drop captions longer than this many tokens (without <start>/<end>); 0 = keep all. Default 0.
   std::size_t max_caption_tokens = 0;
+  /// Cut captions to their first this many tokens (then <end>), as ruotianluo's
+  /// prepro_labels.py does with max_length 16; 0 = keep them whole (the notebook). Default 0.
+  std::size_t clip_caption_tokens = 0;
   /// Precomputed image features, [N, C] float (FeatureSet::features, from `imcap features`),
   /// used instead of the image files: image() returns an image's row [C] (no transform), and
   /// image files are neither read nor checked. Undefined (default): images are decoded.

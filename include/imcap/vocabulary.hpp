@@ -22,6 +22,8 @@ namespace imcap {
 std::vector<std::string> tokenize(std::string_view text);
 
 /// Names of the special tokens.
+class CocoAnnotations;
+
 inline constexpr std::string_view kPadToken = "<pad>";
 inline constexpr std::string_view kStartToken = "<start>";
 inline constexpr std::string_view kEndToken = "<end>";
@@ -43,6 +45,9 @@ class Vocabulary {
   /// Builds from one or more COCO caption annotation files.
   static Vocabulary build(const std::vector<std::string>& annotation_files,
                           const VocabularyOptions& options = {});
+  /// Builds from annotations already read (e.g. one split of Karpathy's file), counting a
+  /// caption's own tokens where it has them (CocoCaption::tokens).
+  static Vocabulary build(const CocoAnnotations& annotations, const VocabularyOptions& options = {});
   /// Builds from captions already in memory.
   static Vocabulary build_from_captions(const std::vector<std::string>& captions,
                                         const VocabularyOptions& options = {});

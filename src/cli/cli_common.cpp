@@ -78,6 +78,33 @@ void check_output_is_not_an_input(const std::string& output_option, const std::s
   }
 }
 
+CLI::Option* add_split_option(CLI::App* cmd, std::string& split, const std::string& name,
+                              const std::string& file_option) {
+  return cmd
+      ->add_option(name, split,
+                   fmt::format("Images of Karpathy's dataset_coco.json given to {}: train, "
+                               "restval, val, test, or several joined by '+' (train+restval: "
+                               "the 113,287 training images of papers)",
+                               file_option))
+      ->type_name("SPLIT");
+}
+
+CocoAnnotations load_annotations(const std::string& path, const std::string& split,
+                                 const std::string& split_option, bool require_split) {
+  AnnotationOptions options;
+  options.split = split;
+  auto annotations = CocoAnnotations::load(path, options);
+  if (require_split && annotations.karpathy() && split.empty()) {
+    std::string have;
+    for (const auto& [name, n] : annotations.splits())
+      have += fmt::format("{}{} ({} images)", have.empty() ? "" : ", ", name, n);
+    throw UsageError(fmt::format("{} is a Karpathy split file: choose its images with {} (it has "
+                                 "{})",
+                                 path, split_option, have.empty() ? "no images" : have));
+  }
+  return annotations;
+}
+
 void add_thread_options(CLI::App* cmd, int& threads, int& blas) {
   cmd->add_option("--threads", threads, "Torch threads (0: one per core)")
       ->capture_default_str()

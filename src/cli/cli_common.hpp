@@ -11,6 +11,7 @@
 #include <CLI/CLI.hpp>
 
 #include "detail/enum_names.hpp"
+#include "imcap/coco_dataset.hpp"
 #include "imcap/decoder.hpp"
 
 namespace imcap::cli {
@@ -69,6 +70,16 @@ CLI::Validator thread_count();
 /// input's option name with its path; empty paths are skipped.
 void check_output_is_not_an_input(const std::string& output_option, const std::string& output,
                                   const std::vector<std::pair<std::string, std::string>>& inputs);
+
+/// Adds `name` (--split, --val-split), the images of Karpathy's dataset_coco.json that the
+/// command reads from the file of `file_option`, bound to `split`.
+CLI::Option* add_split_option(CLI::App* cmd, std::string& split, const std::string& name = "--split",
+                              const std::string& file_option = "--annotations");
+/// Reads an annotation file (COCO's or Karpathy's) with a split. When `require_split`, a Karpathy
+/// file without one is a UsageError naming `split_option`, so that no command trains on the
+/// test images by omission.
+CocoAnnotations load_annotations(const std::string& path, const std::string& split,
+                                 const std::string& split_option, bool require_split);
 
 /// Adds --threads and --blas-threads, bound to `threads` and `blas`, to a subcommand.
 void add_thread_options(CLI::App* cmd, int& threads, int& blas);

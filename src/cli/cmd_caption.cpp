@@ -18,7 +18,7 @@ namespace imcap::cli {
 namespace {
 
 struct CaptionArgs {
-  std::string model, device = "cpu", annotations, images, out;
+  std::string model, device = "cpu", annotations, split, images, out;
   std::vector<std::string> inputs;
   CaptionOptions options;
   bool json = false;
@@ -73,7 +73,7 @@ void run_predict(const CaptionArgs& a) {
                                {{"--model", a.model}, {"--annotations", a.annotations}});
   set_threads(a.threads, a.blas_threads);
   const auto captioner = Captioner::load(a.model, parse_device(a.device), a.options);
-  const auto annotations = CocoAnnotations::load(a.annotations);
+  const auto annotations = load_annotations(a.annotations, a.split, "--split", false);
   const auto& images = annotations.images();
   nlohmann::json results = nlohmann::json::array();
   for (std::size_t start = 0; start < images.size();
@@ -138,8 +138,11 @@ void add_predict_command(CLI::App& app) {
   auto* cmd =
       app.add_subcommand("predict", "Caption every image of a COCO file into a COCO results file");
   cmd->add_option("--model", a->model, "Model file (.imcap)")->required();
-  cmd->add_option("--annotations", a->annotations, "COCO captions JSON listing the images")
+  cmd->add_option("--annotations", a->annotations,
+                  "COCO captions JSON listing the images, or Karpathy's dataset_coco.json with "
+                  "--split (results keyed by cocoid)")
       ->required();
+  add_split_option(cmd, a->split);
   cmd->add_option("--images", a->images, "Folder holding the images")->required();
   cmd->add_option("--out", a->out, "Results file to write: [{\"image_id\", \"caption\"}]")
       ->required();

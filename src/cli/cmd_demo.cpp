@@ -13,6 +13,7 @@
 
 #include "cli/cli_common.hpp"
 #include "cli/commands.hpp"
+#include "cli/train_defaults.hpp"
 #include "detail/io.hpp"
 #include "imcap/captioner.hpp"
 #include "imcap/metrics.hpp"
@@ -27,6 +28,7 @@ struct DemoArgs {
   std::string out = "imcap-demo";
   bool quick = false;
   double seconds = 0;  // 0: the default budget
+  double scst_share = 0.25;  // of the budget, self-critical training after cross-entropy
   int threads = 0, blas_threads = -1;
   int image_size = 32;  // the CNN's input: 64-pixel scenes downscaled, 4x cheaper than 64
   std::uint64_t seed = 1;
@@ -100,6 +102,39 @@ std::string loss_svg(const std::vector<double>& losses) {
       w, h, pts, 2, pad, hi, h - pad + 14, lo, w - pad, n);
 }
 
+// The held-out images captioned by `model` (beam 3, the Captioner's default) and scored.
+struct HeldOut {
+  std::vector<Caption> captions;
+  CorpusScores scores;
+};
+
+HeldOut caption_held_out(const std::shared_ptr<CaptionModel>& model, const CocoDataset& val,
+                         const std::vector<std::string>& paths) {
+  model->train(false);
+  Captioner captioner(model, CaptionOptions{});
+  HeldOut out;
+  for (std::size_t i = 0; i < paths.size(); i += 64) {
+    const std::vector<std::string> chunk(
+        paths.begin() + static_cast<std::ptrdiff_t>(i),
+        paths.begin() + static_cast<std::ptrdiff_t>(std::min(paths.size(), i + 64)));
+    for (auto& c : captioner.caption_batch(chunk)) out.captions.push_back(std::move(c));
+  }
+  std::map<std::int64_t, std::vector<std::string>> refs;
+  std::map<std::int64_t, std::string> cands;
+  for (std::size_t i = 0; i < val.image_ids().size(); ++i) {
+    const auto id = val.image_ids()[i];
+    refs[id] = val.references(id);
+    cands[id] = out.captions[i].text;
+  }
+  out.scores = evaluate_captions(refs, cands);
+  return out;
+}
+
+void print_scores(const char* what, std::size_t images, const CaptionScores& s) {
+  fmt::print("held-out ({} images), {}: BLEU-4 {:.3f}  CIDEr {:.3f}  BLEU-1 {:.3f}  ROUGE-L {:.3f}\n",
+             images, what, s.bleu[3], s.cider, s.bleu[0], s.rouge_l);
+}
+
 void run_demo(const DemoArgs& a) {
   const auto t0 = std::chrono::steady_clock::now();
   set_threads(a.threads, a.blas_threads);
@@ -108,7 +143,7 @@ void run_demo(const DemoArgs& a) {
   so.val_images = a.quick ? 60 : 300;
   so.image_size = 64;
   so.seed = a.seed;
-  fmt::print("[1/4] writing a synthetic dataset of {} + {} images to {}\n", so.train_images,
+  fmt::print("[1/5] writing a synthetic dataset of {} + {} images to {}\n", so.train_images,
              so.val_images, detail::join_path(a.out, "data"));
   const auto data = generate_synthetic_dataset(detail::join_path(a.out, "data"), so);
 
@@ -129,81 +164,102 @@ void run_demo(const DemoArgs& a) {
   tf.flip_probability = 0.0;
   CocoDataset train(data.train_annotations, data.train_images, model->vocab(), ImageTransform(tf));
   CocoDataset val(data.val_annotations, data.val_images, model->vocab(), model->eval_transform());
+  std::vector<std::string> paths;
+  for (const auto id : val.image_ids()) paths.push_back(val.image_path(id));
 
+  // The budget is shared: cross-entropy first, then self-critical training from its best model.
+  const double budget = a.seconds > 0 ? a.seconds : (a.quick ? 25.0 : 200.0);
+  const double scst_seconds = budget * a.scst_share;
   TrainerOptions o;
   o.out_dir = detail::join_path(a.out, "model");
   o.epochs = 1000;
-  o.max_seconds = a.seconds > 0 ? a.seconds : (a.quick ? 25.0 : 200.0);
+  o.max_seconds = budget - scst_seconds;
   o.batch_size = 100;
   o.batching = BatchMode::kImageMajor;
   o.lr = 2e-3;
   o.seed = a.seed;
   o.val_max_images = 100;
   o.log_interval = 25;
-  fmt::print("[2/4] training ResNet-18 + LSTM from scratch for {:.0f} s on {} captions\n",
+  fmt::print("[2/5] training ResNet-18 + LSTM from scratch for {:.0f} s on {} captions\n",
              o.max_seconds, train.size());
-  Trainer trainer(*model, train, &val, o);
   Trainer::install_signal_handlers();
-  const auto r = trainer.fit();
+  const auto r = Trainer(*model, train, &val, o).fit();
+  const auto xe_best = detail::join_path(o.out_dir, "best.imcap");
+  const auto xe_file = detail::path_exists(xe_best) ? xe_best : detail::join_path(o.out_dir, "last.imcap");
 
-  fmt::print("[3/4] captioning {} held-out images\n", val.num_images());
-  model->train(false);
-  Captioner captioner(model, CaptionOptions{});
-  std::map<std::int64_t, std::vector<std::string>> refs;
-  std::map<std::int64_t, std::string> cands;
-  std::vector<std::string> paths;
-  for (const auto id : val.image_ids()) paths.push_back(val.image_path(id));
-  std::vector<Caption> captions;
-  for (std::size_t i = 0; i < paths.size(); i += 64) {
-    const std::vector<std::string> chunk(
-        paths.begin() + static_cast<std::ptrdiff_t>(i),
-        paths.begin() + static_cast<std::ptrdiff_t>(std::min(paths.size(), i + 64)));
-    for (auto& c : captioner.caption_batch(chunk)) captions.push_back(std::move(c));
+  fmt::print("[3/5] captioning {} held-out images\n", val.num_images());
+  auto xe_model = std::make_shared<CaptionModel>(CaptionModel::load(xe_file));
+  const HeldOut xe = caption_held_out(xe_model, val, paths);
+  print_scores("cross-entropy", paths.size(), xe.scores.corpus);
+
+  HeldOut final_out = xe;
+  TrainResult rs;
+  std::string final_file = xe_file;
+  TrainerOptions s = o;
+  if (scst_seconds > 0) {
+    s.out_dir = detail::join_path(a.out, "model-scst");
+    s.objective = Objective::kScst;
+    s.lr = train_defaults::kScstLearningRate;
+    s.max_seconds = scst_seconds;
+    s.log_interval = 10;
+    fmt::print("[4/5] self-critical training (SCST: {} samples per image, {} baseline, CIDEr-D "
+               "reward) from {} for {:.0f} s\n",
+               s.scst.samples, to_string(s.scst.baseline), xe_file, s.max_seconds);
+    auto scst_model = std::make_shared<CaptionModel>(CaptionModel::load(xe_file));
+    rs = Trainer(*scst_model, train, &val, s).fit();
+    const auto scst_best = detail::join_path(s.out_dir, "best.imcap");
+    final_file = detail::path_exists(scst_best) ? scst_best : detail::join_path(s.out_dir, "last.imcap");
+    final_out = caption_held_out(std::make_shared<CaptionModel>(CaptionModel::load(final_file)),
+                                 val, paths);
+    print_scores("after SCST", paths.size(), final_out.scores.corpus);
   }
-  for (std::size_t i = 0; i < val.image_ids().size(); ++i) {
-    const auto id = val.image_ids()[i];
-    refs[id] = val.references(id);
-    cands[id] = captions[i].text;
-  }
-  const auto scores = evaluate_captions(refs, cands);
   const double total = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
-  fmt::print("\nheld-out ({} images): BLEU-4 {:.3f}  CIDEr {:.3f}  BLEU-1 {:.3f}  ROUGE-L {:.3f}\n",
-             cands.size(), scores.corpus.bleu[3], scores.corpus.cider, scores.corpus.bleu[0],
-             scores.corpus.rouge_l);
-  fmt::print("{} training steps in {:.0f} s; total {:.0f} s\n\nexamples:\n", r.steps, r.seconds,
-             total);
-  for (std::size_t i = 0; i < std::min<std::size_t>(5, captions.size()); ++i)
+  fmt::print("\ncross-entropy: {} steps in {:.0f} s", r.steps, r.seconds);
+  if (scst_seconds > 0) fmt::print("; SCST: {} steps in {:.0f} s", rs.steps, rs.seconds);
+  fmt::print("; total {:.0f} s\n\nexamples:\n", total);
+  for (std::size_t i = 0; i < std::min<std::size_t>(5, paths.size()); ++i)
     fmt::print("  {}\n    imcap:     {}\n    reference: {}\n", detail::file_name(paths[i]),
-               captions[i].text, refs[val.image_ids()[i]].front());
+               final_out.captions[i].text, val.references(val.image_ids()[i]).front());
 
+  const auto row = [](const char* name, const CaptionScores& c) {
+    return fmt::format("<tr><td>{}</td><td>{:.3f}</td><td>{:.3f}</td><td>{:.3f}</td><td>{:.3f}</td></tr>",
+                       name, c.bleu[0], c.bleu[3], c.rouge_l, c.cider);
+  };
+  std::string table = row("cross-entropy", xe.scores.corpus);
+  if (scst_seconds > 0) table += row("+ SCST", final_out.scores.corpus);
   std::string html = fmt::format(
       "<!doctype html><html><head><meta charset='utf-8'><title>imcap demo</title><style>"
       "body{{font-family:sans-serif;margin:2em}}td{{padding:4px 12px;vertical-align:top}}"
-      "img{{width:96px;image-rendering:pixelated}}.gen{{font-weight:bold}}</style></head><body>"
-      "<h1>imcap demo</h1><p>ResNet-18 + LSTM ({} inject) trained from scratch for {:.0f} s ({} "
-      "steps) on {} "
-      "synthetic images; {} held-out images, beam 3.</p>"
-      "<table><tr><th>BLEU-1</th><th>BLEU-4</th><th>ROUGE-L</th><th>CIDEr</th></tr>"
-      "<tr><td>{:.3f}</td><td>{:.3f}</td><td>{:.3f}</td><td>{:.3f}</td></tr></table>"
-      "<h2>Training loss</h2>{}<h2>Held-out captions</h2><table>",
-      to_string(config.decoder.image_inject), r.seconds, r.steps, so.train_images, cands.size(),
-      scores.corpus.bleu[0], scores.corpus.bleu[3], scores.corpus.rouge_l, scores.corpus.cider,
-      loss_svg(r.losses));
-  for (std::size_t i = 0; i < std::min<std::size_t>(40, captions.size()); ++i) {
+      "img{{width:96px;image-rendering:pixelated}}.gen{{font-weight:bold}}.xe{{color:#666}}"
+      "</style></head><body>"
+      "<h1>imcap demo</h1><p>ResNet-18 + LSTM ({} inject) trained from scratch on {} synthetic "
+      "images: cross-entropy for {:.0f} s ({} steps){}; {} held-out images, beam 3.</p>"
+      "<table><tr><th>training</th><th>BLEU-1</th><th>BLEU-4</th><th>ROUGE-L</th>"
+      "<th>CIDEr</th></tr>{}</table>"
+      "<h2>Training loss (cross-entropy)</h2>{}<h2>Held-out captions</h2><table>",
+      to_string(config.decoder.image_inject), so.train_images, r.seconds, r.steps,
+      scst_seconds > 0 ? fmt::format(", then self-critical (SCST) for {:.0f} s ({} steps)",
+                                     rs.seconds, rs.steps)
+                       : std::string(),
+      paths.size(), table, loss_svg(r.losses));
+  for (std::size_t i = 0; i < std::min<std::size_t>(40, paths.size()); ++i) {
     const auto id = val.image_ids()[i];
     std::string refs_html;
-    for (const auto& ref : refs[id]) refs_html += "<br>" + html_escape(ref);
+    for (const auto& ref : val.references(id)) refs_html += "<br>" + html_escape(ref);
+    const std::string before =
+        scst_seconds > 0 ? fmt::format("<br><span class='xe'>cross-entropy: {}</span>",
+                                       html_escape(xe.captions[i].text))
+                         : std::string();
     html += fmt::format(
         "<tr><td><img src='data:image/jpeg;base64,{}'></td><td><span "
-        "class='gen'>{}</span>{}</td></tr>",
-        base64(detail::read_file(paths[i])), html_escape(captions[i].text), refs_html);
+        "class='gen'>{}</span>{}{}</td></tr>",
+        base64(detail::read_file(paths[i])), html_escape(final_out.captions[i].text), before,
+        refs_html);
   }
   html += "</table></body></html>\n";
   const auto report = detail::join_path(a.out, "report.html");
   write_output_file(report, html);
-  const auto best = detail::join_path(o.out_dir, "best.imcap");
-  fmt::print("[4/4] wrote {} and {}\n", report,
-             detail::path_exists(best) ? best : detail::join_path(o.out_dir, "last.imcap"));
+  fmt::print("[5/5] wrote {} and {}\n", report, final_file);
 }
 
 }  // namespace
@@ -215,8 +271,14 @@ void add_demo_command(CLI::App& app) {
   cmd->add_option("--out", a->out, "Folder for the dataset, the model and report.html")
       ->capture_default_str();
   cmd->add_flag("--quick", a->quick, "A small run of under a minute (for tests)");
-  cmd->add_option("--seconds", a->seconds, "Training time budget (default 200, or 25 with --quick)")
+  cmd->add_option("--seconds", a->seconds,
+                  "Training time budget, both phases (default 200, or 25 with --quick)")
       ->check(finite_range(0.0, 1e7));
+  cmd->add_option("--scst-share", a->scst_share,
+                  "Share of the budget spent on self-critical training (SCST) after "
+                  "cross-entropy; 0: cross-entropy only")
+      ->capture_default_str()
+      ->check(finite_range(0.0, 0.9));
   cmd->add_option("--image-size", a->image_size, "Side of the images the CNN sees, pixels")
       ->capture_default_str()
       ->check(CLI::Range(16, 64));

@@ -15,7 +15,7 @@ namespace imcap::cli {
 namespace {
 
 struct EvalArgs {
-  std::string annotations;
+  std::string annotations, split;
   std::string results;
   bool json = false;
   std::string per_image;
@@ -63,7 +63,7 @@ void run_eval(const EvalArgs& args) {
     check_output_is_not_an_input(
         "--per-image", args.per_image,
         {{"--annotations", args.annotations}, {"--results", args.results}});
-  const auto annotations = CocoAnnotations::load(args.annotations);
+  const auto annotations = load_annotations(args.annotations, args.split, "--split", false);
   const auto results = load_caption_results(args.results);
   const CorpusScores scores = evaluate_results(annotations, results);
   if (!args.per_image.empty())
@@ -92,8 +92,10 @@ void add_eval_command(CLI::App& app) {
   auto* cmd = app.add_subcommand(
       "eval",
       "BLEU-1..4, ROUGE-L and CIDEr-D of a COCO results file, as coco-caption computes them");
-  cmd->add_option("--annotations", args->annotations, "COCO captions JSON file with the references")
+  cmd->add_option("--annotations", args->annotations,
+                  "COCO captions JSON file with the references, or Karpathy's dataset_coco.json")
       ->required();
+  add_split_option(cmd, args->split);
   cmd->add_option("--results", args->results,
                   "COCO results JSON file: [{\"image_id\": int, \"caption\": str}, ...]")
       ->required();

@@ -17,7 +17,7 @@ namespace imcap::cli {
 namespace {
 
 struct FeaturesArgs {
-  std::string annotations, images, arch = "resnet152", weights, out, device = "cpu";
+  std::string annotations, split, images, arch = "resnet152", weights, out, device = "cpu";
   int image_size = 224, batch_size = 32, threads = 0, blas_threads = -1;
   std::optional<torch::Dtype> encoder_dtype;
   std::uint64_t seed = 0;
@@ -37,7 +37,7 @@ void run_features(const FeaturesArgs& a) {
     load_state_dict(*cnn, load_weights(a.weights), lo);
   }
   cnn->to(parse_device(a.device));
-  const auto annotations = CocoAnnotations::load(a.annotations);
+  const auto annotations = load_annotations(a.annotations, a.split, "--split", false);
   FeatureOptions fo;
   fo.crop = a.image_size;
   // The seed's transform, which imcap train --features assumes (train_defaults.hpp).
@@ -59,7 +59,11 @@ void add_features_command(CLI::App& app) {
   auto a = std::make_shared<FeaturesArgs>();
   auto* cmd =
       app.add_subcommand("features", "Compute pooled CNN features of every image (safetensors)");
-  cmd->add_option("--annotations", a->annotations, "COCO captions JSON file")->required();
+  cmd->add_option("--annotations", a->annotations,
+                  "COCO captions JSON, or Karpathy's dataset_coco.json (all its images, or "
+                  "--split's)")
+      ->required();
+  add_split_option(cmd, a->split);
   cmd->add_option("--images", a->images, "Folder holding the images")->required();
   cmd->add_option("--encoder", a->arch, "torchvision ResNet")
       ->capture_default_str()

@@ -5,6 +5,7 @@
 #include <chrono>
 #include <iostream>
 #include <memory>
+#include <optional>
 #include <thread>
 
 #include <fmt/format.h>
@@ -26,15 +27,13 @@ namespace imcap::cli {
 namespace {
 
 constexpr int kMaxEpochs = 100000;  // the most --epochs takes
-// SCST's learning rate when --lr is not given: self-critical.pytorch's; 2e-4 did worse on the
-// shapes data (docs/training.md#self-critical-training-scst).
-constexpr double kScstLearningRate = 5e-5;
 
 // The options bind to the library's own option structs, so that their defaults are the
 // library's.
 struct TrainArgs {
   std::string annotations, images, val_annotations, val_images, out, features, val_features;
-  std::string weights, device = "cpu", trainable = "auto", init_from;
+  std::string weights, device = "cpu", trainable = "auto", init_from, split, val_split;
+  std::size_t clip_tokens = CocoDatasetOptions{}.clip_caption_tokens;
   ModelConfig model;
   TrainerOptions trainer;
   VocabularyOptions vocab;
@@ -154,6 +153,12 @@ void run_train(const TrainArgs& a) {
   const bool chatty = group == nullptr || group->rank() == 0;
   const std::string last = detail::join_path(a.out, "last.imcap");
   torch::manual_seed(a.trainer.seed);
+  auto train_annotations = load_annotations(a.annotations, a.split, "--split", true);
+  std::optional<CocoAnnotations> val_annotations;
+  if (!a.val_annotations.empty())
+    val_annotations = load_annotations(a.val_annotations, a.val_split, "--val-split", true);
+  else if (!a.val_split.empty())
+    throw UsageError("--val-split needs --val-annotations");
   std::unique_ptr<CaptionModel> model;
   if (a.trainer.objective == Objective::kScst && a.init_from.empty() && !a.resume)
     throw UsageError(
@@ -175,7 +180,7 @@ void run_train(const TrainArgs& a) {
       throw UsageError(
           fmt::format("--image-resize {} is smaller than --image-size {}: the crop must fit",
                       config.image_resize, config.image_crop));
-    model = std::make_unique<CaptionModel>(config, Vocabulary::build({a.annotations}, a.vocab));
+    model = std::make_unique<CaptionModel>(config, Vocabulary::build(train_annotations, a.vocab));
     if (!a.weights.empty()) {
       LoadOptions lo;
       lo.ignore = {"fc\\..*"};
@@ -193,6 +198,7 @@ void run_train(const TrainArgs& a) {
     CocoDatasetOptions d;
     d.skip_missing_images = a.skip_missing;
     d.cache_bytes = static_cast<std::size_t>(a.cache_mib) << 20;
+    d.clip_caption_tokens = a.clip_tokens;
     if (!features.empty()) {
       FeatureSet set = load_features(features);
       d.features = set.features;
@@ -204,14 +210,15 @@ void run_train(const TrainArgs& a) {
     std::cerr << "imcap: warning: --features without --weights: the saved model's CNN is "
                  "randomly initialised; pass the weights that computed the features so that the "
                  "model can caption images\n";
-  CocoDataset train(a.annotations, a.images, model->vocab(), train_tf, dataset_options(a.features));
+  CocoDataset train(std::move(train_annotations), a.images, model->vocab(), train_tf,
+                    dataset_options(a.features));
   std::unique_ptr<CocoDataset> val;
-  if (!a.val_annotations.empty())
-    val = std::make_unique<CocoDataset>(a.val_annotations, a.val_images, model->vocab(),
+  if (val_annotations)
+    val = std::make_unique<CocoDataset>(std::move(*val_annotations), a.val_images, model->vocab(),
                                         model->eval_transform(), dataset_options(a.val_features));
   TrainerOptions o = a.trainer;
   o.out_dir = a.out;
-  if (o.objective == Objective::kScst && !a.lr_given) o.lr = kScstLearningRate;
+  if (o.objective == Objective::kScst && !a.lr_given) o.lr = train_defaults::kScstLearningRate;
   // A time budget is the run's length unless epochs are given too.
   o.epochs = a.epochs > 0 ? a.epochs : (o.max_seconds > 0 ? kMaxEpochs : TrainerOptions{}.epochs);
   o.resume = a.resume;
@@ -296,12 +303,18 @@ void run_train(const TrainArgs& a) {
 void add_train_command(CLI::App& app) {
   auto a = std::make_shared<TrainArgs>();
   auto* cmd = app.add_subcommand("train", "Train a captioning model on a COCO-format dataset");
-  cmd->add_option("--annotations", a->annotations, "Training COCO captions JSON")->required();
+  cmd->add_option("--annotations", a->annotations,
+                  "Training captions: COCO's captions JSON, or Karpathy's dataset_coco.json with "
+                  "--split")
+      ->required();
+  add_split_option(cmd, a->split);
   cmd->add_option("--images", a->images, "Training image folder (or --features)");
   cmd->add_option("--features", a->features,
                   "Pooled CNN features of the training images (from imcap features): trains the "
                   "decoder and embedding head without running the CNN");
-  cmd->add_option("--val-annotations", a->val_annotations, "Validation COCO captions JSON");
+  cmd->add_option("--val-annotations", a->val_annotations,
+                  "Validation captions (COCO's JSON, or Karpathy's with --val-split)");
+  add_split_option(cmd, a->val_split, "--val-split", "--val-annotations");
   cmd->add_option("--val-images", a->val_images, "Validation image folder");
   cmd->add_option("--val-features", a->val_features,
                   "Pooled CNN features of the validation images (from imcap features)");
@@ -338,9 +351,16 @@ void add_train_command(CLI::App& app) {
                   "Where the image enters the LSTM: pre (Show and Tell), par, init");
   cmd->add_flag("--head-batch-norm", a->model.encoder.head_batch_norm,
                 "BatchNorm1d after the encoder's embedding (tutorial variant)");
-  cmd->add_option("--vocab-threshold", a->vocab.threshold, "Minimum word count")
+  cmd->add_option("--vocab-threshold", a->vocab.threshold,
+                  "Minimum word count (ruotianluo's prepro_labels.py --word_count_threshold 5 "
+                  "keeps words seen more than 5 times: --vocab-threshold 6)")
       ->capture_default_str()
       ->check(CLI::Range(0, 1000000000));
+  cmd->add_option("--clip-captions", a->clip_tokens,
+                  "Cut training captions to this many words (prepro_labels.py's max_length: 16); "
+                  "0 keeps them whole, as the notebook does")
+      ->capture_default_str()
+      ->check(CLI::Range(0, 10000));
   cmd->add_option("--epochs", a->epochs,
                   fmt::format("Epochs (default {}; with --max-seconds, as many as fit in the time)",
                               TrainerOptions{}.epochs))
@@ -354,7 +374,7 @@ void add_train_command(CLI::App& app) {
   add_enum_option(cmd, "--optimizer", a->trainer.optimizer, "adam or sgd");
   cmd->add_option(
          "--lr", a->trainer.lr,
-         fmt::format("Learning rate (with --objective scst: {:g} unless given)", kScstLearningRate))
+         fmt::format("Learning rate (with --objective scst: {:g} unless given)", train_defaults::kScstLearningRate))
       ->capture_default_str()
       ->check(finite_above(0.0, 100.0));
   cmd->add_option("--weight-decay", a->trainer.weight_decay, "L2 penalty")

@@ -19,7 +19,7 @@ struct VocabArgs {
   std::vector<std::string> annotations;
   int threshold = VocabularyOptions{}.threshold;
   std::size_t max_size = 0;
-  std::string out;
+  std::string out, split;
 };
 
 void run_vocab(const VocabArgs& args) {
@@ -30,7 +30,14 @@ void run_vocab(const VocabArgs& args) {
   VocabularyOptions options;
   options.threshold = args.threshold;
   options.max_size = args.max_size;
-  const auto vocab = Vocabulary::build(args.annotations, options);
+  // Karpathy's file holds every split: the words are counted over the ones --split names.
+  const bool one_file = args.annotations.size() == 1;
+  const auto vocab =
+      one_file ? Vocabulary::build(load_annotations(args.annotations[0], args.split, "--split", true),
+                                   options)
+               : Vocabulary::build(args.annotations, options);
+  if (!one_file && !args.split.empty())
+    throw UsageError("--split reads one Karpathy file: give a single --annotations");
   const double seconds =
       std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
   vocab.save(args.out);
@@ -43,9 +50,11 @@ void run_vocab(const VocabArgs& args) {
 void add_vocab_command(CLI::App& app) {
   auto args = std::make_shared<VocabArgs>();
   auto* cmd = app.add_subcommand("vocab", "Build a vocabulary file from COCO caption files");
-  cmd->add_option("--annotations", args->annotations, "COCO captions JSON file(s)")
+  cmd->add_option("--annotations", args->annotations,
+                  "COCO captions JSON file(s), or one Karpathy dataset_coco.json with --split")
       ->required()
       ->expected(1, -1);
+  add_split_option(cmd, args->split);
   cmd->add_option("--threshold", args->threshold, "Minimum word count to keep a word")
       ->capture_default_str()
       ->check(CLI::Range(0, 1000000000));

@@ -14,4 +14,9 @@ inline int image_resize(int image_size, bool pretrained) {
   return pretrained ? static_cast<int>(image_size * 256.0 / 224.0 + 0.5) : image_size;
 }
 
+// Self-critical training's learning rate, unless --lr is given: fine-tuning from a
+// cross-entropy model needs a much smaller step than training from scratch
+// (docs/training.md#self-critical-training-scst).
+inline constexpr double kScstLearningRate = 5e-5;
+
 }  // namespace imcap::cli::train_defaults

@@ -22,6 +22,8 @@ class TokenCounter {
  public:
   /// Tokenizes `caption` and counts its tokens; returns how many it had.
   std::size_t add(std::string_view caption);
+  /// Counts tokens that are already split (a Karpathy file's); returns how many there were.
+  std::size_t add(const std::vector<std::string>& tokens);
   /// The counts so far, keyed by token.
   std::unordered_map<std::string, std::int64_t> counts() const;
 

@@ -1,0 +1,129 @@
+#!/usr/bin/env python3
+"""Does self-critical training pay for its time? For each synthetic kind, at one total budget:
+cross-entropy alone against cross-entropy followed by SCST, scored on a held-out test set that
+neither run saw (another `imcap synth` seed; the validation set that picks best.imcap is separate).
+
+Per kind, the runs share their first phase: cross-entropy for (1 - share) of the budget (xe1).
+Then
+  xe-only:   xe1 resumed (exactly) for the rest of the budget, still cross-entropy;
+  scst-...:  `imcap train --objective scst --init-from xe1/best.imcap` for the rest, one run per
+             variant (baseline mean or greedy, <end> in the reward or not, learning rate).
+Every model is scored by `imcap predict` (its default search, beam 3) and `imcap eval` on the test
+set. The model configuration is the demo's (ResNet-18 from scratch, 32-px input, E 128, H 256,
+par inject, batch 100, lr 2e-3). Prints a Markdown table and writes the numbers as JSON.
+
+  /usr/bin/python3 bench/scst_gain.py --imcap build/imcap [--kinds shapes,counts,relations,glyphs,textures]
+      [--seconds 200] [--share 0.25] [--variants mean,greedy,mean-noend] [--out-dir DIR]
+      [--json bench/results/scst-gain.json]
+"""
+import argparse
+import json
+import os
+import shutil
+import sys
+import time
+
+from bench_common import run
+
+VARIANTS = {
+    "mean": [],
+    "greedy": ["--baseline", "greedy"],
+    "mean-noend": ["--no-reward-end"],
+    "greedy-noend": ["--baseline", "greedy", "--no-reward-end"],
+    "mean-lr2e-4": ["--lr", "2e-4"],
+    "mean-lr1e-5": ["--lr", "1e-5"],
+}
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--imcap", required=True)
+    ap.add_argument("--kinds", default="shapes,counts,relations,glyphs,textures")
+    ap.add_argument("--seconds", type=float, default=200, help="total training budget per arm")
+    ap.add_argument("--share", type=float, default=0.25, help="share of the budget after xe1")
+    ap.add_argument("--variants", default="mean,greedy")
+    ap.add_argument("--train", type=int, default=4000)
+    ap.add_argument("--val", type=int, default=100, help="validation images (choose best.imcap)")
+    ap.add_argument("--test", type=int, default=300, help="held-out test images")
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--out-dir", default="scst-gain")
+    ap.add_argument("--json", default="")
+    a = ap.parse_args()
+    imcap = os.path.abspath(a.imcap)
+    os.makedirs(a.out_dir, exist_ok=True)
+    rest = a.seconds * a.share
+    first = a.seconds - rest
+    rows = []
+    for kind in a.kinds.split(","):
+        d = os.path.join(a.out_dir, kind)
+        os.makedirs(d, exist_ok=True)
+        data, test = os.path.join(d, "data"), os.path.join(d, "test")
+        if not os.path.exists(os.path.join(data, "captions_val.json")):
+            run([imcap, "synth", "--kind", kind, "--out", data, "--train", str(a.train), "--val",
+                 str(a.val), "--seed", "1"], os.path.join(d, "synth.log"))
+        if not os.path.exists(os.path.join(test, "captions_val.json")):
+            run([imcap, "synth", "--kind", kind, "--out", test, "--train", "1", "--val", str(a.test),
+                 "--seed", "1001"], os.path.join(d, "synth-test.log"))
+        data_args = ["--annotations", os.path.join(data, "captions_train.json"), "--images",
+                     os.path.join(data, "train"), "--val-annotations",
+                     os.path.join(data, "captions_val.json"), "--val-images", os.path.join(data, "val"),
+                     "--batch-size", "100", "--val-max-images", str(a.val), "--flip-probability", "0",
+                     "--log-interval", "25", "--threads", str(a.threads), "--seed", "1"]
+        model_args = ["--encoder", "resnet18", "--embed-size", "128", "--hidden-size", "256",
+                      "--inject", "par", "--image-size", "32", "--vocab-threshold", "1"]
+
+        def score(model, name):
+            res = os.path.join(d, name + "-results.json")
+            run([imcap, "predict", "--model", model, "--annotations",
+                 os.path.join(test, "captions_val.json"), "--images", os.path.join(test, "val"),
+                 "--out", res, "--threads", str(a.threads)], os.path.join(d, name + "-predict.log"))
+            out = run([imcap, "eval", "--annotations", os.path.join(test, "captions_val.json"),
+                       "--results", res, "--json"], os.path.join(d, name + "-eval.log"))
+            j = json.loads(out[out.index("{"):])
+            return {"bleu4": j["Bleu_4"], "cider": j["CIDEr"]}
+
+        def best(out):
+            b = os.path.join(out, "best.imcap")
+            return b if os.path.exists(b) else os.path.join(out, "last.imcap")
+
+        xe1 = os.path.join(d, "xe1")
+        shutil.rmtree(xe1, ignore_errors=True)
+        run([imcap, "train"] + data_args + model_args + ["--lr", "2e-3", "--max-seconds", str(first),
+                                                         "--out", xe1], os.path.join(d, "xe1.log"))
+        row = {"kind": kind, "budget_s": a.seconds, "xe1_s": first, "rest_s": rest,
+               "xe1": score(best(xe1), "xe1")}
+        xe_only = os.path.join(d, "xe-only")
+        shutil.rmtree(xe_only, ignore_errors=True)
+        shutil.copytree(xe1, xe_only)
+        run([imcap, "train"] + data_args + model_args + ["--lr", "2e-3", "--max-seconds", str(rest),
+                                                         "--resume", "--out", xe_only],
+            os.path.join(d, "xe-only.log"))
+        row["xe_only"] = score(best(xe_only), "xe-only")
+        for v in a.variants.split(","):
+            out = os.path.join(d, "scst-" + v)
+            shutil.rmtree(out, ignore_errors=True)
+            run([imcap, "train"] + data_args + ["--objective", "scst", "--init-from", best(xe1),
+                                                "--max-seconds", str(rest), "--out", out] + VARIANTS[v],
+                os.path.join(d, "scst-" + v + ".log"))
+            row["scst_" + v] = score(best(out), "scst-" + v)
+        rows.append(row)
+        print(json.dumps(row), flush=True)
+    variants = a.variants.split(",")
+    print("\n| kind | xe %.0f s | xe %.0f s (CIDEr / BLEU-4) | %s |" %
+          (first, a.seconds, " | ".join("xe %.0f + scst %.0f s, %s" % (first, rest, v) for v in variants)))
+    print("|" + " --- |" * (3 + len(variants)))
+    for r in rows:
+        cells = ["%.3f / %.3f" % (r["xe1"]["cider"], r["xe1"]["bleu4"]),
+                 "%.3f / %.3f" % (r["xe_only"]["cider"], r["xe_only"]["bleu4"])]
+        for v in variants:
+            s = r["scst_" + v]
+            cells.append("%.3f / %.3f (%+.1f %%)" % (s["cider"], s["bleu4"],
+                                                     100 * (s["cider"] / r["xe_only"]["cider"] - 1)))
+        print("| %s | %s |" % (r["kind"], " | ".join(cells)))
+    if a.json:
+        with open(a.json, "w") as f:
+            json.dump({"command": " ".join(sys.argv), "rows": rows}, f, indent=1)
+
+
+if __name__ == "__main__":
+    main()
