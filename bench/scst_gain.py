@@ -48,6 +48,9 @@ def main():
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--out-dir", default="scst-gain")
     ap.add_argument("--json", default="")
+    ap.add_argument("--reuse", action="store_true",
+                    help="keep the xe1 and xe-only runs of an earlier call with the same --out-dir "
+                         "(to add variants)")
     a = ap.parse_args()
     imcap = os.path.abspath(a.imcap)
     os.makedirs(a.out_dir, exist_ok=True)
@@ -87,17 +90,18 @@ def main():
             return b if os.path.exists(b) else os.path.join(out, "last.imcap")
 
         xe1 = os.path.join(d, "xe1")
-        shutil.rmtree(xe1, ignore_errors=True)
-        run([imcap, "train"] + data_args + model_args + ["--lr", "2e-3", "--max-seconds", str(first),
-                                                         "--out", xe1], os.path.join(d, "xe1.log"))
-        row = {"kind": kind, "budget_s": a.seconds, "xe1_s": first, "rest_s": rest,
-               "xe1": score(best(xe1), "xe1")}
         xe_only = os.path.join(d, "xe-only")
-        shutil.rmtree(xe_only, ignore_errors=True)
-        shutil.copytree(xe1, xe_only)
-        run([imcap, "train"] + data_args + model_args + ["--lr", "2e-3", "--max-seconds", str(rest),
-                                                         "--resume", "--out", xe_only],
-            os.path.join(d, "xe-only.log"))
+        row = {"kind": kind, "budget_s": a.seconds, "xe1_s": first, "rest_s": rest}
+        if not (a.reuse and os.path.exists(os.path.join(xe_only, "last.imcap"))):
+            shutil.rmtree(xe1, ignore_errors=True)
+            run([imcap, "train"] + data_args + model_args +
+                ["--lr", "2e-3", "--max-seconds", str(first), "--out", xe1], os.path.join(d, "xe1.log"))
+            shutil.rmtree(xe_only, ignore_errors=True)
+            shutil.copytree(xe1, xe_only)
+            run([imcap, "train"] + data_args + model_args +
+                ["--lr", "2e-3", "--max-seconds", str(rest), "--resume", "--out", xe_only],
+                os.path.join(d, "xe-only.log"))
+        row["xe1"] = score(best(xe1), "xe1")
         row["xe_only"] = score(best(xe_only), "xe-only")
         for v in a.variants.split(","):
             out = os.path.join(d, "scst-" + v)

@@ -12,15 +12,23 @@ image's other samples, "new self-critical", or the greedy caption's reward, with
 eval mode without gradients), RewardCriterion (-(r - b) log p summed over each sample's words up
 to and including its first <end>, divided by the number of those words), gradient clipping and
 Adam. The model is the seed's Show and Tell decoder on cached pooled features (Linear C->E, then
-an LSTM fed the image first), the shape `imcap train --features --inject pre` trains.
+an LSTM fed the image first), the shape `imcap train --features --inject pre` trains, at
+self-critical.pytorch's FC sizes (E = H = 512) by default.
+
+The captions are a real COCO captions file (default: ../shared/data/coco-sample's rebuilt
+captions_val2014.json, 40,504 images; --annotations another), with the vocabulary of the words
+seen at least 5 times; the features are random ([N, 2048], seeded, written by the script), since
+only the decoder's step is measured. Both sides run on --threads Torch threads with OpenBLAS on one
+(imcap's own rule; PyTorch with OpenBLAS's two threads on top of Torch's two ran 2-5x slower and
+erratically here).
 
 Both sides sample from a model near its random initialisation (imcap's after one cross-entropy
 step; PyTorch's own, the same shapes), so that their captions run to max_length alike: the same
 work per sample.
 
   /usr/bin/python3 bench/scst_step_side_by_side.py --imcap build/imcap [--steps 40]
-      [--images-per-step 20] [--samples 5] [--baseline mean|greedy] [--threads 2]
-      [--embed 128] [--hidden 256] [--out-dir DIR]
+      [--annotations captions.json] [--images-per-step 20] [--samples 5] [--baseline mean|greedy]
+      [--threads 2] [--embed 512] [--hidden 512] [--out-dir DIR]
 Prints samples/s of each side and the ratio; `--json FILE` writes them.
 """
 import argparse
@@ -35,6 +43,7 @@ import time
 
 from bench_common import run
 
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")  # before torch loads OpenBLAS
 import numpy as np
 import torch
 import torch.nn as nn
@@ -54,6 +63,20 @@ def read_safetensors(path):
         b, e = t["data_offsets"]
         out[name] = np.frombuffer(data[b:e], dtype=dtype).reshape(t["shape"])
     return out
+
+
+def write_safetensors(path, tensors):
+    header, blobs, offset = {}, [], 0
+    for name, arr in tensors.items():
+        b = np.ascontiguousarray(arr).tobytes()
+        header[name] = {"dtype": {np.dtype("float32"): "F32", np.dtype("int64"): "I64"}[arr.dtype],
+                        "shape": list(arr.shape), "data_offsets": [offset, offset + len(b)]}
+        blobs.append(b)
+        offset += len(b)
+    h = json.dumps(header).encode()
+    h += b" " * ((8 - len(h) % 8) % 8)
+    with open(path, "wb") as f:
+        f.write(struct.pack("<Q", len(h)) + h + b"".join(blobs))
 
 
 def tokens(caption):
@@ -216,29 +239,31 @@ def main():
     ap.add_argument("--baseline", default="mean", choices=["mean", "greedy"])
     ap.add_argument("--max-length", type=int, default=16)
     ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--embed", type=int, default=128)
-    ap.add_argument("--hidden", type=int, default=256)
-    ap.add_argument("--train", type=int, default=2000)
+    ap.add_argument("--embed", type=int, default=512)
+    ap.add_argument("--hidden", type=int, default=512)
+    ap.add_argument("--annotations", default=os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..",
+                                                          "shared", "data", "coco-sample",
+                                                          "captions_val2014_rebuilt.json"))
+    ap.add_argument("--threshold", type=int, default=5)
     ap.add_argument("--out-dir", default="scst-step-side-by-side")
     ap.add_argument("--json", default="")
     a = ap.parse_args()
     imcap = os.path.abspath(a.imcap)
     d = a.out_dir
     os.makedirs(d, exist_ok=True)
-    data = os.path.join(d, "data")
-    ann = os.path.join(data, "captions_train.json")
-    if not os.path.exists(ann):
-        run([imcap, "synth", "--out", data, "--train", str(a.train), "--val", "1"], os.path.join(d, "synth.log"))
+    ann = os.path.abspath(a.annotations)
+    j = json.load(open(ann))
+    ids = sorted(set(im["id"] for im in j["images"]))
     feats_path = os.path.join(d, "features.safetensors")
     if not os.path.exists(feats_path):
-        run([imcap, "features", "--annotations", ann, "--images", os.path.join(data, "train"), "--encoder",
-             "resnet18", "--image-size", "32", "--out", feats_path, "--threads", str(a.threads)],
-            os.path.join(d, "features.log"))
+        rng = np.random.default_rng(0)
+        write_safetensors(feats_path, {"features": rng.random((len(ids), 2048), dtype=np.float32),
+                                       "image_ids": np.array(ids, dtype=np.int64)})
     common = ["--annotations", ann, "--features", feats_path, "--threads", str(a.threads),
               "--batch-size", str(a.images_per_step * 5), "--val-max-images", "1"]
     init = os.path.join(d, "init")
-    run([imcap, "train"] + common + ["--encoder", "resnet18", "--inject", "pre", "--embed-size", str(a.embed),
-                                     "--hidden-size", str(a.hidden), "--vocab-threshold", "1",
+    run([imcap, "train"] + common + ["--encoder", "resnet50", "--inject", "pre", "--embed-size", str(a.embed),
+                                     "--hidden-size", str(a.hidden), "--vocab-threshold", str(a.threshold),
                                      "--max-steps", "1", "--out", init], os.path.join(d, "init.log"))
     scst = os.path.join(d, "scst")
     if os.path.exists(os.path.join(scst, "log.jsonl")):
@@ -249,14 +274,16 @@ def main():
                                            "--log-interval", "5", "--out", scst], os.path.join(d, "scst.log"))
     rates = [json.loads(l)["captions_per_s"] for l in open(os.path.join(scst, "log.jsonl"))
              if '"type":"step"' in l.replace(" ", "")]
-    share = None
+    share, imcap_vocab = None, None
+    for line in open(os.path.join(init, "..", "init.log")):
+        if "vocabulary" in line:
+            imcap_vocab = int(line.split("vocabulary")[1].split(",")[0])
     for line in out.splitlines():
         if "reward" in line and "%" in line:
             share = line.strip()
     imcap_rate = statistics.median(rates[1:]) if len(rates) > 1 else rates[0]
 
     # The same captions and vocabulary on the PyTorch side.
-    j = json.load(open(ann))
     refs = collections.defaultdict(list)
     counts = collections.Counter()
     for c in j["annotations"]:
@@ -264,13 +291,15 @@ def main():
         refs[c["image_id"]].append(w)
         counts.update(w)
     vocab = {"<pad>": 0, "<start>": 1, "<end>": 2, "<unk>": 3}
-    for w, _ in sorted(counts.items(), key=lambda kv: (-kv[1], kv[0])):
-        vocab[w] = len(vocab)
+    for w, n in sorted(counts.items(), key=lambda kv: (-kv[1], kv[0])):
+        if n >= a.threshold:
+            vocab[w] = len(vocab)
     f = read_safetensors(feats_path)
     py = python_steps(a, f["features"], [int(i) for i in f["image_ids"]], refs, vocab, a.steps)
     result = {"imcap_samples_per_s": imcap_rate, "imcap_reward_line": share,
               "pytorch": py, "ratio": imcap_rate / py["samples_per_s"],
-              "config": vars(a), "torch": torch.__version__, "vocab": len(vocab)}
+              "config": vars(a), "torch": torch.__version__, "pytorch_vocab": len(vocab),
+              "imcap_vocab": imcap_vocab}
     print("| side | samples/s | note |\n| --- | --- | --- |")
     print("| imcap train --objective scst | %.0f | %s |" % (imcap_rate, share or ""))
     print("| PyTorch (self-critical.pytorch's step, Python CIDEr-D) | %.0f | step %.1f ms, reward %.0f %% of it |"

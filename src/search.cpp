@@ -548,19 +548,25 @@ SampledCaptions sample_captions(const StepDecoder& decoder, const at::Tensor& fe
     }
   }
   // Rows on the host: a leading <start> left out, cut after the first <end>, padded.
-  const at::Tensor all = torch::stack(drawn, /*dim=*/1).cpu();
+  out.drawn = torch::stack(drawn, /*dim=*/1);
+  const at::Tensor all = out.drawn.cpu();
   const auto a = all.accessor<std::int64_t, 2>();
   std::vector<std::vector<std::int64_t>> kept(static_cast<std::size_t>(rows));
+  std::vector<std::int64_t> steps(static_cast<std::size_t>(rows), all.size(1));
   std::size_t width = 0;
   for (std::int64_t r = 0; r < rows; ++r) {
     auto& row = kept[static_cast<std::size_t>(r)];
     for (std::int64_t t = 0; t < all.size(1); ++t) {
       if (t == 0 && ids.start >= 0 && a[r][0] == ids.start) continue;
       row.push_back(a[r][t]);
-      if (a[r][t] == ids.end) break;
+      if (a[r][t] == ids.end) {
+        steps[static_cast<std::size_t>(r)] = t + 1;
+        break;
+      }
     }
     width = std::max(width, row.size());
   }
+  out.drawn_lengths = torch::tensor(steps, torch::kInt64).to(device);
   out.tokens = torch::full({rows, static_cast<std::int64_t>(width)}, ids.end >= 0 ? ids.end : 0,
                            torch::kInt64);
   out.lengths = torch::zeros({rows}, torch::kInt64);

@@ -199,6 +199,48 @@ TEST_CASE("an SCST step makes a sample with a positive advantage more probable",
   CHECK(s.loss.item<double>() == Approx(expected / 12).epsilon(1e-5));
 }
 
+TEST_CASE("scoring the samples teacher-forced gives the loss and gradients of autograd through "
+          "the sampling steps", "[scst]") {
+  Tiny t;
+  for (const auto inject :
+       {imcap::ImageInject::kPre, imcap::ImageInject::kPar, imcap::ImageInject::kInit}) {
+    INFO("inject " << imcap::to_string(inject));
+    imcap::test::TinyConfig c;
+    c.inject = inject;
+    auto model = imcap::test::tiny_model(*t.vocab, 11, c);
+    const auto train = t.split(true, model);
+    imcap::ScstOptions o;
+    o.samples = 4;
+    o.max_length = 9;
+    const imcap::detail::ScstReward reward(train, o);
+    const std::vector<std::int64_t> ids(train.image_ids().begin(), train.image_ids().begin() + 5);
+    torch::manual_seed(2);
+    const auto base = torch::randn({5, 16});
+    auto run = [&](bool rescore) {
+      model.train(true);
+      for (auto& p : model.decoder()->parameters()) p.mutable_grad() = torch::Tensor();
+      const auto features = base.clone().requires_grad_(true);
+      auto s = imcap::detail::scst_loss(model, features, ids, o, reward,
+                                        at::make_generator<at::CPUGeneratorImpl>(9), rescore);
+      s.loss.backward();
+      std::vector<torch::Tensor> grads{features.grad().clone()};
+      for (const auto& p : model.decoder()->parameters()) grads.push_back(p.grad().clone());
+      return std::make_pair(s, grads);
+    };
+    const auto [fast, fast_grads] = run(true);
+    const auto [slow, slow_grads] = run(false);
+    CHECK(torch::equal(fast.tokens, slow.tokens));
+    CHECK(fast.advantages == slow.advantages);
+    CHECK(fast.loss.item<double>() == Approx(slow.loss.item<double>()).margin(1e-6));
+    REQUIRE(fast_grads.size() == slow_grads.size());
+    for (std::size_t i = 0; i < fast_grads.size(); ++i) {
+      INFO("gradient " << i);
+      CHECK(fast_grads[i].abs().max().item<double>() > 0.0);
+      CHECK(torch::allclose(fast_grads[i], slow_grads[i], 1e-4, 1e-6));
+    }
+  }
+}
+
 TEST_CASE("SCST runs are deterministic and resume exactly, with either baseline", "[scst]") {
   Tiny t;
   auto xe_model = t.model();

@@ -118,6 +118,11 @@ struct DecoderImpl : torch::nn::Module {
   /// next call once the graph is released (a fresh one costs page faults at every step).
   torch::Tensor loss(const torch::Tensor& features, const torch::Tensor& captions,
                      const torch::Tensor& lengths = {});
+  /// Sum over b of weights[b] * -log p(captions[b, 0 .. lengths[b]) | features[b]), teacher
+  /// forced as loss() is (the same engine): self-critical training's loss, with weights
+  /// (r - b) / samples, for captions that were drawn from the model. weights (B) float.
+  torch::Tensor weighted_loss(const torch::Tensor& features, const torch::Tensor& captions,
+                              const torch::Tensor& lengths, const torch::Tensor& weights);
 
   /// The state before step 0: zeros, or tanh(init_h/init_c(features)) with kInit.
   DecodeState init_state(const torch::Tensor& features);

@@ -130,6 +130,12 @@ struct SampledCaptions {
   /// up to and including its first <end>, a drawn leading <start> included. Differentiable with
   /// respect to the decoder's parameters when autograd is on (self-critical training).
   at::Tensor log_probs;
+  /// [B * samples, S] int64: the tokens as they were drawn, one per step (a leading <start>
+  /// kept, nothing cut after <end>), on the decoder's device; with `drawn_lengths` (the steps
+  /// up to and including each row's first <end>), the captions that teacher-forcing the decoder
+  /// scores as the sampling did (Decoder::weighted_loss).
+  at::Tensor drawn;
+  at::Tensor drawn_lengths;  ///< [B * samples] int64, on the decoder's device
 };
 
 /// Draws options.samples captions per image from decoder's next-token distributions, all rows

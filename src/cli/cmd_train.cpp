@@ -384,6 +384,18 @@ void add_train_command(CLI::App& app) {
       ->capture_default_str()
       ->check(finite_range(0.0, 1e9));
   add_enum_option(cmd, "--lr-schedule", a->trainer.lr_schedule, "none, step or plateau");
+  cmd->add_option("--lr-step-epochs", a->trainer.lr_step_epochs,
+                  "step schedule: epochs between two cuts of the learning rate")
+      ->capture_default_str()
+      ->check(CLI::Range(1, 100000));
+  cmd->add_option("--lr-gamma", a->trainer.lr_gamma,
+                  "step and plateau schedules: the factor of each cut")
+      ->capture_default_str()
+      ->check(finite_above(0.0, 1.0));
+  cmd->add_option("--lr-patience", a->trainer.lr_patience,
+                  "plateau schedule: epochs without a better validation before a cut")
+      ->capture_default_str()
+      ->check(CLI::Range(0, 100000));
   cmd->add_option("--max-seconds", a->trainer.max_seconds,
                   "Stop cleanly and save after this many seconds")
       ->capture_default_str()

@@ -46,7 +46,8 @@ struct ProjectedCrossEntropy : torch::autograd::Function<ProjectedCrossEntropy> 
                                                 const torch::Tensor& h, const torch::Tensor& w,
                                                 const torch::Tensor& b,
                                                 const torch::Tensor& targets,
-                                                const torch::Tensor& buffer) {
+                                                const torch::Tensor& buffer,
+                                                const torch::Tensor& row_weights) {
     const int64_t n = h.size(0), v = w.size(0);
     const torch::Tensor hc = h.contiguous();
     torch::Tensor logits = buffer.defined() ? buffer : at::empty({n, v}, h.options());
@@ -59,16 +60,19 @@ struct ProjectedCrossEntropy : torch::autograd::Function<ProjectedCrossEntropy> 
         at::logsumexp_out(part, logits.slice(0, q0, q1), /*dim=*/1);
       });
     });
-    const torch::Tensor valid = targets.ne(kIgnoreIndex);
+    // A weighted sum: each valid row's weight (its weight, or 1 / count for the mean).
+    torch::Tensor valid = targets.ne(kIgnoreIndex).to(h.scalar_type());
+    if (row_weights.numel() > 0)
+      valid = valid * row_weights.to(h.scalar_type());
+    else
+      valid = valid / valid.sum();
     const torch::Tensor picked = logits.gather(1, targets.clamp_min(0).unsqueeze(1)).squeeze(1);
-    const torch::Tensor count = valid.sum().to(h.scalar_type());
-    const torch::Tensor loss = ((lse - picked) * valid).sum() / count;
+    const torch::Tensor loss = ((lse - picked) * valid).sum();
     ctx->save_for_backward({hc, w});
     ctx->saved_data["logits"] = logits;
     ctx->saved_data["lse"] = lse;
     ctx->saved_data["targets"] = targets;
     ctx->saved_data["valid"] = valid;
-    ctx->saved_data["count"] = count;
     return {loss};
   }
 
@@ -85,8 +89,7 @@ struct ProjectedCrossEntropy : torch::autograd::Function<ProjectedCrossEntropy> 
     const torch::Tensor lse = ctx->saved_data["lse"].toTensor();
     const torch::Tensor targets = ctx->saved_data["targets"].toTensor();
     const torch::Tensor valid = ctx->saved_data["valid"].toTensor();
-    const torch::Tensor scale = grads[0] / ctx->saved_data["count"].toTensor();
-    const torch::Tensor row_scale = valid.to(g.scalar_type()) * scale;
+    const torch::Tensor row_scale = valid * grads[0];
     // g = (softmax(x) - onehot(t)) * scale on rows with a target, 0 elsewhere.
     split_rows_of(g, g.size(0), [&](int64_t r0, int64_t r1) {
       for_row_blocks(g, r0, r1, g.size(1), [&](int64_t q0, int64_t q1) {
@@ -108,7 +111,7 @@ struct ProjectedCrossEntropy : torch::autograd::Function<ProjectedCrossEntropy> 
       torch::Tensor out = grad_w.slice(0, r0, r1);
       at::mm_out(out, g.slice(1, r0, r1).t(), h);
     });
-    return {grad_h, grad_w, g.sum(0), torch::Tensor(), torch::Tensor()};
+    return {grad_h, grad_w, g.sum(0), torch::Tensor(), torch::Tensor(), torch::Tensor()};
   }
 };
 
@@ -116,8 +119,12 @@ struct ProjectedCrossEntropy : torch::autograd::Function<ProjectedCrossEntropy> 
 
 torch::Tensor projected_cross_entropy(const torch::Tensor& h, const torch::Tensor& w,
                                       const torch::Tensor& b, const torch::Tensor& targets,
-                                      const torch::Tensor& buffer) {
-  return ProjectedCrossEntropy::apply(h, w, b, targets, buffer)[0];
+                                      const torch::Tensor& buffer,
+                                      const torch::Tensor& row_weights) {
+  // Autograd functions take no undefined tensors (LibTorch 1.13): an empty one means "none".
+  return ProjectedCrossEntropy::apply(
+      h, w, b, targets, buffer,
+      row_weights.defined() ? row_weights : at::empty({0}, h.options()))[0];
 }
 
 torch::Tensor LossBuffer::get(std::int64_t rows, std::int64_t cols,

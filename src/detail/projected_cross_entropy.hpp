@@ -17,10 +17,13 @@ inline constexpr std::int64_t kIgnoreIndex = -100;
 /// x = h w^T + b: cross_entropy(h w^T + b, targets, ignore_index) with the same value and
 /// gradients (for h, w and b), its matrix products split between Torch's threads. h (N, H),
 /// w (V, H), b (V), targets (N) int64. `buffer`: (N, V) of h's type and device to hold the
-/// logits, or undefined for a fresh one. Its graph supports one backward pass.
+/// logits, or undefined for a fresh one. Its graph supports one backward pass. With
+/// `row_weights` (N) of h's type, the loss is instead the weighted sum over the rows with a
+/// target of row_weights[n] * (logsumexp(x_n) - x_n[targets[n]]) (self-critical training's).
 torch::Tensor projected_cross_entropy(const torch::Tensor& h, const torch::Tensor& w,
                                       const torch::Tensor& b, const torch::Tensor& targets,
-                                      const torch::Tensor& buffer = {});
+                                      const torch::Tensor& buffer = {},
+                                      const torch::Tensor& row_weights = {});
 
 /// The logits buffer of projected_cross_entropy, kept between training steps: a fresh one of
 /// that size (72 MB in the benchmark) comes from mmap and is page-faulted and zeroed by the

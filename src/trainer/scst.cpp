@@ -74,7 +74,7 @@ void check_scst_options(const ScstOptions& o) {
 
 ScstLoss scst_loss(CaptionModel& model, const torch::Tensor& features,
                    const std::vector<std::int64_t>& image_ids, const ScstOptions& options,
-                   const ScstReward& reward, at::Generator generator) {
+                   const ScstReward& reward, at::Generator generator, bool rescore_samples) {
   const int n = options.samples;
   ScstLoss out;
   std::vector<double> greedy;
@@ -85,8 +85,17 @@ ScstLoss scst_loss(CaptionModel& model, const torch::Tensor& features,
   sample.max_length = options.max_length;
   sample.temperature = options.temperature;
   sample.top_k = options.top_k;
-  const SampledCaptions drawn = sample_captions(DecoderStepper(model.decoder()), features, sample,
-                                                SpecialTokens::of(model.vocab()), generator);
+  // Without dropout the samples' log-probabilities are those of teacher-forcing the decoder on
+  // them: drawn without autograd, then scored by the training loss's engine (one sequence pass
+  // and one fused projection), instead of backpropagating through every sampling step.
+  const auto& d = model.decoder()->options();
+  const bool rescore = rescore_samples && !(d.num_layers > 1 && d.dropout > 0);
+  SampledCaptions drawn;
+  {
+    torch::AutoGradMode grad(!rescore && torch::GradMode::is_enabled());
+    drawn = sample_captions(DecoderStepper(model.decoder()), features, sample,
+                            SpecialTokens::of(model.vocab()), generator);
+  }
   const auto started = Clock::now();
   const std::vector<double> r = reward.score(drawn.tokens, repeat_ids(image_ids, n));
   out.reward_seconds += seconds_since(started);
@@ -112,7 +121,12 @@ ScstLoss scst_loss(CaptionModel& model, const torch::Tensor& features,
   out.mean_baseline = rows > 0 ? baseline_sum / static_cast<double>(rows) : 0.0;
   // A tensor of its own (autograd keeps it for the backward pass).
   const auto a = torch::tensor(advantage, torch::kFloat).to(drawn.log_probs.device());
-  out.loss = -(a * drawn.log_probs).mean();
+  if (rescore)
+    out.loss = model.decoder()->weighted_loss(features.repeat_interleave(n, /*dim=*/0),
+                                              drawn.drawn, drawn.drawn_lengths,
+                                              a / static_cast<double>(std::max<std::size_t>(1, rows)));
+  else
+    out.loss = -(a * drawn.log_probs).mean();
   out.tokens = drawn.tokens;
   out.advantages.assign(advantage.begin(), advantage.end());
   return out;

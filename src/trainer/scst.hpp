@@ -27,10 +27,15 @@ struct ScstLoss {
 /// The SCST loss of `features` ([U, E], the batch's distinct images, with autograd when the CNN
 /// trains) for the images `image_ids`. Samples are drawn from `generator` (undefined: the
 /// device's default generator) with the decoder in training mode (its dropout on, as the
-/// gradient sees it); the greedy baseline runs in evaluation mode without autograd.
+/// gradient sees it); the greedy baseline runs in evaluation mode without autograd. With
+/// `rescore_samples` (the default) and no dropout in the decoder, the samples are drawn without
+/// autograd and their log-probabilities come from a teacher-forced pass over them
+/// (Decoder::weighted_loss): the same loss and gradients, faster; otherwise autograd follows
+/// every sampling step.
 ScstLoss scst_loss(CaptionModel& model, const torch::Tensor& features,
                    const std::vector<std::int64_t>& image_ids, const ScstOptions& options,
-                   const ScstReward& reward, at::Generator generator);
+                   const ScstReward& reward, at::Generator generator,
+                   bool rescore_samples = true);
 
 /// Checks ScstOptions; throws InvalidArgument naming the field and what it must be.
 void check_scst_options(const ScstOptions& options);
