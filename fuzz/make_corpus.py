@@ -89,6 +89,18 @@ def coco():
     put("coco", "escapes.json", r'{"images": [{"id": 1, "file_name": "a\u00e9\/b\ud83d\udc36.png"}],'
                                 r' "annotations": [{"id": 1, "image_id": 1, "caption": "\b\f\n\r\t\\"}]}')
     put("coco", "bad_path.json", '{"images": [{"id": 1, "file_name": "../x.png"}], "annotations": []}')
+    karpathy = {"dataset": "coco", "images": [
+        {"filepath": "val2014", "filename": "COCO_val2014_000000391895.jpg", "imgid": 0, "split": "test",
+         "cocoid": 391895, "sentids": [1, 2],
+         "sentences": [{"tokens": ["a", "man", "on", "a", "moped"], "raw": "A man on a moped.", "imgid": 0,
+                        "sentid": 1},
+                       {"tokens": ["man", "riding"], "raw": "Man riding.", "imgid": 0, "sentid": 2}]},
+        {"filepath": "train2014", "filename": "COCO_train2014_000000522418.jpg", "imgid": 1,
+         "split": "restval", "cocoid": 522418, "sentids": [3],
+         "sentences": [{"tokens": ["a", "cake"], "raw": "A cake.", "imgid": 1, "sentid": 3}]},
+        {"filename": "flickr.jpg", "imgid": 2, "split": "train",
+         "sentences": [{"tokens": ["dog"], "raw": "Dog."}]}]}
+    put("coco", "karpathy.json", json.dumps(karpathy))
 
 
 def vocabulary():

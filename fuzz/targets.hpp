@@ -82,10 +82,15 @@ inline void image(std::string_view data) {
   }
 }
 
-/// COCO captions JSON, then the statistics and the tokenizer on what it holds.
+/// COCO captions JSON (or Karpathy's split file), then the statistics and the tokenizer on
+/// what it holds, and a Karpathy file's splits.
 inline void coco(std::string_view data) {
   try {
     const auto a = CocoAnnotations::parse(data, "fuzz.json");
+    if (a.karpathy()) {
+      const auto part = CocoAnnotations::parse(data, "fuzz.json", AnnotationOptions{"train+restval"});
+      require(part.images().size() <= a.images().size(), "a split holds more images than the file");
+    }
     const auto stats = caption_statistics(a);
     require(stats.captions == a.captions().size(), "statistics miscount the captions");
     for (const auto& image : a.images())
