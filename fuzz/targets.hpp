@@ -88,7 +88,8 @@ inline void coco(std::string_view data) {
   try {
     const auto a = CocoAnnotations::parse(data, "fuzz.json");
     if (a.karpathy()) {
-      const auto part = CocoAnnotations::parse(data, "fuzz.json", AnnotationOptions{"train+restval"});
+      const auto part =
+          CocoAnnotations::parse(data, "fuzz.json", AnnotationOptions{"train+restval"});
       require(part.images().size() <= a.images().size(), "a split holds more images than the file");
     }
     const auto stats = caption_statistics(a);

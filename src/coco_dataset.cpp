@@ -1,8 +1,8 @@
 #include "imcap/coco_dataset.hpp"
 
 #include <algorithm>
-#include <map>
 #include <iostream>
+#include <map>
 #include <mutex>
 #include <unordered_set>
 
@@ -256,8 +256,7 @@ void read_karpathy_images(JsonReader& in, const std::string& file,
       c.image_id = id;
     }
     ++splits[split];
-    if (!wanted.empty() && std::find(wanted.begin(), wanted.end(), split) == wanted.end())
-      continue;
+    if (!wanted.empty() && std::find(wanted.begin(), wanted.end(), split) == wanted.end()) continue;
     images.push_back(CocoImage{id, name});
     for (auto& c : sentences) captions.push_back(std::move(c));
   }
@@ -274,8 +273,8 @@ CocoAnnotations CocoAnnotations::parse(std::string_view text, const std::string&
                                        const AnnotationOptions& options) {
   CocoAnnotations out;
   out.source_ = name;
-  const auto wanted = options.split.empty() ? std::vector<std::string>{}
-                                            : split_names(options.split);
+  const auto wanted =
+      options.split.empty() ? std::vector<std::string>{} : split_names(options.split);
   JsonReader in(text, name);
   const auto top = in.peek();
   if (top != JsonReader::Kind::kObject)
@@ -332,8 +331,9 @@ CocoAnnotations CocoAnnotations::parse(std::string_view text, const std::string&
       if (out.splits_.count(split) != 0) continue;
       std::vector<std::string> have;
       for (const auto& [s, n] : out.splits_) have.push_back(fmt::format("{} ({} images)", s, n));
-      throw InvalidArgument(fmt::format("{}: no images in split '{}'; the file has {}", name, split,
-                                        have.empty() ? "none" : fmt::to_string(fmt::join(have, ", "))));
+      throw InvalidArgument(
+          fmt::format("{}: no images in split '{}'; the file has {}", name, split,
+                      have.empty() ? "none" : fmt::to_string(fmt::join(have, ", "))));
     }
     for (std::size_t i = 0; i < out.images_.size(); ++i)
       out.image_index_.emplace(out.images_[i].id, i);
@@ -405,8 +405,7 @@ CaptionStatistics caption_statistics(const CocoAnnotations& annotations, std::si
   for (const auto& img : annotations.images())
     if (annotations.captions_of(img.id).empty()) ++s.images_without_captions;
   detail::TokenCounter counter;
-  for (const auto& c : annotations.captions())
-    ++s.length_histogram[c.tokens.empty() ? counter.add(c.caption) : counter.add(c.tokens)];
+  for (const auto& c : annotations.captions()) ++s.length_histogram[counter.add(c)];
   const auto counts = counter.counts();
   std::vector<std::pair<std::string, std::int64_t>> words(counts.begin(), counts.end());
   const std::size_t keep = std::min(top, words.size());

@@ -117,34 +117,36 @@ torch::Tensor DecoderImpl::forward(const torch::Tensor& features, const torch::T
 
 torch::Tensor DecoderImpl::loss(const torch::Tensor& features, const torch::Tensor& captions,
                                 const torch::Tensor& lengths) {
-  const torch::Tensor hidden = hidden_states(features, captions, lengths);
-  torch::Tensor targets = captions;
-  if (lengths.defined())
-    targets = captions.masked_fill(~length_mask(lengths, captions.size(1)), kIgnoreIndex);
-  const torch::Tensor h = hidden.reshape({-1, options_.hidden_size});
-  return detail::projected_cross_entropy(
-      h, linear->weight, linear->bias, targets.reshape({-1}),
-      loss_buffer_->get(h.size(0), options_.vocab_size, h.options()));
+  return projected_loss(features, captions, lengths, {});
 }
 
 torch::Tensor DecoderImpl::weighted_loss(const torch::Tensor& features,
                                          const torch::Tensor& captions,
                                          const torch::Tensor& lengths,
                                          const torch::Tensor& weights) {
-  const torch::Tensor hidden = hidden_states(features, captions, lengths);
   detail::check_tensor(weights.defined() && weights.dim() == 1 &&
                            weights.size(0) == captions.size(0) && weights.is_floating_point(),
                        "decoder weights", fmt::format("float of shape [{}]", captions.size(0)),
                        weights);
+  // Each caption's weight on every one of its positions (padding is ignored by its target).
+  const torch::Tensor row_weights =
+      weights.unsqueeze(1).expand({captions.size(0), captions.size(1)}).reshape({-1});
+  return projected_loss(features, captions, lengths, row_weights);
+}
+
+torch::Tensor DecoderImpl::projected_loss(const torch::Tensor& features,
+                                          const torch::Tensor& captions,
+                                          const torch::Tensor& lengths,
+                                          const torch::Tensor& row_weights) {
+  const torch::Tensor hidden = hidden_states(features, captions, lengths);
   torch::Tensor targets = captions;
   if (lengths.defined())
     targets = captions.masked_fill(~length_mask(lengths, captions.size(1)), kIgnoreIndex);
   const torch::Tensor h = hidden.reshape({-1, options_.hidden_size});
-  const torch::Tensor row_weights =
-      weights.to(h.device()).unsqueeze(1).expand({captions.size(0), captions.size(1)}).reshape({-1});
   return detail::projected_cross_entropy(
       h, linear->weight, linear->bias, targets.reshape({-1}),
-      loss_buffer_->get(h.size(0), options_.vocab_size, h.options()), row_weights);
+      loss_buffer_->get(h.size(0), options_.vocab_size, h.options()),
+      row_weights.defined() ? row_weights.to(h.device()) : row_weights);
 }
 
 torch::Tensor DecoderImpl::hidden_states(const torch::Tensor& features,

@@ -167,23 +167,22 @@ void tokenize_views(std::string_view text, std::string& lowered,
   }
 }
 
+void TokenCounter::count(std::string_view token) {
+  const std::uint32_t id = table_.intern(token);
+  if (id == counts_.size()) counts_.push_back(0);
+  ++counts_[id];
+}
+
 std::size_t TokenCounter::add(std::string_view caption) {
   tokenize_views(caption, lowered_, tokens_);
-  for (const auto token : tokens_) {
-    const std::uint32_t id = table_.intern(token);
-    if (id == counts_.size()) counts_.push_back(0);
-    ++counts_[id];
-  }
+  for (const auto token : tokens_) count(token);
   return tokens_.size();
 }
 
-std::size_t TokenCounter::add(const std::vector<std::string>& tokens) {
-  for (const auto& token : tokens) {
-    const std::uint32_t id = table_.intern(token);
-    if (id == counts_.size()) counts_.push_back(0);
-    ++counts_[id];
-  }
-  return tokens.size();
+std::size_t TokenCounter::add(const CocoCaption& caption) {
+  if (caption.tokens.empty()) return add(caption.caption);
+  for (const auto& token : caption.tokens) count(token);
+  return caption.tokens.size();
 }
 
 std::unordered_map<std::string, std::int64_t> TokenCounter::counts() const {
@@ -274,18 +273,6 @@ Vocabulary Vocabulary::build_from_captions(const std::vector<std::string>& capti
   return from_counts(counter.counts(), options);
 }
 
-namespace {
-
-// Counts a caption's own tokens where it has them (Karpathy's), else its tokenized text.
-void count_caption(detail::TokenCounter& counter, const CocoCaption& caption) {
-  if (caption.tokens.empty())
-    counter.add(caption.caption);
-  else
-    counter.add(caption.tokens);
-}
-
-}  // namespace
-
 Vocabulary Vocabulary::build(const std::vector<std::string>& annotation_files,
                              const VocabularyOptions& options) {
   if (annotation_files.empty())
@@ -293,15 +280,14 @@ Vocabulary Vocabulary::build(const std::vector<std::string>& annotation_files,
   detail::TokenCounter counter;
   for (const auto& file : annotation_files) {
     const auto annotations = CocoAnnotations::load(file);
-    for (const auto& caption : annotations.captions())
-      count_caption(counter, caption);
+    for (const auto& caption : annotations.captions()) counter.add(caption);
   }
   return from_counts(counter.counts(), options);
 }
 
 Vocabulary Vocabulary::build(const CocoAnnotations& annotations, const VocabularyOptions& options) {
   detail::TokenCounter counter;
-  for (const auto& caption : annotations.captions()) count_caption(counter, caption);
+  for (const auto& caption : annotations.captions()) counter.add(caption);
   return from_counts(counter.counts(), options);
 }
 

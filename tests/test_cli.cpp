@@ -128,16 +128,17 @@ TEST_CASE("train, caption, predict and eval from the command line", "[trainer][c
   INFO(r.out);
   CHECK(names_with_default("{padded,same_length,image_major}",
                            imcap::to_string(imcap::TrainerOptions{}.batching)));
-  CHECK(names_with_default("{pre,par,init}",
-                           imcap::to_string(imcap::DecoderOptions{}.image_inject)));
+  CHECK(
+      names_with_default("{pre,par,init}", imcap::to_string(imcap::DecoderOptions{}.image_inject)));
   r = imcap::test::run_cli(imcap::test::tiny_train_args(
       f, t.tmp.file("r4"), {"--max-steps", "1", "--inject", "init", "--batching", "padded"}));
   CHECK(r.exit_code == 0);
   CHECK_THAT(r.out, Catch::StartsWith("training resnet18 (init)"));
   // The step schedule's period and factor.
   r = imcap::test::run_cli(imcap::test::tiny_train_args(
-      f, t.tmp.file("r6"), {"--epochs", "2", "--lr", "0.01", "--lr-schedule", "step",
-                            "--lr-step-epochs", "1", "--lr-gamma", "0.25", "--log-interval", "1"}));
+      f, t.tmp.file("r6"),
+      {"--epochs", "2", "--lr", "0.01", "--lr-schedule", "step", "--lr-step-epochs", "1",
+       "--lr-gamma", "0.25", "--log-interval", "1"}));
   REQUIRE(r.exit_code == 0);
   {
     std::set<double> epoch2;
@@ -164,8 +165,8 @@ TEST_CASE("imcap demo --quick runs end to end and writes a report", "[trainer][d
       imcap::test::run_cli({"demo", "--quick", "--seconds", "10", "--out", tmp.file("demo")});
   INFO(r.err);
   REQUIRE(r.exit_code == 0);
-  CHECK_THAT(r.out, Catch::Contains("cross-entropy: BLEU-4") &&
-                        Catch::Contains("after SCST: BLEU-4"));
+  CHECK_THAT(r.out,
+             Catch::Contains("cross-entropy: BLEU-4") && Catch::Contains("after SCST: BLEU-4"));
   const auto html = imcap::test::read_text(tmp.file("demo/report.html"));
   CHECK_THAT(html, Catch::Contains("<svg") && Catch::Contains("data:image/jpeg;base64,") &&
                        Catch::Contains("<td>cross-entropy</td>") &&

@@ -54,14 +54,14 @@ json karpathy_file() {
                            {"a", "man", "with", "a", "red", "helmet", "on", "a", "small", "moped"}},
                           {"Man riding a motor bike.", {"man", "riding", "a", "motor", "bike"}}},
                          770337));
-  images.push_back(image(522418, 1, "train",
-                         {{"A woman cutting a large cake.",
-                           {"a", "woman", "cutting", "a", "large", "cake"}}},
-                         770400));
-  images.push_back(image(184613, 2, "restval",
-                         {{"A child holding a red umbrella.",
-                           {"a", "child", "holding", "a", "red", "umbrella"}}},
-                         770500));
+  images.push_back(
+      image(522418, 1, "train",
+            {{"A woman cutting a large cake.", {"a", "woman", "cutting", "a", "large", "cake"}}},
+            770400));
+  images.push_back(image(
+      184613, 2, "restval",
+      {{"A child holding a red umbrella.", {"a", "child", "holding", "a", "red", "umbrella"}}},
+      770500));
   images.push_back(image(318219, 3, "val",
                          {{"A giraffe near a tree.", {"a", "giraffe", "near", "a", "tree"}}},
                          770600));
@@ -159,8 +159,9 @@ TEST_CASE("bad splits and malformed Karpathy files are named", "[karpathy][coco]
         "dataset_coco.json: images[3].cocoid: duplicate image id 391895 (also images[0])");
   j = karpathy_file();
   j["images"][4]["sentences"][1]["sentid"] = 770337;
-  CHECK(format_error(j) == "dataset_coco.json: images[4].sentences[1].sentid: duplicate sentence "
-                           "id 770337 (also in images[0])");
+  CHECK(format_error(j) ==
+        "dataset_coco.json: images[4].sentences[1].sentid: duplicate sentence "
+        "id 770337 (also in images[0])");
   j = karpathy_file();
   j["images"][0]["filepath"] = "../etc";
   CHECK_THAT(format_error(j), Catch::StartsWith("dataset_coco.json: images[0].filepath: "
@@ -188,7 +189,7 @@ TEST_CASE("the vocabulary counts the split's own tokens; captions clip to a leng
   vo.threshold = 1;
   const auto vocab = imcap::Vocabulary::build(train, vo);
   CHECK(vocab.contains("moped"));
-  CHECK(vocab.contains("umbrella"));  // restval
+  CHECK(vocab.contains("umbrella"));       // restval
   CHECK_FALSE(vocab.contains("zebra"));    // test only
   CHECK_FALSE(vocab.contains("giraffe"));  // val only
   CHECK_FALSE(vocab.contains("."));        // the raw text's period is not one of the tokens
@@ -234,8 +235,8 @@ TEST_CASE("imcap train, vocab, info and eval read Karpathy's splits", "[karpathy
                                         "--split") &&
                         Catch::Contains("test (1 images)"));
   r = imcap::test::run_cli({"train", "--annotations", k, "--split", "train+restval", "--features",
-                            f, "--val-annotations", k, "--val-features", f, "--out",
-                            t.file("r1"), "--max-steps", "1"});
+                            f, "--val-annotations", k, "--val-features", f, "--out", t.file("r1"),
+                            "--max-steps", "1"});
   CHECK(r.exit_code == 2);
   CHECK_THAT(r.err, Catch::Contains("choose its images with --val-split"));
   r = imcap::test::run_cli({"train", "--annotations", k, "--split", "trian", "--features", f,
@@ -243,11 +244,37 @@ TEST_CASE("imcap train, vocab, info and eval read Karpathy's splits", "[karpathy
   CHECK(r.exit_code == 1);
   CHECK_THAT(r.err, Catch::Contains("no images in split 'trian'"));
 
-  r = imcap::test::run_cli({"train", "--annotations", k, "--split", "train+restval", "--features",
-                            f, "--val-annotations", k, "--val-split", "val", "--val-features", f,
-                            "--out", t.file("run"), "--encoder", "resnet18", "--embed-size", "8",
-                            "--hidden-size", "8", "--batch-size", "2", "--max-steps", "2",
-                            "--vocab-threshold", "1", "--clip-captions", "16", "--threads", "1"});
+  r = imcap::test::run_cli({"train",
+                            "--annotations",
+                            k,
+                            "--split",
+                            "train+restval",
+                            "--features",
+                            f,
+                            "--val-annotations",
+                            k,
+                            "--val-split",
+                            "val",
+                            "--val-features",
+                            f,
+                            "--out",
+                            t.file("run"),
+                            "--encoder",
+                            "resnet18",
+                            "--embed-size",
+                            "8",
+                            "--hidden-size",
+                            "8",
+                            "--batch-size",
+                            "2",
+                            "--max-steps",
+                            "2",
+                            "--vocab-threshold",
+                            "1",
+                            "--clip-captions",
+                            "16",
+                            "--threads",
+                            "1"});
   INFO(r.out << r.err);
   REQUIRE(r.exit_code == 0);
   CHECK_THAT(r.out, Catch::Contains("4 captions of 3 images"));

@@ -199,8 +199,10 @@ TEST_CASE("an SCST step makes a sample with a positive advantage more probable",
   CHECK(s.loss.item<double>() == Approx(expected / 12).epsilon(1e-5));
 }
 
-TEST_CASE("scoring the samples teacher-forced gives the loss and gradients of autograd through "
-          "the sampling steps", "[scst]") {
+TEST_CASE(
+    "scoring the samples teacher-forced gives the loss and gradients of autograd through "
+    "the sampling steps",
+    "[scst]") {
   Tiny t;
   for (const auto inject :
        {imcap::ImageInject::kPre, imcap::ImageInject::kPar, imcap::ImageInject::kInit}) {

@@ -154,6 +154,10 @@ struct DecoderImpl : torch::nn::Module {
   // The LSTM's outputs (B, T, H) under teacher forcing: forward() without the projection.
   torch::Tensor hidden_states(const torch::Tensor& features, const torch::Tensor& captions,
                               const torch::Tensor& lengths);
+  // loss() and weighted_loss(): the fused projection + cross-entropy over hidden_states, its
+  // rows weighted by row_weights (B*T) when defined, else averaged over the targets.
+  torch::Tensor projected_loss(const torch::Tensor& features, const torch::Tensor& captions,
+                               const torch::Tensor& lengths, const torch::Tensor& row_weights);
   torch::Tensor step_inputs(const torch::Tensor& inputs, DecodeState& state, DecodeWeights weights);
 
   DecoderOptions options_;

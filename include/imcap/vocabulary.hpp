@@ -21,9 +21,9 @@ namespace imcap {
 /// "A man's table." -> {"a", "man", "'s", "table", "."}.
 std::vector<std::string> tokenize(std::string_view text);
 
-/// Names of the special tokens.
 class CocoAnnotations;
 
+/// Names of the special tokens.
 inline constexpr std::string_view kPadToken = "<pad>";
 inline constexpr std::string_view kStartToken = "<start>";
 inline constexpr std::string_view kEndToken = "<end>";
@@ -47,7 +47,8 @@ class Vocabulary {
                           const VocabularyOptions& options = {});
   /// Builds from annotations already read (e.g. one split of Karpathy's file), counting a
   /// caption's own tokens where it has them (CocoCaption::tokens).
-  static Vocabulary build(const CocoAnnotations& annotations, const VocabularyOptions& options = {});
+  static Vocabulary build(const CocoAnnotations& annotations,
+                          const VocabularyOptions& options = {});
   /// Builds from captions already in memory.
   static Vocabulary build_from_captions(const std::vector<std::string>& captions,
                                         const VocabularyOptions& options = {});

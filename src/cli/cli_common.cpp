@@ -98,9 +98,10 @@ CocoAnnotations load_annotations(const std::string& path, const std::string& spl
     std::string have;
     for (const auto& [name, n] : annotations.splits())
       have += fmt::format("{}{} ({} images)", have.empty() ? "" : ", ", name, n);
-    throw UsageError(fmt::format("{} is a Karpathy split file: choose its images with {} (it has "
-                                 "{})",
-                                 path, split_option, have.empty() ? "no images" : have));
+    throw UsageError(
+        fmt::format("{} is a Karpathy split file: choose its images with {} (it has "
+                    "{})",
+                    path, split_option, have.empty() ? "no images" : have));
   }
   return annotations;
 }

@@ -73,7 +73,8 @@ void check_output_is_not_an_input(const std::string& output_option, const std::s
 
 /// Adds `name` (--split, --val-split), the images of Karpathy's dataset_coco.json that the
 /// command reads from the file of `file_option`, bound to `split`.
-CLI::Option* add_split_option(CLI::App* cmd, std::string& split, const std::string& name = "--split",
+CLI::Option* add_split_option(CLI::App* cmd, std::string& split,
+                              const std::string& name = "--split",
                               const std::string& file_option = "--annotations");
 /// Reads an annotation file (COCO's or Karpathy's) with a split. When `require_split`, a Karpathy
 /// file without one is a UsageError naming `split_option`, so that no command trains on the

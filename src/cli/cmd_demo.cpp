@@ -27,7 +27,7 @@ namespace {
 struct DemoArgs {
   std::string out = "imcap-demo";
   bool quick = false;
-  double seconds = 0;  // 0: the default budget
+  double seconds = 0;        // 0: the default budget
   double scst_share = 0.25;  // of the budget, self-critical training after cross-entropy
   int threads = 0, blas_threads = -1;
   int image_size = 32;  // the CNN's input: 64-pixel scenes downscaled, 4x cheaper than 64
@@ -130,9 +130,16 @@ HeldOut caption_held_out(const std::shared_ptr<CaptionModel>& model, const CocoD
   return out;
 }
 
+// A run's best.imcap, or its last.imcap when it never validated.
+std::string best_or_last(const std::string& dir) {
+  const auto best = detail::join_path(dir, "best.imcap");
+  return detail::path_exists(best) ? best : detail::join_path(dir, "last.imcap");
+}
+
 void print_scores(const char* what, std::size_t images, const CaptionScores& s) {
-  fmt::print("held-out ({} images), {}: BLEU-4 {:.3f}  CIDEr {:.3f}  BLEU-1 {:.3f}  ROUGE-L {:.3f}\n",
-             images, what, s.bleu[3], s.cider, s.bleu[0], s.rouge_l);
+  fmt::print(
+      "held-out ({} images), {}: BLEU-4 {:.3f}  CIDEr {:.3f}  BLEU-1 {:.3f}  ROUGE-L {:.3f}\n",
+      images, what, s.bleu[3], s.cider, s.bleu[0], s.rouge_l);
 }
 
 void run_demo(const DemoArgs& a) {
@@ -184,8 +191,7 @@ void run_demo(const DemoArgs& a) {
              o.max_seconds, train.size());
   Trainer::install_signal_handlers();
   const auto r = Trainer(*model, train, &val, o).fit();
-  const auto xe_best = detail::join_path(o.out_dir, "best.imcap");
-  const auto xe_file = detail::path_exists(xe_best) ? xe_best : detail::join_path(o.out_dir, "last.imcap");
+  const auto xe_file = best_or_last(o.out_dir);
 
   fmt::print("[3/5] captioning {} held-out images\n", val.num_images());
   auto xe_model = std::make_shared<CaptionModel>(CaptionModel::load(xe_file));
@@ -195,20 +201,20 @@ void run_demo(const DemoArgs& a) {
   HeldOut final_out = xe;
   TrainResult rs;
   std::string final_file = xe_file;
-  TrainerOptions s = o;
   if (scst_seconds > 0) {
+    TrainerOptions s = o;
     s.out_dir = detail::join_path(a.out, "model-scst");
     s.objective = Objective::kScst;
     s.lr = train_defaults::kScstLearningRate;
     s.max_seconds = scst_seconds;
     s.log_interval = 10;
-    fmt::print("[4/5] self-critical training (SCST: {} samples per image, {} baseline, CIDEr-D "
-               "reward) from {} for {:.0f} s\n",
-               s.scst.samples, to_string(s.scst.baseline), xe_file, s.max_seconds);
+    fmt::print(
+        "[4/5] self-critical training (SCST: {} samples per image, {} baseline, CIDEr-D "
+        "reward) from {} for {:.0f} s\n",
+        s.scst.samples, to_string(s.scst.baseline), xe_file, s.max_seconds);
     auto scst_model = std::make_shared<CaptionModel>(CaptionModel::load(xe_file));
     rs = Trainer(*scst_model, train, &val, s).fit();
-    const auto scst_best = detail::join_path(s.out_dir, "best.imcap");
-    final_file = detail::path_exists(scst_best) ? scst_best : detail::join_path(s.out_dir, "last.imcap");
+    final_file = best_or_last(s.out_dir);
     final_out = caption_held_out(std::make_shared<CaptionModel>(CaptionModel::load(final_file)),
                                  val, paths);
     print_scores("after SCST", paths.size(), final_out.scores.corpus);
@@ -222,8 +228,9 @@ void run_demo(const DemoArgs& a) {
                final_out.captions[i].text, val.references(val.image_ids()[i]).front());
 
   const auto row = [](const char* name, const CaptionScores& c) {
-    return fmt::format("<tr><td>{}</td><td>{:.3f}</td><td>{:.3f}</td><td>{:.3f}</td><td>{:.3f}</td></tr>",
-                       name, c.bleu[0], c.bleu[3], c.rouge_l, c.cider);
+    return fmt::format(
+        "<tr><td>{}</td><td>{:.3f}</td><td>{:.3f}</td><td>{:.3f}</td><td>{:.3f}</td></tr>", name,
+        c.bleu[0], c.bleu[3], c.rouge_l, c.cider);
   };
   std::string table = row("cross-entropy", xe.scores.corpus);
   if (scst_seconds > 0) table += row("+ SCST", final_out.scores.corpus);
@@ -238,18 +245,18 @@ void run_demo(const DemoArgs& a) {
       "<th>CIDEr</th></tr>{}</table>"
       "<h2>Training loss (cross-entropy)</h2>{}<h2>Held-out captions</h2><table>",
       to_string(config.decoder.image_inject), so.train_images, r.seconds, r.steps,
-      scst_seconds > 0 ? fmt::format(", then self-critical (SCST) for {:.0f} s ({} steps)",
-                                     rs.seconds, rs.steps)
-                       : std::string(),
+      scst_seconds > 0
+          ? fmt::format(", then self-critical (SCST) for {:.0f} s ({} steps)", rs.seconds, rs.steps)
+          : std::string(),
       paths.size(), table, loss_svg(r.losses));
   for (std::size_t i = 0; i < std::min<std::size_t>(40, paths.size()); ++i) {
     const auto id = val.image_ids()[i];
     std::string refs_html;
     for (const auto& ref : val.references(id)) refs_html += "<br>" + html_escape(ref);
-    const std::string before =
-        scst_seconds > 0 ? fmt::format("<br><span class='xe'>cross-entropy: {}</span>",
-                                       html_escape(xe.captions[i].text))
-                         : std::string();
+    const std::string before = scst_seconds > 0
+                                   ? fmt::format("<br><span class='xe'>cross-entropy: {}</span>",
+                                                 html_escape(xe.captions[i].text))
+                                   : std::string();
     html += fmt::format(
         "<tr><td><img src='data:image/jpeg;base64,{}'></td><td><span "
         "class='gen'>{}</span>{}{}</td></tr>",

@@ -45,7 +45,8 @@ void run_info(const InfoArgs& args) {
   fmt::print("{}\n", args.annotations);
   fmt::print("  images:   {}\n  captions: {}\n", stats.images, stats.captions);
   if (annotations.karpathy()) {
-    fmt::print("  Karpathy split file{}; splits:", args.split.empty() ? "" : ", split " + args.split);
+    fmt::print("  Karpathy split file{}; splits:",
+               args.split.empty() ? "" : ", split " + args.split);
     for (const auto& [name, n] : annotations.splits()) fmt::print(" {} {}", name, n);
     fmt::print("\n");
   }

@@ -372,9 +372,9 @@ void add_train_command(CLI::App& app) {
   add_enum_option(cmd, "--batching", a->trainer.batching,
                   "padded, same_length (the seed's sampler) or image_major");
   add_enum_option(cmd, "--optimizer", a->trainer.optimizer, "adam or sgd");
-  cmd->add_option(
-         "--lr", a->trainer.lr,
-         fmt::format("Learning rate (with --objective scst: {:g} unless given)", train_defaults::kScstLearningRate))
+  cmd->add_option("--lr", a->trainer.lr,
+                  fmt::format("Learning rate (with --objective scst: {:g} unless given)",
+                              train_defaults::kScstLearningRate))
       ->capture_default_str()
       ->check(finite_above(0.0, 100.0));
   cmd->add_option("--weight-decay", a->trainer.weight_decay, "L2 penalty")

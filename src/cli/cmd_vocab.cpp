@@ -32,12 +32,12 @@ void run_vocab(const VocabArgs& args) {
   options.max_size = args.max_size;
   // Karpathy's file holds every split: the words are counted over the ones --split names.
   const bool one_file = args.annotations.size() == 1;
-  const auto vocab =
-      one_file ? Vocabulary::build(load_annotations(args.annotations[0], args.split, "--split", true),
-                                   options)
-               : Vocabulary::build(args.annotations, options);
   if (!one_file && !args.split.empty())
     throw UsageError("--split reads one Karpathy file: give a single --annotations");
+  const auto vocab =
+      one_file ? Vocabulary::build(
+                     load_annotations(args.annotations[0], args.split, "--split", true), options)
+               : Vocabulary::build(args.annotations, options);
   const double seconds =
       std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
   vocab.save(args.out);

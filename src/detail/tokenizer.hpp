@@ -10,6 +10,10 @@
 
 #include "detail/token_table.hpp"
 
+namespace imcap {
+struct CocoCaption;
+}
+
 namespace imcap::detail {
 
 /// Tokenizes `text` as imcap::tokenize does. `lowered` receives the lower-cased text and the
@@ -22,12 +26,15 @@ class TokenCounter {
  public:
   /// Tokenizes `caption` and counts its tokens; returns how many it had.
   std::size_t add(std::string_view caption);
-  /// Counts tokens that are already split (a Karpathy file's); returns how many there were.
-  std::size_t add(const std::vector<std::string>& tokens);
+  /// Counts a caption's own tokens where it has them (a Karpathy file's), else its tokenized
+  /// text; returns how many there were.
+  std::size_t add(const CocoCaption& caption);
   /// The counts so far, keyed by token.
   std::unordered_map<std::string, std::int64_t> counts() const;
 
  private:
+  void count(std::string_view token);
+
   TokenTable table_;
   std::vector<std::int64_t> counts_;  // by TokenTable id
   std::string lowered_;

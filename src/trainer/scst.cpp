@@ -122,9 +122,9 @@ ScstLoss scst_loss(CaptionModel& model, const torch::Tensor& features,
   // A tensor of its own (autograd keeps it for the backward pass).
   const auto a = torch::tensor(advantage, torch::kFloat).to(drawn.log_probs.device());
   if (rescore)
-    out.loss = model.decoder()->weighted_loss(features.repeat_interleave(n, /*dim=*/0),
-                                              drawn.drawn, drawn.drawn_lengths,
-                                              a / static_cast<double>(std::max<std::size_t>(1, rows)));
+    out.loss = model.decoder()->weighted_loss(
+        features.repeat_interleave(n, /*dim=*/0), drawn.drawn, drawn.drawn_lengths,
+        a / static_cast<double>(std::max<std::size_t>(1, rows)));
   else
     out.loss = -(a * drawn.log_probs).mean();
   out.tokens = drawn.tokens;

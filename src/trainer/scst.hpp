@@ -34,8 +34,7 @@ struct ScstLoss {
 /// every sampling step.
 ScstLoss scst_loss(CaptionModel& model, const torch::Tensor& features,
                    const std::vector<std::int64_t>& image_ids, const ScstOptions& options,
-                   const ScstReward& reward, at::Generator generator,
-                   bool rescore_samples = true);
+                   const ScstReward& reward, at::Generator generator, bool rescore_samples = true);
 
 /// Checks ScstOptions; throws InvalidArgument naming the field and what it must be.
 void check_scst_options(const ScstOptions& options);
