@@ -32,6 +32,9 @@ VARIANTS = {
     "greedy-noend": ["--baseline", "greedy", "--no-reward-end"],
     "mean-lr2e-4": ["--lr", "2e-4"],
     "mean-lr1e-5": ["--lr", "1e-5"],
+    "mean-lr1e-4": ["--lr", "1e-4"],
+    "mean-s10": ["--samples", "10"],
+    "mean-lr1e-4-s10": ["--lr", "1e-4", "--samples", "10"],
 }
 
 

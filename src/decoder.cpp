@@ -28,37 +28,6 @@ void check_positive(const char* name, int64_t value) {
   }
 }
 
-// The smallest and largest value of an integer tensor, with one wait for the device on a GPU.
-std::pair<int64_t, int64_t> min_max(const torch::Tensor& t) {
-  if (t.device().is_cpu()) return {t.min().item<int64_t>(), t.max().item<int64_t>()};
-  const torch::Tensor both = torch::stack({t.min(), t.max()}).to(torch::kCPU, torch::kLong);
-  return {both[0].item<int64_t>(), both[1].item<int64_t>()};
-}
-
-void check_lengths(const torch::Tensor& lengths, int64_t batch, int64_t max_len) {
-  detail::check_tensor(lengths.defined() && lengths.dim() == 1 && lengths.size(0) == batch &&
-                           !lengths.is_floating_point() && !lengths.is_complex(),
-                       "caption lengths", fmt::format("integer lengths of shape [{}]", batch),
-                       lengths);
-  if (batch == 0) return;
-  const auto [lo, hi] = min_max(lengths);
-  if (lo < 1 || hi > max_len) {
-    throw InvalidArgument(fmt::format(
-        "caption lengths: expected values in [1, {}] (the caption width), got min {} and max {}",
-        max_len, lo, hi));
-  }
-}
-
-void check_ids(const torch::Tensor& ids, int64_t vocab_size, const char* what) {
-  if (ids.numel() == 0) return;
-  const auto [lo, hi] = min_max(ids);
-  if (lo < 0 || hi >= vocab_size) {
-    throw InvalidArgument(
-        fmt::format("{}: expected ids in [0, {}) (the vocabulary), got min {} and max {}", what,
-                    vocab_size, lo, hi));
-  }
-}
-
 }  // namespace
 
 ImageInject parse_image_inject(const std::string& name) {
@@ -124,13 +93,8 @@ torch::Tensor DecoderImpl::weighted_loss(const torch::Tensor& features,
                                          const torch::Tensor& captions,
                                          const torch::Tensor& lengths,
                                          const torch::Tensor& weights) {
-  detail::check_tensor(weights.defined() && weights.dim() == 1 &&
-                           weights.size(0) == captions.size(0) && weights.is_floating_point(),
-                       "decoder weights", fmt::format("float of shape [{}]", captions.size(0)),
-                       weights);
-  // Each caption's weight on every one of its positions (padding is ignored by its target).
   const torch::Tensor row_weights =
-      weights.unsqueeze(1).expand({captions.size(0), captions.size(1)}).reshape({-1});
+      detail::caption_row_weights(weights, captions.size(0), captions.size(1), "decoder weights");
   return projected_loss(features, captions, lengths, row_weights);
 }
 
@@ -161,11 +125,11 @@ torch::Tensor DecoderImpl::hidden_states(const torch::Tensor& features,
   const int64_t steps = captions.size(1);
   torch::Tensor ids = captions.slice(/*dim=*/1, 0, steps - 1);
   if (lengths.defined()) {
-    check_lengths(lengths, batch, steps);
+    detail::check_lengths(lengths, batch, steps);
     // Padding may hold anything (even ids outside the vocabulary): embed id 0 there instead.
     ids = ids.masked_fill(~length_mask(lengths, steps - 1), 0);
   }
-  check_ids(ids, options_.vocab_size, "decoder captions");
+  detail::check_ids(ids, options_.vocab_size, "decoder captions");
   torch::Tensor words = embed(ids);  // (B, T-1, E): the inputs of steps 1..T-1
   torch::Tensor inputs;
   switch (options_.image_inject) {
@@ -285,7 +249,7 @@ torch::Tensor DecoderImpl::step(const torch::Tensor& ids, DecodeState& state,
                                 DecodeWeights weights) {
   detail::check_tensor(ids.defined() && ids.dim() == 1 && ids.scalar_type() == torch::kLong,
                        "decoder step ids", "int64 ids of shape [B]", ids);
-  check_ids(ids, options_.vocab_size, "decoder step ids");
+  detail::check_ids(ids, options_.vocab_size, "decoder step ids");
   return step_embedded(embed(ids), state, weights);
 }
 
@@ -321,7 +285,7 @@ torch::Tensor caption_loss(const torch::Tensor& logits, const torch::Tensor& tar
       fmt::format("int64 ids of shape [{}, {}]", logits.size(0), logits.size(1)), targets);
   torch::Tensor t = targets;
   if (lengths.defined()) {
-    check_lengths(lengths, targets.size(0), targets.size(1));
+    detail::check_lengths(lengths, targets.size(0), targets.size(1));
     t = targets.masked_fill(~length_mask(lengths, targets.size(1)), kIgnoreIndex);
   }
   return torch::nn::functional::cross_entropy(

@@ -311,6 +311,21 @@ EncoderOutput EncoderImpl::forward_all(const torch::Tensor& images,
   return out;
 }
 
+torch::Tensor EncoderImpl::forward_spatial(const torch::Tensor& images, int64_t grid,
+                                           std::optional<torch::Dtype> compute_dtype) {
+  return spatial_grid(backbone->forward_features(images, compute_dtype), grid);
+}
+
+torch::Tensor spatial_grid(const torch::Tensor& map, int64_t grid) {
+  detail::check_tensor(map.defined() && map.dim() == 4 && map.is_floating_point(), "spatial map",
+                       "float features (B, C, h, w)", map);
+  if (grid < 0) throw InvalidArgument(fmt::format("grid: expected a size >= 0, got {}", grid));
+  torch::Tensor m = map;
+  if (grid > 0 && (map.size(2) != grid || map.size(3) != grid))
+    m = torch::adaptive_avg_pool2d(map, {grid, grid});
+  return m.flatten(/*start_dim=*/2).transpose(1, 2).contiguous();
+}
+
 std::string notebook_encoder_key_to_imcap(const std::string& key) {
   // Children of torchvision's ResNet in order: conv1 bn1 relu maxpool layer1..4 avgpool fc.
   static const std::array<std::pair<const char*, const char*>, 9> kRenames{{

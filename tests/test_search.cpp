@@ -13,6 +13,7 @@
 #include "catch.hpp"
 
 #include "detail/cuda_graph_greedy.hpp"
+#include "imcap/attention_decoder.hpp"
 #include "imcap/captioner.hpp"
 #include "imcap/error.hpp"
 #include "imcap/search.hpp"
@@ -295,6 +296,36 @@ TEST_CASE("beam search equals exhaustive search when the beam holds every sequen
         require_best_of(got[i], want, num_return);
         require_best_of(got_lstm[i], exhaustive(lstm, lstm_features, i, o), num_return);
       }
+    }
+  }
+}
+
+TEST_CASE("beam search equals exhaustive search over the attention decoder",
+          "[search][attention]") {
+  torch::manual_seed(9);
+  imcap::AttentionDecoderOptions a;
+  a.vocab_size = 4;
+  a.encoder_dim = 6;
+  a.embed_size = 5;
+  a.hidden_size = 8;
+  a.attention_dim = 4;
+  a.start_id = 3;
+  imcap::AttentionDecoder decoder(a);
+  decoder->eval();
+  const imcap::AttentionStepper steps(decoder);
+  const torch::Tensor grid = torch::randn({2, 5, 6});
+  for (double alpha : {0.0, 0.7}) {
+    INFO("alpha " << alpha);
+    Opts o = ids(/*end=*/0, /*unk=*/-1, /*start=*/3);
+    o.beam_size = 256;
+    o.max_length = 4;
+    o.alpha = alpha;
+    o.num_return = 256;
+    const auto got = run_beam(steps, grid, o);
+    REQUIRE(got.size() == 2);
+    for (std::int64_t i = 0; i < 2; ++i) {
+      INFO("image " << i);
+      require_best_of(got[i], exhaustive(steps, grid, i, o), 256, /*distinct=*/false);
     }
   }
 }

@@ -179,6 +179,12 @@ struct EncoderImpl : torch::nn::Module {
   /// Embedded vector, pooled features and spatial map from one backbone pass.
   EncoderOutput forward_all(const torch::Tensor& images,
                             std::optional<torch::Dtype> compute_dtype = std::nullopt);
+  /// The last stage's map as a grid of feature vectors for attention decoders: images
+  /// (B, 3, H, W) -> (B, P, C), P = h * w positions in row-major order (7 x 7 = 49 for 224-px
+  /// images), C = feature_dim(); with grid > 0 the map is first average-pooled adaptively to
+  /// grid x grid (sgrvinod's 14 x 14). The head is not applied. Same inference path as forward.
+  torch::Tensor forward_spatial(const torch::Tensor& images, int64_t grid = 0,
+                                std::optional<torch::Dtype> compute_dtype = std::nullopt);
   /// The head alone: pooled (B, C) -> embedded (B, E). For cached features.
   torch::Tensor embed_features(const torch::Tensor& pooled);
 
@@ -194,6 +200,11 @@ struct EncoderImpl : torch::nn::Module {
   EncoderOptions options_;
 };
 TORCH_MODULE(Encoder);
+
+/// A spatial map (B, C, h, w) as forward_spatial's grid (B, P, C), average-pooled adaptively to
+/// grid x grid first when grid > 0 and the map has another size. Throws InvalidArgument for
+/// another shape or a negative grid.
+torch::Tensor spatial_grid(const torch::Tensor& map, int64_t grid = 0);
 
 /// Maps a key of the notebooks' EncoderCNN state dict to the Encoder's. Their `resnet` is
 /// `nn.Sequential(*list(resnet.children())[:-1])`, so `resnet.0.` -> `backbone.conv1.`,

@@ -1,6 +1,7 @@
 // Umbrella header: everything in imcap's public API. See captioner.hpp for the quick start.
 #pragma once
 
+#include "imcap/attention_decoder.hpp"
 #include "imcap/captioner.hpp"
 #include "imcap/checkpoint.hpp"
 #include "imcap/coco_dataset.hpp"

@@ -6,7 +6,10 @@
 #include <algorithm>
 #include <functional>
 
+#include <fmt/format.h>
+
 #include "detail/parallel.hpp"
+#include "detail/tensor_check.hpp"
 #include "imcap/error.hpp"
 
 namespace imcap::detail {
@@ -136,6 +139,15 @@ torch::Tensor LossBuffer::get(std::int64_t rows, std::int64_t cols,
                         buffer_.device() == options.device();
   if (!reusable) buffer_ = at::empty({rows * cols}, options);
   return buffer_.narrow(0, 0, rows * cols).view({rows, cols});
+}
+
+torch::Tensor caption_row_weights(const torch::Tensor& weights, std::int64_t batch,
+                                  std::int64_t steps, const char* what) {
+  check_tensor(weights.defined() && weights.dim() == 1 && weights.size(0) == batch &&
+                   weights.is_floating_point(),
+               what, fmt::format("float of shape [{}]", batch), weights);
+  // Padding is ignored by its target, so every position may carry the caption's weight.
+  return weights.unsqueeze(1).expand({batch, steps}).reshape({-1});
 }
 
 }  // namespace imcap::detail

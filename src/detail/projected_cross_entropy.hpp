@@ -25,6 +25,12 @@ torch::Tensor projected_cross_entropy(const torch::Tensor& h, const torch::Tenso
                                       const torch::Tensor& buffer = {},
                                       const torch::Tensor& row_weights = {});
 
+/// The row_weights of projected_cross_entropy for a batch of captions: each caption's weight
+/// `weights[b]` on every one of its `steps` positions, (B * steps). Checks that weights is float
+/// of shape [batch]; `what` names it in the error.
+torch::Tensor caption_row_weights(const torch::Tensor& weights, std::int64_t batch,
+                                  std::int64_t steps, const char* what);
+
 /// The logits buffer of projected_cross_entropy, kept between training steps: a fresh one of
 /// that size (72 MB in the benchmark) comes from mmap and is page-faulted and zeroed by the
 /// kernel at every step. Thread-safe.

@@ -4,8 +4,12 @@
 #include <torch/types.h>
 
 #include <cmath>
+#include <cstdint>
 #include <sstream>
 #include <string>
+#include <utility>
+
+#include <fmt/format.h>
 
 #include "imcap/error.hpp"
 
@@ -27,6 +31,40 @@ inline void check_tensor(bool ok, const std::string& what, const std::string& ex
   s << what << ": expected " << expected << ", got shape " << shape_string(t);
   if (t.defined()) s << ' ' << t.scalar_type();
   throw InvalidArgument(s.str());
+}
+
+/// The smallest and largest value of an integer tensor, with one wait for the device on a GPU.
+inline std::pair<std::int64_t, std::int64_t> min_max(const torch::Tensor& t) {
+  if (t.device().is_cpu()) return {t.min().item<std::int64_t>(), t.max().item<std::int64_t>()};
+  const torch::Tensor both = torch::stack({t.min(), t.max()}).to(torch::kCPU, torch::kLong);
+  return {both[0].item<std::int64_t>(), both[1].item<std::int64_t>()};
+}
+
+/// Checks caption lengths: integer, shape [batch], values in [min_len, max_len] (max_len: the
+/// caption width).
+inline void check_lengths(const torch::Tensor& lengths, std::int64_t batch, std::int64_t max_len,
+                          std::int64_t min_len = 1) {
+  check_tensor(lengths.defined() && lengths.dim() == 1 && lengths.size(0) == batch &&
+                   !lengths.is_floating_point() && !lengths.is_complex(),
+               "caption lengths", fmt::format("integer lengths of shape [{}]", batch), lengths);
+  if (batch == 0) return;
+  const auto [lo, hi] = min_max(lengths);
+  if (lo < min_len || hi > max_len) {
+    throw InvalidArgument(fmt::format(
+        "caption lengths: expected values in [{}, {}] (the caption width), got min {} and max {}",
+        min_len, max_len, lo, hi));
+  }
+}
+
+/// Checks that every id lies in [0, vocab_size).
+inline void check_ids(const torch::Tensor& ids, std::int64_t vocab_size, const char* what) {
+  if (ids.numel() == 0) return;
+  const auto [lo, hi] = min_max(ids);
+  if (lo < 0 || hi >= vocab_size) {
+    throw InvalidArgument(
+        fmt::format("{}: expected ids in [0, {}) (the vocabulary), got min {} and max {}", what,
+                    vocab_size, lo, hi));
+  }
 }
 
 /// Where the first NaN or infinity of a [N, C] float32 tensor lies: its row and column, or

@@ -6,6 +6,7 @@ Weights and tensors are saved with torch.save and read back with imcap::load_wei
   models_reference.py resnet ARCH BATCH SIZE OUTDIR
   models_reference.py notebook-encoder ARCH VARIANT OUTDIR     (VARIANT: udacity | tutorial)
   models_reference.py decoder NUM_LAYERS OUTDIR
+  models_reference.py attention OUTDIR
 """
 import json
 import os
@@ -94,6 +95,75 @@ class DecoderRNN(nn.Module):
         return output
 
 
+class SoftAttention(nn.Module):
+    """Additive attention over a grid, as in sgrvinod's tutorial (the attribute names matter)."""
+
+    def __init__(self, encoder_dim, decoder_dim, attention_dim):
+        super().__init__()
+        self.encoder_att = nn.Linear(encoder_dim, attention_dim)
+        self.decoder_att = nn.Linear(decoder_dim, attention_dim)
+        self.full_att = nn.Linear(attention_dim, 1)
+
+    def forward(self, grid, h):
+        scores = self.full_att(torch.relu(self.encoder_att(grid) + self.decoder_att(h)[:, None]))
+        alpha = torch.softmax(scores.squeeze(2), dim=1)
+        return (grid * alpha[:, :, None]).sum(dim=1), alpha
+
+
+class AttentionDecoderRef(nn.Module):
+    """Show, Attend and Tell's decoder with sgrvinod's DecoderWithAttention names and loop:
+    captions sorted by length, the batch shrinking as captions end."""
+
+    def __init__(self, attention_dim, embed_dim, decoder_dim, vocab_size, encoder_dim):
+        super().__init__()
+        self.attention = SoftAttention(encoder_dim, decoder_dim, attention_dim)
+        self.embedding = nn.Embedding(vocab_size, embed_dim)
+        self.dropout = nn.Dropout(p=0.5)
+        self.decode_step = nn.LSTMCell(embed_dim + encoder_dim, decoder_dim)
+        self.init_h = nn.Linear(encoder_dim, decoder_dim)
+        self.init_c = nn.Linear(encoder_dim, decoder_dim)
+        self.f_beta = nn.Linear(decoder_dim, encoder_dim)
+        self.fc = nn.Linear(decoder_dim, vocab_size)
+        self.vocab_size = vocab_size
+
+    def begin(self, grid):
+        mean = grid.mean(dim=1)
+        return self.init_h(mean), self.init_c(mean)
+
+    def one_step(self, grid, words, h, c):
+        attended, alpha = self.attention(grid, h)
+        attended = torch.sigmoid(self.f_beta(h)) * attended
+        h, c = self.decode_step(torch.cat([words, attended], dim=1), (h, c))
+        return self.fc(self.dropout(h)), alpha, h, c
+
+    def forward(self, grid, captions, lengths):
+        order = lengths.argsort(descending=True)
+        grid, captions, lengths = grid[order], captions[order], lengths[order]
+        words = self.embedding(captions)
+        h, c = self.begin(grid)
+        steps = (lengths - 1).tolist()
+        batch, pixels = grid.size(0), grid.size(1)
+        logits = torch.zeros(batch, max(steps), self.vocab_size)
+        alphas = torch.zeros(batch, max(steps), pixels)
+        for t in range(max(steps)):
+            n = sum(s > t for s in steps)
+            out, alpha, h, c = self.one_step(grid[:n], words[:n, t], h[:n], c[:n])
+            logits[:n, t] = out
+            alphas[:n, t] = alpha
+        back = order.argsort()
+        return logits[back], alphas[back]
+
+    def greedy(self, grid, start_id, max_len):
+        h, c = self.begin(grid)
+        word = torch.full((grid.size(0),), start_id, dtype=torch.long)
+        out = []
+        for _ in range(max_len):
+            logits, _, h, c = self.one_step(grid, self.embedding(word), h, c)
+            word = logits.argmax(1)
+            out.append(word)
+        return torch.stack(out, 1)
+
+
 def save(obj, outdir, name):
     torch.save(obj, os.path.join(outdir, name))
 
@@ -168,6 +238,32 @@ def cmd_decoder(num_layers, outdir):
           "stopped": torch.tensor(stopped)}, outdir, "data.pt")
 
 
+def cmd_attention(outdir):
+    torch.manual_seed(7)
+    gen = torch.Generator().manual_seed(8)
+    vocab, embed, hidden, att, channels, pixels, batch, width = 40, 12, 16, 10, 24, 9, 4, 7
+    model = AttentionDecoderRef(att, embed, hidden, vocab, channels)
+    with torch.no_grad():
+        model.fc.weight.mul_(8.0)  # wider margins between the greedy choices
+        model.attention.full_att.weight.mul_(4.0)  # peaked attention
+    model.eval()
+    grid = torch.randn(batch, pixels, channels, generator=gen)
+    captions = torch.randint(2, vocab, (batch, width), generator=gen)
+    captions[:, 0] = 1  # <start>
+    lengths = torch.tensor([5, 7, 2, 4])
+    with torch.no_grad():
+        logits, alphas = model(grid, captions, lengths)
+        targets = captions[:, 1:].clone()
+        valid = torch.arange(width - 1)[None] < (lengths - 1)[:, None]
+        ce = nn.functional.cross_entropy(logits[valid], targets[valid])
+        penalty = ((1.0 - alphas.sum(dim=1)) ** 2).mean()
+        greedy = model.greedy(grid, 1, 12)
+    save(dict(model.state_dict()), outdir, "weights.pt")
+    save({"grid": grid, "captions": captions, "lengths": lengths, "logits": logits,
+          "alphas": alphas, "cross_entropy": ce, "penalty": penalty, "greedy": greedy},
+         outdir, "data.pt")
+
+
 def main(argv):
     cmd = argv[1]
     if cmd == "names":
@@ -178,6 +274,8 @@ def main(argv):
         cmd_notebook_encoder(argv[2], argv[3], argv[4])
     elif cmd == "decoder":
         cmd_decoder(int(argv[2]), argv[3])
+    elif cmd == "attention":
+        cmd_attention(argv[2])
     else:
         raise SystemExit("unknown command " + cmd)
 
