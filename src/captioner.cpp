@@ -64,11 +64,11 @@ std::vector<std::vector<Caption>> Captioner::candidates(const torch::Tensor& fea
   torch::NoGradGuard no_grad;
   const SpecialTokens tokens = SpecialTokens::of(model_->vocab());
   std::vector<std::vector<Hypothesis>> results;
-  if (options.beam_size == 1 && features.is_cuda() && detail::CudaGraphGreedy::available()) {
+  if (options.beam_size == 1 && features.is_cuda() && detail::CudaGraphGreedy::available() &&
+      model_->decoder_kind() == DecoderKind::kShowTell) {
     for (auto& h : (*graphs_->get(*model_, options))(features)) results.push_back({std::move(h)});
   } else {
-    const DecoderStepper stepper(model_->decoder(), options.decode_weights);
-    results = search(stepper, features, options, tokens);
+    results = search(*model_->step_decoder(options.decode_weights), features, options, tokens);
   }
   std::vector<std::vector<Caption>> out(results.size());
   for (std::size_t i = 0; i < results.size(); ++i) {
@@ -103,8 +103,8 @@ torch::Tensor Captioner::encode(const torch::Tensor& images, const CaptionOption
     throw InvalidArgument(
         fmt::format("captioner: expected images [B, 3, H, W], got {} dimensions", images.dim()));
   torch::NoGradGuard no_grad;
-  Encoder encoder = model_->encoder();  // a handle on the shared module; forward is not const
-  return encoder->forward(images.to(model_->device(), torch::kFloat32), options.encoder_dtype);
+  // The model is shared; encode() keeps no per-call state.
+  return model_->encode(images.to(model_->device(), torch::kFloat32), options.encoder_dtype);
 }
 
 torch::Tensor Captioner::encode(const std::vector<Image>& images,

@@ -268,15 +268,16 @@ torch::Tensor ResNetImpl::forward(const torch::Tensor& images) {
 }
 
 EncoderImpl::EncoderImpl(const EncoderOptions& options) : options_(options) {
-  if (options.embed_size <= 0) {
+  if (options.embed_size < 0) {
     throw InvalidArgument(
-        fmt::format("embed_size: expected a positive size, got {}", options.embed_size));
+        fmt::format("embed_size: expected a size >= 0 (0: no head), got {}", options.embed_size));
   }
   ResNetOptions backbone_options;
   backbone_options.arch = options.arch;
   backbone_options.num_classes = 0;
   backbone_options.trainable_stages = options.trainable_stages;
   backbone = register_module("backbone", ResNet(backbone_options));
+  if (options.embed_size == 0) return;  // an attention model's encoder: the grid, no head
   embed = register_module("embed", nn::Linear(backbone->feature_dim(), options.embed_size));
   if (options.head_batch_norm) {
     bn = register_module(
@@ -288,7 +289,19 @@ EncoderImpl::EncoderImpl(const EncoderOptions& options) : options_(options) {
 
 int64_t EncoderImpl::feature_dim() const { return backbone->feature_dim(); }
 
+namespace {
+
+void require_head(const nn::Linear& embed) {
+  if (!embed)
+    throw InvalidArgument(
+        "encoder: this encoder has no head (embed_size 0, an attention model's): use "
+        "forward_spatial");
+}
+
+}  // namespace
+
 torch::Tensor EncoderImpl::embed_features(const torch::Tensor& pooled) {
+  require_head(embed);
   detail::check_tensor(pooled.defined() && pooled.dim() == 2 && pooled.size(1) == feature_dim() &&
                            pooled.is_floating_point(),
                        "encoder head input", fmt::format("float features (B, {})", feature_dim()),
@@ -299,6 +312,7 @@ torch::Tensor EncoderImpl::embed_features(const torch::Tensor& pooled) {
 
 torch::Tensor EncoderImpl::forward(const torch::Tensor& images,
                                    std::optional<torch::Dtype> compute_dtype) {
+  require_head(embed);
   return embed_features(backbone->forward_pooled(images, compute_dtype));
 }
 
@@ -307,7 +321,7 @@ EncoderOutput EncoderImpl::forward_all(const torch::Tensor& images,
   EncoderOutput out;
   out.spatial = backbone->forward_features(images, compute_dtype);
   out.pooled = out.spatial.mean({2, 3});
-  out.embedded = embed_features(out.pooled);
+  if (embed) out.embedded = embed_features(out.pooled);
   return out;
 }
 

@@ -10,6 +10,8 @@
 #include <torch/torch.h>
 #include <nlohmann/json.hpp>
 
+#include "detail/enum_names.hpp"
+#include "detail/tensor_check.hpp"
 #include "imcap/checkpoint.hpp"
 #include "imcap/error.hpp"
 #include "imcap/weights.hpp"
@@ -94,10 +96,27 @@ std::string model_config_to_json(const ModelConfig& c) {
                   {"head_batch_norm", c.encoder.head_batch_norm},
                   {"head_batch_norm_momentum", c.encoder.head_batch_norm_momentum},
                   {"trainable_stages", c.encoder.trainable_stages}};
-  j["decoder"] = {
-      {"vocab_size", c.decoder.vocab_size},   {"embed_size", c.decoder.embed_size},
-      {"hidden_size", c.decoder.hidden_size}, {"num_layers", c.decoder.num_layers},
-      {"dropout", c.decoder.dropout},         {"image_inject", to_string(c.decoder.image_inject)}};
+  if (c.decoder_kind == DecoderKind::kAttention) {
+    const AttentionDecoderOptions& a = c.attention;
+    j["decoder"] = {{"kind", to_string(c.decoder_kind)},
+                    {"vocab_size", a.vocab_size},
+                    {"encoder_dim", a.encoder_dim},
+                    {"embed_size", a.embed_size},
+                    {"hidden_size", a.hidden_size},
+                    {"attention_dim", a.attention_dim},
+                    {"dropout", a.dropout},
+                    {"attention_reg", a.attention_reg},
+                    {"start_id", a.start_id},
+                    {"grid", c.grid}};
+  } else {
+    // Without "kind": Show and Tell files stay those of format version 1.
+    j["decoder"] = {{"vocab_size", c.decoder.vocab_size},
+                    {"embed_size", c.decoder.embed_size},
+                    {"hidden_size", c.decoder.hidden_size},
+                    {"num_layers", c.decoder.num_layers},
+                    {"dropout", c.decoder.dropout},
+                    {"image_inject", to_string(c.decoder.image_inject)}};
+  }
   j["image"] = {
       {"resize", c.image_resize}, {"crop", c.image_crop}, {"mean", c.mean}, {"std", c.std}};
   return j.dump(2);
@@ -122,8 +141,11 @@ ModelConfig model_config_from_json(const std::string& text, const std::string& n
   ModelConfig c;
   try {
     c.encoder.arch = parse_resnet_arch(get_key<std::string>(enc, "encoder", "arch", name));
-    c.decoder.image_inject =
-        parse_image_inject(get_key<std::string>(dec, "decoder", "image_inject", name));
+    if (dec.is_object() && dec.contains("kind"))
+      c.decoder_kind = parse_decoder_kind(get_key<std::string>(dec, "decoder", "kind", name));
+    if (c.decoder_kind == DecoderKind::kShowTell)
+      c.decoder.image_inject =
+          parse_image_inject(get_key<std::string>(dec, "decoder", "image_inject", name));
   } catch (const InvalidArgument& e) {
     throw FormatError(fmt::format("{}: config: {}", name, e.what()));
   }
@@ -132,11 +154,6 @@ ModelConfig model_config_from_json(const std::string& text, const std::string& n
   c.encoder.head_batch_norm_momentum =
       get_key<double>(enc, "encoder", "head_batch_norm_momentum", name);
   c.encoder.trainable_stages = get_key<int>(enc, "encoder", "trainable_stages", name);
-  c.decoder.vocab_size = get_key<std::int64_t>(dec, "decoder", "vocab_size", name);
-  c.decoder.embed_size = get_key<std::int64_t>(dec, "decoder", "embed_size", name);
-  c.decoder.hidden_size = get_key<std::int64_t>(dec, "decoder", "hidden_size", name);
-  c.decoder.num_layers = get_key<std::int64_t>(dec, "decoder", "num_layers", name);
-  c.decoder.dropout = get_key<double>(dec, "decoder", "dropout", name);
   c.image_resize = get_key<int>(img, "image", "resize", name);
   c.image_crop = get_key<int>(img, "image", "crop", name);
   c.mean = get_key<std::array<float, 3>>(img, "image", "mean", name);
@@ -144,44 +161,194 @@ ModelConfig model_config_from_json(const std::string& text, const std::string& n
   const auto bad = [&](const char* what, auto value) {
     throw FormatError(fmt::format("{}: config: {} = {} is out of range", name, what, value));
   };
-  if (c.encoder.embed_size <= 0 || c.encoder.embed_size > (1 << 20))
-    bad("encoder.embed_size", c.encoder.embed_size);
-  if (c.decoder.embed_size != c.encoder.embed_size) bad("decoder.embed_size", c.decoder.embed_size);
-  if (c.decoder.hidden_size <= 0 || c.decoder.hidden_size > (1 << 20))
-    bad("decoder.hidden_size", c.decoder.hidden_size);
-  if (c.decoder.num_layers <= 0 || c.decoder.num_layers > 64)
-    bad("decoder.num_layers", c.decoder.num_layers);
-  if (c.decoder.vocab_size <= 0 || c.decoder.vocab_size > (1 << 24))
-    bad("decoder.vocab_size", c.decoder.vocab_size);
+  const auto size = [&](const char* what, std::int64_t value, std::int64_t most) {
+    if (value <= 0 || value > most) bad(what, value);
+  };
+  if (c.decoder_kind == DecoderKind::kAttention) {
+    AttentionDecoderOptions& a = c.attention;
+    a.vocab_size = get_key<std::int64_t>(dec, "decoder", "vocab_size", name);
+    a.encoder_dim = get_key<std::int64_t>(dec, "decoder", "encoder_dim", name);
+    a.embed_size = get_key<std::int64_t>(dec, "decoder", "embed_size", name);
+    a.hidden_size = get_key<std::int64_t>(dec, "decoder", "hidden_size", name);
+    a.attention_dim = get_key<std::int64_t>(dec, "decoder", "attention_dim", name);
+    a.dropout = get_key<double>(dec, "decoder", "dropout", name);
+    a.attention_reg = get_key<double>(dec, "decoder", "attention_reg", name);
+    a.start_id = get_key<std::int64_t>(dec, "decoder", "start_id", name);
+    c.grid = get_key<std::int64_t>(dec, "decoder", "grid", name);
+    if (c.encoder.embed_size != 0) bad("encoder.embed_size", c.encoder.embed_size);
+    size("decoder.vocab_size", a.vocab_size, 1 << 24);
+    if (a.encoder_dim != feature_dim(c.encoder.arch)) bad("decoder.encoder_dim", a.encoder_dim);
+    size("decoder.embed_size", a.embed_size, 1 << 20);
+    size("decoder.hidden_size", a.hidden_size, 1 << 20);
+    size("decoder.attention_dim", a.attention_dim, 1 << 20);
+    if (!(a.dropout >= 0.0 && a.dropout < 1.0)) bad("decoder.dropout", a.dropout);
+    if (!(a.attention_reg >= 0.0 && a.attention_reg < 1e6))
+      bad("decoder.attention_reg", a.attention_reg);
+    if (a.start_id < 0 || a.start_id >= a.vocab_size) bad("decoder.start_id", a.start_id);
+    if (c.grid < 0 || c.grid > 64) bad("decoder.grid", c.grid);
+  } else {
+    c.decoder.vocab_size = get_key<std::int64_t>(dec, "decoder", "vocab_size", name);
+    c.decoder.embed_size = get_key<std::int64_t>(dec, "decoder", "embed_size", name);
+    c.decoder.hidden_size = get_key<std::int64_t>(dec, "decoder", "hidden_size", name);
+    c.decoder.num_layers = get_key<std::int64_t>(dec, "decoder", "num_layers", name);
+    c.decoder.dropout = get_key<double>(dec, "decoder", "dropout", name);
+    size("encoder.embed_size", c.encoder.embed_size, 1 << 20);
+    if (c.decoder.embed_size != c.encoder.embed_size)
+      bad("decoder.embed_size", c.decoder.embed_size);
+    size("decoder.hidden_size", c.decoder.hidden_size, 1 << 20);
+    size("decoder.num_layers", c.decoder.num_layers, 64);
+    size("decoder.vocab_size", c.decoder.vocab_size, 1 << 24);
+    if (!(c.decoder.dropout >= 0.0 && c.decoder.dropout < 1.0))
+      bad("decoder.dropout", c.decoder.dropout);
+  }
   if (c.encoder.trainable_stages < 0 || c.encoder.trainable_stages > kResNetStages)
     bad("encoder.trainable_stages", c.encoder.trainable_stages);
   if (c.image_crop < 16 || c.image_crop > 4096) bad("image.crop", c.image_crop);
   if (c.image_resize < c.image_crop || c.image_resize > 8192) bad("image.resize", c.image_resize);
-  if (!(c.decoder.dropout >= 0.0 && c.decoder.dropout < 1.0))
-    bad("decoder.dropout", c.decoder.dropout);
   for (const float s : c.std)
     if (!(s > 0.0f)) bad("image.std", s);
   return c;
 }
 
+DecoderKind parse_decoder_kind(const std::string& name) {
+  return detail::parse_enum<DecoderKind>(name);
+}
+
+std::string to_string(DecoderKind kind) { return detail::enum_name(kind); }
+
 CaptionModel::CaptionModel(ModelConfig config, Vocabulary vocab)
     : config_(std::move(config)), vocab_(std::move(vocab)) {
-  config_.decoder.vocab_size = static_cast<std::int64_t>(vocab_.size());
-  config_.decoder.embed_size = config_.encoder.embed_size;
-  encoder_ = Encoder(config_.encoder);
-  decoder_ = Decoder(config_.decoder);
+  const auto v = static_cast<std::int64_t>(vocab_.size());
+  if (config_.decoder_kind == DecoderKind::kAttention) {
+    if (config_.grid < 0)
+      throw InvalidArgument(fmt::format("grid: expected a size >= 0, got {}", config_.grid));
+    if (vocab_.start_id() < 0)
+      throw InvalidArgument(
+          "attention decoder: the vocabulary has no <start> token, the first step's input");
+    config_.encoder.embed_size = 0;  // the decoder reads the grid, not an embedded vector
+    config_.encoder.head_batch_norm = false;
+    config_.attention.vocab_size = v;
+    config_.attention.encoder_dim = feature_dim(config_.encoder.arch);
+    config_.attention.start_id = vocab_.start_id();
+    encoder_ = Encoder(config_.encoder);
+    attention_decoder_ = AttentionDecoder(config_.attention);
+  } else if (config_.decoder_kind == DecoderKind::kShowTell) {
+    config_.decoder.vocab_size = v;
+    config_.decoder.embed_size = config_.encoder.embed_size;
+    encoder_ = Encoder(config_.encoder);
+    decoder_ = Decoder(config_.decoder);
+  } else {
+    throw InvalidArgument(fmt::format("decoder kind {} is not one of: show-tell, attention",
+                                      static_cast<int>(config_.decoder_kind)));
+  }
+}
+
+Decoder& CaptionModel::decoder() {
+  if (!decoder_)
+    throw InvalidArgument(
+        "this model's decoder is 'attention': use attention_decoder(), decoder_module() or "
+        "step_decoder()");
+  return decoder_;
+}
+
+const Decoder& CaptionModel::decoder() const { return const_cast<CaptionModel*>(this)->decoder(); }
+
+AttentionDecoder& CaptionModel::attention_decoder() {
+  if (!attention_decoder_)
+    throw InvalidArgument(
+        "this model's decoder is 'show-tell', not 'attention': use decoder(), decoder_module() or "
+        "step_decoder()");
+  return attention_decoder_;
+}
+
+const AttentionDecoder& CaptionModel::attention_decoder() const {
+  return const_cast<CaptionModel*>(this)->attention_decoder();
+}
+
+torch::nn::Module& CaptionModel::decoder_module() {
+  if (attention_decoder_) return *attention_decoder_;
+  return *decoder_;
+}
+
+const torch::nn::Module& CaptionModel::decoder_module() const {
+  return const_cast<CaptionModel*>(this)->decoder_module();
+}
+
+torch::Tensor CaptionModel::encode(const torch::Tensor& images,
+                                   std::optional<torch::Dtype> compute_dtype) {
+  if (attention_decoder_) return encoder_->forward_spatial(images, config_.grid, compute_dtype);
+  return encoder_->forward(images, compute_dtype);
+}
+
+torch::Tensor CaptionModel::encode_cached(const torch::Tensor& features) {
+  const std::int64_t c = encoder_->feature_dim();
+  if (!attention_decoder_) {
+    detail::check_tensor(features.defined() && features.dim() == 2 && features.size(1) == c,
+                         "cached features", fmt::format("pooled CNN features (B, {})", c),
+                         features);
+    return encoder_->embed_features(features);
+  }
+  detail::check_tensor(features.defined() && ((features.dim() == 4 && features.size(1) == c) ||
+                                              (features.dim() == 3 && features.size(2) == c)),
+                       "cached features",
+                       fmt::format("an attention model's CNN map (B, {}, h, w) or grid (B, P, {}) "
+                                   "(imcap features --spatial), not pooled features",
+                                   c, c),
+                       features);
+  if (features.dim() == 4) return spatial_grid(features, config_.grid);
+  return features;
+}
+
+std::shared_ptr<StepDecoder> CaptionModel::step_decoder(DecodeWeights weights) const {
+  if (attention_decoder_) return std::make_shared<AttentionStepper>(attention_decoder_);
+  return std::make_shared<DecoderStepper>(decoder_, weights);
+}
+
+torch::Tensor CaptionModel::loss(const torch::Tensor& features, const torch::Tensor& captions,
+                                 const torch::Tensor& lengths) {
+  if (attention_decoder_) return attention_decoder_->loss(features, captions, lengths);
+  return decoder_->loss(features, captions, lengths);
+}
+
+torch::Tensor CaptionModel::weighted_loss(const torch::Tensor& features,
+                                          const torch::Tensor& captions,
+                                          const torch::Tensor& lengths,
+                                          const torch::Tensor& weights) {
+  if (attention_decoder_)
+    return attention_decoder_->weighted_loss(features, captions, lengths, weights);
+  return decoder_->weighted_loss(features, captions, lengths, weights);
+}
+
+TeacherForced CaptionModel::teacher_forced(const torch::Tensor& features,
+                                           const torch::Tensor& captions,
+                                           const torch::Tensor& lengths) {
+  TeacherForced out;
+  if (attention_decoder_) {
+    out.logits = attention_decoder_->forward(features, captions, lengths).logits;
+    out.targets = captions.slice(/*dim=*/1, 1);
+    out.lengths = lengths.defined()
+                      ? lengths - 1
+                      : torch::full({captions.size(0)}, captions.size(1) - 1, torch::kLong);
+  } else {
+    out.logits = decoder_->forward(features, captions, lengths);
+    out.targets = captions;
+    out.lengths = lengths.defined()
+                      ? lengths
+                      : torch::full({captions.size(0)}, captions.size(1), torch::kLong);
+  }
+  return out;
 }
 
 void CaptionModel::to(const torch::Device& device) {
   encoder_->to(device);
-  decoder_->to(device);
+  decoder_module().to(device);
 }
 
-torch::Device CaptionModel::device() const { return decoder_->embed->weight.device(); }
+torch::Device CaptionModel::device() const { return encoder_->backbone->conv1->weight.device(); }
 
 void CaptionModel::train(bool on) {
   encoder_->train(on);
-  decoder_->train(on);
+  decoder_module().train(on);
 }
 
 ImageTransform CaptionModel::eval_transform() const {
@@ -197,9 +364,11 @@ ImageTransform CaptionModel::eval_transform() const {
 void CaptionModel::save(const std::string& path, const TrainingState* training) const {
   TensorMap tensors;
   add_module_tensors(tensors, *encoder_, kEncoderPrefix);
-  add_module_tensors(tensors, *decoder_, kDecoderPrefix);
+  add_module_tensors(tensors, decoder_module(), kDecoderPrefix);
+  // Version 2 only where it matters: a build that reads version 1 reads Show and Tell files.
+  const int version = config_.decoder_kind == DecoderKind::kAttention ? 2 : 1;
   std::map<std::string, std::string> meta{{"format", kFormatName},
-                                          {"format_version", std::to_string(kModelFormatVersion)},
+                                          {"format_version", std::to_string(version)},
                                           {"config", model_config_to_json(config_)},
                                           {"vocabulary", vocab_.to_string()}};
   if (training != nullptr) {
@@ -233,16 +402,31 @@ CaptionModel CaptionModel::load(const std::string& path, const torch::Device& de
   ModelConfig config = model_config_from_json(get("config"), path);
   std::istringstream vocab_text(get("vocabulary"));
   Vocabulary vocab = Vocabulary::read(vocab_text, path + ": vocabulary");
-  if (static_cast<std::int64_t>(vocab.size()) != config.decoder.vocab_size)
+  const bool attention = config.decoder_kind == DecoderKind::kAttention;
+  const std::int64_t vocab_size =
+      attention ? config.attention.vocab_size : config.decoder.vocab_size;
+  if (static_cast<std::int64_t>(vocab.size()) != vocab_size)
     throw FormatError(
         fmt::format("{}: the vocabulary has {} tokens but the decoder was built for {}", path,
-                    vocab.size(), config.decoder.vocab_size));
+                    vocab.size(), vocab_size));
+  if (attention && vocab.start_id() != config.attention.start_id)
+    throw FormatError(
+        fmt::format("{}: the decoder starts from id {}, the vocabulary's <start> is {}", path,
+                    config.attention.start_id, vocab.start_id()));
   // The config sizes the model; a hostile one could ask for terabytes. The file must hold at
   // least the weights the config implies, so check that before allocating anything.
-  const auto& d = config.decoder;
-  const std::int64_t needed = d.vocab_size * d.embed_size + d.vocab_size * d.hidden_size +
-                              d.num_layers * 4 * d.hidden_size * d.hidden_size +
-                              feature_dim(config.encoder.arch) * config.encoder.embed_size;
+  std::int64_t needed = 0;
+  if (attention) {
+    const auto& a = config.attention;
+    needed = a.vocab_size * (a.embed_size + a.hidden_size) +
+             4 * a.hidden_size * (a.embed_size + a.encoder_dim + a.hidden_size) +
+             a.encoder_dim * (a.attention_dim + 3 * a.hidden_size);
+  } else {
+    const auto& d = config.decoder;
+    needed = d.vocab_size * d.embed_size + d.vocab_size * d.hidden_size +
+             d.num_layers * 4 * d.hidden_size * d.hidden_size +
+             feature_dim(config.encoder.arch) * config.encoder.embed_size;
+  }
   std::int64_t held = 0;
   for (const auto& [name, tensor] : tensors)
     if (name.rfind(kTrainingPrefix, 0) != 0) held += tensor.numel();
@@ -252,7 +436,7 @@ CaptionModel CaptionModel::load(const std::string& path, const torch::Device& de
   CaptionModel model(config, std::move(vocab));
   try {
     load_state_dict(*model.encoder_, with_prefix(tensors, kEncoderPrefix));
-    load_state_dict(*model.decoder_, with_prefix(tensors, kDecoderPrefix));
+    load_state_dict(model.decoder_module(), with_prefix(tensors, kDecoderPrefix));
   } catch (const InvalidArgument& e) {
     throw FormatError(fmt::format("{}: {}", path, e.what()));
   }

@@ -143,7 +143,7 @@ struct Trainer::Impl {
       for (auto& b : to.named_buffers()) b.value().copy_(src_b[b.key()]);
     };
     copy(*model.encoder(), *saved.encoder());
-    copy(*model.decoder(), *saved.decoder());
+    copy(model.decoder_module(), saved.decoder_module());
   }
 
   // Continues from a checkpoint's progress and optimizer state, after checking that they fit
@@ -230,8 +230,8 @@ struct Trainer::Impl {
   // Every rank starts from rank 0's weights (and, on resume, its progress and optimizer state).
   void synchronise_start(const std::string& last) {
     std::vector<torch::Tensor> state;
-    for (auto* m : {static_cast<torch::nn::Module*>(model.encoder().get()),
-                    static_cast<torch::nn::Module*>(model.decoder().get())}) {
+    for (auto* m :
+         {static_cast<torch::nn::Module*>(model.encoder().get()), &model.decoder_module()}) {
       for (auto& p : m->parameters()) state.push_back(p);
       for (auto& b : m->buffers()) state.push_back(b);
     }
@@ -284,11 +284,16 @@ Trainer::Trainer(CaptionModel& model, const CocoDataset& train, const CocoDatase
     if (d == nullptr || !d->has_features() || d->image_ids().empty()) continue;
     std::mt19937_64 rng(0);
     const auto row = d->image(d->image_ids().front(), rng);
-    if (row.size(0) != model.encoder()->feature_dim())
-      throw InvalidArgument(fmt::format(
-          "trainer: the precomputed features have {} values per image, the model's "
-          "CNN ({}) gives {}",
-          row.size(0), to_string(model.config().encoder.arch), model.encoder()->feature_dim()));
+    if (model.decoder_kind() == DecoderKind::kAttention && row.dim() == 1)
+      throw InvalidArgument(
+          "trainer: the precomputed features are pooled vectors, and an attention model needs "
+          "the CNN's grid: train it on the images");
+    if (row.size(row.dim() - 1) != model.encoder()->feature_dim())
+      throw InvalidArgument(
+          fmt::format("trainer: the precomputed features have {} values per image, the model's "
+                      "CNN ({}) gives {}",
+                      row.size(row.dim() - 1), to_string(model.config().encoder.arch),
+                      model.encoder()->feature_dim()));
     if (model.encoder()->backbone->trainable_stages() > 0)
       throw InvalidArgument(
           "trainer: training on precomputed features needs a frozen CNN (trainable stages 0)");

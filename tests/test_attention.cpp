@@ -1,7 +1,8 @@
 // The Show, Attend and Tell decoder: parity with a PyTorch implementation of sgrvinod's
 // DecoderWithAttention (names, logits, attention weights, loss, greedy captions), steps against
-// teacher forcing, the loss's gradients, the encoder's grid, errors. Beam search over it is
-// checked against exhaustive search in test_search.cpp.
+// teacher forcing, the loss's gradients, the encoder's grid, errors; attention models: the model
+// file, training, resume, SCST and the CLI. Beam search over it is checked against exhaustive
+// search in test_search.cpp.
 #include <torch/torch.h>
 #include "catch.hpp"
 
@@ -9,13 +10,22 @@
 #include <string>
 #include <vector>
 
+#include <ATen/CPUGeneratorImpl.h>
+
 #include "imcap/attention_decoder.hpp"
+#include "imcap/captioner.hpp"
 #include "imcap/decoder.hpp"
 #include "imcap/encoder.hpp"
 #include "imcap/error.hpp"
+#include "imcap/model.hpp"
 #include "imcap/search.hpp"  // greedy_ids
+#include "imcap/trainer.hpp"
+#include "imcap/weights.hpp"
 #include "module_support.hpp"
 #include "support.hpp"
+#include "tiny.hpp"
+#include "trainer/reward.hpp"
+#include "trainer/scst.hpp"
 
 using namespace imcap::test::modules;  // NOLINT(google-build-using-namespace)
 
@@ -222,4 +232,196 @@ TEST_CASE("attention decoder rejects bad options and inputs, naming them", "[mod
   broken.tensors.pop_back();
   broken.row_dims.pop_back();
   CHECK_THROWS_WITH(decoder->step(torch::tensor({1, 2}), broken), Contains("5 tensors"));
+}
+
+namespace {
+
+// tiny_config's ResNet-18 at 64 px (a 2 x 2 map: P = 4) with a small attention decoder.
+imcap::ModelConfig tiny_attention_config(double dropout = 0.0) {
+  imcap::ModelConfig c = imcap::test::tiny_config();
+  c.image_resize = 64;
+  c.image_crop = 64;
+  c.decoder_kind = imcap::DecoderKind::kAttention;
+  c.attention.embed_size = 12;
+  c.attention.hidden_size = 16;
+  c.attention.attention_dim = 8;
+  c.attention.dropout = dropout;
+  return c;
+}
+
+}  // namespace
+
+TEST_CASE("an attention model saves, loads and captions as it did", "[attention][model]") {
+  using Catch::Contains;
+  imcap::test::TinyDataset d(4, 2);
+  torch::manual_seed(3);
+  auto model = std::make_shared<imcap::CaptionModel>(tiny_attention_config(), *d.vocab);
+  // The model fills in what the vocabulary and the backbone decide, and has no encoder head.
+  CHECK(model->decoder_kind() == imcap::DecoderKind::kAttention);
+  CHECK(model->config().encoder.embed_size == 0);
+  CHECK_FALSE(model->encoder()->embed);
+  CHECK(model->attention_decoder()->options().encoder_dim == 512);
+  CHECK(model->attention_decoder()->options().start_id == d.vocab->start_id());
+  CHECK_THROWS_WITH(model->decoder(), Contains("'attention'"));
+  model->train(false);
+  torch::NoGradGuard no_grad;
+  const torch::Tensor images = torch::randn({2, 3, 64, 64});
+  CHECK(model->encode(images).sizes() == torch::IntArrayRef({2, 4, 512}));
+  CHECK_THROWS_WITH(model->encode_cached(torch::zeros({2, 512})), Contains("grid (B, P, 512)"));
+
+  imcap::CaptionOptions beam;
+  beam.beam_size = 3;
+  beam.num_return = 2;
+  const imcap::Captioner captioner(model, beam);
+  const auto before = captioner.candidates(captioner.encode(images, beam), beam);
+  const imcap::test::TempDir dir;
+  const std::string path = dir.file("attention.imcap");
+  model->save(path);
+  std::map<std::string, std::string> meta;
+  imcap::load_safetensors(path, &meta);
+  CHECK(meta.at("format_version") == "2");
+  CHECK(meta.at("config").find("\"kind\": \"attention\"") != std::string::npos);
+  const auto loaded = imcap::Captioner::load(path, torch::kCPU, beam);
+  CHECK(imcap::model_config_to_json(loaded.model().config()) ==
+        imcap::model_config_to_json(model->config()));
+  const auto after = loaded.candidates(loaded.encode(images, beam), beam);
+  REQUIRE(after.size() == before.size());
+  for (std::size_t i = 0; i < after.size(); ++i) {
+    REQUIRE(after[i].size() == before[i].size());
+    for (std::size_t j = 0; j < after[i].size(); ++j) {
+      CHECK(after[i][j].ids == before[i][j].ids);
+      CHECK(after[i][j].log_prob == Approx(before[i][j].log_prob).margin(1e-6));
+    }
+  }
+  // Show and Tell files stay format version 1.
+  imcap::CaptionModel(imcap::test::tiny_config(), *d.vocab).save(dir.file("show-tell.imcap"));
+  imcap::load_safetensors(dir.file("show-tell.imcap"), &meta);
+  CHECK(meta.at("format_version") == "1");
+  // The grid option pools the map.
+  auto pooled = tiny_attention_config();
+  pooled.grid = 1;
+  imcap::CaptionModel one(pooled, *d.vocab);
+  CHECK(one.encode(images).sizes() == torch::IntArrayRef({2, 1, 512}));
+}
+
+TEST_CASE("the trainer trains an attention model, resumes it exactly, and fine-tunes it with SCST",
+          "[attention][trainer]") {
+  imcap::test::TinyDataset d(12, 4);
+  auto make = [&] {
+    torch::manual_seed(5);
+    return imcap::CaptionModel(tiny_attention_config(), *d.vocab);
+  };
+  auto model_a = make();
+  const imcap::CocoDataset train(d.files.train_annotations, d.files.train_images, *d.vocab,
+                                 model_a.eval_transform());
+  const imcap::CocoDataset val(d.files.val_annotations, d.files.val_images, *d.vocab,
+                               model_a.eval_transform());
+  auto o = imcap::test::tiny_trainer_options(d.tmp.file("a"));
+  o.epochs = 3;
+  o.lr = 3e-3;
+  o.val_max_images = 4;
+  const auto full = imcap::Trainer(model_a, train, &val, o).fit();
+  REQUIRE(full.losses.size() >= 6);
+  CHECK(full.losses.back() < full.losses.front());
+  CHECK(full.has_validation);
+  // Stopped after 2 steps and resumed: the same losses.
+  auto model_b = make();
+  auto ob = o;
+  ob.out_dir = d.tmp.file("b");
+  ob.max_steps = 2;
+  const auto first = imcap::Trainer(model_b, train, &val, ob).fit();
+  REQUIRE(first.losses.size() == 2);
+  auto model_c = imcap::CaptionModel::load(d.tmp.file("b/last.imcap"));
+  CHECK(model_c.decoder_kind() == imcap::DecoderKind::kAttention);
+  ob.max_steps = 0;
+  ob.resume = true;
+  const auto rest = imcap::Trainer(model_c, train, &val, ob).fit();
+  auto joined = first.losses;
+  joined.insert(joined.end(), rest.losses.begin(), rest.losses.end());
+  CHECK(joined == full.losses);
+
+  // SCST from the trained model: rewards, and the teacher-forced rescoring (no dropout here)
+  // equals autograd through the sampling.
+  auto scst = imcap::CaptionModel::load(d.tmp.file("a/last.imcap"));
+  auto os = imcap::test::tiny_trainer_options(d.tmp.file("scst"));
+  os.objective = imcap::Objective::kScst;
+  os.epochs = 1;
+  os.lr = 1e-3;
+  os.scst.samples = 3;
+  os.scst.max_length = 8;
+  const auto tuned = imcap::Trainer(scst, train, &val, os).fit();
+  REQUIRE_FALSE(tuned.losses.empty());
+  CHECK(std::isfinite(tuned.last_reward));
+  const imcap::detail::ScstReward reward(train, os.scst);
+  const std::vector<std::int64_t> ids(train.image_ids().begin(), train.image_ids().begin() + 4);
+  const torch::Tensor base = torch::randn({4, 4, 512});
+  auto run = [&](bool rescore) {
+    scst.train(true);
+    for (auto& p : scst.decoder_module().parameters()) p.mutable_grad() = torch::Tensor();
+    const auto features = base.clone().requires_grad_(true);
+    auto s = imcap::detail::scst_loss(scst, features, ids, os.scst, reward,
+                                      at::make_generator<at::CPUGeneratorImpl>(9), rescore);
+    s.loss.backward();
+    std::vector<torch::Tensor> grads{features.grad().clone()};
+    for (const auto& p : scst.decoder_module().parameters()) grads.push_back(p.grad().clone());
+    return std::make_pair(s, grads);
+  };
+  const auto [fast, fast_grads] = run(true);
+  const auto [slow, slow_grads] = run(false);
+  CHECK(torch::equal(fast.tokens, slow.tokens));
+  CHECK(fast.loss.item<double>() == Approx(slow.loss.item<double>()).margin(1e-6));
+  REQUIRE(fast_grads.size() == slow_grads.size());
+  for (std::size_t i = 0; i < fast_grads.size(); ++i) {
+    INFO("gradient " << i);
+    CHECK(torch::allclose(fast_grads[i], slow_grads[i], 1e-4, 1e-6));
+  }
+}
+
+TEST_CASE("imcap train --decoder attention, then caption", "[attention][cli]") {
+  imcap::test::TinyDataset d(8, 2);
+  const auto& f = d.files;
+  auto train = [&](const std::string& out, const std::vector<std::string>& extra) {
+    std::vector<std::string> args = {"train",
+                                     "--annotations",
+                                     f.train_annotations,
+                                     "--images",
+                                     f.train_images,
+                                     "--out",
+                                     d.tmp.file(out),
+                                     "--encoder",
+                                     "resnet18",
+                                     "--image-size",
+                                     "64",
+                                     "--vocab-threshold",
+                                     "1",
+                                     "--max-steps",
+                                     "2",
+                                     "--batch-size",
+                                     "8"};
+    args.insert(args.end(), extra.begin(), extra.end());
+    return imcap::test::run_cli(args);
+  };
+  const auto ok =
+      train("att", {"--decoder", "attention", "--attention-dim", "8", "--embed-size", "12",
+                    "--hidden-size", "16", "--grid", "1", "--attention-reg", "0.5"});
+  INFO(ok.out << ok.err);
+  REQUIRE(ok.exit_code == 0);
+  CHECK(ok.out.find("attention, grid 1x1") != std::string::npos);
+  const auto model = imcap::CaptionModel::load(d.tmp.file("att/last.imcap"));
+  REQUIRE(model.decoder_kind() == imcap::DecoderKind::kAttention);
+  CHECK(model.config().grid == 1);
+  CHECK(model.attention_decoder()->options().attention_dim == 8);
+  CHECK(model.attention_decoder()->options().embed_size == 12);
+  CHECK(model.attention_decoder()->options().attention_reg == 0.5);
+  CHECK(model.attention_decoder()->options().dropout == 0.5);  // sgrvinod's, unless given
+  const auto caption = imcap::test::run_cli(
+      {"caption", "--model", d.tmp.file("att/last.imcap"), f.val_images + "/1000000.jpg"});
+  INFO(caption.err);
+  CHECK(caption.exit_code == 0);
+  CHECK_FALSE(caption.out.empty());
+  // Show and Tell's own options are refused with attention, naming them.
+  const auto refused = train("bad", {"--decoder", "attention", "--inject", "par"});
+  CHECK(refused.exit_code == 2);
+  CHECK(refused.err.find("--inject applies to --decoder show-tell only") != std::string::npos);
+  CHECK(train("bad", {"--decoder", "lstm"}).exit_code == 2);
 }

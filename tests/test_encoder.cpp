@@ -225,8 +225,14 @@ TEST_CASE("the encoder's wrong shapes and options give clear errors", "[models]"
   CHECK_THROWS_AS(encoder->forward(torch::zeros({1, 3, 32, 32}, torch::kLong)),
                   imcap::InvalidArgument);
   CHECK_THROWS_WITH(encoder->embed_features(torch::zeros({2, 2048})), Catch::Contains("(B, 512)"));
-  eo.embed_size = 0;
-  CHECK_THROWS_AS(imcap::Encoder(eo), imcap::InvalidArgument);
+  eo.embed_size = -1;
+  CHECK_THROWS_WITH(imcap::Encoder(eo), Catch::Contains("embed_size") && Catch::Contains("-1"));
+  eo.embed_size = 0;  // no head: an attention model's encoder gives only the grid
+  imcap::Encoder headless(eo);
+  CHECK_THROWS_WITH(headless->forward(torch::zeros({1, 3, 32, 32})),
+                    Catch::Contains("no head") && Catch::Contains("forward_spatial"));
+  CHECK(headless->forward_spatial(torch::zeros({1, 3, 64, 64})).sizes() ==
+        torch::IntArrayRef({1, 4, 512}));
 }
 
 TEST_CASE("the folded inference path computes the same features as the modules", "[models]") {

@@ -57,7 +57,8 @@ struct Caption {
 /// | an image file | caption(path) | caption_batch(paths) |
 /// | a decoded Image | caption(image) | caption_batch(images) |
 /// | a transformed tensor | caption(tensor [3, H, W]) | caption_batch(tensor [B, 3, H, W]) |
-/// | the encoder's features | | caption_features(features [B, E]) |
+/// | the encoder's features | | caption_features(features [B, E], or the grid [B, P, C] of an
+/// attention model) |
 ///
 /// Each takes an optional CaptionOptions last. encode() gives the features of the first three
 /// kinds, and candidates() the options.num_return best captions per image from features.
@@ -100,18 +101,20 @@ class Captioner {
   std::vector<Caption> caption_batch(const torch::Tensor& images) const;
   std::vector<Caption> caption_batch(const torch::Tensor& images,
                                      const CaptionOptions& options) const;
-  /// Captions from the encoder's features [B, E].
+  /// Captions from the encoder's features: CaptionModel::encode's [B, E], or [B, P, C] for an
+  /// attention model.
   std::vector<Caption> caption_features(const torch::Tensor& features) const;
   std::vector<Caption> caption_features(const torch::Tensor& features,
                                         const CaptionOptions& options) const;
 
   /// The options.num_return best captions of each image (at most options.beam_size), best
-  /// first, from the encoder's features [B, E].
+  /// first, from the encoder's features (see caption_features).
   std::vector<std::vector<Caption>> candidates(const torch::Tensor& features,
                                                const CaptionOptions& options) const;
 
-  /// The encoder's features [B, E] of image files, decoded images, or transformed tensors
-  /// [B, 3, H, W], on the model's device (options.encoder_dtype applies).
+  /// The encoder's features (CaptionModel::encode: [B, E], or an attention model's grid
+  /// [B, P, C]) of image files, decoded images, or transformed tensors [B, 3, H, W], on the
+  /// model's device (options.encoder_dtype applies).
   torch::Tensor encode(const std::vector<std::string>& image_paths,
                        const CaptionOptions& options) const;
   torch::Tensor encode(const std::vector<Image>& images, const CaptionOptions& options) const;

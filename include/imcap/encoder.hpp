@@ -148,6 +148,8 @@ struct EncoderOptions {
   /// Backbone depth. Default ResNet-50 (the seed notebook's encoder).
   ResNetArch arch = ResNetArch::kResNet50;
   /// Size E of the embedded image vector (the decoder's word-embedding size). Default 256.
+  /// 0 builds no head (`embed`, `bn`): the encoder of an attention model, which reads the grid
+  /// (forward_spatial); forward() and embed_features() then throw InvalidArgument.
   int64_t embed_size = 256;
   /// Apply BatchNorm1d(E) after `embed` (the PyTorch tutorial's variant). Default off (the seed).
   bool head_batch_norm = false;
@@ -160,7 +162,8 @@ struct EncoderOptions {
 
 /// What Encoder::forward_all returns.
 struct EncoderOutput {
-  torch::Tensor embedded;  ///< (B, E): the head's output, the decoder's image input
+  torch::Tensor embedded;  ///< (B, E): the head's output, the decoder's image input (undefined
+                           ///< without a head)
   torch::Tensor pooled;    ///< (B, C): average-pooled backbone features, before the head
   torch::Tensor spatial;   ///< (B, C, h, w): the last stage's map (for attention decoders)
 };

@@ -44,6 +44,9 @@ struct TrainArgs {
   // resize 0: the whole image from scratch, 256/224 of image_size with --weights.
   int resize = 0, epochs = 0, threads = 0, blas_threads = -1, nproc = 0;
   bool lr_given = false;  // SCST's learning rate is its own unless --lr is given
+  // The attention decoder has its own defaults for the sizes and dropout unless they are given.
+  bool embed_given = false, hidden_given = false, dropout_given = false;
+  std::vector<std::string> show_tell_only;  // Show and Tell options given (refused with attention)
   bool resume = false, skip_missing = false;
 };
 
@@ -171,6 +174,14 @@ void run_train(const TrainArgs& a) {
     model = std::make_unique<CaptionModel>(CaptionModel::load(a.init_from, device));
   } else {
     ModelConfig config = a.model;
+    if (config.decoder_kind == DecoderKind::kAttention) {
+      if (!a.show_tell_only.empty())
+        throw UsageError(
+            fmt::format("{} applies to --decoder show-tell only", a.show_tell_only.front()));
+      if (a.embed_given) config.attention.embed_size = config.encoder.embed_size;
+      if (a.hidden_given) config.attention.hidden_size = config.decoder.hidden_size;
+      if (a.dropout_given) config.attention.dropout = config.decoder.dropout;
+    }
     const bool pretrained = !a.weights.empty() || !a.features.empty();
     // Precomputed features come from a frozen CNN: "auto" freezes it.
     config.encoder.trainable_stages = parse_trainable(a.trainable, pretrained);
@@ -232,13 +243,17 @@ void run_train(const TrainArgs& a) {
     fmt::print(
         "training {} ({}), {} captions of {} images, vocabulary {}, {} trainable parameters, "
         "threads: {}\n",
-        to_string(cfg.encoder.arch), to_string(cfg.decoder.image_inject), train.size(),
-        train.num_images(), model->vocab().size(),
+        to_string(cfg.encoder.arch),
+        cfg.decoder_kind == DecoderKind::kAttention
+            ? fmt::format("attention, grid {}", cfg.grid > 0 ? fmt::format("{0}x{0}", cfg.grid)
+                                                             : std::string("as the CNN's map"))
+            : to_string(cfg.decoder.image_inject),
+        train.size(), train.num_images(), model->vocab().size(),
         [&] {
           std::int64_t n = 0;
           for (const auto& p : model->encoder()->parameters())
             n += p.requires_grad() ? p.numel() : 0;
-          for (const auto& p : model->decoder()->parameters())
+          for (const auto& p : model->decoder_module().parameters())
             n += p.requires_grad() ? p.numel() : 0;
           return n;
         }(),
@@ -335,16 +350,40 @@ void add_train_command(CLI::App& app) {
                   "the whole image, when the CNN trains from scratch; 256/224 of it, the seed's, "
                   "with --weights or --features, as imcap features computes them)")
       ->check(CLI::Range(16, 8192));
-  cmd->add_option("--embed-size", a->model.encoder.embed_size, "Image/word embedding size")
+  add_enum_option(cmd, "--decoder", a->model.decoder_kind,
+                  "show-tell (the image as one vector) or attention (Show, Attend and Tell: soft "
+                  "attention over the CNN's grid)");
+  cmd->add_option("--embed-size", a->model.encoder.embed_size,
+                  fmt::format("Image/word embedding size (attention: word embedding, default {})",
+                              AttentionDecoderOptions{}.embed_size))
       ->capture_default_str()
       ->check(CLI::Range(1, 65536));
-  cmd->add_option("--hidden-size", a->model.decoder.hidden_size, "LSTM hidden size")
+  cmd->add_option("--hidden-size", a->model.decoder.hidden_size,
+                  fmt::format("LSTM hidden size (attention: default {})",
+                              AttentionDecoderOptions{}.hidden_size))
       ->capture_default_str()
       ->check(CLI::Range(1, 65536));
+  cmd->add_option("--attention-dim", a->model.attention.attention_dim,
+                  "attention: size of the attention's hidden layer")
+      ->capture_default_str()
+      ->check(CLI::Range(1, 65536));
+  cmd->add_option("--grid", a->model.grid,
+                  "attention: pool the CNN's map to this many positions per side (0: as it is, "
+                  "7x7 at 224 px)")
+      ->capture_default_str()
+      ->check(CLI::Range(0, 64));
+  cmd->add_option("--attention-reg", a->model.attention.attention_reg,
+                  "attention: weight of the doubly stochastic penalty (each position looked at "
+                  "about once per caption; 0: off)")
+      ->capture_default_str()
+      ->check(finite_range(0.0, 1e6));
   cmd->add_option("--num-layers", a->model.decoder.num_layers, "LSTM layers")
       ->capture_default_str()
       ->check(CLI::Range(1, 16));
-  cmd->add_option("--dropout", a->model.decoder.dropout, "Dropout between LSTM layers")
+  cmd->add_option("--dropout", a->model.decoder.dropout,
+                  fmt::format("Dropout between LSTM layers (attention: on h before the output "
+                              "layer, default {})",
+                              AttentionDecoderOptions{}.dropout))
       ->capture_default_str()
       ->check(finite_range(0.0, 0.99));
   add_enum_option(cmd, "--inject", a->model.decoder.image_inject,
@@ -461,6 +500,10 @@ void add_train_command(CLI::App& app) {
       ->excludes("--dropout")
       ->excludes("--inject")
       ->excludes("--head-batch-norm")
+      ->excludes("--decoder")
+      ->excludes("--attention-dim")
+      ->excludes("--grid")
+      ->excludes("--attention-reg")
       ->excludes("--vocab-threshold");
   cmd->add_option("--samples", a->trainer.scst.samples, "SCST: captions sampled per image")
       ->capture_default_str()
@@ -492,6 +535,12 @@ void add_train_command(CLI::App& app) {
       ->capture_default_str();
   cmd->callback([a, cmd] {
     a->lr_given = cmd->count("--lr") > 0;
+    a->embed_given = cmd->count("--embed-size") > 0;
+    a->hidden_given = cmd->count("--hidden-size") > 0;
+    a->dropout_given = cmd->count("--dropout") > 0;
+    a->show_tell_only.clear();
+    for (const char* name : {"--inject", "--num-layers", "--head-batch-norm"})
+      if (cmd->count(name) > 0) a->show_tell_only.emplace_back(name);
     run_train(*a);
   });
 }

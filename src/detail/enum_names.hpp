@@ -13,6 +13,7 @@
 #include "imcap/decoder.hpp"
 #include "imcap/encoder.hpp"
 #include "imcap/error.hpp"
+#include "imcap/model.hpp"
 #include "imcap/synthetic.hpp"
 #include "imcap/trainer.hpp"
 #include "imcap/weights.hpp"
@@ -48,6 +49,15 @@ struct EnumTable<ImageInject> {
       {ImageInject::kPre, "pre"},
       {ImageInject::kPar, "par"},
       {ImageInject::kInit, "init"},
+  }};
+};
+
+template <>
+struct EnumTable<DecoderKind> {
+  static constexpr const char* what = "decoder";
+  static constexpr std::array<EnumEntry<DecoderKind>, 2> entries{{
+      {DecoderKind::kShowTell, "show-tell"},
+      {DecoderKind::kAttention, "attention"},
   }};
 };
 

@@ -7,6 +7,7 @@
 
 #include "imcap/decoder.hpp"
 #include "imcap/error.hpp"
+#include "imcap/model.hpp"
 #include "imcap/search.hpp"
 #include "trainer/progress.hpp"
 
@@ -33,7 +34,7 @@ std::vector<double> greedy_rewards(CaptionModel& model, const torch::Tensor& fea
     SearchOptions search;
     search.beam_size = 1;
     search.max_length = options.max_length;
-    greedy = greedy_search(DecoderStepper(model.decoder()), features.detach(), search,
+    greedy = greedy_search(*model.step_decoder(), features.detach(), search,
                            SpecialTokens::of(model.vocab()));
     model.train(true);
   }
@@ -87,13 +88,18 @@ ScstLoss scst_loss(CaptionModel& model, const torch::Tensor& features,
   sample.top_k = options.top_k;
   // Without dropout the samples' log-probabilities are those of teacher-forcing the decoder on
   // them: drawn without autograd, then scored by the training loss's engine (one sequence pass
-  // and one fused projection), instead of backpropagating through every sampling step.
-  const auto& d = model.decoder()->options();
-  const bool rescore = rescore_samples && !(d.num_layers > 1 && d.dropout > 0);
+  // and one fused projection), instead of backpropagating through every sampling step. With
+  // dropout (between stacked LSTM layers, or the attention decoder's before fc) a second pass
+  // would draw other masks, so the gradient goes through the sampling.
+  const bool attention = model.decoder_kind() == DecoderKind::kAttention;
+  const bool dropout = attention ? model.attention_decoder()->options().dropout > 0
+                                 : model.decoder()->options().num_layers > 1 &&
+                                       model.decoder()->options().dropout > 0;
+  const bool rescore = rescore_samples && !dropout;
   SampledCaptions drawn;
   {
     torch::AutoGradMode grad(!rescore && torch::GradMode::is_enabled());
-    drawn = sample_captions(DecoderStepper(model.decoder()), features, sample,
+    drawn = sample_captions(*model.step_decoder(), features, sample,
                             SpecialTokens::of(model.vocab()), generator);
   }
   const auto started = Clock::now();
@@ -121,12 +127,21 @@ ScstLoss scst_loss(CaptionModel& model, const torch::Tensor& features,
   out.mean_baseline = rows > 0 ? baseline_sum / static_cast<double>(rows) : 0.0;
   // A tensor of its own (autograd keeps it for the backward pass).
   const auto a = torch::tensor(advantage, torch::kFloat).to(drawn.log_probs.device());
-  if (rescore)
-    out.loss = model.decoder()->weighted_loss(
-        features.repeat_interleave(n, /*dim=*/0), drawn.drawn, drawn.drawn_lengths,
-        a / static_cast<double>(std::max<std::size_t>(1, rows)));
-  else
+  if (rescore) {
+    torch::Tensor captions = drawn.drawn, lengths = drawn.drawn_lengths;
+    if (attention) {
+      // The attention decoder's step 0 consumes <start>: teacher forcing needs it in front.
+      captions = torch::cat(
+          {torch::full({captions.size(0), 1}, model.vocab().start_id(), captions.options()),
+           captions},
+          /*dim=*/1);
+      lengths = lengths + 1;
+    }
+    out.loss = model.weighted_loss(features.repeat_interleave(n, /*dim=*/0), captions, lengths,
+                                   a / static_cast<double>(std::max<std::size_t>(1, rows)));
+  } else {
     out.loss = -(a * drawn.log_probs).mean();
+  }
   out.tokens = drawn.tokens;
   out.advantages.assign(advantage.begin(), advantage.end());
   return out;

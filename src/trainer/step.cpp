@@ -44,7 +44,7 @@ TrainStep::TrainStep(CaptionModel& model, const TrainerOptions& options, Process
   }
   for (auto& p : model.encoder()->parameters())
     if (p.requires_grad()) params_.push_back(p);
-  for (auto& p : model.decoder()->parameters())
+  for (auto& p : model.decoder_module().parameters())
     if (p.requires_grad()) params_.push_back(p);
   if (options.optimizer == Optimizer::kAdam)
     optimizer_ = std::make_unique<FusedAdam>(
@@ -93,8 +93,11 @@ StepOutcome TrainStep::run(const Batch& batch, bool want_stop, const TrainingPro
       const auto features =
           encode(model_, images)
               .index_select(0, batch.image_index.to(device, /*non_blocking=*/true));
-      loss = model_.decoder()->loss(features, captions, lengths);
+      loss = model_.loss(features, captions, lengths);
+      // The targets: a caption of length L has L (Show and Tell) or L - 1 (attention).
       rank_weight = static_cast<double>(batch.lengths.sum().item<std::int64_t>());
+      if (model_.decoder_kind() == DecoderKind::kAttention)
+        rank_weight -= static_cast<double>(batch.lengths.size(0));
     }
     out.loss = loss.item<double>();
   }

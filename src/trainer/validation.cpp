@@ -34,8 +34,9 @@ void exchange_captions(ProcessGroup& group, Ids& found) {
 }  // namespace
 
 torch::Tensor encode(CaptionModel& model, const torch::Tensor& images) {
-  if (images.dim() == 2) return model.encoder()->embed_features(images);
-  return model.encoder()->forward(images);
+  // Images are (B, 3, H, W); cached features pooled (B, C) or grids (B, P, C).
+  if (images.dim() == 2 || images.dim() == 3) return model.encode_cached(images);
+  return model.encode(images);
 }
 
 Validation validate(CaptionModel& model, const CocoDataset& val, const TrainerOptions& options,
@@ -48,7 +49,8 @@ Validation validate(CaptionModel& model, const CocoDataset& val, const TrainerOp
   const auto& ids = val.image_ids();
   const std::size_t n =
       options.val_max_images == 0 ? ids.size() : std::min(ids.size(), options.val_max_images);
-  const DecoderStepper stepper(model.decoder(), options.val_search.decode_weights);
+  const std::shared_ptr<StepDecoder> stepper =
+      model.step_decoder(options.val_search.decode_weights);
   const SpecialTokens special = SpecialTokens::of(model.vocab());
   double loss_sum = 0.0, tokens = 0.0;
   std::map<std::int64_t, std::vector<std::string>> refs;
@@ -76,12 +78,12 @@ Validation validate(CaptionModel& model, const CocoDataset& val, const TrainerOp
     pad_captions(seqs, pad, b);
     const auto captions = b.captions.to(device);
     const auto lengths = b.lengths.to(device);
-    const auto logits = model.decoder()->forward(
+    const TeacherForced forced = model.teacher_forced(
         features.index_select(0, torch::tensor(rows, torch::kInt64).to(device)), captions, lengths);
-    const double count = static_cast<double>(b.lengths.sum().item<std::int64_t>());
-    loss_sum += caption_loss(logits, captions, lengths).item<double>() * count;
+    const double count = static_cast<double>(forced.lengths.sum().item<std::int64_t>());
+    loss_sum += caption_loss(forced.logits, forced.targets, forced.lengths).item<double>() * count;
     tokens += count;
-    const auto results = search(stepper, features, options.val_search, special);
+    const auto results = search(*stepper, features, options.val_search, special);
     for (std::size_t i = start; i < end; ++i) {
       const auto& hyps = results[i - start];
       found[ids[i]] = hyps.empty() ? std::vector<std::int64_t>{} : hyps.front().tokens;
