@@ -81,7 +81,53 @@ std::vector<std::vector<Caption>> Captioner::candidates(const torch::Tensor& fea
       out[i].push_back(std::move(c));
     }
   }
+  if (options.attention_weights) add_attention_weights(features, out);
   return out;
+}
+
+// Runs every caption's words back through the attention decoder (teacher forcing from <start>,
+// all captions in one batch) and keeps the weights with which each word was predicted: the
+// same states as in the search, since a state depends only on the grid and the words before.
+void Captioner::add_attention_weights(const torch::Tensor& features,
+                                      std::vector<std::vector<Caption>>& captions) const {
+  if (model_->decoder_kind() != DecoderKind::kAttention)
+    throw InvalidArgument(fmt::format(
+        "attention_weights: this model's decoder is '{}', which has no attention; train one "
+        "with --decoder attention",
+        to_string(model_->decoder_kind())));
+  std::vector<std::int64_t> rows;
+  std::vector<Caption*> targets;
+  std::int64_t longest = 0;
+  for (std::size_t i = 0; i < captions.size(); ++i) {
+    for (Caption& c : captions[i]) {
+      c.attention = torch::zeros({0, features.size(1)});
+      if (c.ids.empty()) continue;
+      rows.push_back(static_cast<std::int64_t>(i));
+      targets.push_back(&c);
+      longest = std::max<std::int64_t>(longest, static_cast<std::int64_t>(c.ids.size()));
+    }
+  }
+  if (targets.empty()) return;
+  const auto n = static_cast<std::int64_t>(targets.size());
+  const std::int64_t start = model_->vocab().start_id();
+  torch::Tensor words = torch::full({n, longest + 1}, start, torch::kLong);
+  torch::Tensor lengths = torch::empty({n}, torch::kLong);
+  auto w = words.accessor<std::int64_t, 2>();
+  for (std::int64_t r = 0; r < n; ++r) {
+    const auto& ids = targets[static_cast<std::size_t>(r)]->ids;
+    for (std::size_t t = 0; t < ids.size(); ++t) w[r][static_cast<std::int64_t>(t) + 1] = ids[t];
+    lengths[r] = static_cast<std::int64_t>(ids.size()) + 1;
+  }
+  const auto device = features.device();
+  const torch::Tensor grid =
+      features.index_select(0, torch::tensor(rows, torch::kLong).to(device)).to(torch::kFloat);
+  const torch::Tensor alphas = model_->attention_decoder()
+                                   ->forward(grid, words.to(device), lengths.to(device))
+                                   .alphas.to(torch::kCPU, torch::kFloat);
+  for (std::int64_t r = 0; r < n; ++r) {
+    Caption& c = *targets[static_cast<std::size_t>(r)];
+    c.attention = alphas[r].slice(0, 0, static_cast<std::int64_t>(c.ids.size())).clone();
+  }
 }
 
 std::vector<Caption> Captioner::caption_features(const torch::Tensor& features,

@@ -11,6 +11,8 @@
 #include <vector>
 
 #include <ATen/CPUGeneratorImpl.h>
+#include <nlohmann/json.hpp>
+#include "detail/io.hpp"
 
 #include "imcap/attention_decoder.hpp"
 #include "imcap/captioner.hpp"
@@ -249,6 +251,31 @@ imcap::ModelConfig tiny_attention_config(double dropout = 0.0) {
   return c;
 }
 
+// imcap train on a TinyDataset: two steps of a ResNet-18 at 64 px, plus the extra options.
+imcap::test::ProcessResult train_tiny(imcap::test::TinyDataset& d, const std::string& out,
+                                      const std::vector<std::string>& extra, int steps = 2) {
+  const auto& f = d.files;
+  std::vector<std::string> args = {"train",
+                                   "--annotations",
+                                   f.train_annotations,
+                                   "--images",
+                                   f.train_images,
+                                   "--out",
+                                   d.tmp.file(out),
+                                   "--encoder",
+                                   "resnet18",
+                                   "--image-size",
+                                   "64",
+                                   "--vocab-threshold",
+                                   "1",
+                                   "--max-steps",
+                                   std::to_string(steps),
+                                   "--batch-size",
+                                   "8"};
+  args.insert(args.end(), extra.begin(), extra.end());
+  return imcap::test::run_cli(args);
+}
+
 }  // namespace
 
 TEST_CASE("an attention model saves, loads and captions as it did", "[attention][model]") {
@@ -302,6 +329,61 @@ TEST_CASE("an attention model saves, loads and captions as it did", "[attention]
   pooled.grid = 1;
   imcap::CaptionModel one(pooled, *d.vocab);
   CHECK(one.encode(images).sizes() == torch::IntArrayRef({2, 1, 512}));
+}
+
+TEST_CASE("captions carry the attention with which each word was predicted",
+          "[attention][captioner]") {
+  using Catch::Contains;
+  imcap::test::TinyDataset d(4, 2);
+  torch::manual_seed(8);
+  auto model = std::make_shared<imcap::CaptionModel>(tiny_attention_config(), *d.vocab);
+  model->train(false);
+  torch::NoGradGuard no_grad;
+  const torch::Tensor images = torch::randn({3, 3, 64, 64});
+  for (const int beam : {1, 3}) {
+    INFO("beam " << beam);
+    imcap::CaptionOptions o;
+    o.beam_size = beam;
+    o.num_return = beam;
+    o.max_length = 6;
+    const imcap::Captioner captioner(model, o);
+    const torch::Tensor grid = captioner.encode(images, o);
+    const auto plain = captioner.candidates(grid, o);
+    o.attention_weights = true;
+    const auto with = captioner.candidates(grid, o);
+    REQUIRE(with.size() == plain.size());
+    std::size_t words = 0;
+    for (std::size_t i = 0; i < with.size(); ++i) {
+      REQUIRE(with[i].size() == plain[i].size());
+      for (std::size_t j = 0; j < with[i].size(); ++j) {
+        const imcap::Caption& c = with[i][j];
+        CHECK(c.ids == plain[i][j].ids);  // the search itself is unchanged
+        CHECK_FALSE(plain[i][j].attention.defined());
+        REQUIRE(c.attention.defined());
+        REQUIRE(c.attention.sizes() ==
+                torch::IntArrayRef({static_cast<std::int64_t>(c.ids.size()), 4}));
+        words += c.ids.size();
+        if (c.ids.empty()) continue;
+        CHECK(torch::allclose(c.attention.sum(1), torch::ones({c.attention.size(0)}), 1e-5, 1e-6));
+        // Step by step along the caption's own words: the weights of each step's prediction.
+        auto dec = model->attention_decoder();
+        imcap::StepStart st = dec->start(
+            grid.slice(0, static_cast<std::int64_t>(i), static_cast<std::int64_t>(i) + 1));
+        for (std::size_t t = 0; t < c.ids.size(); ++t) {
+          const auto& alpha = imcap::AttentionDecoderImpl::attention_weights(st.state);
+          CHECK(torch::allclose(alpha[0], c.attention[static_cast<std::int64_t>(t)], 1e-5, 1e-7));
+          dec->step(torch::tensor({c.ids[t]}, torch::kLong), st.state);
+        }
+      }
+    }
+    CHECK(words > 0);
+  }
+  imcap::CaptionOptions asked;
+  asked.attention_weights = true;
+  const imcap::Captioner show_tell(
+      std::make_shared<imcap::CaptionModel>(imcap::test::tiny_config(), *d.vocab), asked);
+  CHECK_THROWS_WITH(show_tell.caption(images[0]),
+                    Contains("attention_weights") && Contains("'show-tell'"));
 }
 
 TEST_CASE("the trainer trains an attention model, resumes it exactly, and fine-tunes it with SCST",
@@ -381,25 +463,7 @@ TEST_CASE("imcap train --decoder attention, then caption", "[attention][cli]") {
   imcap::test::TinyDataset d(8, 2);
   const auto& f = d.files;
   auto train = [&](const std::string& out, const std::vector<std::string>& extra) {
-    std::vector<std::string> args = {"train",
-                                     "--annotations",
-                                     f.train_annotations,
-                                     "--images",
-                                     f.train_images,
-                                     "--out",
-                                     d.tmp.file(out),
-                                     "--encoder",
-                                     "resnet18",
-                                     "--image-size",
-                                     "64",
-                                     "--vocab-threshold",
-                                     "1",
-                                     "--max-steps",
-                                     "2",
-                                     "--batch-size",
-                                     "8"};
-    args.insert(args.end(), extra.begin(), extra.end());
-    return imcap::test::run_cli(args);
+    return train_tiny(d, out, extra);
   };
   const auto ok =
       train("att", {"--decoder", "attention", "--attention-dim", "8", "--embed-size", "12",
@@ -424,4 +488,68 @@ TEST_CASE("imcap train --decoder attention, then caption", "[attention][cli]") {
   CHECK(refused.exit_code == 2);
   CHECK(refused.err.find("--inject applies to --decoder show-tell only") != std::string::npos);
   CHECK(train("bad", {"--decoder", "lstm"}).exit_code == 2);
+}
+
+TEST_CASE("imcap caption --attention draws each word's attention", "[attention][cli]") {
+  imcap::test::TinyDataset d(8, 2);
+  const auto& f = d.files;
+  const auto trained = train_tiny(d, "att",
+                                  {"--decoder", "attention", "--attention-dim", "8", "--embed-size",
+                                   "12", "--hidden-size", "16"},
+                                  /*steps=*/1);
+  INFO(trained.out << trained.err);
+  REQUIRE(trained.exit_code == 0);
+  const std::string model = d.tmp.file("att/last.imcap");
+  // The same file name in two folders gets two pages.
+  const std::string copy_dir = d.tmp.file("copy");
+  imcap::detail::create_directories(copy_dir);
+  imcap::detail::write_file_atomic(copy_dir + "/1000000.jpg",
+                                   imcap::detail::read_file(f.val_images + "/1000000.jpg"));
+  const std::string dir = d.tmp.file("pictures");
+  const auto run = imcap::test::run_cli({"caption", "--model", model, "--attention", dir, "--json",
+                                         "--max-length", "6", f.val_images + "/1000000.jpg",
+                                         copy_dir + "/1000000.jpg"});
+  INFO(run.out << run.err);
+  REQUIRE(run.exit_code == 0);
+  const auto results = nlohmann::json::parse(run.out);
+  REQUIRE(results.size() == 2);
+  for (const std::string stem : {"1000000", "1000000-2"}) {
+    INFO(stem);
+    const auto words = results[stem == "1000000" ? 0 : 1]["tokens"].size();
+    const std::string html = imcap::detail::read_file(dir + "/" + stem + ".html");
+    std::size_t rects = 0;
+    for (auto at = html.find("<rect"); at != std::string::npos; at = html.find("<rect", at + 1))
+      ++rects;
+    CHECK(rects == words * 4);  // one cell per word and grid cell (2 x 2)
+    CHECK(html.find("<figcaption>") != std::string::npos);
+    if (words == 0) continue;
+    const imcap::Image strip = imcap::decode_image(dir + "/" + stem + ".png");
+    const int cols = static_cast<int>(std::min<std::size_t>(8, words));
+    const int rows = static_cast<int>((words + 7) / 8);
+    CHECK(strip.width == cols * 224 + (cols + 1) * 4);
+    CHECK(strip.height == rows * (224 + 26) + (rows + 1) * 4);
+  }
+  const std::string index = imcap::detail::read_file(dir + "/index.html");
+  CHECK(index.find("href='1000000.html'") != std::string::npos);
+  CHECK(index.find("href='1000000-2.html'") != std::string::npos);
+
+  // A Show-and-Tell model has no attention to draw (bad input: exit 1); an output that is an
+  // input is refused before anything is written (exit 2).
+  const auto show_tell = imcap::test::run_cli(
+      {"train", "--annotations", f.train_annotations, "--images", f.train_images, "--out",
+       d.tmp.file("st"), "--encoder", "resnet18", "--image-size", "64", "--vocab-threshold", "1",
+       "--max-steps", "1", "--batch-size", "8"});
+  REQUIRE(show_tell.exit_code == 0);
+  const auto refused = imcap::test::run_cli({"caption", "--model", d.tmp.file("st/last.imcap"),
+                                             "--attention", dir, f.val_images + "/1000000.jpg"});
+  CHECK(refused.exit_code == 1);
+  CHECK(refused.err.find("'show-tell' decoder") != std::string::npos);
+  imcap::detail::write_file_atomic(copy_dir + "/x.png",
+                                   imcap::detail::read_file(dir + "/1000000.png"));
+  const std::string before = imcap::detail::read_file(copy_dir + "/x.png");
+  const auto clash = imcap::test::run_cli(
+      {"caption", "--model", model, "--attention", copy_dir, copy_dir + "/x.png"});
+  CHECK(clash.exit_code == 2);
+  CHECK(clash.err.find("would destroy the input") != std::string::npos);
+  CHECK(imcap::detail::read_file(copy_dir + "/x.png") == before);
 }

@@ -173,4 +173,21 @@ TEST_CASE("imcap demo --quick runs end to end and writes a report", "[trainer][d
                        Catch::Contains("<td>+ SCST</td>"));
   CHECK(imcap::detail::path_exists(tmp.file("demo/model/last.imcap")));
   CHECK(imcap::detail::path_exists(tmp.file("demo/model-scst/last.imcap")));
+  CHECK(html.find("<figcaption>") == std::string::npos);  // no attention to draw
+}
+
+TEST_CASE("imcap demo --decoder attention draws the attention in its report",
+          "[trainer][demo][attention][slow]") {
+  imcap::test::TempDir tmp;
+  const auto r = imcap::test::run_cli({"demo", "--quick", "--seconds", "8", "--scst-share", "0",
+                                       "--decoder", "attention", "--out", tmp.file("demo")});
+  INFO(r.out << r.err);
+  REQUIRE(r.exit_code == 0);
+  CHECK_THAT(r.out, Catch::Contains("attention LSTM"));
+  const auto html = imcap::test::read_text(tmp.file("demo/report.html"));
+  CHECK_THAT(html,
+             Catch::Contains("soft-attention LSTM") && Catch::Contains("over the CNN's 4 cells") &&
+                 Catch::Contains("<figcaption>") && Catch::Contains("data:image/png;base64,"));
+  CHECK(imcap::CaptionModel::load(tmp.file("demo/model/last.imcap")).decoder_kind() ==
+        imcap::DecoderKind::kAttention);
 }

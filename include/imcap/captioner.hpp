@@ -38,6 +38,10 @@ struct CaptionOptions : SearchOptions {
   /// torch::kHalf run a GPU's tensor cores; the features change as with PyTorch's bfloat16.
   /// Default: the weights' type (float32).
   std::optional<torch::Dtype> encoder_dtype = std::nullopt;
+  /// Attention models only: fill Caption::attention with each word's attention weights. The
+  /// search is unchanged; the weights come from running the found words back through the
+  /// decoder. Default false (true with a Show-and-Tell model throws InvalidArgument).
+  bool attention_weights = false;
 };
 
 /// One caption.
@@ -46,6 +50,10 @@ struct Caption {
   std::vector<std::string> tokens;  ///< the words
   std::vector<std::int64_t> ids;    ///< their ids (no <start>/<end>)
   double log_prob = 0.0;            ///< summed log-probability of the generated tokens
+  /// With CaptionOptions::attention_weights: [words, P] float32 on the CPU, row i the weights
+  /// over the P = S x S cells of the encoder's grid (row-major, top row first) with which the
+  /// decoder predicted word i; each row sums to 1. Undefined otherwise.
+  torch::Tensor attention;
 };
 
 /// Captions images with a CaptionModel.
@@ -125,6 +133,8 @@ class Captioner {
 
  private:
   struct GraphCache;
+  void add_attention_weights(const torch::Tensor& features,
+                             std::vector<std::vector<Caption>>& captions) const;
   std::shared_ptr<CaptionModel> model_;
   CaptionOptions options_;
   ImageTransform transform_;

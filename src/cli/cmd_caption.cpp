@@ -1,6 +1,10 @@
 // imcap caption and imcap predict: caption image files, or every image of a COCO file.
+#include <cctype>
 #include <iostream>
+#include <map>
 #include <memory>
+#include <optional>
+#include <utility>
 
 #include <fmt/format.h>
 #include <torch/torch.h>
@@ -8,6 +12,7 @@
 
 #include "cli/cli_common.hpp"
 #include "cli/commands.hpp"
+#include "cli/pictures.hpp"
 #include "detail/io.hpp"
 #include "imcap/captioner.hpp"
 #include "imcap/coco_dataset.hpp"
@@ -18,11 +23,70 @@ namespace imcap::cli {
 namespace {
 
 struct CaptionArgs {
-  std::string model, device = "cpu", annotations, split, images, out;
+  std::string model, device = "cpu", annotations, split, images, out, attention_dir;
   std::vector<std::string> inputs;
   CaptionOptions options;
   bool json = false;
   int threads = 0, blas_threads = -1, batch_size = 16;
+};
+
+// The attention pictures of one image: NAME.png (a strip of tiles) and NAME.html (SVG overlays).
+// The names are the images' file names without the extension, made safe, numbered when they
+// repeat; none may be one of the command's input files.
+struct AttentionPages {
+  std::string dir;
+  std::vector<std::string> stems;  // per input image
+  std::string index;
+
+  AttentionPages(std::string folder, const std::vector<std::string>& images,
+                 const std::string& model)
+      : dir(std::move(folder)) {
+    std::map<std::string, int> seen;
+    for (const auto& path : images) {
+      std::string stem = detail::file_name(path);
+      if (const auto dot = stem.rfind('.'); dot != std::string::npos && dot > 0) stem.resize(dot);
+      for (char& ch : stem)
+        if (!(std::isalnum(static_cast<unsigned char>(ch)) || ch == '-' || ch == '_')) ch = '_';
+      if (const int n = seen[stem]++; n > 0) stem += fmt::format("-{}", n + 1);
+      stems.push_back(stem);
+    }
+    std::vector<std::pair<std::string, std::string>> inputs{{"--model", model}};
+    for (const auto& path : images) inputs.emplace_back("an image", path);
+    for (const auto& stem : stems)
+      for (const char* ext : {".png", ".html"})
+        check_output_is_not_an_input("--attention", detail::join_path(dir, stem + ext), inputs);
+    check_output_is_not_an_input("--attention", detail::join_path(dir, "index.html"), inputs);
+  }
+
+  void add(std::size_t i, const std::string& image_path, const Caption& c,
+           const TransformOptions& transform) {
+    const std::string& stem = stems[i];
+    const Image view = model_view(decode_image(image_path), transform, 224);
+    std::string figures = "<p>(no words)</p>";
+    if (!c.tokens.empty()) {
+      write_output_file(detail::join_path(dir, stem + ".png"),
+                        encode_png(attention_strip(view, c.attention, c.tokens)));
+      figures = attention_figures_html(view, c.attention, c.tokens, "v");
+    }
+    write_output_file(
+        detail::join_path(dir, stem + ".html"),
+        fmt::format("<!doctype html><html><head><meta charset='utf-8'><title>{0}</title><style>"
+                    "body{{font-family:sans-serif;margin:2em}}.att{{display:flex;flex-wrap:wrap}}"
+                    "figure{{margin:0 8px 8px 0}}figcaption{{font-weight:bold;margin-bottom:2px}}"
+                    "</style></head><body><h1>{1}</h1><p>{0}</p>{2}<p>Each picture is the part "
+                    "of the image the model saw; darker cells got less of the word's "
+                    "attention (hover for the weight).</p></body></html>\n",
+                    html_escape(image_path), html_escape(c.text), figures));
+    index += fmt::format("<li><a href='{0}.html'>{1}</a>: {2}</li>", stem, html_escape(image_path),
+                         html_escape(c.text));
+  }
+
+  void finish() const {
+    write_output_file(detail::join_path(dir, "index.html"),
+                      "<!doctype html><html><head><meta charset='utf-8'><title>imcap "
+                      "attention</title></head><body><h1>Attention per word</h1><ul>" +
+                          index + "</ul></body></html>\n");
+  }
 };
 
 void run_caption(const CaptionArgs& a) {
@@ -32,7 +96,19 @@ void run_caption(const CaptionArgs& a) {
                     "most one caption per beam",
                     a.options.num_return, a.options.beam_size));
   set_threads(a.threads, a.blas_threads);
-  const auto captioner = Captioner::load(a.model, parse_device(a.device), a.options);
+  CaptionOptions options = a.options;
+  options.attention_weights = !a.attention_dir.empty();
+  const auto captioner = Captioner::load(a.model, parse_device(a.device), options);
+  if (options.attention_weights && captioner.model().decoder_kind() != DecoderKind::kAttention)
+    throw InvalidArgument(fmt::format(
+        "--attention: {} has a '{}' decoder, which has no attention to draw (train with "
+        "--decoder attention)",
+        a.model, to_string(captioner.model().decoder_kind())));
+  std::optional<AttentionPages> pages;
+  if (options.attention_weights) {
+    pages.emplace(a.attention_dir, a.inputs, a.model);
+    detail::create_directories(a.attention_dir);
+  }
   nlohmann::json results = nlohmann::json::array();
   for (std::size_t start = 0; start < a.inputs.size();
        start += static_cast<std::size_t>(a.batch_size)) {
@@ -40,10 +116,12 @@ void run_caption(const CaptionArgs& a) {
         a.inputs.begin() + static_cast<std::ptrdiff_t>(start),
         a.inputs.begin() + static_cast<std::ptrdiff_t>(std::min(
                                a.inputs.size(), start + static_cast<std::size_t>(a.batch_size))));
-    const auto candidates = captioner.candidates(captioner.encode(chunk, a.options), a.options);
+    const auto candidates = captioner.candidates(captioner.encode(chunk, options), options);
     for (std::size_t i = 0; i < chunk.size(); ++i) {
       const std::vector<Caption>& found = candidates[i];
       const Caption best = found.empty() ? Caption{} : found.front();
+      if (pages)
+        pages->add(start + i, chunk[i], best, captioner.model().eval_transform().options());
       if (a.json) {
         nlohmann::json entry = {{"image", chunk[i]},
                                 {"caption", best.text},
@@ -66,6 +144,11 @@ void run_caption(const CaptionArgs& a) {
   // File names need not be UTF-8 on Linux: such bytes print as U+FFFD instead of failing.
   if (a.json)
     std::cout << results.dump(2, ' ', false, nlohmann::json::error_handler_t::replace) << '\n';
+  if (pages) {
+    pages->finish();
+    std::cerr << fmt::format("attention pictures of {} images: {}\n", a.inputs.size(),
+                             detail::join_path(a.attention_dir, "index.html"));
+  }
 }
 
 void run_predict(const CaptionArgs& a) {
@@ -129,6 +212,9 @@ void add_caption_command(CLI::App& app) {
                   "the log-probability)")
       ->capture_default_str()
       ->check(CLI::Range(1, 100));
+  cmd->add_option("--attention", a->attention_dir,
+                  "Attention models: write each image's attention per word to this folder "
+                  "(NAME.png, NAME.html, index.html)");
   add_search_options(cmd, *a);
   cmd->callback([a] { run_caption(*a); });
 }

@@ -13,6 +13,7 @@
 
 #include "cli/cli_common.hpp"
 #include "cli/commands.hpp"
+#include "cli/pictures.hpp"
 #include "cli/train_defaults.hpp"
 #include "detail/io.hpp"
 #include "imcap/captioner.hpp"
@@ -30,53 +31,10 @@ struct DemoArgs {
   double seconds = 0;        // 0: the default budget
   double scst_share = 0.25;  // of the budget, self-critical training after cross-entropy
   int threads = 0, blas_threads = -1;
-  int image_size = 32;  // the CNN's input: 64-pixel scenes downscaled, 4x cheaper than 64
+  int image_size = 0;  // 0: 32 (64-pixel scenes downscaled, 4x cheaper), 64 for attention
+  DecoderKind decoder = DecoderKind::kShowTell;
   std::uint64_t seed = 1;
 };
-
-std::string base64(const std::string& bytes) {
-  static const char* k = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-  std::string out;
-  std::size_t i = 0;
-  for (; i + 2 < bytes.size(); i += 3) {
-    const auto n = (static_cast<unsigned char>(bytes[i]) << 16) |
-                   (static_cast<unsigned char>(bytes[i + 1]) << 8) |
-                   static_cast<unsigned char>(bytes[i + 2]);
-    out += {k[(n >> 18) & 63], k[(n >> 12) & 63], k[(n >> 6) & 63], k[n & 63]};
-  }
-  if (i + 1 == bytes.size()) {
-    const auto n = static_cast<unsigned char>(bytes[i]) << 16;
-    out += {k[(n >> 18) & 63], k[(n >> 12) & 63], '=', '='};
-  } else if (i + 2 == bytes.size()) {
-    const auto n = (static_cast<unsigned char>(bytes[i]) << 16) |
-                   (static_cast<unsigned char>(bytes[i + 1]) << 8);
-    out += {k[(n >> 18) & 63], k[(n >> 12) & 63], k[(n >> 6) & 63], '='};
-  }
-  return out;
-}
-
-std::string html_escape(const std::string& s) {
-  std::string o;
-  for (const char c : s) {
-    switch (c) {
-      case '&':
-        o += "&amp;";
-        break;
-      case '<':
-        o += "&lt;";
-        break;
-      case '>':
-        o += "&gt;";
-        break;
-      case '"':
-        o += "&quot;";
-        break;
-      default:
-        o += c;
-    }
-  }
-  return o;
-}
 
 // The training loss per step as an SVG line chart.
 std::string loss_svg(const std::vector<double>& losses) {
@@ -111,7 +69,9 @@ struct HeldOut {
 HeldOut caption_held_out(const std::shared_ptr<CaptionModel>& model, const CocoDataset& val,
                          const std::vector<std::string>& paths) {
   model->train(false);
-  Captioner captioner(model, CaptionOptions{});
+  CaptionOptions options;
+  options.attention_weights = model->decoder_kind() == DecoderKind::kAttention;
+  Captioner captioner(model, options);
   HeldOut out;
   for (std::size_t i = 0; i < paths.size(); i += 64) {
     const std::vector<std::string> chunk(
@@ -134,6 +94,13 @@ HeldOut caption_held_out(const std::shared_ptr<CaptionModel>& model, const CocoD
 std::string best_or_last(const std::string& dir) {
   const auto best = detail::join_path(dir, "best.imcap");
   return detail::path_exists(best) ? best : detail::join_path(dir, "last.imcap");
+}
+
+// The number of grid cells an attention model chose from (0 when it gave no weights).
+std::int64_t attention_cells(const HeldOut& held_out) {
+  for (const auto& c : held_out.captions)
+    if (c.attention.defined()) return c.attention.size(1);
+  return 0;
 }
 
 void print_scores(const char* what, std::size_t images, const CaptionScores& s) {
@@ -160,8 +127,15 @@ void run_demo(const DemoArgs& a) {
   config.encoder.trainable_stages = kResNetStages;
   config.decoder.hidden_size = 256;
   config.decoder.image_inject = ImageInject::kPar;
-  config.image_resize = a.image_size;
-  config.image_crop = a.image_size;
+  config.decoder_kind = a.decoder;
+  config.attention.embed_size = 128;  // the same sizes as the Show-and-Tell demo's
+  config.attention.hidden_size = 256;
+  config.attention.attention_dim = 128;
+  // ResNet-18 maps 32 pixels to one cell; 64 gives attention a 2 x 2 grid to choose from.
+  const int image_size =
+      a.image_size > 0 ? a.image_size : (a.decoder == DecoderKind::kAttention ? 64 : 32);
+  config.image_resize = image_size;
+  config.image_crop = image_size;
   torch::manual_seed(a.seed);
   auto model = std::make_shared<CaptionModel>(
       config, Vocabulary::build({data.train_annotations}, {/*threshold=*/1}));
@@ -187,8 +161,9 @@ void run_demo(const DemoArgs& a) {
   o.seed = a.seed;
   o.val_max_images = 100;
   o.log_interval = 25;
-  fmt::print("[2/5] training ResNet-18 + LSTM from scratch for {:.0f} s on {} captions\n",
-             o.max_seconds, train.size());
+  fmt::print("[2/5] training ResNet-18 + {} from scratch for {:.0f} s on {} captions\n",
+             a.decoder == DecoderKind::kAttention ? "attention LSTM" : "LSTM", o.max_seconds,
+             train.size());
   Trainer::install_signal_handlers();
   const auto r = Trainer(*model, train, &val, o).fit();
   const auto xe_file = best_or_last(o.out_dir);
@@ -238,13 +213,18 @@ void run_demo(const DemoArgs& a) {
       "<!doctype html><html><head><meta charset='utf-8'><title>imcap demo</title><style>"
       "body{{font-family:sans-serif;margin:2em}}td{{padding:4px 12px;vertical-align:top}}"
       "img{{width:96px;image-rendering:pixelated}}.gen{{font-weight:bold}}.xe{{color:#666}}"
-      "</style></head><body>"
-      "<h1>imcap demo</h1><p>ResNet-18 + LSTM ({} inject) trained from scratch on {} synthetic "
+      ".att{{display:flex;flex-wrap:wrap;margin-top:6px}}figure{{margin:0 6px 6px 0;"
+      "font-size:13px}}</style></head><body>"
+      "<h1>imcap demo</h1><p>ResNet-18 + {} trained from scratch on {} synthetic "
       "images: cross-entropy for {:.0f} s ({} steps){}; {} held-out images, beam 3.</p>"
       "<table><tr><th>training</th><th>BLEU-1</th><th>BLEU-4</th><th>ROUGE-L</th>"
       "<th>CIDEr</th></tr>{}</table>"
       "<h2>Training loss (cross-entropy)</h2>{}<h2>Held-out captions</h2><table>",
-      to_string(config.decoder.image_inject), so.train_images, r.seconds, r.steps,
+      a.decoder == DecoderKind::kAttention
+          ? fmt::format("a soft-attention LSTM (Show, Attend and Tell) over the CNN's {} cells",
+                        attention_cells(final_out))
+          : fmt::format("LSTM ({} inject)", to_string(config.decoder.image_inject)),
+      so.train_images, r.seconds, r.steps,
       scst_seconds > 0
           ? fmt::format(", then self-critical (SCST) for {:.0f} s ({} steps)", rs.seconds, rs.steps)
           : std::string(),
@@ -257,11 +237,18 @@ void run_demo(const DemoArgs& a) {
                                    ? fmt::format("<br><span class='xe'>cross-entropy: {}</span>",
                                                  html_escape(xe.captions[i].text))
                                    : std::string();
+    // The first images' attention per word, over the crop the model saw.
+    const Caption& c = final_out.captions[i];
+    const std::string figures =
+        c.attention.defined() && !c.tokens.empty() && i < 12
+            ? attention_figures_html(
+                  model_view(decode_image(paths[i]), xe_model->eval_transform().options(), 96),
+                  c.attention, c.tokens, fmt::format("v{}", i))
+            : std::string();
     html += fmt::format(
         "<tr><td><img src='data:image/jpeg;base64,{}'></td><td><span "
-        "class='gen'>{}</span>{}{}</td></tr>",
-        base64(detail::read_file(paths[i])), html_escape(final_out.captions[i].text), before,
-        refs_html);
+        "class='gen'>{}</span>{}{}{}</td></tr>",
+        base64(detail::read_file(paths[i])), html_escape(c.text), before, refs_html, figures);
   }
   html += "</table></body></html>\n";
   const auto report = detail::join_path(a.out, "report.html");
@@ -286,8 +273,12 @@ void add_demo_command(CLI::App& app) {
                   "cross-entropy; 0: cross-entropy only")
       ->capture_default_str()
       ->check(finite_range(0.0, 0.9));
-  cmd->add_option("--image-size", a->image_size, "Side of the images the CNN sees, pixels")
-      ->capture_default_str()
+  add_enum_option(cmd, "--decoder", a->decoder,
+                  "show-tell, or attention (Show, Attend and Tell: the report draws each word's "
+                  "attention)");
+  cmd->add_option("--image-size", a->image_size,
+                  "Side of the images the CNN sees, pixels (default 32, 64 with --decoder "
+                  "attention)")
       ->check(CLI::Range(16, 64));
   add_thread_options(cmd, a->threads, a->blas_threads);
   cmd->add_option("--seed", a->seed, "Random seed")->capture_default_str();
