@@ -8,6 +8,7 @@
 #include <fmt/format.h>
 #include <torch/torch.h>
 
+#include "detail/attention_sequence.hpp"
 #include "detail/projected_cross_entropy.hpp"
 #include "detail/tensor_check.hpp"
 #include "imcap/decoder.hpp"
@@ -117,6 +118,19 @@ std::pair<torch::Tensor, torch::Tensor> AttentionDecoderImpl::hidden_states(
   DecodeState state = init_state(grid);
   torch::Tensor h = state.tensors[kH], c = state.tensors[kC];
   const torch::Tensor& grid_att = state.tensors[kGridAtt];
+  const detail::AttentionSequenceWeights w{attention->decoder_att->weight,
+                                           attention->decoder_att->bias,
+                                           attention->full_att->weight,
+                                           attention->full_att->bias,
+                                           f_beta->weight,
+                                           f_beta->bias,
+                                           decode_step->weight_ih,
+                                           decode_step->weight_hh,
+                                           decode_step->bias_ih,
+                                           decode_step->bias_hh};
+  if (detail::attention_sequence_supported(grid, words, w))
+    return detail::attention_sequence(grid, grid_att, words, h, c, w);
+  // Elsewhere (a GPU, other types), the loop of sgrvinod's forward.
   std::vector<torch::Tensor> hs, alphas;
   hs.reserve(steps);
   alphas.reserve(steps);

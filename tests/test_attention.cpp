@@ -136,6 +136,59 @@ TEST_CASE("attention decoder steps reproduce teacher forcing and expose the atte
   CHECK(max_abs_error(c, a.index_select(0, torch::tensor({2, 0, 1}, torch::kLong))) < 1e-6);
 }
 
+TEST_CASE("attention decoder teacher forcing: values and gradients are those of its steps",
+          "[models][attention]") {
+  // forward() runs the whole caption as one function (on the CPU in float32), the steps run
+  // the module's layers one at a time through autograd: the same numbers, the same gradients,
+  // the grid's included.
+  torch::manual_seed(8);
+  auto options = small_options();
+  options.dropout = 0.0;
+  imcap::AttentionDecoder decoder(options);
+  const int64_t batch = 5, pixels = 7, width = 6, steps = width - 1;
+  const Batch b = random_batch(batch, pixels, width, 31);
+  auto gen = at::detail::createCPUGenerator(32);
+  const torch::Tensor w_logits = torch::randn({batch, steps, 40}, gen);
+  const torch::Tensor w_alphas = torch::randn({batch, steps, pixels}, gen);
+  struct Run {
+    torch::Tensor logits, alphas;
+    std::map<std::string, torch::Tensor> grads;
+  };
+  auto run = [&](bool whole) {
+    decoder->zero_grad();
+    const torch::Tensor grid = b.grid.clone().requires_grad_(true);
+    Run r;
+    if (whole) {
+      imcap::AttentionOutput out = decoder->forward(grid, b.captions);
+      r.logits = out.logits;
+      r.alphas = out.alphas;
+    } else {
+      imcap::StepStart s = decoder->start(grid);
+      std::vector<torch::Tensor> logits{s.scores};
+      std::vector<torch::Tensor> alphas{imcap::AttentionDecoderImpl::attention_weights(s.state)};
+      for (int64_t t = 1; t < steps; ++t) {
+        logits.push_back(decoder->step(b.captions.select(1, t), s.state));
+        alphas.push_back(imcap::AttentionDecoderImpl::attention_weights(s.state));
+      }
+      r.logits = torch::stack(logits, 1);
+      r.alphas = torch::stack(alphas, 1);
+    }
+    ((r.logits * w_logits).sum() + (r.alphas * w_alphas).sum()).backward();
+    for (const auto& p : decoder->named_parameters()) r.grads[p.key()] = p.value().grad().clone();
+    r.grads["grid"] = grid.grad().clone();
+    return r;
+  };
+  const Run whole = run(true), stepped = run(false);
+  CHECK(max_abs_error(whole.logits, stepped.logits) < 1e-5);
+  CHECK(max_abs_error(whole.alphas, stepped.alphas) < 1e-6);
+  REQUIRE(whole.grads.size() == stepped.grads.size());
+  for (const auto& [name, grad] : stepped.grads) {
+    INFO(name);
+    CHECK(grad.abs().max().item<double>() > 0);
+    CHECK(max_abs_error(whole.grads.at(name), grad) < 2e-5 * (1 + grad.abs().max().item<double>()));
+  }
+}
+
 TEST_CASE("attention decoder loss: values and gradients of the plain formula",
           "[models][attention]") {
   torch::manual_seed(5);

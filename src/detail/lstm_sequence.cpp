@@ -8,11 +8,8 @@
 
 namespace imcap::detail {
 
-namespace {
-
-// out = a b (+ bias), its rows split between Torch's threads.
 void mm_rows(torch::Tensor& out, const torch::Tensor& a, const torch::Tensor& b,
-             const torch::Tensor& bias = {}) {
+             const torch::Tensor& bias) {
   split_rows(out.size(0), [&](int64_t r0, int64_t r1) {
     torch::Tensor part = out.slice(0, r0, r1);
     if (bias.defined()) {
@@ -22,6 +19,51 @@ void mm_rows(torch::Tensor& out, const torch::Tensor& a, const torch::Tensor& b,
     }
   });
 }
+
+void lstm_cell_forward(torch::Tensor& acts, const torch::Tensor& c_prev, torch::Tensor& c_t,
+                       torch::Tensor& tanh_c, torch::Tensor& h_t) {
+  const int64_t hidden = c_t.size(1);
+  acts.narrow(1, 0, 2 * hidden).sigmoid_();  // i, f
+  acts.narrow(1, 2 * hidden, hidden).tanh_();
+  acts.narrow(1, 3 * hidden, hidden).sigmoid_();
+  at::mul_out(c_t, acts.narrow(1, hidden, hidden), c_prev);
+  c_t.addcmul_(acts.narrow(1, 0, hidden), acts.narrow(1, 2 * hidden, hidden));
+  at::tanh_out(tanh_c, c_t);
+  at::mul_out(h_t, acts.narrow(1, 3 * hidden, hidden), tanh_c);
+}
+
+void lstm_cell_backward(const torch::Tensor& acts, const torch::Tensor& tanh_c,
+                        const torch::Tensor& c_prev, const torch::Tensor& dy,
+                        const torch::Tensor& dh, torch::Tensor& dc, float* d_acts,
+                        int64_t d_stride) {
+  const int64_t batch = acts.size(0), hidden = tanh_c.size(1);
+  const float* act = acts.data_ptr<float>();
+  const float* tc = tanh_c.data_ptr<float>();
+  const float* c_p = c_prev.data_ptr<float>();
+  const float* dy_t = dy.data_ptr<float>();
+  const float* dh_p = dh.data_ptr<float>();
+  float* dc_p = dc.data_ptr<float>();
+  at::parallel_for(0, batch, 16, [&](int64_t r0, int64_t r1) {
+    for (int64_t r = r0; r < r1; ++r) {
+      const float* a = act + r * 4 * hidden;
+      float* dr = d_acts + r * d_stride;
+      const int64_t o = r * hidden;
+      for (int64_t k = 0; k < hidden; ++k) {
+        const float i = a[k], f = a[hidden + k], g = a[2 * hidden + k], og = a[3 * hidden + k];
+        const float dh_k = dy_t[o + k] + dh_p[o + k];
+        const float t = tc[o + k];
+        const float dc_k = dh_k * og * (1.0f - t * t) + dc_p[o + k];
+        dr[k] = dc_k * g * i * (1.0f - i);
+        dr[hidden + k] = dc_k * c_p[o + k] * f * (1.0f - f);
+        dr[2 * hidden + k] = dc_k * i * (1.0f - g * g);
+        dr[3 * hidden + k] = dh_k * t * og * (1.0f - og);
+        dc_p[o + k] = dc_k * f;
+      }
+    }
+  });
+}
+
+namespace {
 
 // One LSTM layer over time-major inputs (T, B, I).
 struct LstmLayer : torch::autograd::Function<LstmLayer> {
@@ -48,14 +90,8 @@ struct LstmLayer : torch::autograd::Function<LstmLayer> {
         torch::Tensor part = g.slice(0, r0, r1);
         part.addmm_(h.slice(0, r0, r1), w_hh_t);
       });
-      g.narrow(1, 0, 2 * hidden).sigmoid_();  // i, f
-      g.narrow(1, 2 * hidden, hidden).tanh_();
-      g.narrow(1, 3 * hidden, hidden).sigmoid_();
       torch::Tensor c_t = cs[t], h_t = hs[t], tanh_c = tanh_cs[t];
-      at::mul_out(c_t, g.narrow(1, hidden, hidden), c);
-      c_t.addcmul_(g.narrow(1, 0, hidden), g.narrow(1, 2 * hidden, hidden));
-      at::tanh_out(tanh_c, c_t);
-      at::mul_out(h_t, g.narrow(1, 3 * hidden, hidden), tanh_c);
+      lstm_cell_forward(g, c, c_t, tanh_c, h_t);
       h = h_t;
       c = c_t;
     }
@@ -84,31 +120,8 @@ struct LstmLayer : torch::autograd::Function<LstmLayer> {
     torch::Tensor dc = at::zeros({batch, hidden}, hs.options());
     const torch::Tensor c0c = c0.contiguous();
     for (int64_t t = steps - 1; t >= 0; --t) {
-      const float* act = acts[t].data_ptr<float>();
-      const float* tc = tanh_cs[t].data_ptr<float>();
-      const float* c_prev = (t > 0 ? cs[t - 1] : c0c).data_ptr<float>();
-      const float* dy_t = dy[t].data_ptr<float>();
-      float* d = d_acts[t].data_ptr<float>();
-      float* dh_p = dh.data_ptr<float>();
-      float* dc_p = dc.data_ptr<float>();
-      at::parallel_for(0, batch, 16, [&](int64_t r0, int64_t r1) {
-        for (int64_t r = r0; r < r1; ++r) {
-          const float* a = act + r * 4 * hidden;
-          float* dr = d + r * 4 * hidden;
-          const int64_t o = r * hidden;
-          for (int64_t k = 0; k < hidden; ++k) {
-            const float i = a[k], f = a[hidden + k], g = a[2 * hidden + k], og = a[3 * hidden + k];
-            const float dh_k = dy_t[o + k] + dh_p[o + k];
-            const float tanh_c = tc[o + k];
-            const float dc_k = dh_k * og * (1.0f - tanh_c * tanh_c) + dc_p[o + k];
-            dr[k] = dc_k * g * i * (1.0f - i);
-            dr[hidden + k] = dc_k * c_prev[o + k] * f * (1.0f - f);
-            dr[2 * hidden + k] = dc_k * i * (1.0f - g * g);
-            dr[3 * hidden + k] = dh_k * tanh_c * og * (1.0f - og);
-            dc_p[o + k] = dc_k * f;
-          }
-        }
-      });
+      lstm_cell_backward(acts[t], tanh_cs[t], t > 0 ? cs[t - 1] : c0c, dy[t], dh, dc,
+                         d_acts[t].data_ptr<float>(), 4 * hidden);
       mm_rows(dh, d_acts[t], w_hh);  // dh of step t-1
     }
     const torch::Tensor d2 = d_acts.view({steps * batch, 4 * hidden});

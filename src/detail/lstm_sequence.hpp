@@ -7,6 +7,25 @@
 
 namespace imcap::detail {
 
+/// out = a b (+ bias), its rows split between Torch's threads (split_rows).
+void mm_rows(torch::Tensor& out, const torch::Tensor& a, const torch::Tensor& b,
+             const torch::Tensor& bias = {});
+
+/// The LSTM cell's elementwise work for one step on float32 CPU tensors: acts (B, 4H), the
+/// pre-activation gates (i, f, g, o), becomes their activations; c_t = f c_prev + i g,
+/// tanh_c = tanh(c_t) and h_t = o tanh_c are written in place.
+void lstm_cell_forward(torch::Tensor& acts, const torch::Tensor& c_prev, torch::Tensor& c_t,
+                       torch::Tensor& tanh_c, torch::Tensor& h_t);
+
+/// lstm_cell_forward's backward: from the activations it left, tanh_c, c_prev, and the
+/// gradient of h_t (dy + dh, both contiguous (B, H)) and of c_t (dc), writes the gates'
+/// pre-activation gradients to row r of d_acts at d_acts + r * d_stride, and leaves the
+/// gradient of c_prev in dc.
+void lstm_cell_backward(const torch::Tensor& acts, const torch::Tensor& tanh_c,
+                        const torch::Tensor& c_prev, const torch::Tensor& dy,
+                        const torch::Tensor& dh, torch::Tensor& dc, float* d_acts,
+                        int64_t d_stride);
+
 /// Whether lstm_sequence() takes these inputs: CPU float32, biases present.
 bool lstm_sequence_supported(const torch::Tensor& inputs, const torch::nn::LSTM& lstm);
 
