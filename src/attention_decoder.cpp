@@ -9,6 +9,8 @@
 #include <torch/torch.h>
 
 #include "detail/attention_sequence.hpp"
+#include "detail/decode_step.hpp"
+#include "detail/lstm_sequence.hpp"
 #include "detail/projected_cross_entropy.hpp"
 #include "detail/tensor_check.hpp"
 #include "imcap/decoder.hpp"
@@ -29,6 +31,35 @@ void check_positive(const char* name, int64_t value) {
     throw InvalidArgument(
         fmt::format("attention decoder {}: expected a positive size, got {}", name, value));
   }
+}
+
+// step_embedded without autograd or dropout on the CPU in float32 (the searches' steps): the
+// same equations, each product through step_affine (the rows of the weights split between the
+// threads for a few rows), the cell by hand.
+torch::Tensor inference_step(AttentionDecoderImpl& d, const torch::Tensor& word_embeddings,
+                             DecodeState& state) {
+  using detail::step_affine;
+  torch::Tensor& h = state.tensors[kH];
+  torch::Tensor& c = state.tensors[kC];
+  const torch::Tensor q = step_affine(h, d.attention->decoder_att->weight,
+                                      d.attention->decoder_att->bias);  // (B, A)
+  const torch::Tensor e = at::matmul(torch::relu(state.tensors[kGridAtt] + q.unsqueeze(1)),
+                                     d.attention->full_att->weight.t())
+                              .squeeze(2) +
+                          d.attention->full_att->bias;  // (B, P)
+  torch::Tensor alpha = torch::softmax(e, /*dim=*/1);
+  const torch::Tensor attended = torch::bmm(alpha.unsqueeze(1), state.tensors[kGrid]).squeeze(1);
+  const torch::Tensor gate = torch::sigmoid(step_affine(h, d.f_beta->weight, d.f_beta->bias));
+  const torch::Tensor x = torch::cat({word_embeddings, gate * attended}, /*dim=*/1);
+  torch::Tensor acts = step_affine(x, d.decode_step->weight_ih, d.decode_step->bias_ih);
+  acts += step_affine(h, d.decode_step->weight_hh, d.decode_step->bias_hh);
+  torch::Tensor c_next = torch::empty_like(c), h_next = torch::empty_like(h);
+  torch::Tensor tanh_c = torch::empty_like(c);
+  detail::lstm_cell_forward(acts, c, c_next, tanh_c, h_next);
+  h = std::move(h_next);
+  c = std::move(c_next);
+  state.tensors[kAlpha] = std::move(alpha);
+  return step_affine(h, d.fc->weight, d.fc->bias);
 }
 
 }  // namespace
@@ -201,7 +232,17 @@ DecodeState AttentionDecoderImpl::init_state(const torch::Tensor& grid) {
   state.add(init_h(mean), /*row_dim=*/0);
   state.add(init_c(mean), /*row_dim=*/0);
   state.add(grid, /*row_dim=*/0);
-  state.add(attention->encoder_att(grid), /*row_dim=*/0);
+  if (!torch::GradMode::is_enabled() && grid.device().is_cpu() &&
+      grid.scalar_type() == torch::kFloat) {
+    // The searches' start: the projection through step_affine, split between the threads.
+    const torch::Tensor rows = grid.reshape({-1, grid.size(2)});
+    state.add(
+        detail::step_affine(rows, attention->encoder_att->weight, attention->encoder_att->bias)
+            .view({grid.size(0), grid.size(1), -1}),
+        /*row_dim=*/0);
+  } else {
+    state.add(attention->encoder_att(grid), /*row_dim=*/0);
+  }
   state.add(grid.new_zeros({grid.size(0), grid.size(1)}), /*row_dim=*/0);
   return state;
 }
@@ -248,6 +289,9 @@ torch::Tensor AttentionDecoderImpl::step_embedded(const torch::Tensor& word_embe
       "attention decoder step input",
       fmt::format("word embeddings of shape [{}, {}]", h.size(0), options_.embed_size),
       word_embeddings);
+  if (!torch::GradMode::is_enabled() && !is_training() && h.device().is_cpu() &&
+      h.scalar_type() == torch::kFloat)
+    return inference_step(*this, word_embeddings, state);
   auto [attended, alpha] = attention->attend(state.tensors[kGrid], state.tensors[kGridAtt], h);
   const torch::Tensor gate = torch::sigmoid(f_beta(h));
   std::tie(h, c) =

@@ -444,9 +444,10 @@ CocoDataset::CocoDataset(CocoAnnotations annotations, const std::string& image_r
   if (features) {
     const auto& f = options_.features;
     const auto& ids = options_.feature_image_ids;
-    if (f.dim() != 2)
-      throw InvalidArgument(fmt::format("{}: features must be a [N, C] tensor, got shape {}",
-                                        annotations_.source(), detail::shape_string(f)));
+    if (f.dim() != 2 && f.dim() != 3)
+      throw InvalidArgument(fmt::format(
+          "{}: features must be a [N, C] tensor (pooled) or [N, P, C] (grids), got shape {}",
+          annotations_.source(), detail::shape_string(f)));
     if (!f.is_floating_point())
       throw InvalidArgument(
           fmt::format("{}: features must hold floating-point values, got dtype {}",
@@ -456,11 +457,20 @@ CocoDataset::CocoDataset(CocoAnnotations annotations, const std::string& image_r
       throw InvalidArgument(
           fmt::format("{}: feature_image_ids must be int64 [N] with N = {} rows of features",
                       annotations_.source(), f.size(0)));
-    options_.features = f.to(at::kFloat).contiguous();
-    if (const auto bad = detail::find_non_finite(options_.features); bad.row >= 0)
-      throw InvalidArgument(
-          fmt::format("{}: features row {} holds {} at column {}: expected finite values",
-                      annotations_.source(), bad.row, bad.value, bad.column));
+    if (f.dim() == 3) {
+      // Grids stay in their (16-bit) type: the model converts each batch.
+      options_.features = f.contiguous();
+      if (const std::int64_t row = detail::first_non_finite_row(options_.features); row >= 0)
+        throw InvalidArgument(fmt::format(
+            "{}: features grid {} holds a NaN or infinite value: expected finite values",
+            annotations_.source(), row));
+    } else {
+      options_.features = f.to(at::kFloat).contiguous();
+      if (const auto bad = detail::find_non_finite(options_.features); bad.row >= 0)
+        throw InvalidArgument(
+            fmt::format("{}: features row {} holds {} at column {}: expected finite values",
+                        annotations_.source(), bad.row, bad.value, bad.column));
+    }
     const auto cpu_ids = ids.to(at::kCPU).contiguous();
     const auto* id = cpu_ids.data_ptr<std::int64_t>();
     for (std::int64_t r = 0; r < cpu_ids.size(0); ++r) feature_rows_[id[r]] = r;

@@ -25,6 +25,15 @@ FeatureSet extract_features(ResNet& backbone, const CocoAnnotations& annotations
                                       options.crop, options.resize));
   const auto& images = annotations.images();
   if (images.empty()) throw InvalidArgument(fmt::format("{}: no images", annotations.source()));
+  if (options.spatial && options.grid < 0)
+    throw InvalidArgument(
+        fmt::format("features: grid {} must be 0 (the map as it is) or positive", options.grid));
+  const torch::Dtype spatial_dtype = options.spatial_dtype;
+  if (options.spatial && spatial_dtype != torch::kHalf && spatial_dtype != torch::kBFloat16 &&
+      spatial_dtype != torch::kFloat)
+    throw InvalidArgument(
+        fmt::format("features: spatial_dtype {}: expected float16, bfloat16 or float32",
+                    c10::toString(spatial_dtype)));
   const ImageTransform transform = ImageTransform::eval(options.resize, options.crop);
   const DecodeOptions decode = transform.fast_decode_options();
   const torch::Device device = backbone->conv1->weight.device();
@@ -72,7 +81,11 @@ FeatureSet extract_features(ResNet& backbone, const CocoAnnotations& annotations
     fetch_pending();
     // Page-locked memory lets the copy to the GPU run without the host waiting for it.
     if (cuda) x = x.pin_memory();
-    pending = backbone->forward_pooled(x.to(device, /*non_blocking=*/cuda), options.compute_dtype);
+    x = x.to(device, /*non_blocking=*/cuda);
+    pending = options.spatial
+                  ? spatial_grid(backbone->forward_features(x, options.compute_dtype), options.grid)
+                        .to(spatial_dtype)
+                  : backbone->forward_pooled(x, options.compute_dtype);
     pending_end = start + count;
     if (!cuda) fetch_pending();
   }
@@ -86,7 +99,8 @@ FeatureSet extract_features(ResNet& backbone, const CocoAnnotations& annotations
 
 void save_features(const std::string& path, const FeatureSet& set) {
   TensorMap tensors;
-  tensors.insert("features", set.features.to(torch::kFloat32).contiguous());
+  tensors.insert("features",
+                 (set.spatial() ? set.features : set.features.to(torch::kFloat32)).contiguous());
   tensors.insert("image_ids", set.image_ids.to(torch::kInt64).contiguous());
   save_safetensors(path, tensors, {{"format", "imcap-features"}});
 }
@@ -97,9 +111,10 @@ FeatureSet load_features(const std::string& path) {
   const auto* ids = tensors.find("image_ids");
   if (f == nullptr || ids == nullptr)
     throw FormatError(fmt::format("{}: expected tensors 'features' and 'image_ids'", path));
-  if (f->dim() != 2)
-    throw FormatError(fmt::format("{}: 'features' must be a [N, C] tensor, got shape {}", path,
-                                  detail::shape_string(*f)));
+  if (f->dim() != 2 && f->dim() != 3)
+    throw FormatError(fmt::format(
+        "{}: 'features' must be a [N, C] tensor (pooled) or [N, P, C] (grids), got shape {}", path,
+        detail::shape_string(*f)));
   if (!f->is_floating_point())
     throw FormatError(fmt::format(
         "{}: 'features' must hold floating-point values (F32, F16, BF16 or F64), got dtype {}",
@@ -112,8 +127,17 @@ FeatureSet load_features(const std::string& path) {
   for (std::int64_t i = 0; i < acc.size(0); ++i)
     if (!seen.insert(acc[i]).second)
       throw FormatError(fmt::format("{}: image id {} appears twice in 'image_ids'", path, acc[i]));
-  auto features = f->to(torch::kFloat32);
   // NaN or infinite features would only show up as a diverged loss after a step of training.
+  if (f->dim() == 3) {
+    const std::int64_t row = detail::first_non_finite_row(*f);
+    if (row >= 0)
+      throw FormatError(fmt::format(
+          "{}: 'features' grid {} (image id {}) holds a NaN or infinite value: expected finite "
+          "values",
+          path, row, acc[row]));
+    return FeatureSet{*f, *ids};
+  }
+  auto features = f->to(torch::kFloat32);
   if (const auto bad = detail::find_non_finite(features); bad.row >= 0)
     throw FormatError(fmt::format(
         "{}: 'features' row {} (image id {}) holds {} at column {}: expected finite values", path,

@@ -295,8 +295,10 @@ torch::Tensor CaptionModel::encode_cached(const torch::Tensor& features) {
                                    "(imcap features --spatial), not pooled features",
                                    c, c),
                        features);
-  if (features.dim() == 4) return spatial_grid(features, config_.grid);
-  return features;
+  // 16-bit caches (imcap features --spatial) compute in the decoder's type.
+  const torch::Dtype type = attention_decoder_->fc->weight.scalar_type();
+  if (features.dim() == 4) return spatial_grid(features, config_.grid).to(type);
+  return features.to(type);
 }
 
 std::shared_ptr<StepDecoder> CaptionModel::step_decoder(DecodeWeights weights) const {

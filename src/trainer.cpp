@@ -287,7 +287,11 @@ Trainer::Trainer(CaptionModel& model, const CocoDataset& train, const CocoDatase
     if (model.decoder_kind() == DecoderKind::kAttention && row.dim() == 1)
       throw InvalidArgument(
           "trainer: the precomputed features are pooled vectors, and an attention model needs "
-          "the CNN's grid: train it on the images");
+          "the CNN's grid: compute grids with imcap features --spatial, or train on the images");
+    if (model.decoder_kind() != DecoderKind::kAttention && row.dim() != 1)
+      throw InvalidArgument(
+          "trainer: the precomputed features are grids (imcap features --spatial), and a Show "
+          "and Tell model needs pooled vectors: compute them with imcap features");
     if (row.size(row.dim() - 1) != model.encoder()->feature_dim())
       throw InvalidArgument(
           fmt::format("trainer: the precomputed features have {} values per image, the model's "

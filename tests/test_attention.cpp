@@ -291,19 +291,6 @@ TEST_CASE("attention decoder rejects bad options and inputs, naming them", "[mod
 
 namespace {
 
-// tiny_config's ResNet-18 at 64 px (a 2 x 2 map: P = 4) with a small attention decoder.
-imcap::ModelConfig tiny_attention_config(double dropout = 0.0) {
-  imcap::ModelConfig c = imcap::test::tiny_config();
-  c.image_resize = 64;
-  c.image_crop = 64;
-  c.decoder_kind = imcap::DecoderKind::kAttention;
-  c.attention.embed_size = 12;
-  c.attention.hidden_size = 16;
-  c.attention.attention_dim = 8;
-  c.attention.dropout = dropout;
-  return c;
-}
-
 // imcap train on a TinyDataset: two steps of a ResNet-18 at 64 px, plus the extra options.
 imcap::test::ProcessResult train_tiny(imcap::test::TinyDataset& d, const std::string& out,
                                       const std::vector<std::string>& extra, int steps = 2) {
@@ -335,7 +322,8 @@ TEST_CASE("an attention model saves, loads and captions as it did", "[attention]
   using Catch::Contains;
   imcap::test::TinyDataset d(4, 2);
   torch::manual_seed(3);
-  auto model = std::make_shared<imcap::CaptionModel>(tiny_attention_config(), *d.vocab);
+  auto model =
+      std::make_shared<imcap::CaptionModel>(imcap::test::tiny_attention_config(), *d.vocab);
   // The model fills in what the vocabulary and the backbone decide, and has no encoder head.
   CHECK(model->decoder_kind() == imcap::DecoderKind::kAttention);
   CHECK(model->config().encoder.embed_size == 0);
@@ -378,7 +366,7 @@ TEST_CASE("an attention model saves, loads and captions as it did", "[attention]
   imcap::load_safetensors(dir.file("show-tell.imcap"), &meta);
   CHECK(meta.at("format_version") == "1");
   // The grid option pools the map.
-  auto pooled = tiny_attention_config();
+  auto pooled = imcap::test::tiny_attention_config();
   pooled.grid = 1;
   imcap::CaptionModel one(pooled, *d.vocab);
   CHECK(one.encode(images).sizes() == torch::IntArrayRef({2, 1, 512}));
@@ -389,7 +377,8 @@ TEST_CASE("captions carry the attention with which each word was predicted",
   using Catch::Contains;
   imcap::test::TinyDataset d(4, 2);
   torch::manual_seed(8);
-  auto model = std::make_shared<imcap::CaptionModel>(tiny_attention_config(), *d.vocab);
+  auto model =
+      std::make_shared<imcap::CaptionModel>(imcap::test::tiny_attention_config(), *d.vocab);
   model->train(false);
   torch::NoGradGuard no_grad;
   const torch::Tensor images = torch::randn({3, 3, 64, 64});
@@ -444,7 +433,7 @@ TEST_CASE("the trainer trains an attention model, resumes it exactly, and fine-t
   imcap::test::TinyDataset d(12, 4);
   auto make = [&] {
     torch::manual_seed(5);
-    return imcap::CaptionModel(tiny_attention_config(), *d.vocab);
+    return imcap::CaptionModel(imcap::test::tiny_attention_config(), *d.vocab);
   };
   auto model_a = make();
   const imcap::CocoDataset train(d.files.train_annotations, d.files.train_images, *d.vocab,

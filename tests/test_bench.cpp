@@ -81,6 +81,21 @@ TEST_CASE("imcap bench --json prints the baseline's keys and nesting", "[bench][
     CHECK(e["batching"] == "image_major");
   }
   CHECK(j["config"].contains("train_e2e"));
+  // The attention figures (bench/attention_baseline.py's keys), beside Show and Tell's greedy
+  // decoding at the same H and V. Smoke shapes: E = A = 8, C 24, P 4, H 16, V 50; the decoder's
+  // parameters: embedding 400, attention 200 + 136 + 9, LSTMCell(32, 16) 3,200, init_h and
+  // init_c 400 each, f_beta 408, fc 850.
+  for (const char* k : {"attention_greedy_ms", "show_tell_greedy_ms"}) {
+    INFO(k);
+    check_figure(j[k], "batch1");
+    check_figure(j[k], "batch3");
+    CHECK(j[k]["batch3"]["ms_per_step"].get<double>() > 0.0);
+  }
+  CHECK(j["attention_step_vs_show_tell"]["batch3"].get<double>() > 0.0);
+  check_figure(j, "attention_train_step_ms");
+  CHECK(j["attention_train_step_ms"]["tokens_per_step"] == 52);
+  CHECK(j["attention_train_step_ms"]["trainable_params"] == 6003);
+  CHECK(j["attention_config"]["cells"] == 4);
 }
 
 TEST_CASE("imcap bench --device-figures prints the GPU goals' figures", "[bench][cli]") {

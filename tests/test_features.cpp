@@ -1,5 +1,6 @@
 // Feature caching: training the decoder and the embedding head on pooled CNN features computed
-// once by `imcap features`, instead of running the frozen CNN every epoch.
+// once by `imcap features`, instead of running the frozen CNN every epoch; and an attention
+// decoder on the CNN's grids (`imcap features --spatial`, 16-bit).
 #include "catch.hpp"
 
 #include <cmath>
@@ -8,8 +9,10 @@
 
 #include "detail/io.hpp"
 #include "imcap/checkpoint.hpp"
+#include "imcap/encoder.hpp"
 #include "imcap/error.hpp"
 #include "imcap/features.hpp"
+#include "imcap/image.hpp"
 #include "imcap/import.hpp"
 #include "imcap/model.hpp"
 #include "imcap/synthetic.hpp"
@@ -275,4 +278,157 @@ TEST_CASE("imcap features matches torchvision's eval transform and model",
                                              "resnet18", "--out", dir + "/x.safetensors"});
   CHECK(missing.exit_code == 1);
   CHECK_THAT(missing.err, Catch::Contains("nowhere"));
+}
+
+namespace {
+
+// An attention model over tiny_config's frozen ResNet-18 at 64 px: a 2 x 2 grid, P = 4.
+imcap::CaptionModel tiny_attention_model(const imcap::Vocabulary& vocab) {
+  torch::manual_seed(4);
+  return imcap::CaptionModel(imcap::test::tiny_attention_config(), vocab);
+}
+
+}  // namespace
+
+TEST_CASE("spatial features: grids in 16 bits, and training on them equals training on images",
+          "[features][attention]") {
+  Data d;
+  const auto& f = d.files;
+  auto with_cnn = tiny_attention_model(*d.vocab);
+  imcap::FeatureOptions fo;
+  fo.crop = fo.resize = 64;
+  fo.batch_size = 5;
+  fo.workers = 1;
+  fo.spatial = true;
+  const auto annotations = imcap::CocoAnnotations::load(f.train_annotations);
+  // float16 by default: the grid of each image, as the encoder gives it, rounded.
+  const auto half =
+      imcap::extract_features(with_cnn.encoder()->backbone, annotations, f.train_images, fo);
+  REQUIRE(half.spatial());
+  CHECK(half.features.scalar_type() == torch::kHalf);
+  const auto images = static_cast<std::int64_t>(annotations.images().size());
+  REQUIRE(half.features.sizes() == torch::IntArrayRef({images, 4, 512}));
+  {
+    torch::NoGradGuard no_grad;
+    with_cnn.train(false);
+    const auto& first = annotations.images().front();
+    const torch::Tensor x =
+        with_cnn.eval_transform()(imcap::decode_image(f.train_images + "/" + first.file_name));
+    const torch::Tensor want = with_cnn.encoder()->forward_spatial(x.unsqueeze(0))[0];
+    CHECK(max_rel_error(half.features[0].to(torch::kFloat), want) < 2e-3);
+  }
+  imcap::save_features(d.tmp.file("half.st"), half);
+  const auto back = imcap::load_features(d.tmp.file("half.st"));
+  CHECK(back.features.scalar_type() == torch::kHalf);
+  CHECK(torch::equal(back.features, half.features));
+  CHECK(torch::equal(back.image_ids, half.image_ids));
+  // A 1 x 1 pool, and bfloat16.
+  fo.grid = 1;
+  fo.spatial_dtype = torch::kBFloat16;
+  const auto pooled =
+      imcap::extract_features(with_cnn.encoder()->backbone, annotations, f.train_images, fo);
+  CHECK(pooled.features.scalar_type() == torch::kBFloat16);
+  CHECK(pooled.features.size(1) == 1);
+  CHECK(max_rel_error(pooled.features.select(1, 0).to(torch::kFloat),
+                      half.features.to(torch::kFloat).mean(1)) < 1e-2);
+  fo.grid = -1;
+  CHECK_THROWS_AS(
+      imcap::extract_features(with_cnn.encoder()->backbone, annotations, f.train_images, fo),
+      imcap::InvalidArgument);
+
+  // Training on float32 grids is training with the frozen CNN; on float16 ones, nearly.
+  imcap::TransformOptions tf = with_cnn.eval_transform().options();
+  tf.train = true;
+  tf.flip_probability = 0.0;
+  const imcap::ImageTransform train_tf(tf);
+  imcap::CocoDataset train(f.train_annotations, f.train_images, *d.vocab, train_tf);
+  const auto a = imcap::Trainer(with_cnn, train, nullptr, d.options("cnn")).fit();
+  fo.grid = 0;
+  fo.spatial_dtype = torch::kFloat;
+  auto cached = tiny_attention_model(*d.vocab);
+  const auto full =
+      imcap::extract_features(cached.encoder()->backbone, annotations, f.train_images, fo);
+  imcap::CocoDataset train_f(f.train_annotations, "", *d.vocab, train_tf, with_features(full));
+  std::mt19937_64 rng(0);
+  CHECK(train_f.image(train_f.image_ids().front(), rng).sizes() == torch::IntArrayRef({4, 512}));
+  const auto b = imcap::Trainer(cached, train_f, nullptr, d.options("cached")).fit();
+  auto cached_half = tiny_attention_model(*d.vocab);
+  imcap::CocoDataset train_h(f.train_annotations, "", *d.vocab, train_tf, with_features(half));
+  const auto c = imcap::Trainer(cached_half, train_h, nullptr, d.options("half")).fit();
+  REQUIRE(a.losses.size() >= 4);
+  REQUIRE(a.losses.size() == b.losses.size());
+  REQUIRE(a.losses.size() == c.losses.size());
+  for (std::size_t i = 0; i < a.losses.size(); ++i) {
+    INFO("step " << i);
+    CHECK(std::abs(a.losses[i] - b.losses[i]) < 1e-4 * std::abs(a.losses[i]));
+    CHECK(std::abs(a.losses[i] - c.losses[i]) < 1e-2 * std::abs(a.losses[i]));
+  }
+  CHECK(a.losses.back() < a.losses.front());
+  // A Show and Tell model refuses grids; an attention model refuses pooled vectors.
+  auto show_tell = d.model();
+  CHECK_THROWS_WITH(imcap::Trainer(show_tell, train_h, nullptr, d.options("st")),
+                    Catch::Contains("grids") && Catch::Contains("pooled"));
+  const auto vectors = d.features(show_tell, f.train_annotations, f.train_images, "pooled.st");
+  imcap::CocoDataset train_p(f.train_annotations, "", *d.vocab, train_tf, with_features(vectors));
+  CHECK_THROWS_WITH(imcap::Trainer(cached, train_p, nullptr, d.options("att")),
+                    Catch::Contains("imcap features --spatial"));
+}
+
+TEST_CASE("imcap features --spatial, then imcap train --decoder attention --features",
+          "[features][attention][cli]") {
+  Data d;
+  const auto& f = d.files;
+  const std::string cache = d.tmp.file("grids.safetensors");
+  auto r = imcap::test::run_cli({"features", "--annotations", f.train_annotations, "--images",
+                                 f.train_images, "--encoder", "resnet18", "--image-size", "64",
+                                 "--spatial", "--threads", "1", "--out", cache});
+  INFO(r.out << r.err);
+  REQUIRE(r.exit_code == 0);
+  CHECK_THAT(r.out, Catch::Contains("4 positions x 512 features, float16"));
+  CHECK(imcap::load_features(cache).features.scalar_type() == torch::kHalf);
+  auto train = [&](const std::vector<std::string>& extra) {
+    std::vector<std::string> args = {"train",
+                                     "--annotations",
+                                     f.train_annotations,
+                                     "--features",
+                                     cache,
+                                     "--encoder",
+                                     "resnet18",
+                                     "--max-steps",
+                                     "2",
+                                     "--batch-size",
+                                     "10",
+                                     "--threads",
+                                     "1",
+                                     "--vocab-threshold",
+                                     "1",
+                                     "--out",
+                                     d.tmp.file("run")};
+    args.insert(args.end(), extra.begin(), extra.end());
+    return imcap::test::run_cli(args);
+  };
+  r = train({"--decoder", "attention", "--image-size", "64", "--attention-dim", "8", "--embed-size",
+             "12", "--hidden-size", "16"});
+  INFO(r.out << r.err);
+  CHECK(r.exit_code == 0);
+  CHECK(imcap::detail::path_exists(d.tmp.file("run/last.imcap")));
+  // Grids for a Show and Tell model, or grids of another size than the model's.
+  r = train({"--image-size", "64"});
+  CHECK(r.exit_code == 1);
+  CHECK_THAT(r.err,
+             Catch::Contains("spatial (grid) features") && Catch::Contains("'show-tell' decoder"));
+  r = train({"--decoder", "attention", "--image-size", "64", "--grid", "1"});
+  CHECK(r.exit_code == 1);
+  CHECK_THAT(r.err, Catch::Contains("grids of 4 positions") && Catch::Contains("1x1 = 1"));
+  r = train({"--decoder", "attention", "--image-size", "128"});
+  CHECK(r.exit_code == 1);
+  CHECK_THAT(r.err, Catch::Contains("4x4 = 16"));
+  // --grid and --dtype belong to --spatial; --dtype takes three names.
+  CHECK(imcap::test::run_cli({"features", "--annotations", f.train_annotations, "--images",
+                              f.train_images, "--grid", "2", "--out", d.tmp.file("x")})
+            .exit_code == 2);
+  CHECK(imcap::test::run_cli({"features", "--annotations", f.train_annotations, "--images",
+                              f.train_images, "--spatial", "--dtype", "int8", "--out",
+                              d.tmp.file("x")})
+            .exit_code == 2);
 }

@@ -40,6 +40,19 @@ inline ModelConfig tiny_config(const TinyConfig& t = {}) {
   return c;
 }
 
+/// tiny_config's ResNet-18 at 64 px (a 2 x 2 map: P = 4) with a small attention decoder.
+inline ModelConfig tiny_attention_config(double dropout = 0.0) {
+  ModelConfig c = tiny_config();
+  c.image_resize = 64;
+  c.image_crop = 64;
+  c.decoder_kind = DecoderKind::kAttention;
+  c.attention.embed_size = 12;
+  c.attention.hidden_size = 16;
+  c.attention.attention_dim = 8;
+  c.attention.dropout = dropout;
+  return c;
+}
+
 /// A tiny_config model whose random weights come from `seed`.
 inline CaptionModel tiny_model(const Vocabulary& vocab, std::uint64_t seed,
                                const TinyConfig& t = {}) {
@@ -108,10 +121,10 @@ struct Tiny : TinyDataset {
     return tiny_trainer_options(tmp.file(out));
   }
   CocoDataset split(bool training, const CaptionModel& m) const {
-    return training ? CocoDataset(files.train_annotations, files.train_images, *vocab,
-                                  m.eval_transform())
-                    : CocoDataset(files.val_annotations, files.val_images, *vocab,
-                                  m.eval_transform());
+    return training
+               ? CocoDataset(files.train_annotations, files.train_images, *vocab,
+                             m.eval_transform())
+               : CocoDataset(files.val_annotations, files.val_images, *vocab, m.eval_transform());
   }
 };
 

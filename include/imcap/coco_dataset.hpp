@@ -123,9 +123,10 @@ struct CocoDatasetOptions {
   /// Cut captions to their first this many tokens (then <end>), as ruotianluo's
   /// prepro_labels.py does with max_length 16; 0 = keep them whole (the notebook). Default 0.
   std::size_t clip_caption_tokens = 0;
-  /// Precomputed image features, [N, C] float (FeatureSet::features, from `imcap features`),
-  /// used instead of the image files: image() returns an image's row [C] (no transform), and
-  /// image files are neither read nor checked. Undefined (default): images are decoded.
+  /// Precomputed image features, [N, C] float or grids [N, P, C] in any floating type
+  /// (FeatureSet::features, from `imcap features [--spatial]`), used instead of the image
+  /// files: image() returns an image's row [C] or grid [P, C] (no transform), and image files
+  /// are neither read nor checked. Undefined (default): images are decoded.
   at::Tensor features;
   /// COCO image id of each row of `features`, [N] int64 (FeatureSet::image_ids). Every
   /// captioned image needs a row; images without one count as missing (see
@@ -173,9 +174,9 @@ class CocoDataset {
   const std::vector<std::int64_t>& caption_ids(std::size_t index) const;
   /// Image id of caption `index`.
   std::int64_t image_id_of(std::size_t index) const;
-  /// Decoded and transformed image by image id ([3, H, W]), or its precomputed features ([C])
-  /// when the dataset has them. `flipped`, when given, is set to whether the transform
-  /// mirrored the image (then its captions read through mirrored_token()).
+  /// Decoded and transformed image by image id ([3, H, W]), or its precomputed features ([C],
+  /// or a grid [P, C]) when the dataset has them. `flipped`, when given, is set to whether the
+  /// transform mirrored the image (then its captions read through mirrored_token()).
   at::Tensor image(std::int64_t image_id, std::mt19937_64& rng, bool* flipped = nullptr) const;
   /// The token a mirrored image's caption has in place of `id`: its flip_swap_words partner,
   /// or `id` itself.

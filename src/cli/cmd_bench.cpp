@@ -16,6 +16,7 @@
 #include <torch/torch.h>
 #include <torch/version.h>
 
+#include "cli/bench_attention.hpp"
 #include "cli/bench_support.hpp"
 #include "cli/cli_common.hpp"
 #include "cli/commands.hpp"
@@ -46,8 +47,8 @@ using bench::Json;
 using bench::Reps;
 
 // The parts `--only` can select, in the order they run.
-const std::vector<std::string> kParts = {"encoder", "greedy", "train",  "data",
-                                         "full",    "coco",   "memory", "train_e2e"};
+const std::vector<std::string> kParts = {"encoder", "greedy", "train",     "data",     "full",
+                                         "coco",    "memory", "train_e2e", "attention"};
 
 struct BenchArgs {
   bool json = false, quick = false, smoke = false;
@@ -432,10 +433,17 @@ void print_table(const Json& res) {
       {"data_pipeline_images_per_s", "images/s, 1 thread"},
       {"data_pipeline_images_per_s_all_threads", "images/s, all threads"},
       {"full_caption_ms", "ms"},
+      {"attention_train_step_ms", "ms"},
       {"coco_annotations_load_ms", "ms"},
       {"vocabulary_build_ms", "ms"}};
   for (const auto& [key, unit] : keys)
     if (res.contains(key)) row(key, res[key], unit);
+  for (const char* key : {"attention_greedy_ms", "show_tell_greedy_ms"})
+    if (res.contains(key))
+      for (const auto& [name, j] : res[key].items()) row(fmt::format("{}.{}", key, name), j, "ms");
+  if (res.contains("attention_step_vs_show_tell"))
+    for (const auto& [name, j] : res["attention_step_vs_show_tell"].items())
+      fmt::print("{:<38} {:>10.2f}\n", "attention_step_vs_show_tell." + name, j.get<double>());
   if (res.contains("train_e2e_captions_per_s"))
     for (const auto& [name, j] : res["train_e2e_captions_per_s"].items())
       fmt::print("{:<38} {:>10.1f} {:>10} {:>10}  captions/s, {} steps\n", "train_e2e." + name,
@@ -651,6 +659,24 @@ void run_bench(BenchArgs a) {
         to_string(t.batching), t.batch_size, to_string(m.decoder.image_inject),
         m.encoder.embed_size, m.decoder.hidden_size, to_string(t.optimizer), t.lr, t.workers,
         CocoDatasetOptions{}.cache_bytes >> 20);
+  }
+  if (wanted("attention")) {
+    bench::AttentionShape shape;
+    shape.vocab = a.vocab;
+    shape.hidden = a.hidden;
+    shape.decode_batch = a.decode_batch;
+    shape.train_batch = a.train_batch;
+    shape.caption_len = a.caption_len;
+    shape.max_steps = a.max_steps;
+    shape.seed = a.seed;
+    if (a.smoke) {
+      shape.embed = shape.attention_dim = a.embed;
+      shape.encoder_dim = 24;
+      shape.cells = 4;
+    }
+    const Json figures =
+        bench::measure_attention(shape, plan.enc_b1, plan.enc_b1, model->decoder());
+    for (const auto& [key, j] : figures.items()) res[key] = j;
   }
   if (!caption.empty()) config["full_caption_example"] = caption;
   res["benchmark_wall_s"] =

@@ -1,4 +1,5 @@
-// imcap features: pooled CNN features of every image of an annotation file, as safetensors.
+// imcap features: pooled CNN features (or grids, --spatial) of every image of an annotation file,
+// as safetensors.
 #include <chrono>
 #include <cstdint>
 #include <memory>
@@ -21,6 +22,9 @@ struct FeaturesArgs {
   int image_size = 224, batch_size = 32, threads = 0, blas_threads = -1;
   std::optional<torch::Dtype> encoder_dtype;
   std::uint64_t seed = 0;
+  bool spatial = false;
+  int grid = 0;
+  std::string dtype = "float16";
 };
 
 void run_features(const FeaturesArgs& a) {
@@ -45,20 +49,32 @@ void run_features(const FeaturesArgs& a) {
   fo.batch_size = a.batch_size;
   fo.progress = true;
   fo.compute_dtype = a.encoder_dtype;
+  fo.spatial = a.spatial;
+  fo.grid = a.grid;
+  fo.spatial_dtype = a.dtype == "float32"    ? torch::kFloat
+                     : a.dtype == "bfloat16" ? torch::kBFloat16
+                                             : torch::kHalf;
   const auto t0 = std::chrono::steady_clock::now();
   const auto set = extract_features(cnn, annotations, a.images, fo);
   const double s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
   save_features(a.out, set);
-  fmt::print("{}: {} images x {} features ({}, {:.1f} ms/image)\n", a.out, set.features.size(0),
-             set.features.size(1), a.arch, 1e3 * s / static_cast<double>(set.features.size(0)));
+  const double ms = 1e3 * s / static_cast<double>(set.features.size(0));
+  if (set.spatial()) {
+    fmt::print("{}: {} images x {} positions x {} features, {} ({}, {:.1f} ms/image)\n", a.out,
+               set.features.size(0), set.features.size(1), set.features.size(2), a.dtype, a.arch,
+               ms);
+  } else {
+    fmt::print("{}: {} images x {} features ({}, {:.1f} ms/image)\n", a.out, set.features.size(0),
+               set.features.size(1), a.arch, ms);
+  }
 }
 
 }  // namespace
 
 void add_features_command(CLI::App& app) {
   auto a = std::make_shared<FeaturesArgs>();
-  auto* cmd =
-      app.add_subcommand("features", "Compute pooled CNN features of every image (safetensors)");
+  auto* cmd = app.add_subcommand(
+      "features", "Compute pooled CNN features (or grids) of every image (safetensors)");
   cmd->add_option("--annotations", a->annotations,
                   "COCO captions JSON, or Karpathy's dataset_coco.json (all its images, or "
                   "--split's)")
@@ -80,6 +96,19 @@ void add_features_command(CLI::App& app) {
   add_thread_options(cmd, a->threads, a->blas_threads);
   cmd->add_option("--device", a->device, "cpu, cuda or cuda:N")->capture_default_str();
   add_encoder_dtype_option(cmd, a->encoder_dtype);
+  auto* spatial =
+      cmd->add_flag("--spatial", a->spatial,
+                    "The last stage's map as a grid per image (for --decoder attention), not its "
+                    "average");
+  cmd->add_option("--grid", a->grid,
+                  "With --spatial: pool the map to S x S first (0: as it is, 7 x 7 at 224 px)")
+      ->capture_default_str()
+      ->check(CLI::Range(0, 64))
+      ->needs(spatial);
+  cmd->add_option("--dtype", a->dtype, "With --spatial: the grids' type on disk and in memory")
+      ->capture_default_str()
+      ->check(CLI::IsMember({"float16", "bfloat16", "float32"}))
+      ->needs(spatial);
   cmd->add_option("--seed", a->seed, "Seed of the initial weights (without --weights)")
       ->capture_default_str();
   cmd->add_option("--out", a->out, "Output .safetensors file")->required();

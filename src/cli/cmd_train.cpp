@@ -204,14 +204,38 @@ void run_train(const TrainArgs& a) {
   tf.train = true;
   tf.flip_probability = a.flip;
   const ImageTransform train_tf(tf);
-  // With --features the CNN does not run: the dataset hands out the cached pooled features.
-  auto dataset_options = [&a](const std::string& features) {
+  // A cache must suit the model: pooled vectors for Show and Tell, grids of as many positions
+  // as the model's encoder gives for attention.
+  auto check_cache = [&](const char* flag, const std::string& path, const FeatureSet& set) {
+    const bool attention = model->decoder_kind() == DecoderKind::kAttention;
+    if (set.spatial() != attention)
+      throw InvalidArgument(fmt::format(
+          "{} {}: {} features, but the model has a '{}' decoder: it needs {}", flag, path,
+          set.spatial() ? "spatial (grid)" : "pooled", to_string(model->decoder_kind()),
+          attention ? "grids (imcap features --spatial)" : "pooled features (imcap features)"));
+    if (attention) {
+      std::int64_t side = cfg.grid;
+      if (side == 0) {
+        side = cfg.image_crop;
+        for (int i = 0; i < 5; ++i) side = (side - 1) / 2 + 1;  // ResNet's five stride-2 steps
+      }
+      const std::int64_t cells = set.features.size(1);
+      if (cells != side * side)
+        throw InvalidArgument(fmt::format(
+            "{} {}: grids of {} positions, but the model's encoder gives {}x{} = {} (--grid {}, "
+            "--image-size {}): compute the features with the same --grid and --image-size",
+            flag, path, cells, side, side, side * side, cfg.grid, cfg.image_crop));
+    }
+  };
+  // With --features the CNN does not run: the dataset hands out the cached features.
+  auto dataset_options = [&](const std::string& features, const char* flag) {
     CocoDatasetOptions d;
     d.skip_missing_images = a.skip_missing;
     d.cache_bytes = static_cast<std::size_t>(a.cache_mib) << 20;
     d.clip_caption_tokens = a.clip_tokens;
     if (!features.empty()) {
       FeatureSet set = load_features(features);
+      check_cache(flag, features, set);
       d.features = set.features;
       d.feature_image_ids = set.image_ids;
     }
@@ -222,11 +246,12 @@ void run_train(const TrainArgs& a) {
                  "randomly initialised; pass the weights that computed the features so that the "
                  "model can caption images\n";
   CocoDataset train(std::move(train_annotations), a.images, model->vocab(), train_tf,
-                    dataset_options(a.features));
+                    dataset_options(a.features, "--features"));
   std::unique_ptr<CocoDataset> val;
   if (val_annotations)
     val = std::make_unique<CocoDataset>(std::move(*val_annotations), a.val_images, model->vocab(),
-                                        model->eval_transform(), dataset_options(a.val_features));
+                                        model->eval_transform(),
+                                        dataset_options(a.val_features, "--val-features"));
   TrainerOptions o = a.trainer;
   o.out_dir = a.out;
   if (o.objective == Objective::kScst && !a.lr_given) o.lr = train_defaults::kScstLearningRate;

@@ -5,6 +5,7 @@
 
 #include "detail/compressed_projection.hpp"
 #include "detail/huge_pages.hpp"
+#include "detail/lstm_sequence.hpp"
 
 namespace imcap::detail {
 
@@ -13,6 +14,14 @@ torch::Tensor step_affine(const torch::Tensor& x, const torch::Tensor& w, const 
   if (x.size(0) <= CompressedProjection::kMaxRows && at::get_num_threads() > 1 &&
       w.size(0) >= kMinRowsToSplit && rowwise_affine_supported(x, w, b)) {
     return rowwise_affine(x, w, b);
+  }
+  if (x.size(0) > CompressedProjection::kMaxRows && at::get_num_threads() > 1 && b.defined() &&
+      x.device().is_cpu()) {
+    // Many rows: one general product per thread on its part of them (OpenBLAS itself runs
+    // single-threaded under Torch's threads, see split_rows).
+    torch::Tensor out = at::empty({x.size(0), w.size(0)}, x.options());
+    mm_rows(out, x, w.t(), b);
+    return out;
   }
   if (x.size(0) != 1) return at::addmm(b, x, w.t());
   return at::addmv(b, w, x[0]).unsqueeze(0);

@@ -61,7 +61,8 @@ class DecodeStep {
 /// y = x w^T + b for x (B, K) without autograd: for one row a matrix-vector product, where the
 /// general product (gemm) would pack all of w at every step; with several Torch threads and a
 /// few rows, imcap's own kernel with the rows of w split between the threads (OpenBLAS
-/// serializes calls made from several threads at once).
+/// serializes calls made from several threads at once); with many rows, one general product
+/// per thread on its share of the rows of x.
 torch::Tensor step_affine(const torch::Tensor& x, const torch::Tensor& w, const torch::Tensor& b);
 
 }  // namespace imcap::detail

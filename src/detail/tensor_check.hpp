@@ -3,6 +3,7 @@
 
 #include <torch/types.h>
 
+#include <algorithm>
 #include <cmath>
 #include <cstdint>
 #include <sstream>
@@ -82,6 +83,18 @@ inline NonFinite find_non_finite(const torch::Tensor& t) {
     if (!std::isfinite(p[i])) return {i / columns, i % columns, p[i]};
   }
   return {};
+}
+
+// The first row (index along dim 0) of a floating-point tensor that holds a NaN or an
+// infinity, or -1. Checked in chunks of rows, so that a large 16-bit grid is never copied whole.
+inline std::int64_t first_non_finite_row(const torch::Tensor& t) {
+  const std::int64_t rows = t.size(0), chunk = 256;
+  for (std::int64_t r0 = 0; r0 < rows; r0 += chunk) {
+    const torch::Tensor part = t.narrow(0, r0, std::min(chunk, rows - r0));
+    const torch::Tensor ok = at::isfinite(part).reshape({part.size(0), -1}).all(1);
+    if (!ok.all().item<bool>()) return r0 + (~ok).nonzero()[0][0].item<std::int64_t>();
+  }
+  return -1;
 }
 
 }  // namespace imcap::detail
