@@ -202,7 +202,7 @@ torch::Tensor AttentionDecoderImpl::projected(const torch::Tensor& hidden,
 }
 
 torch::Tensor AttentionDecoderImpl::loss(const torch::Tensor& grid, const torch::Tensor& captions,
-                                         const torch::Tensor& lengths) {
+                                         const torch::Tensor& lengths, double penalty_scale) {
   auto [hidden, alphas] = hidden_states(grid, captions, lengths);
   torch::Tensor loss = projected(hidden, targets(captions, lengths), {});
   if (options_.attention_reg > 0) {
@@ -210,7 +210,8 @@ torch::Tensor AttentionDecoderImpl::loss(const torch::Tensor& grid, const torch:
     torch::Tensor looked = alphas;
     if (lengths.defined())
       looked = alphas * length_mask(lengths - 1, alphas.size(1)).unsqueeze(2).to(alphas.dtype());
-    loss = loss + options_.attention_reg * (1.0 - looked.sum(/*dim=*/1)).pow(2).mean();
+    loss =
+        loss + options_.attention_reg * penalty_scale * (1.0 - looked.sum(/*dim=*/1)).pow(2).mean();
   }
   return loss;
 }

@@ -307,8 +307,9 @@ std::shared_ptr<StepDecoder> CaptionModel::step_decoder(DecodeWeights weights) c
 }
 
 torch::Tensor CaptionModel::loss(const torch::Tensor& features, const torch::Tensor& captions,
-                                 const torch::Tensor& lengths) {
-  if (attention_decoder_) return attention_decoder_->loss(features, captions, lengths);
+                                 const torch::Tensor& lengths, double penalty_scale) {
+  if (attention_decoder_)
+    return attention_decoder_->loss(features, captions, lengths, penalty_scale);
   return decoder_->loss(features, captions, lengths);
 }
 

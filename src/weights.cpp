@@ -6,6 +6,7 @@
 
 #include <cstring>
 #include <fstream>
+#include <functional>
 #include <regex>
 #include <unordered_set>
 
@@ -15,6 +16,7 @@
 #include "detail/enum_names.hpp"
 #include "detail/io.hpp"
 #include "detail/pickle.hpp"
+#include "detail/torch_modules.hpp"
 #include "detail/zip.hpp"
 #include "imcap/error.hpp"
 #include "imcap/weights.hpp"
@@ -121,13 +123,21 @@ torch::Tensor make_view(const torch::Tensor& storage, const PickleTensorRef& ref
 // Storages of one file, by key, and the tensors that view them.
 class TorchFileTensors {
  public:
-  explicit TorchFileTensors(std::string file) : file_(std::move(file)) {}
+  explicit TorchFileTensors(std::string file, bool modules = false)
+      : file_(std::move(file)), modules_(modules) {}
 
   // persistent_load for the unpickler: ('storage', torch.XStorage, key, location, numel[, view]).
   PickleValuePtr persistent_load(const PickleValuePtr& pid, bool legacy) {
     const auto fail = [&](const std::string& why) {
       throw FormatError(fmt::format("{}: persistent id: {}", file_, why));
     };
+    // Legacy files of whole modules name each module class: ('module', class, file, source).
+    // The class stays a recorded name; its source is ignored.
+    if (legacy && modules_ && pid->kind == Kind::kTuple && pid->items.size() == 4 &&
+        pid->items[0]->kind == Kind::kString && pid->items[0]->text == "module") {
+      if (pid->items[1]->kind != Kind::kGlobal) fail("a module persistent id without a class");
+      return pid->items[1];
+    }
     const std::size_t n = legacy ? 6 : 5;
     if (pid->kind != Kind::kTuple || pid->items.size() != n)
       fail(fmt::format("expected a tuple of {} items, got a {}", n, pid->type_name()));
@@ -177,6 +187,7 @@ class TorchFileTensors {
 
  private:
   std::string file_;
+  bool modules_ = false;
   std::unordered_map<std::string, PickleValuePtr> refs_;
   std::vector<std::string> order_;
   std::unordered_map<std::string, torch::Tensor> storages_;
@@ -238,7 +249,18 @@ TensorMap collect(const PickleValue& root, const TorchFileTensors& storages,
   return out;
 }
 
-TensorMap read_torch_zip(std::string_view data, const TorchLoadOptions& options,
+// What a reader hands its unpickled root and storages to: it picks the tensors.
+using Collector = std::function<TensorMap(const PickleValue&, const TorchFileTensors&)>;
+
+// The unpickler's options for a file: state dicts only, or whole modules too.
+UnpickleOptions torch_unpickle_options(bool modules) {
+  UnpickleOptions o;
+  o.allow_objects = modules;
+  o.allow_torch_modules = modules;
+  return o;
+}
+
+TensorMap read_torch_zip(std::string_view data, bool modules, const Collector& collect_tensors,
                          const std::string& file) {
   const detail::ZipArchive zip(data, file);
   std::string prefix;
@@ -254,8 +276,8 @@ TensorMap read_torch_zip(std::string_view data, const TorchLoadOptions& options,
         fmt::format("{}: zip archive without <name>/data.pkl: not a torch.save file", file));
   if (zip.contains(prefix + "byteorder") && zip.at(prefix + "byteorder") != "little")
     throw FormatError(fmt::format("{}: big-endian torch files are not supported", file));
-  TorchFileTensors storages(file);
-  UnpickleOptions unpickle_options;
+  TorchFileTensors storages(file, modules);
+  UnpickleOptions unpickle_options = torch_unpickle_options(modules);
   unpickle_options.persistent_load = [&](const PickleValuePtr& pid) {
     return storages.persistent_load(pid, /*legacy=*/false);
   };
@@ -263,10 +285,10 @@ TensorMap read_torch_zip(std::string_view data, const TorchLoadOptions& options,
   for (const auto& key : storages.keys()) {
     storages.set_data(key, zip.at(prefix + "data/" + key), storages.ref(key).numel);
   }
-  return collect(*root, storages, options, file);
+  return collect_tensors(*root, storages);
 }
 
-TensorMap read_torch_legacy(std::string_view data, const TorchLoadOptions& options,
+TensorMap read_torch_legacy(std::string_view data, bool modules, const Collector& collect_tensors,
                             const std::string& file) {
   std::size_t pos = 0;
   const auto next = [&](const UnpickleOptions& o, const char* what) {
@@ -289,8 +311,8 @@ TensorMap read_torch_legacy(std::string_view data, const TorchLoadOptions& optio
   if (little && little->kind == Kind::kBool && !little->boolean)
     throw FormatError(fmt::format("{}: big-endian torch files are not supported", file));
 
-  TorchFileTensors storages(file);
-  UnpickleOptions main_options;
+  TorchFileTensors storages(file, modules);
+  UnpickleOptions main_options = torch_unpickle_options(modules);
   main_options.persistent_load = [&](const PickleValuePtr& pid) {
     return storages.persistent_load(pid, /*legacy=*/true);
   };
@@ -316,7 +338,49 @@ TensorMap read_torch_legacy(std::string_view data, const TorchLoadOptions& optio
                       static_cast<std::int64_t>(count));
     pos += count * itemsize;
   }
-  return collect(*root, storages, options, file);
+  return collect_tensors(*root, storages);
+}
+
+// A pickled nn.Module's parameters and buffers (not the non-persistent ones), under their
+// state-dict names, then its submodules'.
+void flatten_module(const PickleValue& module, const std::string& prefix,
+                    const TorchFileTensors& storages, TensorMap& out, const std::string& file,
+                    int depth) {
+  const std::string where = prefix.empty() ? std::string("the module") : "'" + prefix + "'";
+  if (module.kind != Kind::kObject || module.get("_modules") == nullptr)
+    throw FormatError(fmt::format("{}: {} is a {}, not a pickled torch.nn.Module", file, where,
+                                  module.type_name()));
+  if (depth > 64) throw FormatError(fmt::format("{}: modules nested too deeply", file));
+  std::unordered_set<std::string> non_persistent;
+  if (const PickleValue* np = module.get("_non_persistent_buffers_set"))
+    for (const auto& item : np->items)
+      if (item->kind == Kind::kString) non_persistent.insert(item->text);
+  for (const char* part : {"_parameters", "_buffers"}) {
+    const PickleValue* dict = module.get(part);
+    if (dict == nullptr) continue;
+    if (dict->kind != Kind::kDict)
+      throw FormatError(fmt::format("{}: {}'s {} is a {}", file, where, part, dict->type_name()));
+    for (const auto& [k, v] : dict->entries) {
+      if (k->kind != Kind::kString)
+        throw FormatError(
+            fmt::format("{}: {}'s {} has a {} key", file, where, part, k->type_name()));
+      if (v->kind == Kind::kNone || non_persistent.count(k->text) > 0) continue;
+      if (v->kind != Kind::kTensor)
+        throw FormatError(fmt::format("{}: '{}{}' is a {}, expected a tensor", file, prefix,
+                                      k->text, v->type_name()));
+      out.insert(prefix + k->text, storages.tensor(*v, prefix + k->text));
+    }
+  }
+  const PickleValue& children = *module.get("_modules");
+  if (children.kind != Kind::kDict)
+    throw FormatError(fmt::format("{}: {}'s _modules is a {}", file, where, children.type_name()));
+  for (const auto& [k, v] : children.entries) {
+    if (k->kind != Kind::kString)
+      throw FormatError(
+          fmt::format("{}: {} has a submodule with a {} name", file, where, k->type_name()));
+    if (v->kind == Kind::kNone) continue;
+    flatten_module(*v, prefix + k->text + ".", storages, out, file, depth + 1);
+  }
 }
 
 std::string join_limited(const std::vector<std::string>& names) {
@@ -377,6 +441,18 @@ WeightsFormat detect_format(std::string_view head, const std::string& path) {
   throw FormatError(fmt::format("{}: not a torch.save (zip or legacy) or safetensors file", path));
 }
 
+// Reads a torch.save file of either format.
+TensorMap read_torch(const std::string& path, std::uint64_t max_bytes, bool modules,
+                     const Collector& collect_tensors) {
+  const std::string data = detail::read_file(path, max_bytes);
+  const auto format = detect_format(std::string_view(data).substr(0, 16), path);
+  if (format == WeightsFormat::kTorchZip)
+    return read_torch_zip(data, modules, collect_tensors, path);
+  if (format == WeightsFormat::kTorchLegacy)
+    return read_torch_legacy(data, modules, collect_tensors, path);
+  throw FormatError(fmt::format("{}: a safetensors file, not a torch.save file", path));
+}
+
 }  // namespace
 
 WeightsFormat detect_weights_format(const std::string& path) {
@@ -389,12 +465,37 @@ WeightsFormat detect_weights_format(const std::string& path) {
 }
 
 TensorMap load_torch_file(const std::string& path, const TorchLoadOptions& options) {
-  const std::string data = detail::read_file(path, options.max_file_bytes);
-  const auto format = detect_format(std::string_view(data).substr(0, 16), path);
-  if (format == WeightsFormat::kTorchZip) return read_torch_zip(data, options, path);
-  if (format == WeightsFormat::kTorchLegacy) return read_torch_legacy(data, options, path);
-  throw FormatError(fmt::format("{}: a safetensors file, not a torch.save file", path));
+  return read_torch(path, options.max_file_bytes, /*modules=*/false,
+                    [&](const PickleValue& root, const TorchFileTensors& storages) {
+                      return collect(root, storages, options, path);
+                    });
 }
+
+namespace detail {
+
+TensorMap load_pickled_module(const std::string& path, const std::string& key,
+                              std::uint64_t max_file_bytes) {
+  return read_torch(
+      path, max_file_bytes, /*modules=*/true,
+      [&](const PickleValue& root, const TorchFileTensors& storages) {
+        const PickleValue* module = root.kind == Kind::kDict ? root.get(key) : nullptr;
+        if (module == nullptr)
+          throw FormatError(
+              fmt::format("{}: no key '{}' at the top level (a {}{})", path, key, root.type_name(),
+                          root.kind == Kind::kDict ? " with keys " + describe_keys(root) : ""));
+        TensorMap out;
+        if (is_tensor_dict(*module)) {  // a state dict saved under the key
+          for (const auto& [k, v] : module->entries)
+            out.insert(k->text, storages.tensor(*v, k->text));
+        } else {
+          flatten_module(*module, "", storages, out, path + ": '" + key + "'", 0);
+        }
+        out.set_source(path);
+        return out;
+      });
+}
+
+}  // namespace detail
 
 TensorMap load_weights(const std::string& path, const TorchLoadOptions& options) {
   if (detect_weights_format(path) == WeightsFormat::kSafetensors) return load_safetensors(path);

@@ -341,6 +341,29 @@ TEST_CASE("malicious pickles are refused with the global named, and nothing runs
       imcap::detail::unpickle(call_class, objects),
       Catch::Contains("vocabulary.Vocabulary") && Catch::Contains("may not be called"));
   CHECK_THROWS_AS(imcap::detail::unpickle(call_class), imcap::SecurityError);
+  // Whole pickled modules (allow_torch_modules): their classes are recorded, never called, and
+  // the rest of torch and the dangerous modules stay refused.
+  imcap::detail::UnpickleOptions modules = objects;
+  modules.allow_torch_modules = true;
+  const auto linear =
+      imcap::detail::unpickle(std::string("\x80\x02"
+                                          "ctorch.nn.modules.linear\nLinear\n)\x81."),
+                              modules);
+  CHECK(linear->type_name() == "torch.nn.modules.linear.Linear");
+  CHECK_THROWS_WITH(
+      imcap::detail::unpickle(std::string("\x80\x02"
+                                          "ctorch.nn.modules.linear\nLinear\n)R."),
+                              modules),
+      Catch::Contains("torch.nn.modules.linear.Linear") && Catch::Contains("may not be called"));
+  for (const char* global : {"ctorch\nload\n", "ctorch.hub\nload\n", "cos\nsystem\n",
+                             "ctorch.nn.modules.module\n_global_hook\n"}) {
+    INFO(global);
+    CHECK_THROWS_AS(
+        imcap::detail::unpickle(std::string("\x80\x02") + global + "(S'x'\ntR.", modules),
+        imcap::SecurityError);
+  }
+  CHECK_THROWS_AS(imcap::detail::unpickle(file_bytes(dir.file("evil_p2.pkl")), modules),
+                  imcap::SecurityError);
 }
 
 TEST_CASE("the unpickler reads plain values and bounds hostile input", "[weights]") {

@@ -103,9 +103,11 @@ struct AttentionDecoderImpl : torch::nn::Module {
                           const torch::Tensor& lengths = {});
   /// The training loss: the mean cross-entropy over the targets (the fused projection and
   /// cross-entropy of Decoder::loss), plus attention_reg · mean_{b,p} (1 - Σ_t α_btp)² over the
-  /// valid steps.
+  /// valid steps, that penalty multiplied by `penalty_scale` (data-parallel training weighs the
+  /// ranks' cross-entropy by their share of the targets, their penalty by their share of the
+  /// captions).
   torch::Tensor loss(const torch::Tensor& grid, const torch::Tensor& captions,
-                     const torch::Tensor& lengths = {});
+                     const torch::Tensor& lengths = {}, double penalty_scale = 1.0);
   /// Sum over b of weights[b] * -log p(captions[b, 1 .. lengths[b]) | grid[b]), teacher forced
   /// (no attention penalty): self-critical training's loss. weights (B) float.
   torch::Tensor weighted_loss(const torch::Tensor& grid, const torch::Tensor& captions,

@@ -1,5 +1,6 @@
-// Importing models trained with the original PyTorch notebooks (`imcap import-pytorch`):
-// their encoder and decoder state dicts (torch.save) and their pickled vocabulary.
+// Importing models trained with PyTorch (`imcap import-pytorch`): the original notebooks'
+// encoder and decoder state dicts (torch.save) and their pickled vocabulary; and sgrvinod's
+// Show, Attend and Tell checkpoints (whole pickled modules) with their word map.
 //
 //   imcap::NotebookImportOptions opts;
 //   opts.encoder_arch = imcap::ResNetArch::kResNet50;
@@ -40,6 +41,26 @@ struct NotebookImportOptions {
 CaptionModel import_notebook_model(const std::string& encoder_path, const std::string& decoder_path,
                                    const std::string& vocab_path,
                                    const NotebookImportOptions& options = {});
+
+/// What sgrvinod's checkpoint does not say itself.
+struct ShowAttendTellImportOptions {
+  /// S of the encoder's AdaptiveAvgPool2d((S, S)): the project's encoded_image_size. Default 14.
+  int grid = 14;
+  /// Side of the images: the project resizes them to 256 x 256 (imcap resizes the shorter side
+  /// to it and crops the centre square, the same for square images). Default 256.
+  int image_size = 256;
+};
+
+/// Builds an attention CaptionModel from sgrvinod's "a-PyTorch-Tutorial-to-Image-Captioning"
+/// files: the checkpoint that train.py saves (`BEST_checkpoint_*.pth.tar`: a dict whose
+/// "encoder" and "decoder" are the whole pickled Encoder and DecoderWithAttention, read by the
+/// restricted unpickler without running anything; state dicts under those keys work too) and
+/// its word map (`WORDMAP_*.json`, word -> id). The ResNet is recognised from the encoder's
+/// blocks; sizes come from the tensors. Throws FormatError naming the file and the tensor when
+/// something does not fit, SecurityError when the pickle asks for a dangerous global.
+CaptionModel import_show_attend_tell(const std::string& checkpoint_path,
+                                     const std::string& word_map_path,
+                                     const ShowAttendTellImportOptions& options = {});
 
 /// Reads a pickled vocabulary object (any class whose state holds word2idx and/or idx2word, or a
 /// plain dict with those keys) through the restricted unpickler; nothing in it is executed.

@@ -135,9 +135,9 @@ class CaptionModel {
   /// `weights`: the Show and Tell decoder's DecodeWeights; the attention decoder runs float32.
   std::shared_ptr<StepDecoder> step_decoder(DecodeWeights weights = DecodeWeights::kFloat32) const;
   /// The training loss on features from encode(): Decoder::loss or AttentionDecoder::loss (with
-  /// its attention penalty).
+  /// its attention penalty, times `penalty_scale`).
   torch::Tensor loss(const torch::Tensor& features, const torch::Tensor& captions,
-                     const torch::Tensor& lengths);
+                     const torch::Tensor& lengths, double penalty_scale = 1.0);
   /// Self-critical training's loss: the decoder's weighted_loss.
   torch::Tensor weighted_loss(const torch::Tensor& features, const torch::Tensor& captions,
                               const torch::Tensor& lengths, const torch::Tensor& weights);

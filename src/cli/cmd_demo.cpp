@@ -229,6 +229,7 @@ void run_demo(const DemoArgs& a) {
           ? fmt::format(", then self-critical (SCST) for {:.0f} s ({} steps)", rs.seconds, rs.steps)
           : std::string(),
       paths.size(), table, loss_svg(r.losses));
+  std::size_t drawn = 0;
   for (std::size_t i = 0; i < std::min<std::size_t>(40, paths.size()); ++i) {
     const auto id = val.image_ids()[i];
     std::string refs_html;
@@ -237,14 +238,16 @@ void run_demo(const DemoArgs& a) {
                                    ? fmt::format("<br><span class='xe'>cross-entropy: {}</span>",
                                                  html_escape(xe.captions[i].text))
                                    : std::string();
-    // The first images' attention per word, over the crop the model saw.
+    // The attention per word of the first captions that have words, over the crop the model
+    // saw.
     const Caption& c = final_out.captions[i];
+    const bool draw = c.attention.defined() && !c.tokens.empty() && drawn < 12;
+    drawn += draw ? 1 : 0;
     const std::string figures =
-        c.attention.defined() && !c.tokens.empty() && i < 12
-            ? attention_figures_html(
-                  model_view(decode_image(paths[i]), xe_model->eval_transform().options(), 96),
-                  c.attention, c.tokens, fmt::format("v{}", i))
-            : std::string();
+        draw ? attention_figures_html(
+                   model_view(decode_image(paths[i]), xe_model->eval_transform().options(), 96),
+                   c.attention, c.tokens, fmt::format("v{}", i))
+             : std::string();
     html += fmt::format(
         "<tr><td><img src='data:image/jpeg;base64,{}'></td><td><span "
         "class='gen'>{}</span>{}{}{}</td></tr>",

@@ -248,6 +248,12 @@ class Unpickler {
     if (module.empty() || name.empty()) fail("empty global name");
     std::string qualified = module + "." + name;
     if (qualified == "builtins.unicode") qualified = "builtins.str";
+    // Whole pickled modules: their classes are recorded, never called (call() refuses them).
+    if (options_.allow_objects && options_.allow_torch_modules && name.find('_') != 0 &&
+        (module.rfind("torch.nn.modules.", 0) == 0 || module.rfind("torch.optim.", 0) == 0 ||
+         qualified == "collections.defaultdict" || qualified == "builtins.dict" ||
+         qualified == "builtins.list"))
+      return make_text(Kind::kGlobal, qualified);
     if (!is_allowed_pickle_global(qualified)) {
       const std::string top = module.substr(0, module.find('.'));
       if (!options_.allow_objects)
@@ -321,6 +327,13 @@ class Unpickler {
   PickleValuePtr call(const PickleValuePtr& fn, const PickleValuePtr& args) {
     if (fn->kind != Kind::kGlobal) fail(fmt::format("REDUCE calls a {}", fn->type_name()));
     const std::string& f = fn->text;
+    if (f == "collections.defaultdict" && options_.allow_torch_modules) {
+      // defaultdict(factory[, items]): the optimizers' state. Read as the dict it holds.
+      const auto& a = tuple_args(args, f, 0, 2);
+      if (!a.empty() && a[0]->kind != Kind::kGlobal && a[0]->kind != Kind::kNone)
+        fail(fmt::format("{}: the default factory is a {}", f, a[0]->type_name()));
+      return make(Kind::kDict);
+    }
     if (!contains(kCallableGlobals, f) && f != "copyreg._reconstructor")
       refuse(f, "may not be called");
     if (f == "collections.OrderedDict") {
@@ -827,6 +840,10 @@ std::string key_of(const PickleValue& v, int depth) {
       return fmt::format("B{}:", v.text.size()) + v.text;
     case Kind::kGlobal:
       return "G" + v.text;
+    case Kind::kTensor:
+    case Kind::kObject:
+      // Hashed by identity, as Python does (an optimizer's state is keyed by its parameters).
+      return fmt::format("@{}", static_cast<const void*>(&v));
     case Kind::kTuple: {
       if (depth > 64) break;
       std::string k = fmt::format("T{}(", v.items.size());

@@ -94,6 +94,11 @@ struct UnpickleOptions {
   /// Record instances of classes outside the allowlist (NEWOBJ + BUILD) as kObject values
   /// instead of rejecting them. Calling such a class (REDUCE) is always rejected. Default false.
   bool allow_objects = false;
+  /// With allow_objects: also record instances of torch.nn.modules.* and torch.optim.* classes
+  /// (the whole pickled modules and optimizers of `torch.save(model)` checkpoints), read
+  /// collections.defaultdict as a dict, and accept legacy torch.save's ('module', class, ...)
+  /// persistent ids. Nothing is called either way. Default false.
+  bool allow_torch_modules = false;
   /// Maximum nesting depth of containers. Default 200.
   int max_depth = 200;
   /// Maximum number of memo entries. Default 2^24.

@@ -71,6 +71,20 @@ StepOutcome TrainStep::run(const Batch& batch, bool want_stop, const TrainingPro
   StepOutcome out;
   // This rank's share of the batch's mean: its tokens (cross-entropy) or samples (SCST).
   double rank_weight = 0.0, all_weight = 0.0, reward_sum = 0.0, baseline_sum = 0.0;
+  // An attention model's loss is a mean over the targets plus a penalty averaged over the
+  // captions. The ranks' gradients are weighted by their share of the targets (below), so each
+  // rank scales its penalty by its share of the captions over its share of the targets: the
+  // averaged gradient is then the whole batch's. That needs the batch's totals first.
+  double penalty_scale = 1.0;
+  if (group_ != nullptr && !scst && model_.decoder_kind() == DecoderKind::kAttention) {
+    const double captions = static_cast<double>(batch.size());
+    const double targets =
+        has_data ? static_cast<double>(batch.lengths.sum().item<std::int64_t>()) - captions : 0.0;
+    auto totals = torch::tensor({targets, captions}, torch::kFloat64);
+    group_->all_reduce(totals);
+    const auto t = totals.accessor<double, 1>();
+    if (targets > 0 && t[1] > 0) penalty_scale = (captions / t[1]) / (targets / t[0]);
+  }
   if (has_data) {
     auto images = batch.images.to(device, /*non_blocking=*/true);
     if (channels_last_ && images.dim() == 4)
@@ -93,7 +107,7 @@ StepOutcome TrainStep::run(const Batch& batch, bool want_stop, const TrainingPro
       const auto features =
           encode(model_, images)
               .index_select(0, batch.image_index.to(device, /*non_blocking=*/true));
-      loss = model_.loss(features, captions, lengths);
+      loss = model_.loss(features, captions, lengths, penalty_scale);
       // The targets: a caption of length L has L (Show and Tell) or L - 1 (attention).
       rank_weight = static_cast<double>(batch.lengths.sum().item<std::int64_t>());
       if (model_.decoder_kind() == DecoderKind::kAttention)
