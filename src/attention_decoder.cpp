@@ -34,21 +34,14 @@ void check_positive(const char* name, int64_t value) {
 }
 
 // step_embedded without autograd or dropout on the CPU in float32 (the searches' steps): the
-// same equations, each product through step_affine (the rows of the weights split between the
-// threads for a few rows), the cell by hand.
+// same attention, then the gate, the LSTM and fc through step_affine (the rows of the weights
+// split between the threads for a few rows), the cell by hand.
 torch::Tensor inference_step(AttentionDecoderImpl& d, const torch::Tensor& word_embeddings,
                              DecodeState& state) {
   using detail::step_affine;
   torch::Tensor& h = state.tensors[kH];
   torch::Tensor& c = state.tensors[kC];
-  const torch::Tensor q = step_affine(h, d.attention->decoder_att->weight,
-                                      d.attention->decoder_att->bias);  // (B, A)
-  const torch::Tensor e = at::matmul(torch::relu(state.tensors[kGridAtt] + q.unsqueeze(1)),
-                                     d.attention->full_att->weight.t())
-                              .squeeze(2) +
-                          d.attention->full_att->bias;  // (B, P)
-  torch::Tensor alpha = torch::softmax(e, /*dim=*/1);
-  const torch::Tensor attended = torch::bmm(alpha.unsqueeze(1), state.tensors[kGrid]).squeeze(1);
+  auto [attended, alpha] = d.attention->attend(state.tensors[kGrid], state.tensors[kGridAtt], h);
   const torch::Tensor gate = torch::sigmoid(step_affine(h, d.f_beta->weight, d.f_beta->bias));
   const torch::Tensor x = torch::cat({word_embeddings, gate * attended}, /*dim=*/1);
   torch::Tensor acts = step_affine(x, d.decode_step->weight_ih, d.decode_step->bias_ih);
