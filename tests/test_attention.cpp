@@ -549,7 +549,8 @@ TEST_CASE("imcap caption --attention draws each word's attention", "[attention][
                                    imcap::detail::read_file(f.val_images + "/1000000.jpg"));
   const std::string dir = d.tmp.file("pictures");
   const auto run = imcap::test::run_cli({"caption", "--model", model, "--attention", dir, "--json",
-                                         "--max-length", "6", f.val_images + "/1000000.jpg",
+                                         "--max-length", "6", "--min-length", "2",
+                                         f.val_images + "/1000000.jpg",
                                          copy_dir + "/1000000.jpg"});
   INFO(run.out << run.err);
   REQUIRE(run.exit_code == 0);
@@ -563,8 +564,9 @@ TEST_CASE("imcap caption --attention draws each word's attention", "[attention][
     for (auto at = html.find("<rect"); at != std::string::npos; at = html.find("<rect", at + 1))
       ++rects;
     CHECK(rects == words * 4);  // one cell per word and grid cell (2 x 2)
+    // --min-length 2: words to draw whatever one training step made of the model.
+    REQUIRE(words >= 2);
     CHECK(html.find("<figcaption>") != std::string::npos);
-    if (words == 0) continue;
     const imcap::Image strip = imcap::decode_image(dir + "/" + stem + ".png");
     const int cols = static_cast<int>(std::min<std::size_t>(8, words));
     const int rows = static_cast<int>((words + 7) / 8);

@@ -2,6 +2,7 @@
 #pragma once
 
 #include "imcap/attention_decoder.hpp"
+#include "imcap/batching_captioner.hpp"
 #include "imcap/captioner.hpp"
 #include "imcap/checkpoint.hpp"
 #include "imcap/coco_dataset.hpp"

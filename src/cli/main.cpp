@@ -28,6 +28,7 @@ int main(int argc, char** argv) {
   imcap::cli::add_eval_command(app);
   imcap::cli::add_weights_command(app);
   imcap::cli::add_bench_command(app);
+  imcap::cli::add_serve_command(app);
   try {
     // CLI11 would report an unknown command as "A subcommand is required".
     if (argc > 1 && argv[1][0] != '-' &&
