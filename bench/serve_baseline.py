@@ -100,8 +100,21 @@ def make_model(folder):
         pickle.dump(vocab, f)
 
 
+def set_blas_threads(n):
+    """OpenBLAS's own threads, as ../shared/bench/python_baseline.py sets them with --threads."""
+    import ctypes
+    torch.randn(64, 64) @ torch.randn(64, 64)  # maps the BLAS
+    with open("/proc/self/maps") as f:
+        paths = {line.split()[-1] for line in f if "openblas" in line and "/" in line}
+    for path in paths:
+        lib = ctypes.CDLL(path)
+        if hasattr(lib, "openblas_set_num_threads"):
+            lib.openblas_set_num_threads(n)
+
+
 def serve(folder, port, threads, image_size):
     torch.set_num_threads(threads)
+    set_blas_threads(threads)
     vocabulary_module(folder)
     with open(os.path.join(folder, "vocab.pkl"), "rb") as f:
         vocab = pickle.load(f)
