@@ -23,6 +23,17 @@
 #include "support.hpp"
 #include "tiny.hpp"
 
+#if defined(__SANITIZE_ADDRESS__)
+#define IMCAP_TEST_UNDER_ASAN 1
+#elif defined(__has_feature)
+#if __has_feature(address_sanitizer)
+#define IMCAP_TEST_UNDER_ASAN 1
+#endif
+#endif
+#ifndef IMCAP_TEST_UNDER_ASAN
+#define IMCAP_TEST_UNDER_ASAN 0
+#endif
+
 namespace {
 
 using imcap::test::TempDir;
@@ -484,7 +495,12 @@ TEST_CASE("imcap serve under load: right captions, batches formed, flat memory",
   CHECK(metric(m, "imcap_batch_size_bucket{le=\"1\"}") < metric(m, "imcap_batches_total"));
   INFO("resident memory after 1000 requests " << rss_first << " kB, after 2000 " << rss_second
                                               << " kB");
+#if IMCAP_TEST_UNDER_ASAN
+  // AddressSanitizer holds freed memory in quarantine (up to 256 MB), so resident memory grows
+  // there whatever the server does; its leak checker at exit (terminate() == 0) covers leaks.
+#else
   CHECK(rss_second - rss_first < 16 * 1024);
+#endif
   CHECK(server.terminate() == 0);
 }
 
