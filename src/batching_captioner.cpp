@@ -49,6 +49,7 @@ struct BatchingCaptioner::State {
   std::deque<std::unique_ptr<Request>> queue;
   std::size_t queued_images = 0;
   bool closing = false;
+  bool draining = false;  // batches start without waiting for company
   BatchingStats stats;
   std::thread worker;
   std::once_flag joined;
@@ -68,7 +69,7 @@ struct BatchingCaptioner::State {
         ready += r->images.size(0);
       }
       const auto deadline = first.arrived + options.max_wait;
-      if (ready >= options.max_batch || closing || Clock::now() >= deadline) break;
+      if (ready >= options.max_batch || closing || draining || Clock::now() >= deadline) break;
       wake.wait_until(lock, deadline);
     }
     std::vector<std::unique_ptr<Request>> batch;
@@ -164,6 +165,14 @@ BatchingCaptioner::BatchingCaptioner(std::shared_ptr<const Captioner> captioner,
 }
 
 BatchingCaptioner::~BatchingCaptioner() { close(); }
+
+void BatchingCaptioner::drain() {
+  {
+    const std::lock_guard<std::mutex> lock(state_->mutex);
+    state_->draining = true;
+  }
+  state_->wake.notify_all();
+}
 
 void BatchingCaptioner::close() {
   {

@@ -124,7 +124,7 @@ TEST_CASE("a request of several images keeps them together, in order", "[batchin
   for (std::size_t i = 0; i < 5; ++i) CHECK(r.captions[i][0].text == expected[i].text);
 }
 
-TEST_CASE("a full queue refuses, close() finishes what was queued and refuses the rest",
+TEST_CASE("a full queue refuses; drain() stops the waiting; close() refuses the rest",
           "[batching]") {
   Tiny t;
   const auto captioner = tiny_captioner(t);
@@ -138,9 +138,13 @@ TEST_CASE("a full queue refuses, close() finishes what was queued and refuses th
   auto second = batcher.submit(one, captioner->options());
   CHECK(batcher.stats().queued_images == 2);
   CHECK_THROWS_AS(batcher.submit(one, captioner->options()), imcap::QueueFull);
+  batcher.drain();  // no more waiting: the two go now, in one batch
+  CHECK(first.wait_for(30s) == std::future_status::ready);
+  CHECK(second.get().timing.batch_images == 2);
+  auto third = batcher.submit(one, captioner->options());  // still taken while draining
+  CHECK(third.get().captions.size() == 1);
   batcher.close();
   CHECK(first.get().captions.size() == 1);
-  CHECK(second.get().timing.batch_images == 2);
   CHECK_THROWS_AS(batcher.submit(one, captioner->options()), imcap::Closed);
   batcher.close();  // again: nothing to do
 }

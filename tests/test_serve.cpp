@@ -197,6 +197,16 @@ double metric(const std::string& text, const std::string& series) {
   return std::stod(text.substr(at + series.size() + 2));
 }
 
+// Waits (up to 60 s) until the server's queue holds `images` images.
+void wait_for_queue(const ServeProcess& server, double images) {
+  for (int i = 0; i < 600; ++i) {
+    const auto r = server.client().Get("/metrics");
+    if (r && metric(r->body, "imcap_queue_depth") >= images) return;
+    std::this_thread::sleep_for(100ms);
+  }
+  FAIL("the queue never held " << images << " images");
+}
+
 struct Served {
   Tiny t;
   std::string model;
@@ -507,8 +517,8 @@ TEST_CASE("imcap serve under load: right captions, batches formed, flat memory",
 TEST_CASE("imcap serve on SIGTERM finishes the requests in flight and exits 0", "[serve]") {
   Served s;
   TempDir tmp;
-  // Requests wait 1.5 s for company: SIGTERM arrives while they are queued.
-  ServeProcess server(tmp, {"--model", s.model, "--max-batch", "64", "--max-wait-ms", "1500"});
+  // Requests wait up to 10 s for company: SIGTERM arrives while they are queued.
+  ServeProcess server(tmp, {"--model", s.model, "--max-batch", "64", "--max-wait-ms", "10000"});
   const std::string jpeg = file_bytes(s.images[0]);
   std::vector<std::thread> clients;
   std::atomic<int> ok{0};
@@ -518,7 +528,7 @@ TEST_CASE("imcap serve on SIGTERM finishes the requests in flight and exits 0", 
       const auto r = c.Post("/v1/caption", jpeg, "image/jpeg");
       if (r && r->status == 200) ++ok;
     });
-  std::this_thread::sleep_for(500ms);
+  wait_for_queue(server, 3);
   CHECK(server.terminate() == 0);
   for (auto& t : clients) t.join();
   CHECK(ok == 3);
@@ -528,16 +538,21 @@ TEST_CASE("imcap serve on SIGTERM finishes the requests in flight and exits 0", 
 TEST_CASE("imcap serve answers 503 with Retry-After when its queue is full", "[serve]") {
   Served s;
   TempDir tmp;
-  ServeProcess server(tmp, {"--model", s.model, "--max-batch", "64", "--max-wait-ms", "3000",
+  ServeProcess server(tmp, {"--model", s.model, "--max-batch", "64", "--max-wait-ms", "10000",
                             "--max-queue", "1"});
   const std::string jpeg = file_bytes(s.images[0]);
-  std::thread first([&] { server.client().Post("/v1/caption", jpeg, "image/jpeg"); });
-  std::this_thread::sleep_for(700ms);  // the first request is queued, waiting for company
+  std::atomic<int> first_status{0};
+  std::thread first([&] {
+    const auto r = server.client().Post("/v1/caption", jpeg, "image/jpeg");
+    first_status = r ? r->status : -1;
+  });
+  wait_for_queue(server, 1);  // the first request waits for company
   const auto busy = server.client().Post("/v1/caption", jpeg, "image/jpeg");
   refusal(busy, 503);
   CHECK(busy->get_header_value("Retry-After") == "1");
+  CHECK(server.terminate() == 0);  // the queued request is captioned, then the server exits
   first.join();
-  CHECK(server.terminate() == 0);
+  CHECK(first_status == 200);
 }
 
 TEST_CASE("imcap serve's usage errors", "[serve][cli]") {

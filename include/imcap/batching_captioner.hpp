@@ -103,6 +103,10 @@ class BatchingCaptioner {
   /// submit(images, options).get().
   BatchResult caption(const std::vector<Image>& images, const CaptionOptions& options);
 
+  /// From now on, batches start as soon as the worker is free, without waiting max_wait for
+  /// company; requests are still taken. For a server that is shutting down: the requests it has
+  /// accepted finish without delay. Idempotent.
+  void drain();
   /// Stops taking requests (submit() throws Closed); queued requests are still captioned.
   /// Returns when the last of them has its result. Idempotent.
   void close();

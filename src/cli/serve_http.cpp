@@ -591,6 +591,7 @@ void CaptionServer::run() {
 
 void CaptionServer::stop() {
   impl_->stopping = true;
+  impl_->batcher.drain();  // the requests in flight need not wait for company any more
   impl_->http.stop();
 }
 
