@@ -7,7 +7,10 @@
 // cpp-httplib does not hand out its sockets, so the watchdog finds them itself: every quarter
 // of a second it lists the process's sockets connected to the server's port (/proc/self/fd),
 // and shuts down those that have waited longer than the limit without a request reaching the
-// handlers. The handlers report each request's start and end by the peer's address.
+// handlers. The handlers report each request's start and end by the peer's address. Before
+// shutting a socket down the watchdog checks that its number still names the same socket
+// (inode); a socket closed and its number reused in the microseconds between that check and
+// shutdown() would be cut instead, which costs that client one retry. Linux only (/proc).
 #pragma once
 
 #include <atomic>
