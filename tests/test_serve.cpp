@@ -562,6 +562,10 @@ TEST_CASE("imcap serve's usage errors", "[serve][cli]") {
   r = imcap::test::run_cli({"serve", "--model", s.t.tmp.file("missing.imcap"), "--port", "0"});
   CHECK(r.exit_code == 1);
   CHECK(r.err.find("imcap: error:") != std::string::npos);
+  r = imcap::test::run_cli({"serve", "--model", s.model, "--max-length", "500"});
+  CHECK(r.exit_code == 2);
+  r = imcap::test::run_cli({"serve", "--model", s.model, "--beam", "20"});  // over --max-beam
+  CHECK(r.exit_code == 2);
   r = imcap::test::run_cli({"serve", "--model", s.model, "--port", "70000"});
   CHECK(r.exit_code == 2);
   r = imcap::test::run_cli({"serve", "--model", s.model, "--host", "192.0.2.1", "--port", "0"});

@@ -48,6 +48,9 @@ void run_serve(ServeArgs a) {
   if (c.defaults.beam_size > c.max_beam)
     throw UsageError(
         fmt::format("--beam {} is more than --max-beam {}", c.defaults.beam_size, c.max_beam));
+  if (c.defaults.max_length > c.max_length)
+    throw UsageError(fmt::format("--max-length {} is more than a request may ask for ({})",
+                                 c.defaults.max_length, c.max_length));
   if (c.api_key.empty())
     if (const char* key = std::getenv("IMCAP_API_KEY"); key && *key) c.api_key = key;
   c.batching.max_wait =
