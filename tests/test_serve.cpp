@@ -343,6 +343,10 @@ TEST_CASE("imcap serve refuses bad requests with a JSON error and stays up", "[s
   // Cross-origin pages are refused unless allowed.
   httplib::Headers evil{{"Origin", "http://evil.example"}};
   refusal(c.Post("/v1/caption", evil, jpeg, "image/jpeg"), 403);
+  // The server's own page (behind a TLS proxy too) passes.
+  const std::string host = "127.0.0.1:" + std::to_string(server.port());
+  for (const char* scheme : {"http://", "https://"})
+    CHECK(c.Post("/v1/caption", {{"Origin", scheme + host}}, jpeg, "image/jpeg")->status == 200);
   // ...and the server still captions.
   CHECK(body_json(c.Post("/v1/caption", jpeg, "image/jpeg"))["captions"].size() == 1);
   const std::string m = c.Get("/metrics")->body;

@@ -206,7 +206,13 @@ struct CaptionServer::Impl {
   std::optional<std::string> allowed_origin(const httplib::Request& req) const {
     if (!req.has_header("Origin")) return std::string();
     const std::string origin = req.get_header_value("Origin");
-    if (origin == "http://" + req.get_header_value("Host")) return std::string();
+    // The server's own page: the same host and port, whatever the scheme (a TLS proxy in front
+    // makes it https while the server speaks http).
+    const auto scheme_end = origin.find("://");
+    if (scheme_end != std::string::npos &&
+        origin.compare(scheme_end + 3, std::string::npos, req.get_header_value("Host")) == 0 &&
+        !req.get_header_value("Host").empty())
+      return std::string();
     for (const auto& o : config.allow_origins)
       if (o == "*" || o == origin) return origin;
     return std::nullopt;
