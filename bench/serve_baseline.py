@@ -21,7 +21,6 @@ import sys
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import torch
-import torch.nn as nn
 import torchvision
 from PIL import Image
 
@@ -52,27 +51,15 @@ def vocabulary_module(folder):
     return vocabulary
 
 
-class EncoderCNN(nn.Module):
-    def __init__(self, embed_size):
-        super().__init__()
-        resnet = torchvision.models.resnet18(weights=None)
-        self.resnet = nn.Sequential(*list(resnet.children())[:-1])
-        self.embed = nn.Linear(resnet.fc.in_features, embed_size)
-
-    def forward(self, images):
-        features = self.resnet(images)
-        return self.embed(features.view(features.size(0), -1))
+# The notebook's modules, as the parity tests define them.
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "tests", "python"))
+from models_reference import DecoderRNN, EncoderCNN  # noqa: E402
 
 
-class DecoderRNN(nn.Module):
-    def __init__(self, embed_size, hidden_size, vocab_size):
-        super().__init__()
-        self.embed = nn.Embedding(vocab_size, embed_size)
-        self.lstm = nn.LSTM(embed_size, hidden_size, 1, batch_first=True)
-        self.linear = nn.Linear(hidden_size, vocab_size)
-
-    def sample(self, inputs, end_id, max_len=20):
-        """The notebook's greedy sample(), stopping at <end>, with the caption's log-probability."""
+class Decoder(DecoderRNN):
+    def sample_with_log_prob(self, inputs, end_id, max_len=20):
+        """The notebook's greedy sample(), stopping at <end>, with the caption's log-probability
+        (MAX's server returns each caption's probability)."""
         ids, log_prob, states = [], 0.0, None
         for _ in range(max_len):
             hiddens, states = self.lstm(inputs, states)
@@ -93,7 +80,7 @@ def make_model(folder):
     for w in ["<start>", "<end>", "<unk>"] + WORDS:
         vocab.add_word(w)
     torch.manual_seed(0)
-    encoder, decoder = EncoderCNN(E), DecoderRNN(E, H, len(vocab.word2idx))
+    encoder, decoder = EncoderCNN("resnet18", E), Decoder(E, H, len(vocab.word2idx))
     torch.save(encoder.state_dict(), os.path.join(folder, "encoder-1.pkl"))
     torch.save(decoder.state_dict(), os.path.join(folder, "decoder-1.pkl"))
     with open(os.path.join(folder, "vocab.pkl"), "wb") as f:
@@ -118,7 +105,7 @@ def serve(folder, port, threads, image_size):
     vocabulary_module(folder)
     with open(os.path.join(folder, "vocab.pkl"), "rb") as f:
         vocab = pickle.load(f)
-    encoder, decoder = EncoderCNN(E), DecoderRNN(E, H, len(vocab.word2idx))
+    encoder, decoder = EncoderCNN("resnet18", E), Decoder(E, H, len(vocab.word2idx))
     encoder.load_state_dict(torch.load(os.path.join(folder, "encoder-1.pkl")))
     decoder.load_state_dict(torch.load(os.path.join(folder, "decoder-1.pkl")))
     encoder.eval()
@@ -157,8 +144,8 @@ def serve(folder, port, threads, image_size):
                 self.reply(400, {"error": str(e)})
                 return
             with torch.no_grad():
-                features = encoder(transform(image).unsqueeze(0))
-                ids, log_prob = decoder.sample(features.unsqueeze(1), end_id)
+                _, features = encoder(transform(image).unsqueeze(0))
+                ids, log_prob = decoder.sample_with_log_prob(features.unsqueeze(1), end_id)
             text = " ".join(vocab.idx2word[i] for i in ids)
             self.reply(200, {"captions": [{"text": text, "log_prob": log_prob}]})
 

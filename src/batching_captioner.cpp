@@ -42,8 +42,12 @@ struct Request {
 }  // namespace
 
 struct BatchingCaptioner::State {
+  State(std::shared_ptr<const Captioner> c, BatchingOptions o)
+      : captioner(std::move(c)), options(o), transform(captioner->model().eval_transform()) {}
+
   std::shared_ptr<const Captioner> captioner;
   BatchingOptions options;
+  ImageTransform transform;  // the model's eval transform, run by the submitting threads
   mutable std::mutex mutex;
   std::condition_variable wake;
   std::deque<std::unique_ptr<Request>> queue;
@@ -54,39 +58,41 @@ struct BatchingCaptioner::State {
   std::thread worker;
   std::once_flag joined;
 
-  // Takes the next batch from the queue (the lock held): the oldest request and the compatible
-  // ones behind it, when max_batch images are ready, the oldest has waited max_wait, or the
-  // captioner is closing. Empty when the queue is empty and the captioner closed.
+  // The queue positions of the next batch (the lock held): the oldest request and the ones
+  // behind it with the same options, while they fit in max_batch images (the oldest always
+  // does); and their images.
+  std::pair<std::vector<std::size_t>, std::int64_t> candidates() const {
+    std::vector<std::size_t> picked;
+    std::int64_t images = 0;
+    const CaptionOptions& leader = queue.front()->options;
+    for (std::size_t i = 0; i < queue.size(); ++i) {
+      const Request& r = *queue[i];
+      if (!same_search(r.options, leader)) continue;
+      if (images > 0 && images + r.images.size(0) > options.max_batch) break;
+      images += r.images.size(0);
+      picked.push_back(i);
+    }
+    return {std::move(picked), images};
+  }
+
+  // Takes the next batch from the queue (the lock held) when max_batch images are ready, the
+  // oldest request has waited max_wait, or the captioner is draining or closing. Empty when the
+  // queue is empty and the captioner closed.
   std::vector<std::unique_ptr<Request>> next_batch(std::unique_lock<std::mutex>& lock) {
     for (;;) {
       wake.wait(lock, [&] { return closing || !queue.empty(); });
       if (queue.empty()) return {};
-      const Request& first = *queue.front();
-      std::int64_t ready = 0;
-      for (const auto& r : queue) {
-        if (!same_search(r->options, first.options)) continue;
-        if (ready > 0 && ready + r->images.size(0) > options.max_batch) break;
-        ready += r->images.size(0);
-      }
-      const auto deadline = first.arrived + options.max_wait;
-      if (ready >= options.max_batch || closing || draining || Clock::now() >= deadline) break;
+      const auto deadline = queue.front()->arrived + options.max_wait;
+      if (candidates().second >= options.max_batch || closing || draining ||
+          Clock::now() >= deadline)
+        break;
       wake.wait_until(lock, deadline);
     }
+    const auto [picked, images] = candidates();
     std::vector<std::unique_ptr<Request>> batch;
-    std::int64_t images = 0;
-    const CaptionOptions leader = queue.front()->options;
-    for (auto it = queue.begin(); it != queue.end();) {
-      const std::int64_t n = (*it)->images.size(0);
-      if (!same_search((*it)->options, leader)) {
-        ++it;
-        continue;
-      }
-      if (images > 0 && images + n > options.max_batch) break;
-      images += n;
-      queued_images -= static_cast<std::size_t>(n);
-      batch.push_back(std::move(*it));
-      it = queue.erase(it);
-    }
+    for (const std::size_t i : picked) batch.push_back(std::move(queue[i]));
+    queue.erase(std::remove(queue.begin(), queue.end(), nullptr), queue.end());
+    queued_images -= static_cast<std::size_t>(images);
     return batch;
   }
 
@@ -94,15 +100,17 @@ struct BatchingCaptioner::State {
     const auto start = Clock::now();
     const CaptionOptions& options = batch.front()->options;
     std::vector<at::Tensor> parts;
-    for (const auto& r : batch) parts.push_back(r->images);
-    std::vector<BatchResult> results(batch.size());
     std::int64_t images = 0;
+    for (const auto& r : batch) {
+      parts.push_back(r->images);
+      images += r->images.size(0);
+    }
+    std::vector<BatchResult> results(batch.size());
     try {
       const at::Tensor features = captioner->encode(torch::cat(parts), options);
       const auto encoded = Clock::now();
       auto captions = captioner->candidates(features, options);
       const auto searched = Clock::now();
-      images = static_cast<std::int64_t>(captions.size());
       std::size_t row = 0;
       for (std::size_t i = 0; i < batch.size(); ++i) {
         const auto n = static_cast<std::size_t>(batch[i]->images.size(0));
@@ -114,20 +122,18 @@ struct BatchingCaptioner::State {
       }
     } catch (...) {
       const auto error = std::current_exception();
-      record(batch, images);
+      record(batch.size(), images);
       for (auto& r : batch) r->promise.set_exception(error);
       return;
     }
-    record(batch, images);
+    record(batch.size(), images);
     for (std::size_t i = 0; i < batch.size(); ++i)
       batch[i]->promise.set_value(std::move(results[i]));
   }
 
-  void record(const std::vector<std::unique_ptr<Request>>& batch, std::int64_t images) {
-    if (images == 0)
-      for (const auto& r : batch) images += r->images.size(0);
+  void record(std::size_t requests, std::int64_t images) {
     const std::lock_guard<std::mutex> lock(mutex);
-    stats.requests += batch.size();
+    stats.requests += requests;
     stats.images += static_cast<std::uint64_t>(images);
     stats.batches += 1;
     const auto n = static_cast<std::size_t>(images);
@@ -149,18 +155,17 @@ struct BatchingCaptioner::State {
 };
 
 BatchingCaptioner::BatchingCaptioner(std::shared_ptr<const Captioner> captioner,
-                                     BatchingOptions options)
-    : state_(std::make_unique<State>()) {
+                                     BatchingOptions options) {
   if (!captioner) throw InvalidArgument("BatchingCaptioner: the captioner is null");
   if (options.max_batch < 1)
     throw InvalidArgument(
         fmt::format("BatchingOptions::max_batch must be >= 1, got {}", options.max_batch));
-  if (options.max_queue < 1) throw InvalidArgument("BatchingOptions::max_queue must be >= 1, got 0");
+  if (options.max_queue < 1)
+    throw InvalidArgument("BatchingOptions::max_queue must be >= 1, got 0");
   if (options.max_wait.count() < 0)
-    throw InvalidArgument(fmt::format("BatchingOptions::max_wait must be >= 0, got {} us",
-                                      options.max_wait.count()));
-  state_->captioner = std::move(captioner);
-  state_->options = options;
+    throw InvalidArgument(
+        fmt::format("BatchingOptions::max_wait must be >= 0, got {} us", options.max_wait.count()));
+  state_ = std::make_unique<State>(std::move(captioner), options);
   state_->worker = std::thread([s = state_.get()] { s->work(); });
 }
 
@@ -215,10 +220,9 @@ std::future<BatchResult> BatchingCaptioner::submit(const at::Tensor& images,
 std::future<BatchResult> BatchingCaptioner::submit(const std::vector<Image>& images,
                                                    const CaptionOptions& options) {
   if (images.empty()) throw InvalidArgument("BatchingCaptioner: no images to caption");
-  const ImageTransform transform = state_->captioner->model().eval_transform();
   std::vector<at::Tensor> xs;
   xs.reserve(images.size());
-  for (const Image& image : images) xs.push_back(transform(image));
+  for (const Image& image : images) xs.push_back(state_->transform(image));
   return submit(torch::stack(xs), options);
 }
 

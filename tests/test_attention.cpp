@@ -550,8 +550,7 @@ TEST_CASE("imcap caption --attention draws each word's attention", "[attention][
   const std::string dir = d.tmp.file("pictures");
   const auto run = imcap::test::run_cli({"caption", "--model", model, "--attention", dir, "--json",
                                          "--max-length", "6", "--min-length", "2",
-                                         f.val_images + "/1000000.jpg",
-                                         copy_dir + "/1000000.jpg"});
+                                         f.val_images + "/1000000.jpg", copy_dir + "/1000000.jpg"});
   INFO(run.out << run.err);
   REQUIRE(run.exit_code == 0);
   const auto results = nlohmann::json::parse(run.out);

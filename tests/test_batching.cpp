@@ -39,9 +39,9 @@ TEST_CASE("concurrent requests share batches and each gets its own image's capti
   options.num_return = 2;
   std::vector<std::vector<imcap::Caption>> expected;
   for (const auto& p : paths)
-    expected.push_back(captioner->candidates(captioner->encode(std::vector<std::string>{p}, options),
-                                             options)
-                           .front());
+    expected.push_back(
+        captioner->candidates(captioner->encode(std::vector<std::string>{p}, options), options)
+            .front());
   imcap::BatchingOptions bo;
   bo.max_batch = 4;
   bo.max_wait = 200ms;  // long enough for the threads below to meet
@@ -51,9 +51,8 @@ TEST_CASE("concurrent requests share batches and each gets its own image's capti
     std::vector<std::thread> threads;
     std::vector<std::future<imcap::BatchResult>> these(paths.size());
     for (std::size_t i = 0; i < paths.size(); ++i)
-      threads.emplace_back([&, i] {
-        these[i] = batcher.submit({imcap::decode_image(paths[i])}, options);
-      });
+      threads.emplace_back(
+          [&, i] { these[i] = batcher.submit({imcap::decode_image(paths[i])}, options); });
     for (auto& th : threads) th.join();
     for (std::size_t i = 0; i < paths.size(); ++i) {
       const imcap::BatchResult r = these[i].get();

@@ -44,8 +44,7 @@ using namespace std::chrono_literals;
 // `imcap serve --port 0 ...` in a child process, stopped with SIGTERM when the object goes.
 class ServeProcess {
  public:
-  ServeProcess(const TempDir& tmp, std::vector<std::string> args,
-               std::vector<std::string> env = {})
+  ServeProcess(const TempDir& tmp, std::vector<std::string> args, std::vector<std::string> env = {})
       : out_(tmp.file("serve.out")), err_(tmp.file("serve.err")) {
     std::vector<std::string> argv{IMCAP_CLI_PATH, "serve", "--port", "0"};
     argv.insert(argv.end(), args.begin(), args.end());
@@ -218,7 +217,8 @@ struct Served {
       images.push_back(t.files.val_images + "/" + std::to_string(id) + ".jpg");
   }
   // `imcap caption --json` for the images: text and log_prob per image.
-  std::vector<std::pair<std::string, double>> reference(const std::vector<std::string>& extra = {}) {
+  std::vector<std::pair<std::string, double>> reference(
+      const std::vector<std::string>& extra = {}) {
     std::vector<std::string> args{"caption", "--model", model, "--json"};
     args.insert(args.end(), extra.begin(), extra.end());
     args.insert(args.end(), images.begin(), images.end());
@@ -327,8 +327,9 @@ TEST_CASE("imcap serve refuses bad requests with a JSON error and stays up", "[s
   imcap::test::write_png(tmp.file("big.png"), 100, 100, 3, big);
   CHECK(refusal(c.Post("/v1/caption", file_bytes(tmp.file("big.png")), "image/png"), 413)
             .find("pixels") != std::string::npos);
-  CHECK(refusal(c.Post("/v1/caption", std::string(300000, 'x'), "image/jpeg"), 413)
-            .find("200000") != std::string::npos);
+  CHECK(
+      refusal(c.Post("/v1/caption", std::string(300000, 'x'), "image/jpeg"), 413).find("200000") !=
+      std::string::npos);
   httplib::MultipartFormDataItems four;
   for (int i = 0; i < 4; ++i) four.push_back({"image", jpeg, "x.jpg", "image/jpeg"});
   refusal(c.Post("/v1/caption/batch", four), 413);
@@ -338,8 +339,7 @@ TEST_CASE("imcap serve refuses bad requests with a JSON error and stays up", "[s
   refusal(c.Post("/v1/caption", no_image), 400);
   httplib::MultipartFormDataItems bad_second{{"image", jpeg, "a.jpg", "image/jpeg"},
                                              {"image", "junk", "b.jpg", "image/jpeg"}};
-  CHECK(refusal(c.Post("/v1/caption/batch", bad_second), 400).find("image 2") !=
-        std::string::npos);
+  CHECK(refusal(c.Post("/v1/caption/batch", bad_second), 400).find("image 2") != std::string::npos);
   // Cross-origin pages are refused unless allowed.
   httplib::Headers evil{{"Origin", "http://evil.example"}};
   refusal(c.Post("/v1/caption", evil, jpeg, "image/jpeg"), 403);
@@ -375,18 +375,18 @@ TEST_CASE("imcap serve's API key and allowed origins", "[serve]") {
         200);
   CHECK(c.Post("/v1/caption", {{"X-API-Key", "sesame"}}, jpeg, "image/jpeg")->status == 200);
   // The allowed origin's preflight and request.
-  const auto preflight = c.Options("/v1/caption", {{"Origin", "http://app.example"},
-                                                   {"Access-Control-Request-Method", "POST"}});
+  const auto preflight = c.Options(
+      "/v1/caption", {{"Origin", "http://app.example"}, {"Access-Control-Request-Method", "POST"}});
   REQUIRE(preflight);
   CHECK(preflight->status == 204);
   CHECK(preflight->get_header_value("Access-Control-Allow-Origin") == "http://app.example");
-  const auto cross = c.Post("/v1/caption",
-                            {{"Origin", "http://app.example"}, {"X-API-Key", "sesame"}}, jpeg,
-                            "image/jpeg");
+  const auto cross =
+      c.Post("/v1/caption", {{"Origin", "http://app.example"}, {"X-API-Key", "sesame"}}, jpeg,
+             "image/jpeg");
   CHECK(cross->status == 200);
   CHECK(cross->get_header_value("Access-Control-Allow-Origin") == "http://app.example");
-  refusal(c.Post("/v1/caption", {{"Origin", "http://other.example"}, {"X-API-Key", "sesame"}},
-                 jpeg, "image/jpeg"),
+  refusal(c.Post("/v1/caption", {{"Origin", "http://other.example"}, {"X-API-Key", "sesame"}}, jpeg,
+                 "image/jpeg"),
           403);
   CHECK(server.terminate() == 0);
 }
@@ -413,9 +413,12 @@ TEST_CASE("imcap serve survives hostile HTTP", "[serve]") {
     RawSocket raw(server.port());
     const std::string part =
         "--XX\r\nContent-Disposition: form-data; name=\"image\"; filename=\"a.jpg\"\r\n"
-        "Content-Type: image/jpeg\r\n\r\n" + jpeg.substr(0, 100);
-    raw.send("POST /v1/caption HTTP/1.1\r\nHost: x\r\nContent-Type: multipart/form-data; "
-             "boundary=XX\r\nContent-Length: " + std::to_string(part.size()) + "\r\n\r\n" + part);
+        "Content-Type: image/jpeg\r\n\r\n" +
+        jpeg.substr(0, 100);
+    raw.send(
+        "POST /v1/caption HTTP/1.1\r\nHost: x\r\nContent-Type: multipart/form-data; "
+        "boundary=XX\r\nContent-Length: " +
+        std::to_string(part.size()) + "\r\n\r\n" + part);
     const std::string reply = raw.receive(10s);
     CHECK(reply.find(" 400 ") != std::string::npos);
   }
@@ -451,7 +454,9 @@ TEST_CASE("imcap serve survives hostile HTTP", "[serve]") {
       loris.receive(1ms, &closed);
       alive = alive && !closed;
     }
-    INFO("kept for " << std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count() << " s");
+    INFO("kept for "
+         << std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count()
+         << " s");
     CHECK_FALSE(alive);
   }
   {  // Garbage instead of HTTP.
@@ -469,8 +474,8 @@ TEST_CASE("imcap serve survives hostile HTTP", "[serve]") {
 TEST_CASE("imcap serve under load: right captions, batches formed, flat memory", "[serve]") {
   Served s;
   TempDir tmp;
-  ServeProcess server(tmp, {"--model", s.model, "--max-batch", "8", "--max-wait-ms", "5",
-                            "--beam", "1", "--threads", "1"});
+  ServeProcess server(tmp, {"--model", s.model, "--max-batch", "8", "--max-wait-ms", "5", "--beam",
+                            "1", "--threads", "1"});
   const auto expected = s.reference({"--beam", "1"});
   std::vector<std::string> bodies;
   for (const auto& p : s.images) bodies.push_back(file_bytes(p));
@@ -542,8 +547,8 @@ TEST_CASE("imcap serve on SIGTERM finishes the requests in flight and exits 0", 
 TEST_CASE("imcap serve answers 503 with Retry-After when its queue is full", "[serve]") {
   Served s;
   TempDir tmp;
-  ServeProcess server(tmp, {"--model", s.model, "--max-batch", "64", "--max-wait-ms", "10000",
-                            "--max-queue", "1"});
+  ServeProcess server(
+      tmp, {"--model", s.model, "--max-batch", "64", "--max-wait-ms", "10000", "--max-queue", "1"});
   const std::string jpeg = file_bytes(s.images[0]);
   std::atomic<int> first_status{0};
   std::thread first([&] {

@@ -74,7 +74,7 @@ struct BatchingStats {
   std::uint64_t batches = 0;   ///< batched searches run
   /// batch_sizes[n]: batches of n images (index 0 unused). Sized to the largest batch seen + 1.
   std::vector<std::uint64_t> batch_sizes;
-  std::size_t queued_images = 0;  ///< images waiting now
+  std::size_t queued_images = 0;    ///< images waiting now
   std::size_t queued_requests = 0;  ///< requests waiting now
 };
 
@@ -96,8 +96,7 @@ class BatchingCaptioner {
   /// work. Throws InvalidArgument (no images, bad options), QueueFull or Closed; errors of the
   /// batch itself arrive through the future.
   std::future<BatchResult> submit(const std::vector<Image>& images);
-  std::future<BatchResult> submit(const std::vector<Image>& images,
-                                  const CaptionOptions& options);
+  std::future<BatchResult> submit(const std::vector<Image>& images, const CaptionOptions& options);
   /// The same with images already transformed: [N, 3, H, W] float on the CPU.
   std::future<BatchResult> submit(const at::Tensor& images, const CaptionOptions& options);
   /// submit(images, options).get().

@@ -80,11 +80,12 @@ void run_serve(ServeArgs a) {
       std::cerr << "imcap serve: stopping (finishing the requests in flight)" << std::endl;
     server.stop();
   });
-  std::cerr << fmt::format("imcap serve: {} ({}, {} decoder) on {}, {}, batches of up to {} "
-                           "images\n",
-                           c.model_path, to_string(captioner->model().config().encoder.arch),
-                           to_string(captioner->model().decoder_kind()), a.device,
-                           describe_threads(), c.batching.max_batch);
+  std::cerr << fmt::format(
+      "imcap serve: {} ({}, {} decoder) on {}, {}, batches of up to {} "
+      "images\n",
+      c.model_path, to_string(captioner->model().config().encoder.arch),
+      to_string(captioner->model().decoder_kind()), a.device, describe_threads(),
+      c.batching.max_batch);
   std::cout << fmt::format("imcap serve: listening on http://{}:{}", c.host, port) << std::endl;
   server.run();
   // run() may also return without a signal (the listening socket failed): wake the watcher.

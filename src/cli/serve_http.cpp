@@ -11,8 +11,8 @@
 
 #include <fmt/format.h>
 #include <httplib.h>
-#include <nlohmann/json.hpp>
 #include <torch/torch.h>
+#include <nlohmann/json.hpp>
 
 #include "cli/serve_metrics.hpp"
 #include "cli/serve_watchdog.hpp"
@@ -164,8 +164,7 @@ double ms_since(Clock::time_point t) {
   return std::chrono::duration<double, std::milli>(Clock::now() - t).count();
 }
 
-}  // namespace
-
+// Whether two strings are equal, in time that depends on their lengths only.
 bool constant_time_equal(const std::string& a, const std::string& b) {
   // Every byte of the longer string is read whatever the contents; the lengths count too.
   const std::size_t n = std::max(a.size(), b.size());
@@ -178,6 +177,8 @@ bool constant_time_equal(const std::string& a, const std::string& b) {
   return diff == 0;
 }
 
+}  // namespace
+
 struct CaptionServer::Impl {
   std::shared_ptr<const Captioner> captioner;
   ServeConfig config;
@@ -188,6 +189,7 @@ struct CaptionServer::Impl {
   std::atomic<bool> stopping{false};
   std::string model_name;
   bool has_attention = false;
+  DecodeOptions decode_options;  // the model's fast JPEG decoding, the server's limits
   int port = 0;
 
   Impl(std::shared_ptr<const Captioner> c, ServeConfig cfg)
@@ -197,6 +199,9 @@ struct CaptionServer::Impl {
         watchdog(std::chrono::seconds(config.timeout_s)) {
     model_name = detail::file_name(config.model_path);
     has_attention = captioner->model().decoder_kind() == DecoderKind::kAttention;
+    decode_options = captioner->model().eval_transform().fast_decode_options();
+    decode_options.max_pixels = config.max_pixels;
+    decode_options.max_file_bytes = config.max_body_bytes;
     configure();
   }
 
@@ -216,6 +221,13 @@ struct CaptionServer::Impl {
     for (const auto& o : config.allow_origins)
       if (o == "*" || o == origin) return origin;
     return std::nullopt;
+  }
+
+  std::string body_too_large(const std::string& length = {}) const {
+    return fmt::format(
+        "the body{} is larger than the server's limit of {} bytes "
+        "(--max-body-bytes)",
+        length.empty() ? "" : " (" + length + " bytes)", config.max_body_bytes);
   }
 
   bool authorised(const httplib::Request& req) const {
@@ -282,10 +294,7 @@ struct CaptionServer::Impl {
                           length.find_first_not_of("0123456789") == std::string::npos;
       if (!digits || std::stoull(length) > config.max_body_bytes) {
         if (digits)
-          send_error(res, 413,
-                     fmt::format("the body ({} bytes) is larger than the server's limit of {} "
-                                 "bytes (--max-body-bytes)",
-                                 length, config.max_body_bytes));
+          send_error(res, 413, body_too_large(length));
         else
           send_error(res, 400, fmt::format("bad Content-Length '{}'", printable(length)));
         return R::Handled;
@@ -310,14 +319,20 @@ struct CaptionServer::Impl {
             "body could not be read";
         break;
       case 413:
-        message = fmt::format("the body is larger than the server's limit of {} bytes "
-                              "(--max-body-bytes)",
-                              config.max_body_bytes);
+        message = body_too_large();
         break;
-      case 414: message = "the request URI is too long"; break;
-      case 416: message = "bad Range header"; break;
-      case 431: message = "too many or too large headers"; break;
-      default: message = fmt::format("HTTP status {}", res.status); break;
+      case 414:
+        message = "the request URI is too long";
+        break;
+      case 416:
+        message = "bad Range header";
+        break;
+      case 431:
+        message = "too many or too large headers";
+        break;
+      default:
+        message = fmt::format("HTTP status {}", res.status);
+        break;
     }
     send_error(res, res.status, message);
     return httplib::Server::HandlerResponse::Handled;
@@ -333,8 +348,8 @@ struct CaptionServer::Impl {
 
   // Reads the body with the deadline; raw bytes, or the parts of a multipart form.
   void read_body(const httplib::Request& req, httplib::Response& res,
-                 const httplib::ContentReader& reader, Clock::time_point deadline,
-                 std::string& raw, std::vector<Part>& parts) {
+                 const httplib::ContentReader& reader, Clock::time_point deadline, std::string& raw,
+                 std::vector<Part>& parts) {
     bool late = false, too_many = false, too_big = false;
     std::size_t bytes = 0;  // chunked bodies are not limited by cpp-httplib 0.11
     const auto fits = [&](std::size_t n) {
@@ -382,21 +397,15 @@ struct CaptionServer::Impl {
       throw HttpError{400, fmt::format("the form has more than {} parts, or a field that is not "
                                        "an image has more than {} bytes",
                                        kMaxParts, kMaxFieldBytes)};
-    if (too_big || res.status == 413)
-      throw HttpError{413, fmt::format("the body is larger than the server's limit of {} bytes "
-                                       "(--max-body-bytes)",
-                                       config.max_body_bytes)};
+    if (too_big || res.status == 413) throw HttpError{413, body_too_large()};
     throw HttpError{400,
                     "the body could not be read: it was cut short, or is a malformed multipart "
                     "form"};
   }
 
   Image decode(const std::string& bytes, const std::string& name) const {
-    DecodeOptions o = captioner->model().eval_transform().fast_decode_options();
-    o.max_pixels = config.max_pixels;
-    o.max_file_bytes = config.max_body_bytes;
     try {
-      return decode_image_memory(bytes.data(), bytes.size(), name, o);
+      return decode_image_memory(bytes.data(), bytes.size(), name, decode_options);
     } catch (const SecurityError& e) {
       throw HttpError{413, e.what()};
     } catch (const Error& e) {
@@ -423,8 +432,7 @@ struct CaptionServer::Impl {
         else
           request_options.add(p.name, p.data, "form");
       }
-      const CaptionOptions options =
-          request_options.apply(config.defaults, config, has_attention);
+      const CaptionOptions options = request_options.apply(config.defaults, config, has_attention);
       std::vector<Image> decoded;
       if (req.is_multipart_form_data()) {
         if (images.empty())
@@ -446,8 +454,9 @@ struct CaptionServer::Impl {
                           "POST /v1/caption/batch takes a multipart/form-data body with one "
                           "field 'image' per image"};
         if (raw.empty())
-          throw HttpError{400, "the body is empty: send the image's bytes, or a "
-                               "multipart/form-data field 'image'"};
+          throw HttpError{400,
+                          "the body is empty: send the image's bytes, or a "
+                          "multipart/form-data field 'image'"};
         decoded.push_back(decode(raw, "body"));
       }
       const auto decoded_at = Clock::now();
@@ -464,13 +473,15 @@ struct CaptionServer::Impl {
       }
       const BatchResult result = future.get();
       metrics.count_images(decoded.size());
-      json timing = {{"read", std::chrono::duration<double, std::milli>(read - start).count()},
-                     {"decode", std::chrono::duration<double, std::milli>(decoded_at - read).count()},
-                     {"queue", result.timing.queue_ms},
-                     {"encode", result.timing.encode_ms},
-                     {"search", result.timing.search_ms},
-                     {"total", ms_since(start)}};
-      json body = {{"model", model_name}, {"timing_ms", timing},
+      json timing = {
+          {"read", std::chrono::duration<double, std::milli>(read - start).count()},
+          {"decode", std::chrono::duration<double, std::milli>(decoded_at - read).count()},
+          {"queue", result.timing.queue_ms},
+          {"encode", result.timing.encode_ms},
+          {"search", result.timing.search_ms},
+          {"total", ms_since(start)}};
+      json body = {{"model", model_name},
+                   {"timing_ms", timing},
                    {"batch_images", result.timing.batch_images}};
       const auto list = [](const std::vector<Caption>& cs) {
         json a = json::array();
@@ -531,16 +542,15 @@ struct CaptionServer::Impl {
     http.set_write_timeout(config.timeout_s, 0);
     http.set_keep_alive_timeout(std::min(5, config.timeout_s));
     http.set_keep_alive_max_count(1000);
-    http.set_pre_routing_handler(
-        [this](const httplib::Request& req, httplib::Response& res) { return pre_route(req, res); });
+    http.set_pre_routing_handler([this](const httplib::Request& req, httplib::Response& res) {
+      return pre_route(req, res);
+    });
     http.set_error_handler(httplib::Server::HandlerWithResponse(
         [this](const httplib::Request& req, httplib::Response& res) {
           return error_page(req, res);
         }));
-    http.set_exception_handler(
-        [](const httplib::Request&, httplib::Response& res, std::exception_ptr) {
-          send_error(res, 500, "internal error");
-        });
+    http.set_exception_handler([](const httplib::Request&, httplib::Response& res,
+                                  std::exception_ptr) { send_error(res, 500, "internal error"); });
     http.set_logger([this](const httplib::Request& req, const httplib::Response& res) {
       metrics.count_response(route_label(req.path), res.status);
       watchdog.request_finished(peer(req));
@@ -558,14 +568,12 @@ struct CaptionServer::Impl {
       res.set_content(metrics.render(batcher.stats(), config.batching.max_batch, watchdog.cut()),
                       "text/plain; version=0.0.4; charset=utf-8");
     });
-    http.Post("/v1/caption", [this](const httplib::Request& req, httplib::Response& res,
-                                    const httplib::ContentReader& reader) {
-      caption(req, res, reader, false);
-    });
-    http.Post("/v1/caption/batch", [this](const httplib::Request& req, httplib::Response& res,
-                                          const httplib::ContentReader& reader) {
-      caption(req, res, reader, true);
-    });
+    http.Post("/v1/caption",
+              [this](const httplib::Request& req, httplib::Response& res,
+                     const httplib::ContentReader& reader) { caption(req, res, reader, false); });
+    http.Post("/v1/caption/batch",
+              [this](const httplib::Request& req, httplib::Response& res,
+                     const httplib::ContentReader& reader) { caption(req, res, reader, true); });
   }
 };
 
@@ -576,14 +584,14 @@ CaptionServer::~CaptionServer() = default;
 
 int CaptionServer::bind() {
   Impl& s = *impl_;
-  const int port = s.config.port == 0 ? s.http.bind_to_any_port(s.config.host)
-                                      : (s.http.bind_to_port(s.config.host, s.config.port)
-                                             ? s.config.port
-                                             : -1);
+  const int port = s.config.port == 0
+                       ? s.http.bind_to_any_port(s.config.host)
+                       : (s.http.bind_to_port(s.config.host, s.config.port) ? s.config.port : -1);
   if (port <= 0)
-    throw IoError(fmt::format("cannot listen on {}:{} (the port is in use, or the host is not an "
-                              "address of this machine)",
-                              s.config.host, s.config.port));
+    throw IoError(
+        fmt::format("cannot listen on {}:{} (the port is in use, or the host is not an "
+                    "address of this machine)",
+                    s.config.host, s.config.port));
   s.port = port;
   return port;
 }

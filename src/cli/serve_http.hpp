@@ -63,7 +63,4 @@ class CaptionServer {
 /// The web page served at GET / (HTML with its script and style inline).
 const std::string& serve_web_page();
 
-/// Whether two strings are equal, in time that depends on their lengths only.
-bool constant_time_equal(const std::string& a, const std::string& b);
-
 }  // namespace imcap::cli

@@ -105,16 +105,17 @@ std::string ServeMetrics::render(const BatchingStats& batching, int max_batch,
   std::uint64_t recent = 0;
   for (const auto& [t, n] : recent_images_)
     if (now - t <= kRateWindow) recent += n;
-  const double window = std::min(
-      std::chrono::duration<double>(kRateWindow).count(),
-      std::max(1e-3, std::chrono::duration<double>(now - started_).count()));
+  const double window =
+      std::min(std::chrono::duration<double>(kRateWindow).count(),
+               std::max(1e-3, std::chrono::duration<double>(now - started_).count()));
   out += "# HELP imcap_images_per_second Images captioned per second over the last 10 s.\n";
   out += "# TYPE imcap_images_per_second gauge\n";
   out += fmt::format("imcap_images_per_second {}\n", number(static_cast<double>(recent) / window));
   out += "# HELP imcap_batches_total Batched searches run.\n# TYPE imcap_batches_total counter\n";
   out += fmt::format("imcap_batches_total {}\n", batching.batches);
-  out += "# HELP imcap_connections_cut_total Connections closed for sending their request too "
-         "slowly.\n# TYPE imcap_connections_cut_total counter\n";
+  out +=
+      "# HELP imcap_connections_cut_total Connections closed for sending their request too "
+      "slowly.\n# TYPE imcap_connections_cut_total counter\n";
   out += fmt::format("imcap_connections_cut_total {}\n", connections_cut);
   out += "# HELP imcap_uptime_seconds Seconds since the server started.\n";
   out += "# TYPE imcap_uptime_seconds gauge\n";

@@ -65,8 +65,8 @@ void ConnectionWatchdog::request_finished(const std::string& peer) {
 }
 
 void ConnectionWatchdog::run() {
-  const auto period = std::clamp(limit_ / 8, std::chrono::milliseconds(50),
-                                 std::chrono::milliseconds(250));
+  const auto period =
+      std::clamp(limit_ / 8, std::chrono::milliseconds(50), std::chrono::milliseconds(250));
   std::unique_lock<std::mutex> lock(mutex_);
   while (!stopping_) {
     wake_.wait_for(lock, period);
@@ -101,8 +101,8 @@ void ConnectionWatchdog::scan() {
       if (::getpeername(static_cast<int>(fd), reinterpret_cast<sockaddr*>(&remote), &n) != 0)
         continue;  // the listening socket
       const std::string address = address_of(remote, &remote_port);
-      found[static_cast<unsigned long>(st.st_ino)] = {
-          static_cast<int>(fd), address + ":" + std::to_string(remote_port)};
+      found[static_cast<unsigned long>(st.st_ino)] = {static_cast<int>(fd),
+                                                      address + ":" + std::to_string(remote_port)};
     }
     ::closedir(dir);
   }
@@ -125,7 +125,8 @@ void ConnectionWatchdog::scan() {
       Connection& c = it->second;
       if (c.cut || busy_.count(c.peer)) continue;
       auto since = c.seen;
-      if (const auto a = answered_.find(c.peer); a != answered_.end()) since = std::max(since, a->second);
+      if (const auto a = answered_.find(c.peer); a != answered_.end())
+        since = std::max(since, a->second);
       if (now - since > limit_) {
         c.cut = true;
         to_cut.emplace_back(c.fd, inode);

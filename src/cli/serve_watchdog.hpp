@@ -58,8 +58,8 @@ class ConnectionWatchdog {
   std::mutex mutex_;
   std::condition_variable wake_;
   bool stopping_ = false;
-  std::map<unsigned long, Connection> connections_;  // by socket inode
-  std::set<std::string> busy_;                        // peers with a request in the handlers
+  std::map<unsigned long, Connection> connections_;    // by socket inode
+  std::set<std::string> busy_;                         // peers with a request in the handlers
   std::map<std::string, Clock::time_point> answered_;  // peer -> its last response
   std::atomic<std::uint64_t> cut_{0};
 };
