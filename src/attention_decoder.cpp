@@ -9,6 +9,7 @@
 #include <torch/torch.h>
 
 #include "detail/attention_sequence.hpp"
+#include "detail/attention_step.hpp"
 #include "detail/decode_step.hpp"
 #include "detail/lstm_sequence.hpp"
 #include "detail/projected_cross_entropy.hpp"
@@ -31,28 +32,6 @@ void check_positive(const char* name, int64_t value) {
     throw InvalidArgument(
         fmt::format("attention decoder {}: expected a positive size, got {}", name, value));
   }
-}
-
-// step_embedded without autograd or dropout on the CPU in float32 (the searches' steps): the
-// same attention, then the gate, the LSTM and fc through step_affine (the rows of the weights
-// split between the threads for a few rows), the cell by hand.
-torch::Tensor inference_step(AttentionDecoderImpl& d, const torch::Tensor& word_embeddings,
-                             DecodeState& state) {
-  using detail::step_affine;
-  torch::Tensor& h = state.tensors[kH];
-  torch::Tensor& c = state.tensors[kC];
-  auto [attended, alpha] = d.attention->attend(state.tensors[kGrid], state.tensors[kGridAtt], h);
-  const torch::Tensor gate = torch::sigmoid(step_affine(h, d.f_beta->weight, d.f_beta->bias));
-  const torch::Tensor x = torch::cat({word_embeddings, gate * attended}, /*dim=*/1);
-  torch::Tensor acts = step_affine(x, d.decode_step->weight_ih, d.decode_step->bias_ih);
-  acts += step_affine(h, d.decode_step->weight_hh, d.decode_step->bias_hh);
-  torch::Tensor c_next = torch::empty_like(c), h_next = torch::empty_like(h);
-  torch::Tensor tanh_c = torch::empty_like(c);
-  detail::lstm_cell_forward(acts, c, c_next, tanh_c, h_next);
-  h = std::move(h_next);
-  c = std::move(c_next);
-  state.tensors[kAlpha] = std::move(alpha);
-  return step_affine(h, d.fc->weight, d.fc->bias);
 }
 
 }  // namespace
@@ -79,7 +58,9 @@ std::pair<torch::Tensor, torch::Tensor> AttentionImpl::attend(const torch::Tenso
 }
 
 AttentionDecoderImpl::AttentionDecoderImpl(const AttentionDecoderOptions& options)
-    : options_(options), loss_buffer_(std::make_shared<detail::LossBuffer>()) {
+    : options_(options),
+      loss_buffer_(std::make_shared<detail::LossBuffer>()),
+      inference_step_(std::make_shared<detail::AttentionStep>()) {
   check_positive("vocab_size", options.vocab_size);
   check_positive("encoder_dim", options.encoder_dim);
   check_positive("embed_size", options.embed_size);
@@ -142,16 +123,7 @@ std::pair<torch::Tensor, torch::Tensor> AttentionDecoderImpl::hidden_states(
   DecodeState state = init_state(grid);
   torch::Tensor h = state.tensors[kH], c = state.tensors[kC];
   const torch::Tensor& grid_att = state.tensors[kGridAtt];
-  const detail::AttentionSequenceWeights w{attention->decoder_att->weight,
-                                           attention->decoder_att->bias,
-                                           attention->full_att->weight,
-                                           attention->full_att->bias,
-                                           f_beta->weight,
-                                           f_beta->bias,
-                                           decode_step->weight_ih,
-                                           decode_step->weight_hh,
-                                           decode_step->bias_ih,
-                                           decode_step->bias_hh};
+  const detail::AttentionSequenceWeights w = recurrence_weights();
   if (detail::attention_sequence_supported(grid, words, w))
     return detail::attention_sequence(grid, grid_att, words, h, c, w);
   // Elsewhere (a GPU, other types), the loop of sgrvinod's forward.
@@ -241,12 +213,25 @@ DecodeState AttentionDecoderImpl::init_state(const torch::Tensor& grid) {
   return state;
 }
 
-StepStart AttentionDecoderImpl::start(const torch::Tensor& grid) {
+detail::AttentionSequenceWeights AttentionDecoderImpl::recurrence_weights() const {
+  return {attention->decoder_att->weight,
+          attention->decoder_att->bias,
+          attention->full_att->weight,
+          attention->full_att->bias,
+          f_beta->weight,
+          f_beta->bias,
+          decode_step->weight_ih,
+          decode_step->weight_hh,
+          decode_step->bias_ih,
+          decode_step->bias_hh};
+}
+
+StepStart AttentionDecoderImpl::start(const torch::Tensor& grid, DecodeWeights weights) {
   StepStart out;
   out.state = init_state(grid);
   const torch::Tensor ids =
       torch::full({grid.size(0)}, options_.start_id, grid.options().dtype(torch::kLong));
-  out.scores = step_embedded(embedding(ids), out.state);
+  out.scores = step_embedded(embedding(ids), out.state, weights);
   return out;
 }
 
@@ -273,7 +258,7 @@ void AttentionDecoderImpl::check_state(const DecodeState& state) const {
 }
 
 torch::Tensor AttentionDecoderImpl::step_embedded(const torch::Tensor& word_embeddings,
-                                                  DecodeState& state) {
+                                                  DecodeState& state, DecodeWeights weights) {
   check_state(state);
   torch::Tensor& h = state.tensors[kH];
   torch::Tensor& c = state.tensors[kC];
@@ -283,9 +268,13 @@ torch::Tensor AttentionDecoderImpl::step_embedded(const torch::Tensor& word_embe
       "attention decoder step input",
       fmt::format("word embeddings of shape [{}, {}]", h.size(0), options_.embed_size),
       word_embeddings);
-  if (!torch::GradMode::is_enabled() && !is_training() && h.device().is_cpu() &&
-      h.scalar_type() == torch::kFloat)
-    return inference_step(*this, word_embeddings, state);
+  if (!is_training()) {
+    const detail::AttentionSequenceWeights w = recurrence_weights();
+    if (detail::AttentionStep::supported(h, w, fc->weight))  // searches' steps on the CPU
+      return inference_step_->forward(w, fc->weight, fc->bias, word_embeddings,
+                                      state.tensors[kGrid], state.tensors[kGridAtt], h, c,
+                                      state.tensors[kAlpha], weights);
+  }
   auto [attended, alpha] = attention->attend(state.tensors[kGrid], state.tensors[kGridAtt], h);
   const torch::Tensor gate = torch::sigmoid(f_beta(h));
   std::tie(h, c) =
@@ -294,11 +283,12 @@ torch::Tensor AttentionDecoderImpl::step_embedded(const torch::Tensor& word_embe
   return fc(dropout(h));
 }
 
-torch::Tensor AttentionDecoderImpl::step(const torch::Tensor& ids, DecodeState& state) {
+torch::Tensor AttentionDecoderImpl::step(const torch::Tensor& ids, DecodeState& state,
+                                         DecodeWeights weights) {
   detail::check_tensor(ids.defined() && ids.dim() == 1 && ids.scalar_type() == torch::kLong,
                        "attention decoder step ids", "int64 ids of shape [N]", ids);
   detail::check_ids(ids, options_.vocab_size, "attention decoder step ids");
-  return step_embedded(embedding(ids), state);
+  return step_embedded(embedding(ids), state, weights);
 }
 
 const torch::Tensor& AttentionDecoderImpl::attention_weights(const DecodeState& state) {
@@ -309,14 +299,14 @@ const torch::Tensor& AttentionDecoderImpl::attention_weights(const DecodeState& 
 }
 
 StepStart AttentionStepper::start(const at::Tensor& features) const {
-  return decoder_.ptr()->start(features);  // logits: the search normalises
+  return decoder_.ptr()->start(features, weights_);  // logits: the search normalises
 }
 
 at::Tensor AttentionStepper::step(const at::Tensor& tokens, DecodeState& state) const {
   AttentionDecoderImpl& decoder = *decoder_.ptr();
   // As DecoderStepper: the host-side id check only on the CPU (it would sync a GPU each step).
-  if (tokens.device().is_cpu()) return decoder.step(tokens, state);
-  return decoder.step_embedded(decoder.embedding(tokens), state);
+  if (tokens.device().is_cpu()) return decoder.step(tokens, state, weights_);
+  return decoder.step_embedded(decoder.embedding(tokens), state, weights_);
 }
 
 }  // namespace imcap

@@ -302,7 +302,7 @@ torch::Tensor CaptionModel::encode_cached(const torch::Tensor& features) {
 }
 
 std::shared_ptr<StepDecoder> CaptionModel::step_decoder(DecodeWeights weights) const {
-  if (attention_decoder_) return std::make_shared<AttentionStepper>(attention_decoder_);
+  if (attention_decoder_) return std::make_shared<AttentionStepper>(attention_decoder_, weights);
   return std::make_shared<DecoderStepper>(decoder_, weights);
 }
 

@@ -136,6 +136,82 @@ TEST_CASE("attention decoder steps reproduce teacher forcing and expose the atte
   CHECK(max_abs_error(c, a.index_select(0, torch::tensor({2, 0, 1}, torch::kLong))) < 1e-6);
 }
 
+TEST_CASE("attention decoder's inference steps equal its layers', with any decode weights",
+          "[models][attention]") {
+  // The searches' steps (no autograd, CPU float32: detail/attention_step.cpp) against the same
+  // steps through the module's layers (autograd on), for one row, a few rows (the rows of the
+  // weights split between the threads) and many (the products split); with compressed fc
+  // weights, greedy search keeps float32's words.
+  const int threads = at::get_num_threads();
+  at::set_num_threads(2);
+  imcap::AttentionDecoderOptions o;
+  o.vocab_size = 600;
+  o.embed_size = 32;
+  o.hidden_size = 160;  // 4H = 640 rows: W_hh and the stacked h-products split between threads
+  o.attention_dim = 48;
+  o.encoder_dim = 40;
+  torch::manual_seed(41);
+  imcap::AttentionDecoder decoder(o);
+  decoder->eval();
+  auto compare = [&](int64_t rows, std::uint64_t seed) {
+    INFO("rows " << rows);
+    auto gen = at::detail::createCPUGenerator(seed);
+    const torch::Tensor grid = torch::randn({rows, 9, o.encoder_dim}, gen);
+    imcap::StepStart fast;
+    {
+      torch::NoGradGuard no_grad;
+      fast = decoder->start(grid);
+    }
+    imcap::StepStart slow = decoder->start(grid);
+    REQUIRE(slow.scores.requires_grad());  // the layers' path
+    for (int t = 0; t < 5; ++t) {
+      INFO("step " << t);
+      CHECK(max_abs_error(fast.scores, slow.scores.detach()) < 1e-4);
+      CHECK(max_abs_error(imcap::AttentionDecoderImpl::attention_weights(fast.state),
+                          imcap::AttentionDecoderImpl::attention_weights(slow.state).detach()) <
+            1e-6);
+      const torch::Tensor ids = slow.scores.detach().argmax(1);
+      {
+        torch::NoGradGuard no_grad;
+        fast.scores = decoder->step(ids, fast.state);
+      }
+      slow.scores = decoder->step(ids, slow.state);
+    }
+  };
+  for (const int64_t rows : {1, 5, 40}) compare(rows, 50 + rows);
+  // The stacked h-products are rebuilt when a weight changes in place.
+  {
+    torch::NoGradGuard no_grad;
+    decoder->f_beta->weight.mul_(3.0);
+    decoder->attention->decoder_att->bias.add_(0.5);
+  }
+  compare(5, 60);
+
+  imcap::SearchOptions search;
+  search.beam_size = 1;
+  search.max_length = 10;
+  search.forbid_unk = true;
+  search.min_length = 2;
+  imcap::SpecialTokens special;
+  special.end = 2;
+  special.unk = 3;
+  torch::NoGradGuard no_grad;
+  const torch::Tensor grids = torch::randn({4, 9, o.encoder_dim});
+  const auto reference =
+      imcap::greedy_search(imcap::AttentionStepper(decoder), grids, search, special);
+  for (const auto weights : {imcap::DecodeWeights::kBFloat16, imcap::DecodeWeights::kInt8}) {
+    INFO(imcap::to_string(weights));
+    const auto got =
+        imcap::greedy_search(imcap::AttentionStepper(decoder, weights), grids, search, special);
+    REQUIRE(got.size() == reference.size());
+    for (std::size_t i = 0; i < got.size(); ++i) {
+      CHECK(got[i].tokens == reference[i].tokens);
+      CHECK(std::abs(got[i].log_prob - reference[i].log_prob) < 1e-2);
+    }
+  }
+  at::set_num_threads(threads);
+}
+
 TEST_CASE("attention decoder teacher forcing: values and gradients are those of its steps",
           "[models][attention]") {
   // forward() runs the whole caption as one function (on the CPU in float32), the steps run

@@ -2,6 +2,8 @@
 // (checked here without that file, which a user's clone lacks), at tiny shapes (--smoke).
 #include "catch.hpp"
 
+#include <cstdlib>
+
 #include <nlohmann/json.hpp>
 
 #include "support.hpp"
@@ -61,6 +63,14 @@ TEST_CASE("imcap bench --json prints the baseline's keys and nesting", "[bench][
     CHECK(j["env"].contains(k));
   }
   CHECK(j["env"]["torch_num_threads"] == 1);
+  // The CLI starts itself again with OpenBLAS kernels that fit the CPU where the loaded
+  // OpenBLAS does not know it and falls back to Prescott's (cli/blas_core.hpp).
+  if (j["env"]["openblas"].is_object() && std::getenv("OPENBLAS_CORETYPE") == nullptr &&
+      __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) {
+    INFO(j["env"]["openblas"].dump());
+    CHECK(j["env"]["openblas"]["corename"] != "Prescott");
+    CHECK(j["env"]["openblas"]["corename"] != "prescott");
+  }
   // imcap's own figures.
   check_figure(j, "data_pipeline_images_per_s_all_threads");
   CHECK(j["data_pipeline_images_per_s_all_threads"]["threads"].get<int>() >= 1);

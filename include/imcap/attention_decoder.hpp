@@ -26,11 +26,14 @@
 #include <memory>
 #include <utility>
 
+#include "imcap/decoder.hpp"
 #include "imcap/step_decoder.hpp"
 
 namespace imcap {
 
 namespace detail {
+class AttentionStep;
+struct AttentionSequenceWeights;
 class LossBuffer;
 }  // namespace detail
 
@@ -116,12 +119,16 @@ struct AttentionDecoderImpl : torch::nn::Module {
   /// The state before step 0 (α zeros).
   DecodeState init_state(const torch::Tensor& grid);
   /// Step 0: init_state(grid), then `<start>` in; the scores of the first word.
-  StepStart start(const torch::Tensor& grid);
+  StepStart start(const torch::Tensor& grid, DecodeWeights weights = DecodeWeights::kFloat32);
   /// One step: ids (N) int64 of the previous tokens -> logits (N, V) of the next; `state`
   /// becomes the state after this step. Throws InvalidArgument for ids outside the vocabulary.
-  torch::Tensor step(const torch::Tensor& ids, DecodeState& state);
+  /// Without autograd on the CPU, `weights` other than kFloat32 read fc from a compressed copy,
+  /// as Decoder::step does (docs/search.md#decode-weights).
+  torch::Tensor step(const torch::Tensor& ids, DecodeState& state,
+                     DecodeWeights weights = DecodeWeights::kFloat32);
   /// One step from word embeddings (N, E).
-  torch::Tensor step_embedded(const torch::Tensor& word_embeddings, DecodeState& state);
+  torch::Tensor step_embedded(const torch::Tensor& word_embeddings, DecodeState& state,
+                              DecodeWeights weights = DecodeWeights::kFloat32);
   /// α (N, P) of a state: the attention that produced the last step's scores.
   static const torch::Tensor& attention_weights(const DecodeState& state);
 
@@ -139,6 +146,8 @@ struct AttentionDecoderImpl : torch::nn::Module {
  private:
   void check_grid(const torch::Tensor& grid) const;
   void check_state(const DecodeState& state) const;
+  // The parameters of the recurrence, for the CPU engines (detail/attention_sequence.hpp).
+  detail::AttentionSequenceWeights recurrence_weights() const;
   // h (B, T - 1, H) and α (B, T - 1, P) under teacher forcing.
   std::pair<torch::Tensor, torch::Tensor> hidden_states(const torch::Tensor& grid,
                                                         const torch::Tensor& captions,
@@ -150,6 +159,7 @@ struct AttentionDecoderImpl : torch::nn::Module {
 
   AttentionDecoderOptions options_;
   std::shared_ptr<detail::LossBuffer> loss_buffer_;
+  std::shared_ptr<detail::AttentionStep> inference_step_;
 };
 TORCH_MODULE(AttentionDecoder);
 
@@ -157,12 +167,15 @@ TORCH_MODULE(AttentionDecoder);
 /// (B, P, C). The decoder is shared, not copied.
 class AttentionStepper : public StepDecoder {
  public:
-  explicit AttentionStepper(AttentionDecoder decoder) : decoder_(std::move(decoder)) {}
+  explicit AttentionStepper(AttentionDecoder decoder,
+                            DecodeWeights weights = DecodeWeights::kFloat32)
+      : decoder_(std::move(decoder)), weights_(weights) {}
   StepStart start(const at::Tensor& features) const override;
   at::Tensor step(const at::Tensor& tokens, DecodeState& state) const override;
 
  private:
   AttentionDecoder decoder_;
+  DecodeWeights weights_;
 };
 
 }  // namespace imcap

@@ -304,8 +304,13 @@ Json environment() {
     std::string path;
     if (::dladdr(reinterpret_cast<void*>(config), &info) != 0 && info.dli_fname != nullptr)
       path = info.dli_fname;
-    env["openblas"] = {
-        {"path", path}, {"config", config()}, {"corename", corename()}, {"num_threads", threads()}};
+    // Set by the user or by the CLI's restart (cli/blas_core.hpp).
+    const char* core_type = std::getenv("OPENBLAS_CORETYPE");
+    env["openblas"] = {{"path", path},
+                       {"config", config()},
+                       {"corename", corename()},
+                       {"num_threads", threads()},
+                       {"OPENBLAS_CORETYPE", core_type != nullptr ? Json(core_type) : Json()}};
   }
   return env;
 }

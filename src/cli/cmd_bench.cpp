@@ -4,6 +4,7 @@
 // docs/performance.md.
 #include <algorithm>
 #include <chrono>
+#include <cstdlib>
 #include <functional>
 #include <iostream>
 #include <memory>
@@ -18,6 +19,7 @@
 
 #include "cli/bench_attention.hpp"
 #include "cli/bench_support.hpp"
+#include "cli/blas_core.hpp"
 #include "cli/cli_common.hpp"
 #include "cli/commands.hpp"
 #include "cli/train_defaults.hpp"
@@ -569,9 +571,12 @@ void run_bench(BenchArgs a) {
   env["threads_flag"] = a.threads;
   env["blas_threads_flag"] = a.blas_threads;
   env["quick"] = a.quick;
-  note("imcap {}, LibTorch {}, torch threads {}, OpenBLAS threads {}",
+  const std::string core = blas_core();
+  const char* core_type = std::getenv("OPENBLAS_CORETYPE");
+  note("imcap {}, LibTorch {}, torch threads {}, OpenBLAS threads {}, OpenBLAS kernels {}{}",
        env["imcap"].get<std::string>(), env["torch"].get<std::string>(), torch::get_num_threads(),
-       blas_threads());
+       blas_threads(), core.empty() ? "(not OpenBLAS)" : core,
+       core_type != nullptr ? fmt::format(" (OPENBLAS_CORETYPE={})", core_type) : "");
 
   const auto t0 = std::chrono::steady_clock::now();
   const std::string tmp = bench::make_temp_dir("imcap-bench-");

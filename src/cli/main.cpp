@@ -3,16 +3,24 @@
 #include <cstdio>
 #include <exception>
 #include <iostream>
+#include <set>
+#include <string>
 
 #include <c10/util/Exception.h>
 #include <CLI/CLI.hpp>
 
+#include "cli/blas_core.hpp"
 #include "cli/cli_common.hpp"
 #include "cli/commands.hpp"
 #include "imcap/error.hpp"
 #include "imcap/version.hpp"
 
 int main(int argc, char** argv) {
+  // The commands that spend their time in matrix products start again with OpenBLAS kernels
+  // that fit the CPU where the loaded OpenBLAS does not know it (cli/blas_core.hpp).
+  static const std::set<std::string> computing = {"train",    "demo",  "caption", "predict",
+                                                  "features", "bench", "serve"};
+  if (argc > 1 && computing.count(argv[1]) > 0) imcap::cli::restart_with_fitting_blas_core(argv);
   CLI::App app{"imcap: image captioning with a CNN encoder and an LSTM decoder", "imcap"};
   app.set_version_flag("--version", imcap::kVersion);
   app.require_subcommand(1);

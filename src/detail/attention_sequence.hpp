@@ -4,6 +4,7 @@
 
 #include <torch/torch.h>
 
+#include <cstdint>
 #include <utility>
 
 namespace imcap::detail {
@@ -15,6 +16,25 @@ struct AttentionSequenceWeights {
   torch::Tensor f_beta_weight, f_beta_bias;            // (C, H), (C)
   torch::Tensor w_ih, w_hh, b_ih, b_hh;                // decode_step: (4H, E + C), (4H, H), (4H)
 };
+
+/// The sizes of one step's rows and the layout of the stacked projection of h (hp): per row,
+/// W_hh's gates (4H), then decoder_att (A), then f_beta (C).
+struct AttentionSizes {
+  int64_t batch, cells, enc, att, gates;
+  int64_t wide() const { return gates + att + enc; }
+};
+
+/// One step's attention for rows [b0, b1) of float32 buffers, without allocating: from hp
+/// (B, wide), the stacked projection of h_{t-1} (biases included), the grid (B, P, C),
+/// grid_att = encoder_att(grid) (B, P, A) and the gate sigmoid(f_beta(h)) (B, C), writes
+/// alpha = softmax_p(full_att(z)) (B, P) with z = relu(grid_att + decoder_att(h)), the context
+/// alpha grid (B, C) and the gated context (B, C); and z itself (B, P, A) unless z is null
+/// (inference, where no backward reads it). w_fa (A) and b_fa are full_att's. Training's
+/// sequence and the searches' step share it, so both compute the same sums in the same order;
+/// with AVX2 and FMA where the CPU has them.
+void attend_rows(const AttentionSizes& s, int64_t b0, int64_t b1, const float* hp,
+                 const float* grid, const float* grid_att, const float* w_fa, float b_fa,
+                 const float* gate, float* z, float* alpha, float* ctx, float* gated);
 
 /// Whether attention_sequence() takes these inputs: every tensor float32 on the CPU.
 bool attention_sequence_supported(const torch::Tensor& grid, const torch::Tensor& words,

@@ -6,6 +6,7 @@
 #include "detail/compressed_projection.hpp"
 #include "detail/huge_pages.hpp"
 #include "detail/lstm_sequence.hpp"
+#include "detail/parallel.hpp"
 
 namespace imcap::detail {
 
@@ -20,6 +21,16 @@ torch::Tensor step_affine(const torch::Tensor& x, const torch::Tensor& w, const 
     // Many rows: one general product per thread on its part of them (OpenBLAS itself runs
     // single-threaded under Torch's threads, see split_rows).
     torch::Tensor out = at::empty({x.size(0), w.size(0)}, x.options());
+    if (w.size(0) >= x.size(0)) {
+      // More outputs than rows: each thread its share of w's rows, so that each packs only its
+      // share of the weights (gemm packs all of w for every call).
+      const torch::Tensor wt = w.t();
+      split_rows(w.size(0), [&](int64_t r0, int64_t r1) {
+        torch::Tensor part = out.slice(1, r0, r1);
+        at::addmm_out(part, b.slice(0, r0, r1), x, wt.slice(1, r0, r1));
+      });
+      return out;
+    }
     mm_rows(out, x, w.t(), b);
     return out;
   }
