@@ -15,7 +15,7 @@ import statistics
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from bench_common import run  # noqa: E402
+from bench_common import run, same_blas_kernels  # noqa: E402
 
 FIGURES = [("attention_greedy_ms", "batch1"), ("attention_greedy_ms", "batch128"),
            ("attention_train_step_ms", None)]
@@ -41,6 +41,7 @@ def main():
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--out-dir", default="/tmp/imcap-attention-side-by-side")
     a = ap.parse_args()
+    same_blas_kernels()
     os.makedirs(a.out_dir, exist_ok=True)
     quick = ["--quick"] if a.quick else []
     here = os.path.dirname(os.path.abspath(__file__))

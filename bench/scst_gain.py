@@ -23,7 +23,7 @@ import shutil
 import sys
 import time
 
-from bench_common import run
+from bench_common import run, same_blas_kernels
 
 VARIANTS = {
     "mean": [],
@@ -55,6 +55,7 @@ def main():
                     help="keep the xe1 and xe-only runs of an earlier call with the same --out-dir "
                          "(to add variants)")
     a = ap.parse_args()
+    same_blas_kernels()
     imcap = os.path.abspath(a.imcap)
     os.makedirs(a.out_dir, exist_ok=True)
     rest = a.seconds * a.share

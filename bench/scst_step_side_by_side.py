@@ -41,9 +41,10 @@ import struct
 import sys
 import time
 
-from bench_common import run
+from bench_common import run, same_blas_kernels
 
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")  # before torch loads OpenBLAS
+same_blas_kernels()  # likewise
 import numpy as np
 import torch
 import torch.nn as nn

@@ -106,6 +106,9 @@ def main():
     p.add_argument("--imcap-args", default="", help="more options for imcap serve")
     p.add_argument("--out")
     a = p.parse_args()
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+    from bench_common import same_blas_kernels
+    same_blas_kernels()
     levels = [int(c) for c in a.concurrency.split(",")]
     work = tempfile.mkdtemp(prefix="imcap-serve-bench-")
     subprocess.run([a.imcap, "synth", "--out", os.path.join(work, "data"), "--train", "64",

@@ -63,6 +63,9 @@ def main():
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--out-dir", default="/tmp/imcap-side-by-side")
     a = ap.parse_args()
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+    from bench_common import same_blas_kernels
+    same_blas_kernels()
     os.makedirs(a.out_dir, exist_ok=True)
     quick = ["--quick"] if a.quick else []
     configs = [("PyTorch default", [sys.executable, a.baseline] + quick),

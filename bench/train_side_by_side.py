@@ -58,6 +58,9 @@ def main():
     ap.add_argument("--skip-expert", action="store_true")
     ap.add_argument("--out-dir", default="train-side-by-side")
     a = ap.parse_args()
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+    from bench_common import same_blas_kernels
+    same_blas_kernels()
     imcap = os.path.abspath(a.imcap)
     os.makedirs(a.out_dir, exist_ok=True)
     rows = []

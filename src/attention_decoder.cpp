@@ -1,5 +1,6 @@
 #include "imcap/attention_decoder.hpp"
 
+#include <algorithm>
 #include <cmath>
 #include <tuple>
 #include <utility>
@@ -171,12 +172,22 @@ torch::Tensor AttentionDecoderImpl::loss(const torch::Tensor& grid, const torch:
   auto [hidden, alphas] = hidden_states(grid, captions, lengths);
   torch::Tensor loss = projected(hidden, targets(captions, lengths), {});
   if (options_.attention_reg > 0) {
-    // Σ_t α over the valid steps only: each pixel should be looked at about once in all.
+    // Σ_t α over the valid steps only: each position should be looked at about once in all.
+    // A caption of T words spends T units of attention over P positions, so where T > P
+    // (small grids) the target is T / P: the penalty weighs coverage relative to
+    // τ = max(1, T / P), which is sgrvinod's (1 - Σ_t α)² wherever T <= P.
+    const int64_t steps = alphas.size(1), cells = alphas.size(2);
     torch::Tensor looked = alphas;
-    if (lengths.defined())
-      looked = alphas * length_mask(lengths - 1, alphas.size(1)).unsqueeze(2).to(alphas.dtype());
-    loss =
-        loss + options_.attention_reg * penalty_scale * (1.0 - looked.sum(/*dim=*/1)).pow(2).mean();
+    torch::Tensor tau;
+    if (lengths.defined()) {
+      looked = alphas * length_mask(lengths - 1, steps).unsqueeze(2).to(alphas.dtype());
+      tau = ((lengths - 1).to(alphas.options()) / static_cast<double>(cells)).clamp_min(1.0);
+    } else {
+      tau = torch::full({alphas.size(0)}, std::max(1.0, static_cast<double>(steps) / cells),
+                        alphas.options());
+    }
+    const torch::Tensor coverage = looked.sum(/*dim=*/1) / tau.unsqueeze(1);  // (B, P)
+    loss = loss + options_.attention_reg * penalty_scale * (1.0 - coverage).pow(2).mean();
   }
   return loss;
 }

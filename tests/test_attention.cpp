@@ -297,6 +297,26 @@ TEST_CASE("attention decoder loss: values and gradients of the plain formula",
     CHECK(max_abs_error(p.value().grad(), want.at(p.key())) < 1e-5);
   }
 
+  // A grid smaller than the captions (P = 2 < T): coverage relative to τ = max(1, T / P).
+  {
+    const Batch small = random_batch(4, 2, 6, 22);
+    const torch::Tensor ok = valid_steps(small.lengths, steps);
+    const imcap::AttentionOutput o = decoder->forward(small.grid, small.captions, small.lengths);
+    const torch::Tensor t = small.captions.slice(1, 1);
+    const torch::Tensor cross =
+        torch::nn::functional::cross_entropy(o.logits.index({ok}), t.index({ok}));
+    const torch::Tensor tau = ((small.lengths - 1).to(torch::kFloat) / 2.0).clamp_min(1.0);
+    const torch::Tensor cover =
+        (o.alphas * ok.unsqueeze(2).to(torch::kFloat)).sum(1) / tau.unsqueeze(1);
+    const double want = (cross + 0.7 * (1.0 - cover).pow(2).mean()).item<double>();
+    const double sgrvinod =
+        (cross + 0.7 * (1.0 - (o.alphas * ok.unsqueeze(2).to(torch::kFloat)).sum(1)).pow(2).mean())
+            .item<double>();
+    REQUIRE(std::abs(want - sgrvinod) > 1e-3);  // the two formulas differ here
+    CHECK(decoder->loss(small.grid, small.captions, small.lengths).item<double>() ==
+          Approx(want).epsilon(1e-6));
+  }
+
   // weighted_loss: Σ_b w_b · (-log p(caption b)), no penalty.
   torch::NoGradGuard no_grad;
   const torch::Tensor w = torch::tensor({0.5f, -1.0f, 2.0f, 0.0f});

@@ -51,8 +51,10 @@ struct AttentionDecoderOptions {
   int64_t attention_dim = 512;
   /// Dropout on h before `fc`, in [0, 1). Default 0.5.
   double dropout = 0.5;
-  /// λ of the doubly stochastic regularisation, λ · mean over images and pixels of
-  /// (1 - Σ_t α_tp)², added by loss(); >= 0, 0 turns it off. Default 1.
+  /// λ of the doubly stochastic regularisation, λ · mean over images and positions of
+  /// (1 - Σ_t α_tp / τ)² with τ = max(1, T / P) for a caption of T words over P positions
+  /// (sgrvinod's (1 - Σ_t α_tp)² wherever T <= P), added by loss(); >= 0, 0 turns it off.
+  /// Default 1.
   double attention_reg = 1.0;
   /// Id of `<start>`, the input of the first step (CaptionModel sets it from the vocabulary).
   /// Default 1, the notebooks' vocabulary.
@@ -105,10 +107,10 @@ struct AttentionDecoderImpl : torch::nn::Module {
   AttentionOutput forward(const torch::Tensor& grid, const torch::Tensor& captions,
                           const torch::Tensor& lengths = {});
   /// The training loss: the mean cross-entropy over the targets (the fused projection and
-  /// cross-entropy of Decoder::loss), plus attention_reg · mean_{b,p} (1 - Σ_t α_btp)² over the
-  /// valid steps, that penalty multiplied by `penalty_scale` (data-parallel training weighs the
-  /// ranks' cross-entropy by their share of the targets, their penalty by their share of the
-  /// captions).
+  /// cross-entropy of Decoder::loss), plus attention_reg · mean_{b,p} (1 - Σ_t α_btp / τ_b)² over
+  /// the valid steps (τ_b = max(1, T_b / P): AttentionDecoderOptions::attention_reg), that
+  /// penalty multiplied by `penalty_scale` (data-parallel training weighs the ranks'
+  /// cross-entropy by their share of the targets, their penalty by their share of the captions).
   torch::Tensor loss(const torch::Tensor& grid, const torch::Tensor& captions,
                      const torch::Tensor& lengths = {}, double penalty_scale = 1.0);
   /// Sum over b of weights[b] * -log p(captions[b, 1 .. lengths[b]) | grid[b]), teacher forced

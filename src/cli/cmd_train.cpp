@@ -399,7 +399,7 @@ void add_train_command(CLI::App& app) {
       ->check(CLI::Range(0, 64));
   cmd->add_option("--attention-reg", a->model.attention.attention_reg,
                   "attention: weight of the doubly stochastic penalty (each position looked at "
-                  "about once per caption; 0: off)")
+                  "about once per caption, max(1, words/positions) times on small grids; 0: off)")
       ->capture_default_str()
       ->check(finite_range(0.0, 1e6));
   cmd->add_option("--num-layers", a->model.decoder.num_layers, "LSTM layers")
