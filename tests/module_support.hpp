@@ -5,12 +5,15 @@
 #include "catch.hpp"
 
 #include <algorithm>
+#include <cmath>
 #include <map>
 #include <string>
 #include <utility>
 #include <vector>
 
+#include "imcap/decoder.hpp"
 #include "imcap/encoder.hpp"
+#include "imcap/search.hpp"
 #include "imcap/weights.hpp"
 #include "support.hpp"
 
@@ -117,6 +120,32 @@ inline void check_resnet_parity(const std::string& arch, int batch, int size) {
   INFO(arch);
   CHECK(pooled_error < 1e-4);
   CHECK(logits_error < 1e-4);
+}
+
+/// Greedy search keeps float32's words with bfloat16 and int8 decode weights: `stepper(weights)`
+/// makes the StepDecoder (DecoderStepper, AttentionStepper) for `features`; the same tokens,
+/// log-probabilities within 1e-2.
+template <typename MakeStepper>
+void check_decode_weights_keep_greedy_words(const MakeStepper& stepper,
+                                            const torch::Tensor& features) {
+  SearchOptions search;
+  search.beam_size = 1;
+  search.max_length = 12;
+  search.forbid_unk = true;
+  search.min_length = 2;
+  SpecialTokens special;
+  special.end = 2;
+  special.unk = 3;
+  const auto reference = greedy_search(stepper(DecodeWeights::kFloat32), features, search, special);
+  for (const auto weights : {DecodeWeights::kBFloat16, DecodeWeights::kInt8}) {
+    INFO(to_string(weights));
+    const auto got = greedy_search(stepper(weights), features, search, special);
+    REQUIRE(got.size() == reference.size());
+    for (std::size_t i = 0; i < got.size(); ++i) {
+      CHECK(got[i].tokens == reference[i].tokens);
+      CHECK(std::abs(got[i].log_prob - reference[i].log_prob) < 1e-2);
+    }
+  }
 }
 
 }  // namespace imcap::test::modules

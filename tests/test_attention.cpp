@@ -187,28 +187,10 @@ TEST_CASE("attention decoder's inference steps equal its layers', with any decod
   }
   compare(5, 60);
 
-  imcap::SearchOptions search;
-  search.beam_size = 1;
-  search.max_length = 10;
-  search.forbid_unk = true;
-  search.min_length = 2;
-  imcap::SpecialTokens special;
-  special.end = 2;
-  special.unk = 3;
   torch::NoGradGuard no_grad;
-  const torch::Tensor grids = torch::randn({4, 9, o.encoder_dim});
-  const auto reference =
-      imcap::greedy_search(imcap::AttentionStepper(decoder), grids, search, special);
-  for (const auto weights : {imcap::DecodeWeights::kBFloat16, imcap::DecodeWeights::kInt8}) {
-    INFO(imcap::to_string(weights));
-    const auto got =
-        imcap::greedy_search(imcap::AttentionStepper(decoder, weights), grids, search, special);
-    REQUIRE(got.size() == reference.size());
-    for (std::size_t i = 0; i < got.size(); ++i) {
-      CHECK(got[i].tokens == reference[i].tokens);
-      CHECK(std::abs(got[i].log_prob - reference[i].log_prob) < 1e-2);
-    }
-  }
+  check_decode_weights_keep_greedy_words(
+      [&](imcap::DecodeWeights w) { return imcap::AttentionStepper(decoder, w); },
+      torch::randn({4, 9, o.encoder_dim}));
   at::set_num_threads(threads);
 }
 

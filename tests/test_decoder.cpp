@@ -347,27 +347,9 @@ TEST_CASE("compressed decode weights keep each row's best scores exact and bound
 
 TEST_CASE("greedy search chooses float32's words with compressed decode weights", "[models]") {
   imcap::Decoder decoder = eval_decoder(/*vocab=*/500, /*embed=*/16, /*hidden=*/64, /*seed=*/23);
-  imcap::SearchOptions search;
-  search.beam_size = 1;
-  search.max_length = 12;
-  search.forbid_unk = true;
-  search.min_length = 2;
-  imcap::SpecialTokens special;
-  special.end = 2;
-  special.unk = 3;
-  const torch::Tensor features = torch::randn({6, 16});
-  const auto reference =
-      imcap::greedy_search(imcap::DecoderStepper(decoder), features, search, special);
-  for (const auto weights : {imcap::DecodeWeights::kBFloat16, imcap::DecodeWeights::kInt8}) {
-    INFO(imcap::to_string(weights));
-    const auto got =
-        imcap::greedy_search(imcap::DecoderStepper(decoder, weights), features, search, special);
-    REQUIRE(got.size() == reference.size());
-    for (std::size_t i = 0; i < got.size(); ++i) {
-      CHECK(got[i].tokens == reference[i].tokens);
-      CHECK(std::abs(got[i].log_prob - reference[i].log_prob) < 1e-2);
-    }
-  }
+  check_decode_weights_keep_greedy_words(
+      [&](imcap::DecodeWeights w) { return imcap::DecoderStepper(decoder, w); },
+      torch::randn({6, 16}));
 }
 
 TEST_CASE("Decoder::loss on CUDA equals the CPU's, value and gradients", "[models][cuda]") {

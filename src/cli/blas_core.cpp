@@ -1,5 +1,7 @@
 #include "cli/blas_core.hpp"
 
+#include "detail/cpu_features.hpp"
+
 #include <dlfcn.h>
 #include <unistd.h>
 
@@ -21,12 +23,13 @@ std::string fitting_blas_core() {
   const std::string core = blas_core();
   // OpenBLAS names its cores in any case ("Prescott", "prescott") depending on the version.
   if (core != "Prescott" && core != "prescott") return {};
-  __builtin_cpu_init();
-  if (!__builtin_cpu_supports("avx2") || !__builtin_cpu_supports("fma")) return {};
+  if (!detail::have_avx2_fma()) return {};
+#ifdef IMCAP_X86_KERNELS
   if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512cd") &&
       __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512dq") &&
       __builtin_cpu_supports("avx512vl"))
     return "SkylakeX";
+#endif
   return "Haswell";
 }
 

@@ -4,7 +4,6 @@
 // docs/performance.md.
 #include <algorithm>
 #include <chrono>
-#include <cstdlib>
 #include <functional>
 #include <iostream>
 #include <memory>
@@ -19,7 +18,6 @@
 
 #include "cli/bench_attention.hpp"
 #include "cli/bench_support.hpp"
-#include "cli/blas_core.hpp"
 #include "cli/cli_common.hpp"
 #include "cli/commands.hpp"
 #include "cli/train_defaults.hpp"
@@ -571,12 +569,13 @@ void run_bench(BenchArgs a) {
   env["threads_flag"] = a.threads;
   env["blas_threads_flag"] = a.blas_threads;
   env["quick"] = a.quick;
-  const std::string core = blas_core();
-  const char* core_type = std::getenv("OPENBLAS_CORETYPE");
+  const Json blas = env["openblas"];
   note("imcap {}, LibTorch {}, torch threads {}, OpenBLAS threads {}, OpenBLAS kernels {}{}",
        env["imcap"].get<std::string>(), env["torch"].get<std::string>(), torch::get_num_threads(),
-       blas_threads(), core.empty() ? "(not OpenBLAS)" : core,
-       core_type != nullptr ? fmt::format(" (OPENBLAS_CORETYPE={})", core_type) : "");
+       blas_threads(), blas.is_object() ? blas["corename"].get<std::string>() : "(not OpenBLAS)",
+       blas.is_object() && blas["OPENBLAS_CORETYPE"].is_string()
+           ? fmt::format(" (OPENBLAS_CORETYPE={})", blas["OPENBLAS_CORETYPE"].get<std::string>())
+           : "");
 
   const auto t0 = std::chrono::steady_clock::now();
   const std::string tmp = bench::make_temp_dir("imcap-bench-");

@@ -6,20 +6,13 @@
 #include <cmath>
 #include <vector>
 
+#include "detail/cpu_features.hpp"
 #include "detail/lstm_sequence.hpp"
 #include "detail/parallel.hpp"
 
 namespace imcap::detail {
 
 namespace {
-
-#if (defined(__x86_64__) || defined(__i386__)) && (defined(__GNUC__) || defined(__clang__))
-#define IMCAP_X86_KERNELS 1
-bool have_avx2() {
-  static const bool yes = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
-  return yes;
-}
-#endif
 
 // attend_rows' loops, compiled once for the baseline and once with AVX2 and FMA (below). The
 // sums over A and C run in SIMD lanes, in an order fixed by the build: the same inputs give the
@@ -85,7 +78,7 @@ void attend_rows(const AttentionSizes& s, int64_t b0, int64_t b1, const float* h
                  const float* grid, const float* grid_att, const float* w_fa, float b_fa,
                  const float* gate, float* z, float* alpha, float* ctx, float* gated) {
 #ifdef IMCAP_X86_KERNELS
-  if (have_avx2()) {
+  if (have_avx2_fma()) {
     attend_rows_avx2(s, b0, b1, hp, grid, grid_att, w_fa, b_fa, gate, z, alpha, ctx, gated);
     return;
   }
@@ -163,7 +156,7 @@ void attend_backward_rows(const AttentionSizes& s, int64_t b0, int64_t b1, const
                           const float* z, const float* alpha, const float* ctx, const float* gate,
                           float* d_ctx, float* d_e, float* d_hp, float* d_grid_att) {
 #ifdef IMCAP_X86_KERNELS
-  if (have_avx2()) {
+  if (have_avx2_fma()) {
     attend_backward_avx2(s, b0, b1, d_gated, d_alpha, grid, w_fa, z, alpha, ctx, gate, d_ctx, d_e,
                          d_hp, d_grid_att);
     return;

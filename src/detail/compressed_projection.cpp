@@ -12,9 +12,10 @@
 #include <cstring>
 #include <limits>
 
-#if (defined(__x86_64__) || defined(__i386__)) && (defined(__GNUC__) || defined(__clang__))
+#include "detail/cpu_features.hpp"
+
+#ifdef IMCAP_X86_KERNELS
 #include <immintrin.h>
-#define IMCAP_X86_KERNELS 1
 #endif
 
 namespace imcap::detail {
@@ -98,11 +99,6 @@ float dot_scalar(const T* w, const float* x, int64_t k) {
 // wait on the last-level cache (docs/performance.md#decoding-memory).
 constexpr std::uintptr_t kPrefetchBytes = 16384;
 
-bool have_avx2() {
-  static const bool yes = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
-  return yes;
-}
-
 // Four independent accumulators of eight lanes hide the FMA latency.
 template <typename Weights, typename T>
 __attribute__((target("avx2,fma"))) float dot_avx2(const T* w, const float* x, int64_t k) {
@@ -132,7 +128,7 @@ __attribute__((target("avx2,fma"))) float dot_avx2(const T* w, const float* x, i
 template <typename Weights, typename T>
 float dot(const T* w, const float* x, int64_t k) {
 #ifdef IMCAP_X86_KERNELS
-  if (have_avx2()) return dot_avx2<Weights>(w, x, k);
+  if (have_avx2_fma()) return dot_avx2<Weights>(w, x, k);
 #endif
   return dot_scalar<Weights>(w, x, k);
 }
