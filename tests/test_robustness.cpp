@@ -631,7 +631,7 @@ TEST_CASE(
   std::mt19937 rng(2026);
   int kills = 0, during_write = 0;
   std::size_t last_step = 0;
-  const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(40);
+  const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(60);
   for (int round = 0; round < 8 && std::chrono::steady_clock::now() < deadline; ++round) {
     auto run_args = args;
     if (imcap::detail::path_exists(out + "/last.imcap")) run_args.push_back("--resume");
@@ -642,32 +642,45 @@ TEST_CASE(
         if (std::find(stale.begin(), stale.end(), name) == stale.end()) return true;
       return false;
     };
+    // The checkpoint on disk before this round: an even round's clock starts when it is replaced.
+    const auto checkpoint_id = [&] {
+      struct ::stat st {};
+      if (::stat((out + "/last.imcap").c_str(), &st) != 0) return std::pair<ino_t, long>{0, 0};
+      return std::pair<ino_t, long>{st.st_ino, static_cast<long>(st.st_mtim.tv_nsec)};
+    };
+    const auto before = checkpoint_id();
     Child c = spawn_cli(run_args, d.tmp.file("log" + std::to_string(round)));
     // Odd rounds wait for a checkpoint write to begin, then kill within 0-5 ms of it (a write
-    // can finish in well under 100 ms); even rounds kill at a random moment 0.5-4 s after the
-    // start.
+    // can finish in well under 100 ms). Even rounds wait until this round has written a
+    // checkpoint, then kill at a random moment 0-2 s later: in a step, in validation, in the next
+    // write. (Counting from the start instead let a slow machine kill every round before its
+    // first checkpoint, so no round ever made progress.)
     const bool at_write = round % 2 == 1;
+    const int delay_ms = std::uniform_int_distribution<>(0, 2000)(rng);
     const auto start = std::chrono::steady_clock::now();
-    const auto limit =
-        start + std::chrono::milliseconds(
-                    at_write ? 15000 : std::uniform_int_distribution<>(500, 4000)(rng));
-    bool exited = false;
+    auto limit = start + std::chrono::seconds(20);
+    bool exited = false, clock_started = false;
     while (std::chrono::steady_clock::now() < limit) {
       if (at_write && writing()) {
         std::this_thread::sleep_for(
             std::chrono::microseconds(std::uniform_int_distribution<>(0, 5000)(rng)));
         break;
       }
+      if (!at_write && !clock_started && checkpoint_id() != before) {
+        clock_started = true;
+        limit = std::chrono::steady_clock::now() + std::chrono::milliseconds(delay_ms);
+      }
       int status = 0;
       if (::waitpid(c.pid, &status, WNOHANG) == c.pid) {
         exited = true;
         break;
       }
-      std::this_thread::sleep_for(std::chrono::milliseconds(at_write ? 1 : 20));
+      std::this_thread::sleep_for(std::chrono::milliseconds(at_write ? 1 : 5));
     }
     INFO("round " << round << ": "
                   << read_text(d.tmp.file("log" + std::to_string(round) + ".err")));
     REQUIRE_FALSE(exited);
+    if (!at_write) REQUIRE(clock_started);  // a round that never wrote a checkpoint in 20 s
     during_write += writing();
     ::kill(c.pid, SIGKILL);
     CHECK(c.wait() == 128 + SIGKILL);
