@@ -81,7 +81,7 @@ AttentionDecoderImpl::AttentionDecoderImpl(const AttentionDecoderOptions& option
         fmt::format("attention decoder start_id: expected an id in [0, {}), got {}",
                     options.vocab_size, options.start_id));
   }
-  const int64_t c = options.encoder_dim, h = options.hidden_size;
+  const int64_t c = grid_channels(), h = options.hidden_size;
   attention = register_module("attention", Attention(c, h, options.attention_dim));
   embedding = register_module("embedding", nn::Embedding(options.vocab_size, options.embed_size));
   dropout = register_module("dropout", nn::Dropout(options.dropout));
@@ -104,6 +104,31 @@ void AttentionDecoderImpl::check_grid(const torch::Tensor& grid) const {
                        fmt::format("float features (B, P, {})", options_.encoder_dim), grid);
 }
 
+int64_t AttentionDecoderImpl::grid_channels() const {
+  return options_.encoder_dim + (options_.grid_positions ? 2 : 0);
+}
+
+torch::Tensor AttentionDecoderImpl::with_positions(const torch::Tensor& grid) const {
+  if (!options_.grid_positions) return grid;
+  const int64_t cells = grid.size(1);
+  const auto side = static_cast<int64_t>(std::llround(std::sqrt(static_cast<double>(cells))));
+  if (side * side != cells)
+    throw InvalidArgument(fmt::format(
+        "attention decoder grid: grid_positions needs a square map of S x S positions, got "
+        "P = {}",
+        cells));
+  // Position p = i * S + j of the flattened map is row i (y) and column j (x).
+  const torch::Tensor axis =
+      side == 1 ? torch::zeros({1}) : torch::linspace(-1.0, 1.0, side, torch::kFloat);
+  const torch::Tensor xy =
+      torch::stack({axis.view({1, side}).expand({side, side}),
+                    axis.view({side, 1}).expand({side, side})},
+                   /*dim=*/2)
+          .reshape({1, cells, 2})
+          .to(grid.options().requires_grad(false));
+  return torch::cat({grid, xy.expand({grid.size(0), cells, 2})}, /*dim=*/2);
+}
+
 std::pair<torch::Tensor, torch::Tensor> AttentionDecoderImpl::hidden_states(
     const torch::Tensor& grid, const torch::Tensor& captions, const torch::Tensor& lengths) {
   check_grid(grid);
@@ -124,15 +149,16 @@ std::pair<torch::Tensor, torch::Tensor> AttentionDecoderImpl::hidden_states(
   DecodeState state = init_state(grid);
   torch::Tensor h = state.tensors[kH], c = state.tensors[kC];
   const torch::Tensor& grid_att = state.tensors[kGridAtt];
+  const torch::Tensor& grid_in = state.tensors[kGrid];  // with its positions, if asked for
   const detail::AttentionSequenceWeights w = recurrence_weights();
-  if (detail::attention_sequence_supported(grid, words, w))
-    return detail::attention_sequence(grid, grid_att, words, h, c, w);
+  if (detail::attention_sequence_supported(grid_in, words, w))
+    return detail::attention_sequence(grid_in, grid_att, words, h, c, w);
   // Elsewhere (a GPU, other types), the loop of sgrvinod's forward.
   std::vector<torch::Tensor> hs, alphas;
   hs.reserve(steps);
   alphas.reserve(steps);
   for (int64_t t = 0; t < steps; ++t) {
-    auto [attended, alpha] = attention->attend(grid, grid_att, h);
+    auto [attended, alpha] = attention->attend(grid_in, grid_att, h);
     const torch::Tensor gate = torch::sigmoid(f_beta(h));
     std::tie(h, c) = decode_step(torch::cat({words.select(1, t), gate * attended}, /*dim=*/1),
                                  std::make_tuple(h, c));
@@ -202,8 +228,9 @@ torch::Tensor AttentionDecoderImpl::weighted_loss(const torch::Tensor& grid,
   return projected(hidden, targets(captions, lengths), row_weights);
 }
 
-DecodeState AttentionDecoderImpl::init_state(const torch::Tensor& grid) {
-  check_grid(grid);
+DecodeState AttentionDecoderImpl::init_state(const torch::Tensor& raw_grid) {
+  check_grid(raw_grid);
+  const torch::Tensor grid = with_positions(raw_grid);
   const torch::Tensor mean = grid.mean(/*dim=*/1);
   DecodeState state;
   state.add(init_h(mean), /*row_dim=*/0);
@@ -260,11 +287,11 @@ void AttentionDecoderImpl::check_state(const DecodeState& state) const {
                        fmt::format("h and c of shape [N, {}]", options_.hidden_size), h);
   detail::check_tensor(
       grid.defined() && grid.dim() == 3 && grid.size(0) == h.size(0) &&
-          grid.size(2) == options_.encoder_dim && state.tensors[kGridAtt].defined() &&
+          grid.size(2) == grid_channels() && state.tensors[kGridAtt].defined() &&
           state.tensors[kGridAtt].dim() == 3 && state.tensors[kGridAtt].size(1) == grid.size(1),
       "attention decoder state grid",
       fmt::format("a grid of shape [{}, P, {}] and its projection", h.size(0),
-                  options_.encoder_dim),
+                  grid_channels()),
       grid);
 }
 

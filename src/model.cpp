@@ -106,6 +106,7 @@ std::string model_config_to_json(const ModelConfig& c) {
                     {"attention_dim", a.attention_dim},
                     {"dropout", a.dropout},
                     {"attention_reg", a.attention_reg},
+                    {"grid_positions", a.grid_positions},
                     {"start_id", a.start_id},
                     {"grid", c.grid}};
   } else {
@@ -174,6 +175,9 @@ ModelConfig model_config_from_json(const std::string& text, const std::string& n
     a.dropout = get_key<double>(dec, "decoder", "dropout", name);
     a.attention_reg = get_key<double>(dec, "decoder", "attention_reg", name);
     a.start_id = get_key<std::int64_t>(dec, "decoder", "start_id", name);
+    // Files written before the option have no key: sgrvinod's decoder.
+    if (dec.contains("grid_positions"))
+      a.grid_positions = get_key<bool>(dec, "decoder", "grid_positions", name);
     c.grid = get_key<std::int64_t>(dec, "decoder", "grid", name);
     if (c.encoder.embed_size != 0) bad("encoder.embed_size", c.encoder.embed_size);
     size("decoder.vocab_size", a.vocab_size, 1 << 24);
@@ -423,7 +427,7 @@ CaptionModel CaptionModel::load(const std::string& path, const torch::Device& de
     const auto& a = config.attention;
     needed = a.vocab_size * (a.embed_size + a.hidden_size) +
              4 * a.hidden_size * (a.embed_size + a.encoder_dim + a.hidden_size) +
-             a.encoder_dim * (a.attention_dim + 3 * a.hidden_size);
+             a.encoder_dim * (a.attention_dim + 3 * a.hidden_size);  // a lower bound either way
   } else {
     const auto& d = config.decoder;
     needed = d.vocab_size * d.embed_size + d.vocab_size * d.hidden_size +

@@ -367,6 +367,70 @@ TEST_CASE("attention decoder rejects bad options and inputs, naming them", "[mod
   CHECK_THROWS_WITH(decoder->step(torch::tensor({1, 2}), broken), Contains("5 tensors"));
 }
 
+TEST_CASE(
+    "grid_positions: the decoder knows where it looked, where sgrvinod's is blind to the order "
+    "of the positions",
+    "[models][attention]") {
+  using Catch::Contains;
+  const Batch b = random_batch(3, 9, 6, 11);  // a 3 x 3 map
+  const torch::Tensor reversed = b.grid.flip({1});
+  torch::NoGradGuard no_grad;
+  torch::manual_seed(5);
+  imcap::AttentionDecoder blind(small_options());
+  blind->eval();
+  CHECK(torch::allclose(blind->forward(b.grid, b.captions, b.lengths).logits,
+                        blind->forward(reversed, b.captions, b.lengths).logits, 1e-4, 1e-5));
+
+  auto o = small_options();
+  o.grid_positions = true;
+  imcap::AttentionDecoder sighted(o);
+  sighted->eval();
+  CHECK(sighted->grid_channels() == 26);
+  CHECK(sighted->attention->encoder_att->weight.sizes() == torch::IntArrayRef({10, 26}));
+  CHECK(sighted->decode_step->weight_ih.sizes() == torch::IntArrayRef({64, 12 + 26}));
+  CHECK(sighted->f_beta->weight.sizes() == torch::IntArrayRef({26, 16}));
+  const torch::Tensor logits = sighted->forward(b.grid, b.captions, b.lengths).logits;
+  CHECK_FALSE(torch::allclose(logits, sighted->forward(reversed, b.captions, b.lengths).logits,
+                              1e-3, 1e-4));
+
+  // It is the plain decoder over 26 channels, fed x and y of position i * 3 + j: -1, 0, 1 by
+  // column j and by row i, in teacher forcing and in the search's steps alike.
+  auto wide = small_options();
+  wide.encoder_dim = 26;
+  imcap::AttentionDecoder plain(wide);
+  plain->eval();
+  const auto source = sighted->named_parameters();
+  for (auto& p : plain->named_parameters()) p.value().copy_(source[p.key()]);
+  const torch::Tensor axis = torch::tensor({-1.0F, 0.0F, 1.0F});
+  const torch::Tensor xy =
+      torch::stack({axis.repeat({3}), axis.repeat_interleave(3)}, 1).expand({3, 9, 2});
+  const torch::Tensor placed = torch::cat({b.grid, xy}, 2);
+  CHECK(torch::allclose(logits, plain->forward(placed, b.captions, b.lengths).logits, 1e-5,
+                        1e-6));
+  CHECK(torch::equal(imcap::greedy_ids(imcap::AttentionStepper(sighted), b.grid, 6),
+                     imcap::greedy_ids(imcap::AttentionStepper(plain), placed, 6)));
+  // One position has nowhere to be: (0, 0).
+  CHECK(sighted->forward(b.grid.slice(1, 0, 1), b.captions).logits.size(1) == 5);
+  CHECK_THROWS_WITH(sighted->forward(b.grid.slice(1, 0, 8), b.captions),
+                    Contains("S x S") && Contains("P = 8"));
+
+  // The model file records it; files written before it was an option load as sgrvinod's.
+  imcap::test::TinyDataset d(4, 2);
+  auto config = imcap::test::tiny_attention_config();
+  config.attention.grid_positions = true;
+  const imcap::CaptionModel model(config, *d.vocab);  // fills in what the vocabulary decides
+  CHECK(model.attention_decoder()->grid_channels() == 514);
+  const std::string text = imcap::model_config_to_json(model.config());
+  CHECK(text.find("\"grid_positions\": true") != std::string::npos);
+  CHECK(imcap::model_config_from_json(text, "m.imcap").attention.grid_positions);
+  auto j = nlohmann::json::parse(text);
+  j["decoder"].erase("grid_positions");
+  CHECK_FALSE(imcap::model_config_from_json(j.dump(), "old.imcap").attention.grid_positions);
+  j["decoder"]["grid_positions"] = "yes";
+  CHECK_THROWS_WITH(imcap::model_config_from_json(j.dump(), "bad.imcap"),
+                    Contains("bad.imcap") && Contains("grid_positions"));
+}
+
 namespace {
 
 // imcap train on a TinyDataset: two steps of a ResNet-18 at 64 px, plus the extra options.
@@ -587,13 +651,16 @@ TEST_CASE("imcap train --decoder attention, then caption", "[attention][cli]") {
   };
   const auto ok =
       train("att", {"--decoder", "attention", "--attention-dim", "8", "--embed-size", "12",
-                    "--hidden-size", "16", "--grid", "1", "--attention-reg", "0.5"});
+                    "--hidden-size", "16", "--grid", "2", "--attention-reg", "0.5",
+                    "--grid-positions"});
   INFO(ok.out << ok.err);
   REQUIRE(ok.exit_code == 0);
-  CHECK(ok.out.find("attention, grid 1x1") != std::string::npos);
+  CHECK(ok.out.find("attention, grid 2x2, with positions") != std::string::npos);
   const auto model = imcap::CaptionModel::load(d.tmp.file("att/last.imcap"));
   REQUIRE(model.decoder_kind() == imcap::DecoderKind::kAttention);
-  CHECK(model.config().grid == 1);
+  CHECK(model.config().grid == 2);
+  CHECK(model.attention_decoder()->options().grid_positions);
+  CHECK(model.attention_decoder()->grid_channels() == 514);
   CHECK(model.attention_decoder()->options().attention_dim == 8);
   CHECK(model.attention_decoder()->options().embed_size == 12);
   CHECK(model.attention_decoder()->options().attention_reg == 0.5);

@@ -56,6 +56,13 @@ struct AttentionDecoderOptions {
   /// (sgrvinod's (1 - Σ_t α_tp)² wherever T <= P), added by loss(); >= 0, 0 turns it off.
   /// Default 1.
   double attention_reg = 1.0;
+  /// Append each position's place in the map, x and y in [-1, 1] (row-major, as the grid is
+  /// flattened from an S x S map), to its C values: the attention, the attended context, the
+  /// gate and the initial state then see C + 2 channels, so that the context says where the
+  /// decoder looked. sgrvinod's decoder (false) is blind to that: permuting the grid's positions
+  /// leaves its outputs unchanged, and a frozen CNN marks positions only through its zero
+  /// padding. Needs a square grid. Default false (sgrvinod's).
+  bool grid_positions = false;
   /// Id of `<start>`, the input of the first step (CaptionModel sets it from the vocabulary).
   /// Default 1, the notebooks' vocabulary.
   int64_t start_id = 1;
@@ -135,10 +142,13 @@ struct AttentionDecoderImpl : torch::nn::Module {
   static const torch::Tensor& attention_weights(const DecodeState& state);
 
   const AttentionDecoderOptions& options() const { return options_; }
+  /// Channels of each position the modules read: encoder_dim, plus 2 with grid_positions.
+  int64_t grid_channels() const;
 
   Attention attention{nullptr};
   torch::nn::Embedding embedding{nullptr};
   torch::nn::Dropout dropout{nullptr};
+  // C below is grid_channels().
   torch::nn::LSTMCell decode_step{nullptr};  ///< LSTMCell(E + C -> H)
   torch::nn::Linear init_h{nullptr};         ///< C -> H
   torch::nn::Linear init_c{nullptr};         ///< C -> H
@@ -147,6 +157,9 @@ struct AttentionDecoderImpl : torch::nn::Module {
 
  private:
   void check_grid(const torch::Tensor& grid) const;
+  // The grid the modules read: `grid` (B, P, encoder_dim), with its positions' x and y
+  // appended under grid_positions.
+  torch::Tensor with_positions(const torch::Tensor& grid) const;
   void check_state(const DecodeState& state) const;
   // The parameters of the recurrence, for the CPU engines (detail/attention_sequence.hpp).
   detail::AttentionSequenceWeights recurrence_weights() const;

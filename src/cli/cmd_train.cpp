@@ -270,8 +270,10 @@ void run_train(const TrainArgs& a) {
         "threads: {}\n",
         to_string(cfg.encoder.arch),
         cfg.decoder_kind == DecoderKind::kAttention
-            ? fmt::format("attention, grid {}", cfg.grid > 0 ? fmt::format("{0}x{0}", cfg.grid)
-                                                             : std::string("as the CNN's map"))
+            ? fmt::format("attention, grid {}{}",
+                          cfg.grid > 0 ? fmt::format("{0}x{0}", cfg.grid)
+                                       : std::string("as the CNN's map"),
+                          cfg.attention.grid_positions ? ", with positions" : "")
             : to_string(cfg.decoder.image_inject),
         train.size(), train.num_images(), model->vocab().size(),
         [&] {
@@ -397,6 +399,9 @@ void add_train_command(CLI::App& app) {
                   "7x7 at 224 px)")
       ->capture_default_str()
       ->check(CLI::Range(0, 64));
+  cmd->add_flag("--grid-positions", a->model.attention.grid_positions,
+                "attention: give each position its x and y as two more channels, so that the "
+                "attended context says where the decoder looked (sgrvinod's decoder does not)");
   cmd->add_option("--attention-reg", a->model.attention.attention_reg,
                   "attention: weight of the doubly stochastic penalty (each position looked at "
                   "about once per caption, max(1, words/positions) times on small grids; 0: off)")
