@@ -15,7 +15,9 @@ The feature caching time is printed beside: both decoders pay it once, before th
   /usr/bin/python3 bench/frozen_cnn_side_by_side.py --imcap build/imcap
       [--kinds relations,positions,counts,glyphs,textures] [--seconds 300] [--image-size 224]
       [--encoder resnet18] [--train 4000] [--val 400] [--size 128] [--grid S]
-      [--pooled-args "..."] [--attention-args "..."] [--out-dir DIR] [--json FILE]
+      [--pooled-args=...] [--attention-args=--grid-positions] [--decoders pooled,attention]
+      [--out-dir DIR] [--json FILE]
+(Give option strings that start with "--" after "=", as argparse requires.)
 Prints a Markdown table: per kind, each decoder's held-out BLEU-4 / CIDEr, captions/s and steps.
 """
 import argparse
