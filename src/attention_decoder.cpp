@@ -120,12 +120,11 @@ torch::Tensor AttentionDecoderImpl::with_positions(const torch::Tensor& grid) co
   // Position p = i * S + j of the flattened map is row i (y) and column j (x).
   const torch::Tensor axis =
       side == 1 ? torch::zeros({1}) : torch::linspace(-1.0, 1.0, side, torch::kFloat);
-  const torch::Tensor xy =
-      torch::stack({axis.view({1, side}).expand({side, side}),
-                    axis.view({side, 1}).expand({side, side})},
-                   /*dim=*/2)
-          .reshape({1, cells, 2})
-          .to(grid.options().requires_grad(false));
+  const torch::Tensor xy = torch::stack({axis.view({1, side}).expand({side, side}),
+                                         axis.view({side, 1}).expand({side, side})},
+                                        /*dim=*/2)
+                               .reshape({1, cells, 2})
+                               .to(grid.options().requires_grad(false));
   return torch::cat({grid, xy.expand({grid.size(0), cells, 2})}, /*dim=*/2);
 }
 
@@ -290,8 +289,7 @@ void AttentionDecoderImpl::check_state(const DecodeState& state) const {
           grid.size(2) == grid_channels() && state.tensors[kGridAtt].defined() &&
           state.tensors[kGridAtt].dim() == 3 && state.tensors[kGridAtt].size(1) == grid.size(1),
       "attention decoder state grid",
-      fmt::format("a grid of shape [{}, P, {}] and its projection", h.size(0),
-                  grid_channels()),
+      fmt::format("a grid of shape [{}, P, {}] and its projection", h.size(0), grid_channels()),
       grid);
 }
 

@@ -405,8 +405,7 @@ TEST_CASE(
   const torch::Tensor xy =
       torch::stack({axis.repeat({3}), axis.repeat_interleave(3)}, 1).expand({3, 9, 2});
   const torch::Tensor placed = torch::cat({b.grid, xy}, 2);
-  CHECK(torch::allclose(logits, plain->forward(placed, b.captions, b.lengths).logits, 1e-5,
-                        1e-6));
+  CHECK(torch::allclose(logits, plain->forward(placed, b.captions, b.lengths).logits, 1e-5, 1e-6));
   CHECK(torch::equal(imcap::greedy_ids(imcap::AttentionStepper(sighted), b.grid, 6),
                      imcap::greedy_ids(imcap::AttentionStepper(plain), placed, 6)));
   // One position has nowhere to be: (0, 0).
@@ -649,10 +648,9 @@ TEST_CASE("imcap train --decoder attention, then caption", "[attention][cli]") {
   auto train = [&](const std::string& out, const std::vector<std::string>& extra) {
     return train_tiny(d, out, extra);
   };
-  const auto ok =
-      train("att", {"--decoder", "attention", "--attention-dim", "8", "--embed-size", "12",
-                    "--hidden-size", "16", "--grid", "2", "--attention-reg", "0.5",
-                    "--grid-positions"});
+  const auto ok = train(
+      "att", {"--decoder", "attention", "--attention-dim", "8", "--embed-size", "12",
+              "--hidden-size", "16", "--grid", "2", "--attention-reg", "0.5", "--grid-positions"});
   INFO(ok.out << ok.err);
   REQUIRE(ok.exit_code == 0);
   CHECK(ok.out.find("attention, grid 2x2, with positions") != std::string::npos);

@@ -19,6 +19,7 @@
 #include <set>
 #include <sstream>
 #include <thread>
+#include <tuple>
 
 #include <torch/torch.h>
 #include <nlohmann/json.hpp>
@@ -645,8 +646,8 @@ TEST_CASE(
     // The checkpoint on disk before this round: an even round's clock starts when it is replaced.
     const auto checkpoint_id = [&] {
       struct ::stat st {};
-      if (::stat((out + "/last.imcap").c_str(), &st) != 0) return std::pair<ino_t, long>{0, 0};
-      return std::pair<ino_t, long>{st.st_ino, static_cast<long>(st.st_mtim.tv_nsec)};
+      if (::stat((out + "/last.imcap").c_str(), &st) != 0) return std::tuple<ino_t, long, long>{};
+      return std::tuple<ino_t, long, long>{st.st_ino, st.st_mtim.tv_sec, st.st_mtim.tv_nsec};
     };
     const auto before = checkpoint_id();
     Child c = spawn_cli(run_args, d.tmp.file("log" + std::to_string(round)));

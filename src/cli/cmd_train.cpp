@@ -270,10 +270,10 @@ void run_train(const TrainArgs& a) {
         "threads: {}\n",
         to_string(cfg.encoder.arch),
         cfg.decoder_kind == DecoderKind::kAttention
-            ? fmt::format("attention, grid {}{}",
-                          cfg.grid > 0 ? fmt::format("{0}x{0}", cfg.grid)
-                                       : std::string("as the CNN's map"),
-                          cfg.attention.grid_positions ? ", with positions" : "")
+            ? fmt::format(
+                  "attention, grid {}{}",
+                  cfg.grid > 0 ? fmt::format("{0}x{0}", cfg.grid) : std::string("as the CNN's map"),
+                  cfg.attention.grid_positions ? ", with positions" : "")
             : to_string(cfg.decoder.image_inject),
         train.size(), train.num_images(), model->vocab().size(),
         [&] {
