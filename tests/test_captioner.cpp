@@ -1,6 +1,7 @@
 // Captioner: the one-call API, shared between threads.
 #include "catch.hpp"
 
+#include <algorithm>
 #include <cmath>
 #include <fstream>
 #include <future>
@@ -17,6 +18,7 @@
 #include "imcap/error.hpp"
 #include "imcap/metrics.hpp"
 #include "imcap/synthetic.hpp"
+#include "imcap/threads.hpp"
 #include "imcap/trainer.hpp"
 #include "imcap/weights.hpp"
 #include "support.hpp"
@@ -133,4 +135,42 @@ TEST_CASE("the Captioner's inputs, alone and batched, with its options or the ca
   CHECK_THROWS_AS(imcap::Captioner(model, too_many), imcap::InvalidArgument);
   CHECK_THROWS_AS(captioner.encode(std::vector<std::string>{}, greedy), imcap::InvalidArgument);
   CHECK(captioner.caption_batch(std::vector<std::string>{}).empty());
+}
+
+TEST_CASE(
+    "set_cpu_threads sets Torch's threads and OpenBLAS's as the imcap program does, and "
+    "refuses counts outside its range",
+    "[captioner][threads]") {
+  const imcap::CpuThreads before = imcap::cpu_threads();
+  struct Restore {
+    imcap::CpuThreads t;
+    ~Restore() { imcap::set_cpu_threads(t.torch, t.blas > 0 ? t.blas : 1); }
+  } restore{before};
+  const int cores = static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
+
+  imcap::CpuThreads t = imcap::set_cpu_threads(3, 1);
+  CHECK(t.torch == 3);
+  CHECK(torch::get_num_threads() == 3);
+  // Debian's LibTorch calls OpenBLAS; LibTorch builds with MKL or without a BLAS report 0.
+  if (t.blas > 0) CHECK(t.blas == 1);
+  t = imcap::set_cpu_threads();
+  CHECK(t.torch == cores);
+  CHECK(imcap::cpu_threads().torch == cores);
+  if (t.blas > 0) {
+    t = imcap::set_cpu_threads(1, 2);
+    CHECK(t.torch == 1);
+    CHECK(t.blas == 2);
+  }
+
+  const imcap::CpuThreads kept = imcap::cpu_threads();
+  CHECK_THROWS_WITH(imcap::set_cpu_threads(-1),
+                    Catch::Contains("set_cpu_threads: threads = -1: expected 0 (one per core) to "
+                                    "1024"));
+  CHECK_THROWS_WITH(imcap::set_cpu_threads(2, 0),
+                    Catch::Contains("set_cpu_threads: blas_threads = 0: expected 1 to 1024"));
+  CHECK_THROWS_AS(imcap::set_cpu_threads(-1), imcap::InvalidArgument);
+  CHECK_THROWS_AS(imcap::set_cpu_threads(imcap::kMaxCpuThreads + 1), imcap::InvalidArgument);
+  // A refused call changes nothing.
+  CHECK(imcap::cpu_threads().torch == kept.torch);
+  CHECK(imcap::cpu_threads().blas == kept.blas);
 }

@@ -1,6 +1,7 @@
 // Captions image files with a trained model:  caption_image MODEL.imcap IMAGE...
 #include <imcap/captioner.hpp>
 #include <imcap/error.hpp>
+#include <imcap/threads.hpp>
 
 #include <iostream>
 
@@ -10,6 +11,7 @@ int main(int argc, char** argv) {
     return 2;
   }
   try {
+    imcap::set_cpu_threads();  // one Torch thread per core, OpenBLAS inside them
     imcap::CaptionOptions options;
     options.beam_size = 3;
     const auto captioner = imcap::Captioner::load(argv[1], torch::kCPU, options);

@@ -11,6 +11,7 @@ int main(int argc, char** argv) {
     return 2;
   }
   try {
+    imcap::set_cpu_threads();  // one Torch thread per core, OpenBLAS inside them
     torch::manual_seed(1);
     imcap::ModelConfig config;
     config.encoder.arch = imcap::ResNetArch::kResNet18;

@@ -19,6 +19,7 @@
 #include "imcap/search.hpp"
 #include "imcap/step_decoder.hpp"
 #include "imcap/synthetic.hpp"
+#include "imcap/threads.hpp"
 #include "imcap/trainer.hpp"
 #include "imcap/version.hpp"
 #include "imcap/vocabulary.hpp"

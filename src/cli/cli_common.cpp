@@ -1,12 +1,9 @@
 #include "cli/cli_common.hpp"
 
-#include <dlfcn.h>
-
 #include <cerrno>
 #include <cmath>
 #include <cstdlib>
 #include <string>
-#include <thread>
 
 #include <fmt/format.h>
 
@@ -18,14 +15,8 @@
 namespace imcap::cli {
 
 void set_threads(int threads, int blas) {
-  if (threads <= 0) threads = static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
-  torch::set_num_threads(threads);
-  // Debian's LibTorch calls OpenBLAS, which starts its own pool of one thread per core. With
-  // Torch's threads on top, the two pools fight over the cores: training the demo's model ran
-  // at 109 captions/s with both at 2 threads and at 214 with OpenBLAS at 1 (2 cores,
-  // docs/performance.md). So by default OpenBLAS runs single-threaded inside Torch's parallel
-  // regions.
-  set_blas_threads(blas >= 1 ? blas : 1);
+  // OpenBLAS single-threaded inside Torch's parallel regions unless asked (imcap/threads.hpp).
+  set_cpu_threads(threads, blas >= 1 ? blas : 1);
 }
 
 namespace {
@@ -158,23 +149,9 @@ void add_encoder_dtype_option(CLI::App* cmd, std::optional<torch::Dtype>& dtype)
 }
 
 std::string describe_threads() {
-  const int blas = blas_threads();
-  return blas > 0 ? fmt::format("Torch {}, OpenBLAS {}", torch::get_num_threads(), blas)
-                  : fmt::format("Torch {}", torch::get_num_threads());
-}
-
-bool set_blas_threads(int threads) {
-  using SetThreads = void (*)(int);
-  auto* set_blas = reinterpret_cast<SetThreads>(::dlsym(RTLD_DEFAULT, "openblas_set_num_threads"));
-  if (set_blas == nullptr) return false;
-  set_blas(threads);
-  return true;
-}
-
-int blas_threads() {
-  using GetThreads = int (*)();
-  auto* get = reinterpret_cast<GetThreads>(::dlsym(RTLD_DEFAULT, "openblas_get_num_threads"));
-  return get == nullptr ? 0 : get();
+  const CpuThreads t = cpu_threads();
+  return t.blas > 0 ? fmt::format("Torch {}, OpenBLAS {}", t.torch, t.blas)
+                    : fmt::format("Torch {}", t.torch);
 }
 
 torch::Device parse_device(const std::string& name) {

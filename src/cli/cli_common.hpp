@@ -13,6 +13,7 @@
 #include "detail/enum_names.hpp"
 #include "imcap/coco_dataset.hpp"
 #include "imcap/decoder.hpp"
+#include "imcap/threads.hpp"
 
 namespace imcap::cli {
 
@@ -28,7 +29,7 @@ class UsageError : public std::runtime_error {
 /// pools do not compete for the cores (docs/performance.md#threads).
 void set_threads(int threads, int blas = -1);
 /// The most threads --threads, --blas-threads and --data-threads accept.
-inline constexpr int kMaxThreads = 1024;
+inline constexpr int kMaxThreads = kMaxCpuThreads;
 /// A CLI11 check: a finite number from lo to hi (NaN and infinities fail, with the bounds as
 /// written rather than CLI11's 300-digit DBL_MAX).
 CLI::Validator finite_range(double lo, double hi);
@@ -90,10 +91,6 @@ void add_decode_weights_option(CLI::App* cmd, DecodeWeights& weights);
 void add_encoder_dtype_option(CLI::App* cmd, std::optional<torch::Dtype>& dtype);
 /// "Torch N, OpenBLAS M" (OpenBLAS only when it is loaded), for the commands' first line.
 std::string describe_threads();
-/// Sets OpenBLAS's own thread count when OpenBLAS is loaded; returns whether it was.
-bool set_blas_threads(int threads);
-/// OpenBLAS's thread count, 0 when OpenBLAS is not loaded.
-int blas_threads();
 
 /// "cpu", "cuda" or "cuda:N" as a device; throws InvalidArgument when CUDA is unavailable and
 /// UsageError for other names. Choosing a CUDA device turns on cuDNN's benchmark mode.

@@ -572,7 +572,7 @@ void run_bench(BenchArgs a) {
   const Json blas = env["openblas"];
   note("imcap {}, LibTorch {}, torch threads {}, OpenBLAS threads {}, OpenBLAS kernels {}{}",
        env["imcap"].get<std::string>(), env["torch"].get<std::string>(), torch::get_num_threads(),
-       blas_threads(), blas.is_object() ? blas["corename"].get<std::string>() : "(not OpenBLAS)",
+       cpu_threads().blas, blas.is_object() ? blas["corename"].get<std::string>() : "(not OpenBLAS)",
        blas.is_object() && blas["OPENBLAS_CORETYPE"].is_string()
            ? fmt::format(" (OPENBLAS_CORETYPE={})", blas["OPENBLAS_CORETYPE"].get<std::string>())
            : "");
