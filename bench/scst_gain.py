@@ -35,6 +35,10 @@ VARIANTS = {
     "mean-lr1e-4": ["--lr", "1e-4"],
     "mean-s10": ["--samples", "10"],
     "mean-lr1e-4-s10": ["--lr", "1e-4", "--samples", "10"],
+    "mean-xe0.2": ["--xe-weight", "0.2"],
+    "mean-xe1": ["--xe-weight", "1"],
+    "mean-xe1-lr2e-4": ["--xe-weight", "1", "--lr", "2e-4"],
+    "mean-xe0.2-lr2e-4": ["--xe-weight", "0.2", "--lr", "2e-4"],
 }
 
 

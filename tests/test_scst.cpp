@@ -3,6 +3,7 @@
 #include "catch.hpp"
 
 #include <algorithm>
+#include <cmath>
 #include <fstream>
 #include <map>
 
@@ -305,6 +306,57 @@ TEST_CASE("SCST runs are deterministic and resume exactly, with either baseline"
   CHECK_THROWS_WITH(imcap::Trainer(model_e, train, &val, oe), Catch::Contains("objective xe"));
 }
 
+TEST_CASE("SCST's cross-entropy term adds the references' loss, weighted, to the step's",
+          "[scst]") {
+  Tiny t;
+  auto start_model = t.model();
+  auto train = t.split(true, start_model);
+  start_model = cross_entropy_model(t, train);
+  const auto start = t.tmp.file("start.imcap");
+  start_model.save(start);
+  // One step from the same state and seed: its loss, the log's step line, the weights after it.
+  struct Step {
+    double loss;
+    nlohmann::json line;
+    imcap::CaptionModel model;
+  };
+  auto one_step = [&](imcap::Objective objective, double xe_weight, const std::string& name) {
+    auto model = imcap::CaptionModel::load(start);
+    auto o = scst_options(t, name);
+    o.objective = objective;
+    o.scst.xe_weight = xe_weight;
+    o.max_steps = 1;
+    o.validate_at_stop = false;
+    const auto r = imcap::Trainer(model, train, nullptr, o).fit();
+    REQUIRE(r.losses.size() == 1);
+    std::ifstream log(t.tmp.file(name + "/log.jsonl"));
+    std::string text;
+    nlohmann::json step;
+    while (std::getline(log, text))
+      if (const auto j = nlohmann::json::parse(text); j["type"] == "step") step = j;
+    REQUIRE(!step.is_null());
+    return Step{r.losses[0], step, std::move(model)};
+  };
+  const auto scst = one_step(imcap::Objective::kScst, 0.0, "scst");
+  const auto mixed = one_step(imcap::Objective::kScst, 0.5, "mixed");
+  const auto xe = one_step(imcap::Objective::kCrossEntropy, 0.0, "xe-step");
+  CHECK_FALSE(scst.line.contains("xe_loss"));
+  REQUIRE(mixed.line.contains("xe_loss"));
+  const double xe_loss = mixed.line["xe_loss"].get<double>();
+  // The term is the cross-entropy step's loss on the same batch, and it is added, weighted.
+  CHECK(xe_loss > 0.1);
+  CHECK(xe_loss == Approx(xe.loss).epsilon(1e-6));
+  CHECK(mixed.loss == Approx(scst.loss + 0.5 * xe_loss).epsilon(1e-6));
+  CHECK(mixed.line["reward"].get<double>() == scst.line["reward"].get<double>());
+  // And it is trained on: the step moves the decoder elsewhere than SCST's alone.
+  const auto a = scst.model.decoder_module().named_parameters();
+  const auto b = mixed.model.decoder_module().named_parameters();
+  double moved = 0.0;
+  for (const auto& item : a)
+    moved = std::max(moved, (item.value() - b[item.key()]).abs().max().item<double>());
+  CHECK(moved > 1e-6);
+}
+
 TEST_CASE("the trainer refuses bad SCST options, naming them", "[scst]") {
   Tiny t;
   auto model = t.model();
@@ -321,6 +373,8 @@ TEST_CASE("the trainer refuses bad SCST options, naming them", "[scst]") {
   refuses([](imcap::TrainerOptions& o) { o.scst.max_length = 1; }, "max_length");
   refuses([](imcap::TrainerOptions& o) { o.scst.bleu_weight = -1; }, "bleu_weight");
   refuses([](imcap::TrainerOptions& o) { o.scst.cider_weight = 0; }, "cider_weight");
+  refuses([](imcap::TrainerOptions& o) { o.scst.xe_weight = -1; }, "xe_weight");
+  refuses([](imcap::TrainerOptions& o) { o.scst.xe_weight = NAN; }, "xe_weight");
   refuses([](imcap::TrainerOptions& o) { o.batching = imcap::BatchMode::kPadded; }, "image_major");
   auto greedy_one = scst_options(t, "ok");
   greedy_one.scst.baseline = imcap::ScstBaseline::kGreedy;
@@ -362,12 +416,18 @@ TEST_CASE("imcap train --objective scst fine-tunes a model file", "[scst][cli]")
   CHECK(scst({"--init-from", xe, "--hidden-size", "64"}) == 2);  // architecture is the file's
   CHECK(scst({"--init-from", xe, "--baseline", "best"}) == 2);
   CHECK(scst({"--init-from", xe, "--samples", "3", "--baseline", "greedy", "--temperature", "0.8",
-              "--bleu-weight", "0.5", "--no-reward-end"}) == 0);
+              "--bleu-weight", "0.5", "--no-reward-end", "--xe-weight", "0.5"}) == 0);
   const auto saved = imcap::CaptionModel::load(t.tmp.file("scst/last.imcap"));
   CHECK(saved.vocab() == imcap::CaptionModel::load(xe).vocab());
   std::ifstream log(t.tmp.file("scst/log.jsonl"));
   std::string line;
-  bool reward = false;
-  while (std::getline(log, line)) reward = reward || nlohmann::json::parse(line).contains("reward");
+  bool reward = false, xe_loss = false;
+  while (std::getline(log, line)) {
+    const auto j = nlohmann::json::parse(line);
+    reward = reward || j.contains("reward");
+    xe_loss = xe_loss || j.contains("xe_loss");
+  }
   CHECK(reward);
+  CHECK(xe_loss);
+  CHECK(scst({"--init-from", xe, "--xe-weight", "-1"}) == 2);
 }

@@ -83,6 +83,10 @@ struct ScstOptions {
   /// The end of a caption counts as a last word of every sample and reference, so that the
   /// reward sees where a caption stops (self-critical.pytorch does so). Default true.
   bool reward_end = true;
+  /// Weight of the cross-entropy of the batch's reference captions added to the SCST loss
+  /// (teacher forcing on the same images), which holds the language model while the reward
+  /// pulls it; 0 = SCST alone. Default 0 (docs/training.md#self-critical-training).
+  double xe_weight = 0.0;
 };
 
 /// Options of Trainer. The defaults are imcap train's (docs/training.md#defaults).

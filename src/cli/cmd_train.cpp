@@ -309,7 +309,7 @@ void run_train(const TrainArgs& a) {
   if (chatty && o.objective == Objective::kScst)
     fmt::print(
         "self-critical training: {} samples per image (temperature {:g}{}), baseline {}, reward "
-        "{}{}{}, learning rate {:g}\n",
+        "{}{}{}{}, learning rate {:g}\n",
         o.scst.samples, o.scst.temperature,
         o.scst.top_k > 0 ? fmt::format(", top {}", o.scst.top_k) : std::string(),
         to_string(o.scst.baseline),
@@ -319,7 +319,11 @@ void run_train(const TrainArgs& a) {
             ? fmt::format("{}{:g} x BLEU-4", o.scst.cider_weight > 0 ? " + " : "",
                           o.scst.bleu_weight)
             : std::string(),
-        o.scst.reward_end ? ", <end> counted" : "", o.lr);
+        o.scst.reward_end ? ", <end> counted" : "",
+        o.scst.xe_weight > 0
+            ? fmt::format(", plus {:g} x the references' cross-entropy", o.scst.xe_weight)
+            : std::string(),
+        o.lr);
   Trainer trainer(*model, train, val.get(), o);
   Trainer::install_signal_handlers();
   const auto r = trainer.fit();
@@ -558,6 +562,10 @@ void add_train_command(CLI::App& app) {
       ->check(finite_range(0.0, 1e6));
   cmd->add_option("--bleu-weight", a->trainer.scst.bleu_weight,
                   "SCST: weight of sentence BLEU-4 in the reward")
+      ->capture_default_str()
+      ->check(finite_range(0.0, 1e6));
+  cmd->add_option("--xe-weight", a->trainer.scst.xe_weight,
+                  "SCST: weight of the references' cross-entropy added to the loss (0: none)")
       ->capture_default_str()
       ->check(finite_range(0.0, 1e6));
   cmd->add_flag("--reward-end,!--no-reward-end", a->trainer.scst.reward_end,

@@ -1,6 +1,8 @@
 // imcap serve: cpp-httplib parses HTTP; this file owns the routes, the limits and the JSON.
 #include "cli/serve_http.hpp"
 
+#include <sys/socket.h>
+
 #include <atomic>
 #include <chrono>
 #include <cmath>
@@ -36,6 +38,8 @@ struct HttpError {
 
 // Client headers allowed (cpp-httplib 0.11 adds four of its own: REMOTE_ADDR and friends).
 constexpr std::size_t kMaxHeaders = 64;
+constexpr int kListenQueue =
+    1024;  // connections waiting for accept(); the kernel caps it (somaxconn)
 constexpr std::size_t kMaxFieldBytes = 1024;  // a multipart form field that is not an image
 constexpr std::size_t kMaxParts = 64;
 
@@ -191,6 +195,7 @@ struct CaptionServer::Impl {
   bool has_attention = false;
   DecodeOptions decode_options;  // the model's fast JPEG decoding, the server's limits
   int port = 0;
+  int listen_socket = -1;  // the socket bind() listens on, once bound
 
   Impl(std::shared_ptr<const Captioner> c, ServeConfig cfg)
       : captioner(c),
@@ -537,6 +542,14 @@ struct CaptionServer::Impl {
     // Headers and body go out in separate writes: without TCP_NODELAY the second waits for the
     // client's delayed ACK (40 ms on Linux), which dominated a small model's latency.
     http.set_tcp_nodelay(true);
+    // cpp-httplib's own options are SO_REUSEPORT, which lets a second server bind the same port
+    // unnoticed; SO_REUSEADDR only allows a restart while old connections linger. The socket is
+    // kept to widen its listen queue once bound (CaptionServer::bind).
+    http.set_socket_options([this](socket_t sock) {
+      int yes = 1;
+      ::setsockopt(sock, SOL_SOCKET, SO_REUSEADDR, &yes, sizeof yes);
+      listen_socket = sock;  // the last one made is the one that bound
+    });
     http.set_payload_max_length(config.max_body_bytes);
     http.set_read_timeout(config.timeout_s, 0);
     http.set_write_timeout(config.timeout_s, 0);
@@ -592,6 +605,9 @@ int CaptionServer::bind() {
         fmt::format("cannot listen on {}:{} (the port is in use, or the host is not an "
                     "address of this machine)",
                     s.config.host, s.config.port));
+  // Debian's cpp-httplib listens with a queue of 5 connections: a burst of more clients than
+  // that had its connections dropped by the kernel and retried by the clients a second later.
+  if (s.listen_socket >= 0) ::listen(s.listen_socket, kListenQueue);
   s.port = port;
   return port;
 }

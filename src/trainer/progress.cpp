@@ -114,6 +114,7 @@ nlohmann::json ProgressLine::after_step(const TrainingProgress& at, const StepOu
   if (scst) {
     entry["reward"] = step.reward;
     entry["baseline"] = step.baseline;
+    if (std::isfinite(step.xe_loss)) entry["xe_loss"] = step.xe_loss;
   }
   return entry;
 }

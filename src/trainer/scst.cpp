@@ -67,7 +67,8 @@ void check_scst_options(const ScstOptions& o) {
   if (o.max_length < 2 || o.max_length > 1000)
     refuse("max_length", "from 2 to 1000", std::to_string(o.max_length));
   for (const auto& [field, w] : {std::pair<const char*, double>{"cider_weight", o.cider_weight},
-                                 {"bleu_weight", o.bleu_weight}})
+                                 {"bleu_weight", o.bleu_weight},
+                                 {"xe_weight", o.xe_weight}})
     if (!std::isfinite(w) || w < 0) refuse(field, "a finite number >= 0", fmt::format("{}", w));
   if (o.cider_weight == 0 && o.bleu_weight == 0)
     refuse("cider_weight", "> 0 when bleu_weight is 0 (a reward of zero teaches nothing)", "0");

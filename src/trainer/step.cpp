@@ -66,17 +66,23 @@ StepOutcome TrainStep::run(const Batch& batch, bool want_stop, const TrainingPro
                                   static_cast<std::uint64_t>(rank_) * kRankSeedStride;
   torch::manual_seed(step_seed);
   const bool scst = options_.objective == Objective::kScst;
+  // SCST's optional cross-entropy term on the batch's references (ScstOptions::xe_weight).
+  const double xe_weight = scst ? options_.scst.xe_weight : 0.0;
+  const bool xe = !scst || xe_weight > 0;
   const bool has_data = batch.size() > 0;
   torch::Tensor loss;
   StepOutcome out;
-  // This rank's share of the batch's mean: its tokens (cross-entropy) or samples (SCST).
+  // This rank's share of the batch's mean: its tokens (cross-entropy) or samples (SCST), and
+  // with SCST's cross-entropy term its tokens and that term's loss.
   double rank_weight = 0.0, all_weight = 0.0, reward_sum = 0.0, baseline_sum = 0.0;
+  double rank_tokens = 0.0, all_tokens = 0.0, xe_loss = 0.0;
+  torch::Tensor xe_term;
   // An attention model's loss is a mean over the targets plus a penalty averaged over the
   // captions. The ranks' gradients are weighted by their share of the targets (below), so each
   // rank scales its penalty by its share of the captions over its share of the targets: the
   // averaged gradient is then the whole batch's. That needs the batch's totals first.
   double penalty_scale = 1.0;
-  if (group_ != nullptr && !scst && model_.decoder_kind() == DecoderKind::kAttention) {
+  if (group_ != nullptr && xe && model_.decoder_kind() == DecoderKind::kAttention) {
     const double captions = static_cast<double>(batch.size());
     const double targets =
         has_data ? static_cast<double>(batch.lengths.sum().item<std::int64_t>()) - captions : 0.0;
@@ -89,29 +95,33 @@ StepOutcome TrainStep::run(const Batch& batch, bool want_stop, const TrainingPro
     auto images = batch.images.to(device, /*non_blocking=*/true);
     if (channels_last_ && images.dim() == 4)
       images = images.contiguous(at::MemoryFormat::ChannelsLast);
+    const auto features = encode(model_, images);
+    if (xe) {
+      const auto captions = batch.captions.to(device, /*non_blocking=*/true);
+      const auto lengths = batch.lengths.to(device, /*non_blocking=*/true);
+      xe_term =
+          model_.loss(features.index_select(0, batch.image_index.to(device, /*non_blocking=*/true)),
+                      captions, lengths, penalty_scale);
+      // The targets: a caption of length L has L (Show and Tell) or L - 1 (attention).
+      rank_tokens = static_cast<double>(batch.lengths.sum().item<std::int64_t>());
+      if (model_.decoder_kind() == DecoderKind::kAttention)
+        rank_tokens -= static_cast<double>(batch.lengths.size(0));
+      xe_loss = xe_term.item<double>();
+    }
     if (scst) {
       // The batch's distinct images, each once; the samples come from a generator of the
       // step's seed on the CPU (the device's default generator, seeded above, on a GPU).
       at::Generator generator;
       if (device.is_cpu()) generator = at::make_generator<at::CPUGeneratorImpl>(step_seed);
-      ScstLoss s = scst_loss(model_, encode(model_, images), batch.image_ids, options_.scst,
-                             *reward_, generator);
+      ScstLoss s = scst_loss(model_, features, batch.image_ids, options_.scst, *reward_, generator);
       loss = std::move(s.loss);
       rank_weight = static_cast<double>(s.samples);
       reward_sum = s.mean_reward * rank_weight;
       baseline_sum = s.mean_baseline * rank_weight;
       out.reward_seconds = s.reward_seconds;
     } else {
-      const auto captions = batch.captions.to(device, /*non_blocking=*/true);
-      const auto lengths = batch.lengths.to(device, /*non_blocking=*/true);
-      const auto features =
-          encode(model_, images)
-              .index_select(0, batch.image_index.to(device, /*non_blocking=*/true));
-      loss = model_.loss(features, captions, lengths, penalty_scale);
-      // The targets: a caption of length L has L (Show and Tell) or L - 1 (attention).
-      rank_weight = static_cast<double>(batch.lengths.sum().item<std::int64_t>());
-      if (model_.decoder_kind() == DecoderKind::kAttention)
-        rank_weight -= static_cast<double>(batch.lengths.size(0));
+      loss = xe_term;
+      rank_weight = rank_tokens;
     }
     out.loss = loss.item<double>();
   }
@@ -120,9 +130,10 @@ StepOutcome TrainStep::run(const Batch& batch, bool want_stop, const TrainingPro
   if (group_ != nullptr) {
     // One small all-reduce: the batch's weighted loss and weight, its captions, whether any
     // rank must stop (time limit, signal), so that all stop at one step, and SCST's sums.
-    auto stats = torch::tensor({out.loss * rank_weight, rank_weight, out.captions,
-                                want_stop ? 1.0 : 0.0, reward_sum, baseline_sum},
-                               torch::kFloat64);
+    auto stats =
+        torch::tensor({out.loss * rank_weight, rank_weight, out.captions, want_stop ? 1.0 : 0.0,
+                       reward_sum, baseline_sum, xe_loss * rank_tokens, rank_tokens},
+                      torch::kFloat64);
     group_->all_reduce(stats);
     const auto st = stats.accessor<double, 1>();
     all_weight = st[1];
@@ -131,10 +142,19 @@ StepOutcome TrainStep::run(const Batch& batch, bool want_stop, const TrainingPro
     out.stop = st[3] > 0;
     reward_sum = st[4];
     baseline_sum = st[5];
+    all_tokens = st[7];
+    xe_loss = all_tokens > 0 ? st[6] / all_tokens : 0.0;
+  } else {
+    all_tokens = rank_tokens;
   }
   if (scst && all_weight > 0) {
     out.reward = reward_sum / all_weight;
     out.baseline = baseline_sum / all_weight;
+  }
+  if (scst && xe_weight > 0) {
+    // The step's loss is SCST's plus the weighted cross-entropy; both are reported.
+    out.xe_loss = xe_loss;
+    out.loss += xe_weight * xe_loss;
   }
   if (!std::isfinite(out.loss))
     throw Error(fmt::format(
@@ -145,12 +165,21 @@ StepOutcome TrainStep::run(const Batch& batch, bool want_stop, const TrainingPro
             : std::string("no checkpoint was written")));
   optimizer_->zero_grad();
   if (group_ == nullptr) {
-    loss.backward();
+    if (scst && xe_weight > 0)
+      (loss + xe_weight * xe_term).backward();
+    else
+      loss.backward();
   } else {
     // The loss is a mean over this rank's tokens (or samples). Weighted by the rank's share of
     // the batch's (times the world size), the ranks' averaged gradient is the gradient of the
-    // whole batch's mean loss: the step one process would take on the whole batch.
-    if (has_data) (loss * (rank_weight * world_ / all_weight)).backward();
+    // whole batch's mean loss: the step one process would take on the whole batch. SCST's
+    // cross-entropy term is a mean over the tokens, weighted by the rank's share of those.
+    if (has_data) {
+      auto weighted = loss * (rank_weight * world_ / all_weight);
+      if (scst && xe_weight > 0 && all_tokens > 0)
+        weighted = weighted + xe_term * (xe_weight * rank_tokens * world_ / all_tokens);
+      weighted.backward();
+    }
     std::vector<torch::Tensor> grads;
     grads.reserve(params_.size());
     for (auto& p : params_) {

@@ -21,8 +21,11 @@ namespace imcap::detail {
 /// What a step did.
 struct StepOutcome {
   /// The batch's loss (all ranks together): cross-entropy, the mean per token; SCST, the mean
-  /// per sample.
+  /// per sample, plus ScstOptions::xe_weight times `xe_loss`.
   double loss = 0.0;
+  /// SCST with ScstOptions::xe_weight > 0 (NaN otherwise): the cross-entropy of the batch's
+  /// references, the mean per token, all ranks together.
+  double xe_loss = NAN;
   /// Captions trained on (all ranks together): the batch's references, or SCST's samples.
   double captions = 0.0;
   bool stop = false;  ///< with a process group: some rank asked to stop at this step
