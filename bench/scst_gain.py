@@ -39,6 +39,8 @@ VARIANTS = {
     "mean-xe1": ["--xe-weight", "1"],
     "mean-xe1-lr2e-4": ["--xe-weight", "1", "--lr", "2e-4"],
     "mean-xe0.2-lr2e-4": ["--xe-weight", "0.2", "--lr", "2e-4"],
+    "mean-xe0.5-lr2e-4": ["--xe-weight", "0.5", "--lr", "2e-4"],
+    "mean-xe1-lr5e-4": ["--xe-weight", "1", "--lr", "5e-4"],
 }
 
 
