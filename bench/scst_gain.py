@@ -25,8 +25,13 @@ import time
 
 from bench_common import run, same_blas_kernels
 
+# "mean" is imcap's defaults (mean baseline, --xe-weight 1, lr 2e-4); "alone" is SCST without the
+# references' cross-entropy at self-critical.pytorch's lr 5e-5 (the defaults before 2026-12-07,
+# when the other variants' runs were made: those without --lr ran at 5e-5, without --xe-weight
+# at 0).
 VARIANTS = {
     "mean": [],
+    "alone": ["--xe-weight", "0", "--lr", "5e-5"],
     "greedy": ["--baseline", "greedy"],
     "mean-noend": ["--no-reward-end"],
     "greedy-noend": ["--baseline", "greedy", "--no-reward-end"],

@@ -86,8 +86,8 @@ struct ScstOptions {
   /// Weight of the cross-entropy of the batch's reference captions added to the SCST loss
   /// (teacher forcing on the same images), which holds the language model while the reward
   /// pulls it and lets SCST take a 4x larger learning rate; 0 = SCST alone. Default 1: on five
-  /// synthetic kinds it beat cross-entropy alone in the same time on every kind, SCST alone on
-  /// two (docs/training.md#what-scst-gains-in-the-same-time).
+  /// synthetic kinds it was ahead of cross-entropy alone in the same time on every kind (mean of
+  /// three runs), SCST alone on two or three (docs/training.md#what-scst-gains-in-the-same-time).
   double xe_weight = 1.0;
 };
 
