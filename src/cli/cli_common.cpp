@@ -148,6 +148,11 @@ void add_encoder_dtype_option(CLI::App* cmd, std::optional<torch::Dtype>& dtype)
       ->default_str("float32");
 }
 
+std::string describe_xe_weight(double xe_weight) {
+  return xe_weight > 0 ? fmt::format(", plus {:g} x the references' cross-entropy", xe_weight)
+                       : std::string();
+}
+
 std::string describe_threads() {
   const CpuThreads t = cpu_threads();
   return t.blas > 0 ? fmt::format("Torch {}, OpenBLAS {}", t.torch, t.blas)

@@ -92,6 +92,10 @@ void add_encoder_dtype_option(CLI::App* cmd, std::optional<torch::Dtype>& dtype)
 /// "Torch N, OpenBLAS M" (OpenBLAS only when it is loaded), for the commands' first line.
 std::string describe_threads();
 
+/// ", plus W x the references' cross-entropy" for SCST's ScstOptions::xe_weight W > 0; empty
+/// for SCST alone.
+std::string describe_xe_weight(double xe_weight);
+
 /// "cpu", "cuda" or "cuda:N" as a device; throws InvalidArgument when CUDA is unavailable and
 /// UsageError for other names. Choosing a CUDA device turns on cuDNN's benchmark mode.
 torch::Device parse_device(const std::string& name);

@@ -186,11 +186,8 @@ void run_demo(const DemoArgs& a) {
     fmt::print(
         "[4/5] self-critical training (SCST: {} samples per image, {} baseline, CIDEr-D "
         "reward{}) from {} for {:.0f} s\n",
-        s.scst.samples, to_string(s.scst.baseline),
-        s.scst.xe_weight > 0
-            ? fmt::format(", plus {:g} x the references' cross-entropy", s.scst.xe_weight)
-            : std::string(),
-        xe_file, s.max_seconds);
+        s.scst.samples, to_string(s.scst.baseline), describe_xe_weight(s.scst.xe_weight), xe_file,
+        s.max_seconds);
     auto scst_model = std::make_shared<CaptionModel>(CaptionModel::load(xe_file));
     rs = Trainer(*scst_model, train, &val, s).fit();
     final_file = best_or_last(s.out_dir);

@@ -319,11 +319,7 @@ void run_train(const TrainArgs& a) {
             ? fmt::format("{}{:g} x BLEU-4", o.scst.cider_weight > 0 ? " + " : "",
                           o.scst.bleu_weight)
             : std::string(),
-        o.scst.reward_end ? ", <end> counted" : "",
-        o.scst.xe_weight > 0
-            ? fmt::format(", plus {:g} x the references' cross-entropy", o.scst.xe_weight)
-            : std::string(),
-        o.lr);
+        o.scst.reward_end ? ", <end> counted" : "", describe_xe_weight(o.scst.xe_weight), o.lr);
   Trainer trainer(*model, train, val.get(), o);
   Trainer::install_signal_handlers();
   const auto r = trainer.fit();

@@ -38,8 +38,8 @@ struct HttpError {
 
 // Client headers allowed (cpp-httplib 0.11 adds four of its own: REMOTE_ADDR and friends).
 constexpr std::size_t kMaxHeaders = 64;
-constexpr int kListenQueue =
-    1024;  // connections waiting for accept(); the kernel caps it (somaxconn)
+// Connections waiting for accept() (the kernel caps it at net.core.somaxconn).
+constexpr int kListenQueue = 1024;
 constexpr std::size_t kMaxFieldBytes = 1024;  // a multipart form field that is not an image
 constexpr std::size_t kMaxParts = 64;
 
@@ -607,6 +607,7 @@ int CaptionServer::bind() {
                     s.config.host, s.config.port));
   // Debian's cpp-httplib listens with a queue of 5 connections: a burst of more clients than
   // that had its connections dropped by the kernel and retried by the clients a second later.
+  // Should it fail, the server still runs with the shorter queue.
   if (s.listen_socket >= 0) ::listen(s.listen_socket, kListenQueue);
   s.port = port;
   return port;

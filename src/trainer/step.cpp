@@ -106,7 +106,6 @@ StepOutcome TrainStep::run(const Batch& batch, bool want_stop, const TrainingPro
       rank_tokens = static_cast<double>(batch.lengths.sum().item<std::int64_t>());
       if (model_.decoder_kind() == DecoderKind::kAttention)
         rank_tokens -= static_cast<double>(batch.lengths.size(0));
-      xe_loss = xe_term.item<double>();
     }
     if (scst) {
       // The batch's distinct images, each once; the samples come from a generator of the
@@ -119,6 +118,7 @@ StepOutcome TrainStep::run(const Batch& batch, bool want_stop, const TrainingPro
       reward_sum = s.mean_reward * rank_weight;
       baseline_sum = s.mean_baseline * rank_weight;
       out.reward_seconds = s.reward_seconds;
+      if (xe_weight > 0) xe_loss = xe_term.item<double>();
     } else {
       loss = xe_term;
       rank_weight = rank_tokens;
