@@ -46,6 +46,7 @@ VARIANTS = {
     "mean-xe0.2-lr2e-4": ["--xe-weight", "0.2", "--lr", "2e-4"],
     "mean-xe0.5-lr2e-4": ["--xe-weight", "0.5", "--lr", "2e-4"],
     "mean-xe1-lr5e-4": ["--xe-weight", "1", "--lr", "5e-4"],
+    "mean-xe1-lr3e-4": ["--xe-weight", "1", "--lr", "3e-4"],
 }
 
 
