@@ -20,7 +20,9 @@ results must be all right; and a caption with one count changed must lose exactl
 """
 import argparse
 import json
+import subprocess
 import sys
+import tempfile
 
 NUMBERS = {"one": 1, "two": 2, "three": 3, "four": 4}
 COLOURS = {"red", "green", "blue", "yellow", "purple", "orange", "white", "black"}
@@ -67,7 +69,7 @@ def score(truth_by_image, results):
         pred = facts(r["caption"])
         images += 1
         exact += pred == truth
-        for shape, count, colour in truth:
+        for shape, count, colour in truth:  # synth gives an image's groups distinct shapes
             groups += 1
             same = [p for p in pred if p[0] == shape]
             if same:
@@ -80,11 +82,10 @@ def score(truth_by_image, results):
 
 def self_check(imcap):
     """Exits 1 naming the first caption the parser gets wrong; see the module's text."""
-    import subprocess
-    import tempfile
     with tempfile.TemporaryDirectory() as d:
-        subprocess.run([imcap, "synth", "--kind", "counts", "--out", d, "--train", "1", "--val", "200",
-                        "--size", "16", "--seed", "7"], check=True, stdout=subprocess.DEVNULL)
+        subprocess.run([imcap, "synth", "--kind", "counts", "--out", d, "--train", "1",
+                        "--val", "200", "--size", "16", "--seed", "7"],
+                       check=True, stdout=subprocess.DEVNULL)
         annotations = json.load(open(f"{d}/captions_val.json"))["annotations"]
     truth, first = {}, {}
     for ann in annotations:
@@ -108,9 +109,10 @@ def self_check(imcap):
             changed.append({"image_id": i, "caption": " ".join(words)})
     groups = sum(len(truth[r["image_id"]]) for r in changed)
     wrong = score(truth, changed)
-    if not changed or abs(wrong["count_right"] - (1 - len(changed) / groups)) > 1e-9 or wrong["colour_right"] != 1.0:
-        sys.exit(f"count_facts: one count changed in each of {len(changed)} captions ({groups} groups) "
-                 f"scored {wrong}")
+    expected = 1 - len(changed) / groups
+    if not changed or abs(wrong["count_right"] - expected) > 1e-9 or wrong["colour_right"] != 1.0:
+        sys.exit(f"count_facts: one count changed in each of {len(changed)} captions "
+                 f"({groups} groups) scored {wrong}")
     print(f"count_facts: self-check passed ({len(annotations)} references of {len(truth)} images)")
 
 
