@@ -25,8 +25,23 @@ namespace nn = torch::nn;
 
 using detail::kIgnoreIndex;
 
-// Where the decoder's tensors lie in its DecodeState.
-constexpr std::size_t kH = 0, kC = 1, kGrid = 2, kGridAtt = 3, kAlpha = 4, kStateSize = 5;
+// Where the decoder's tensors lie in its DecodeState; kMeanGates under mean_feature only.
+constexpr std::size_t kH = 0, kC = 1, kGrid = 2, kGridAtt = 3, kAlpha = 4, kMeanGates = 5;
+constexpr std::size_t kStateSize = 5;
+
+// cell(x, (h, c)), with `extra` (N, 4H) added to the gates where defined: LSTMCell's equations
+// (gates i, f, g, o) written out, as LSTMCell takes no per-row term.
+std::tuple<torch::Tensor, torch::Tensor> lstm_step(nn::LSTMCell& cell, const torch::Tensor& x,
+                                                   const torch::Tensor& h, const torch::Tensor& c,
+                                                   const torch::Tensor& extra) {
+  if (!extra.defined()) return cell(x, std::make_tuple(h, c));
+  const torch::Tensor gates = torch::addmm(cell->bias_ih, x, cell->weight_ih.t()) +
+                              torch::addmm(cell->bias_hh, h, cell->weight_hh.t()) + extra;
+  const std::vector<torch::Tensor> g = gates.chunk(4, /*dim=*/1);
+  torch::Tensor c_next = torch::sigmoid(g[1]) * c + torch::sigmoid(g[0]) * torch::tanh(g[2]);
+  torch::Tensor h_next = torch::sigmoid(g[3]) * torch::tanh(c_next);
+  return {std::move(h_next), std::move(c_next)};
+}
 
 void check_positive(const char* name, int64_t value) {
   if (value <= 0) {
@@ -90,6 +105,7 @@ AttentionDecoderImpl::AttentionDecoderImpl(const AttentionDecoderOptions& option
   init_c = register_module("init_c", nn::Linear(c, h));
   f_beta = register_module("f_beta", nn::Linear(h, c));
   fc = register_module("fc", nn::Linear(h, options.vocab_size));
+  if (options.mean_feature) mean_gates = register_module("mean_gates", nn::Linear(c, 4 * h));
   // sgrvinod's init_weights: the embedding and fc uniform in [-0.1, 0.1], fc's bias zero.
   torch::NoGradGuard no_grad;
   embedding->weight.uniform_(-0.1, 0.1);
@@ -149,9 +165,10 @@ std::pair<torch::Tensor, torch::Tensor> AttentionDecoderImpl::hidden_states(
   torch::Tensor h = state.tensors[kH], c = state.tensors[kC];
   const torch::Tensor& grid_att = state.tensors[kGridAtt];
   const torch::Tensor& grid_in = state.tensors[kGrid];  // with its positions, if asked for
+  const torch::Tensor mean_in = options_.mean_feature ? state.tensors[kMeanGates] : torch::Tensor();
   const detail::AttentionSequenceWeights w = recurrence_weights();
-  if (detail::attention_sequence_supported(grid_in, words, w))
-    return detail::attention_sequence(grid_in, grid_att, words, h, c, w);
+  if (detail::attention_sequence_supported(grid_in, words, w, mean_in))
+    return detail::attention_sequence(grid_in, grid_att, words, h, c, w, mean_in);
   // Elsewhere (a GPU, other types), the loop of sgrvinod's forward.
   std::vector<torch::Tensor> hs, alphas;
   hs.reserve(steps);
@@ -159,8 +176,9 @@ std::pair<torch::Tensor, torch::Tensor> AttentionDecoderImpl::hidden_states(
   for (int64_t t = 0; t < steps; ++t) {
     auto [attended, alpha] = attention->attend(grid_in, grid_att, h);
     const torch::Tensor gate = torch::sigmoid(f_beta(h));
-    std::tie(h, c) = decode_step(torch::cat({words.select(1, t), gate * attended}, /*dim=*/1),
-                                 std::make_tuple(h, c));
+    std::tie(h, c) = lstm_step(decode_step,
+                               torch::cat({words.select(1, t), gate * attended}, /*dim=*/1), h, c,
+                               mean_in);
     hs.push_back(h);
     alphas.push_back(std::move(alpha));
   }
@@ -247,6 +265,7 @@ DecodeState AttentionDecoderImpl::init_state(const torch::Tensor& raw_grid) {
     state.add(attention->encoder_att(grid), /*row_dim=*/0);
   }
   state.add(grid.new_zeros({grid.size(0), grid.size(1)}), /*row_dim=*/0);
+  if (options_.mean_feature) state.add(mean_gates(mean), /*row_dim=*/0);
   return state;
 }
 
@@ -273,11 +292,12 @@ StepStart AttentionDecoderImpl::start(const torch::Tensor& grid, DecodeWeights w
 }
 
 void AttentionDecoderImpl::check_state(const DecodeState& state) const {
-  if (state.tensors.size() != kStateSize || state.row_dims.size() != kStateSize)
+  const std::size_t size = kStateSize + (options_.mean_feature ? 1 : 0);
+  if (state.tensors.size() != size || state.row_dims.size() != size)
     throw InvalidArgument(fmt::format(
-        "attention decoder state: expected {} tensors (h, c, grid, grid_att, alpha) from "
+        "attention decoder state: expected {} tensors (h, c, grid, grid_att, alpha{}) from "
         "init_state, start or step, got {}",
-        kStateSize, state.tensors.size()));
+        size, options_.mean_feature ? ", mean_gates" : "", state.tensors.size()));
   const torch::Tensor& h = state.tensors[kH];
   const torch::Tensor& grid = state.tensors[kGrid];
   detail::check_tensor(h.defined() && h.dim() == 2 && h.size(1) == options_.hidden_size &&
@@ -291,6 +311,13 @@ void AttentionDecoderImpl::check_state(const DecodeState& state) const {
       "attention decoder state grid",
       fmt::format("a grid of shape [{}, P, {}] and its projection", h.size(0), grid_channels()),
       grid);
+  if (options_.mean_feature) {
+    const torch::Tensor& g = state.tensors[kMeanGates];
+    detail::check_tensor(g.defined() && g.dim() == 2 && g.size(0) == h.size(0) &&
+                             g.size(1) == 4 * options_.hidden_size,
+                         "attention decoder state mean_gates",
+                         fmt::format("shape [{}, {}]", h.size(0), 4 * options_.hidden_size), g);
+  }
 }
 
 torch::Tensor AttentionDecoderImpl::step_embedded(const torch::Tensor& word_embeddings,
@@ -304,17 +331,18 @@ torch::Tensor AttentionDecoderImpl::step_embedded(const torch::Tensor& word_embe
       "attention decoder step input",
       fmt::format("word embeddings of shape [{}, {}]", h.size(0), options_.embed_size),
       word_embeddings);
+  const torch::Tensor mean_in = options_.mean_feature ? state.tensors[kMeanGates] : torch::Tensor();
   if (!is_training()) {
     const detail::AttentionSequenceWeights w = recurrence_weights();
     if (detail::AttentionStep::supported(h, w, fc->weight))  // searches' steps on the CPU
       return inference_step_->forward(w, fc->weight, fc->bias, word_embeddings,
                                       state.tensors[kGrid], state.tensors[kGridAtt], h, c,
-                                      state.tensors[kAlpha], weights);
+                                      state.tensors[kAlpha], mean_in, weights);
   }
   auto [attended, alpha] = attention->attend(state.tensors[kGrid], state.tensors[kGridAtt], h);
   const torch::Tensor gate = torch::sigmoid(f_beta(h));
-  std::tie(h, c) =
-      decode_step(torch::cat({word_embeddings, gate * attended}, /*dim=*/1), std::make_tuple(h, c));
+  std::tie(h, c) = lstm_step(decode_step, torch::cat({word_embeddings, gate * attended}, /*dim=*/1),
+                             h, c, mean_in);
   state.tensors[kAlpha] = std::move(alpha);
   return fc(dropout(h));
 }
@@ -328,9 +356,9 @@ torch::Tensor AttentionDecoderImpl::step(const torch::Tensor& ids, DecodeState& 
 }
 
 const torch::Tensor& AttentionDecoderImpl::attention_weights(const DecodeState& state) {
-  if (state.tensors.size() != kStateSize)
-    throw InvalidArgument(fmt::format("attention decoder state: expected {} tensors, got {}",
-                                      kStateSize, state.tensors.size()));
+  if (state.tensors.size() != kStateSize && state.tensors.size() != kStateSize + 1)
+    throw InvalidArgument(fmt::format("attention decoder state: expected {} or {} tensors, got {}",
+                                      kStateSize, kStateSize + 1, state.tensors.size()));
   return state.tensors[kAlpha];
 }
 

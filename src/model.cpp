@@ -107,6 +107,7 @@ std::string model_config_to_json(const ModelConfig& c) {
                     {"dropout", a.dropout},
                     {"attention_reg", a.attention_reg},
                     {"grid_positions", a.grid_positions},
+                    {"mean_feature", a.mean_feature},
                     {"start_id", a.start_id},
                     {"grid", c.grid}};
   } else {
@@ -178,6 +179,8 @@ ModelConfig model_config_from_json(const std::string& text, const std::string& n
     // Files written before the option have no key: sgrvinod's decoder.
     if (dec.contains("grid_positions"))
       a.grid_positions = get_key<bool>(dec, "decoder", "grid_positions", name);
+    if (dec.contains("mean_feature"))
+      a.mean_feature = get_key<bool>(dec, "decoder", "mean_feature", name);
     c.grid = get_key<std::int64_t>(dec, "decoder", "grid", name);
     if (c.encoder.embed_size != 0) bad("encoder.embed_size", c.encoder.embed_size);
     size("decoder.vocab_size", a.vocab_size, 1 << 24);

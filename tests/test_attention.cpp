@@ -109,8 +109,11 @@ TEST_CASE("attention decoder matches sgrvinod's DecoderWithAttention",
 
 TEST_CASE("attention decoder steps reproduce teacher forcing and expose the attention",
           "[models][attention]") {
+  auto options = small_options();
+  options.mean_feature = GENERATE(false, true);
+  INFO("mean_feature " << options.mean_feature);
   torch::manual_seed(3);
-  imcap::AttentionDecoder decoder(small_options());
+  imcap::AttentionDecoder decoder(options);
   decoder->eval();
   torch::NoGradGuard no_grad;
   const Batch b = random_batch(3, 6, 5, 11);
@@ -150,6 +153,8 @@ TEST_CASE("attention decoder's inference steps equal its layers', with any decod
   o.hidden_size = 160;  // 4H = 640 rows: W_hh and the stacked h-products split between threads
   o.attention_dim = 48;
   o.encoder_dim = 40;
+  o.mean_feature = GENERATE(false, true);
+  INFO("mean_feature " << o.mean_feature);
   torch::manual_seed(41);
   imcap::AttentionDecoder decoder(o);
   decoder->eval();
@@ -202,6 +207,8 @@ TEST_CASE("attention decoder teacher forcing: values and gradients are those of 
   torch::manual_seed(8);
   auto options = small_options();
   options.dropout = 0.0;
+  options.mean_feature = GENERATE(false, true);
+  INFO("mean_feature " << options.mean_feature);
   imcap::AttentionDecoder decoder(options);
   const int64_t batch = 5, pixels = 7, width = 6, steps = width - 1;
   const Batch b = random_batch(batch, pixels, width, 31);
@@ -430,6 +437,79 @@ TEST_CASE(
                     Contains("bad.imcap") && Contains("grid_positions"));
 }
 
+TEST_CASE(
+    "mean_feature: the grid's mean reaches the gates at every step, and the model file records "
+    "it",
+    "[models][attention]") {
+  using Catch::Contains;
+  torch::manual_seed(12);
+  auto o = small_options();
+  o.dropout = 0.0;
+  imcap::AttentionDecoder plain(o);
+  CHECK_FALSE(plain->mean_gates);
+  for (const auto& p : plain->named_parameters())
+    CHECK(p.key().find("mean_gates") == std::string::npos);  // sgrvinod's state dict
+  o.mean_feature = true;
+  imcap::AttentionDecoder decoder(o);
+  decoder->eval();
+  REQUIRE(decoder->mean_gates);
+  CHECK(decoder->mean_gates->weight.sizes() == torch::IntArrayRef({64, 24}));
+  CHECK(decoder->decode_step->weight_ih.sizes() == torch::IntArrayRef({64, 12 + 24}));
+
+  // The equations, written out: sgrvinod's step with mean_gates(mean_p a_p) added to the gates.
+  const Batch b = random_batch(3, 6, 5, 13);
+  torch::NoGradGuard no_grad;
+  const torch::Tensor mean = b.grid.mean(1);
+  torch::Tensor h = decoder->init_h(mean), c = decoder->init_c(mean);
+  const torch::Tensor extra = decoder->mean_gates(mean);
+  const auto& cell = decoder->decode_step;
+  std::vector<torch::Tensor> logits;
+  for (int64_t t = 0; t + 1 < b.captions.size(1); ++t) {
+    auto [attended, alpha] = decoder->attention(b.grid, h);
+    const torch::Tensor x = torch::cat(
+        {decoder->embedding(b.captions.select(1, t)), torch::sigmoid(decoder->f_beta(h)) * attended},
+        1);
+    const auto g = (torch::addmm(cell->bias_ih, x, cell->weight_ih.t()) +
+                    torch::addmm(cell->bias_hh, h, cell->weight_hh.t()) + extra)
+                       .chunk(4, 1);
+    c = torch::sigmoid(g[1]) * c + torch::sigmoid(g[0]) * torch::tanh(g[2]);
+    h = torch::sigmoid(g[3]) * torch::tanh(c);
+    logits.push_back(decoder->fc(h));
+  }
+  const torch::Tensor expected = torch::stack(logits, 1);
+  CHECK(max_abs_error(decoder->forward(b.grid, b.captions).logits, expected) < 1e-5);
+  // With mean_gates zero it is sgrvinod's decoder with the same weights.
+  decoder->mean_gates->weight.zero_();
+  decoder->mean_gates->bias.zero_();
+  const auto source = decoder->named_parameters();
+  for (auto& p : plain->named_parameters()) p.value().copy_(source[p.key()]);
+  plain->eval();
+  CHECK(max_abs_error(decoder->forward(b.grid, b.captions).logits,
+                      plain->forward(b.grid, b.captions).logits) < 1e-5);
+  imcap::StepStart s = decoder->start(b.grid);
+  CHECK(s.state.tensors.size() == 6);
+  s.state.tensors.pop_back();
+  s.state.row_dims.pop_back();
+  CHECK_THROWS_WITH(decoder->step(torch::tensor({1, 2, 3}), s.state),
+                    Contains("6 tensors") && Contains("mean_gates"));
+
+  // The model file records it; files written before it was an option load without it.
+  imcap::test::TinyDataset d(4, 2);
+  auto config = imcap::test::tiny_attention_config();
+  config.attention.mean_feature = true;
+  const imcap::CaptionModel model(config, *d.vocab);
+  CHECK(model.attention_decoder()->mean_gates->weight.sizes() == torch::IntArrayRef({64, 512}));
+  const std::string text = imcap::model_config_to_json(model.config());
+  CHECK(text.find("\"mean_feature\": true") != std::string::npos);
+  CHECK(imcap::model_config_from_json(text, "m.imcap").attention.mean_feature);
+  auto j = nlohmann::json::parse(text);
+  j["decoder"].erase("mean_feature");
+  CHECK_FALSE(imcap::model_config_from_json(j.dump(), "old.imcap").attention.mean_feature);
+  j["decoder"]["mean_feature"] = 1;
+  CHECK_THROWS_WITH(imcap::model_config_from_json(j.dump(), "bad.imcap"),
+                    Contains("bad.imcap") && Contains("mean_feature"));
+}
+
 namespace {
 
 // imcap train on a TinyDataset: two steps of a ResNet-18 at 64 px, plus the extra options.
@@ -463,8 +543,10 @@ TEST_CASE("an attention model saves, loads and captions as it did", "[attention]
   using Catch::Contains;
   imcap::test::TinyDataset d(4, 2);
   torch::manual_seed(3);
-  auto model =
-      std::make_shared<imcap::CaptionModel>(imcap::test::tiny_attention_config(), *d.vocab);
+  auto config = imcap::test::tiny_attention_config();
+  config.attention.mean_feature = GENERATE(false, true);
+  INFO("mean_feature " << config.attention.mean_feature);
+  auto model = std::make_shared<imcap::CaptionModel>(config, *d.vocab);
   // The model fills in what the vocabulary and the backbone decide, and has no encoder head.
   CHECK(model->decoder_kind() == imcap::DecoderKind::kAttention);
   CHECK(model->config().encoder.embed_size == 0);
@@ -650,14 +732,17 @@ TEST_CASE("imcap train --decoder attention, then caption", "[attention][cli]") {
   };
   const auto ok = train(
       "att", {"--decoder", "attention", "--attention-dim", "8", "--embed-size", "12",
-              "--hidden-size", "16", "--grid", "2", "--attention-reg", "0.5", "--grid-positions"});
+              "--hidden-size", "16", "--grid", "2", "--attention-reg", "0.5", "--grid-positions",
+              "--mean-feature"});
   INFO(ok.out << ok.err);
   REQUIRE(ok.exit_code == 0);
-  CHECK(ok.out.find("attention, grid 2x2, with positions") != std::string::npos);
+  CHECK(ok.out.find("attention, grid 2x2, with positions, the grid's mean at every step") !=
+        std::string::npos);
   const auto model = imcap::CaptionModel::load(d.tmp.file("att/last.imcap"));
   REQUIRE(model.decoder_kind() == imcap::DecoderKind::kAttention);
   CHECK(model.config().grid == 2);
   CHECK(model.attention_decoder()->options().grid_positions);
+  CHECK(model.attention_decoder()->options().mean_feature);
   CHECK(model.attention_decoder()->grid_channels() == 514);
   CHECK(model.attention_decoder()->options().attention_dim == 8);
   CHECK(model.attention_decoder()->options().embed_size == 12);
@@ -672,6 +757,11 @@ TEST_CASE("imcap train --decoder attention, then caption", "[attention][cli]") {
   const auto refused = train("bad", {"--decoder", "attention", "--inject", "par"});
   CHECK(refused.exit_code == 2);
   CHECK(refused.err.find("--inject applies to --decoder show-tell only") != std::string::npos);
+  // and the attention's with Show and Tell.
+  const auto not_attention = train("bad", {"--mean-feature"});
+  CHECK(not_attention.exit_code == 2);
+  CHECK(not_attention.err.find("--mean-feature applies to --decoder attention only") !=
+        std::string::npos);
   CHECK(train("bad", {"--decoder", "lstm"}).exit_code == 2);
 }
 

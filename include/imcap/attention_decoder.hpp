@@ -63,6 +63,14 @@ struct AttentionDecoderOptions {
   /// leaves its outputs unchanged, and a frozen CNN marks positions only through its zero
   /// padding. Needs a square grid. Default false (sgrvinod's).
   bool grid_positions = false;
+  /// Feed the grid's mean to the LSTM at every step as well, beside the attended feature, as
+  /// the first LSTM of Anderson et al.'s top-down model (CVPR 2018) reads the mean-pooled
+  /// feature: the module `mean_gates` (C -> 4H) maps mean_p a_p once per caption, and its
+  /// output is added to the LSTM's gates at every step. The attended feature is an average
+  /// whose weights sum to one, so it does not change with how many things the image holds; in
+  /// sgrvinod's decoder (false) the mean reaches the LSTM only once, through init_h and init_c.
+  /// Default false (sgrvinod's).
+  bool mean_feature = false;
   /// Id of `<start>`, the input of the first step (CaptionModel sets it from the vocabulary).
   /// Default 1, the notebooks' vocabulary.
   int64_t start_id = 1;
@@ -94,8 +102,9 @@ TORCH_MODULE(Attention);
 
 /// The attention decoder. Before each step the attention looks at the grid with h, a gate
 /// sigmoid(f_beta(h)) scales the attended feature, and LSTMCell `decode_step` takes the word
-/// embedding and that feature; `fc` scores the next word from dropout(h). The state starts as
-/// h = init_h(mean_p a_p), c = init_c(mean_p a_p), without tanh, as sgrvinod's.
+/// embedding and that feature (under mean_feature its gates get mean_gates(mean_p a_p) added);
+/// `fc` scores the next word from dropout(h). The state starts as h = init_h(mean_p a_p),
+/// c = init_c(mean_p a_p), without tanh, as sgrvinod's.
 ///
 /// Sequence alignment: the input of step t is captions[:, t], so with captions
 /// `<start> w1 .. wn <end>` step 0 consumes `<start>` and predicts w1; a caption of length L
@@ -103,8 +112,9 @@ TORCH_MODULE(Attention);
 /// results of sgrvinod's loop over length-sorted, shrinking batches.
 ///
 /// The inference state (a DecodeState) holds h and c (N, H), the grid (N, P, C),
-/// encoder_att(grid) (N, P, A), and the attention weights α (N, P) that produced the last
-/// scores, in that order, every row along dim 0 (attention_weights() reads α).
+/// encoder_att(grid) (N, P, A), the attention weights α (N, P) that produced the last scores,
+/// and under mean_feature mean_gates(mean_p a_p) (N, 4H), in that order, every row along dim 0
+/// (attention_weights() reads α).
 struct AttentionDecoderImpl : torch::nn::Module {
   explicit AttentionDecoderImpl(const AttentionDecoderOptions& options);
 
@@ -154,6 +164,9 @@ struct AttentionDecoderImpl : torch::nn::Module {
   torch::nn::Linear init_c{nullptr};         ///< C -> H
   torch::nn::Linear f_beta{nullptr};         ///< H -> C, the gate
   torch::nn::Linear fc{nullptr};             ///< H -> V
+  /// C -> 4H, the grid mean's share of the gates; registered under mean_feature only (null
+  /// otherwise, so that sgrvinod's state dict is unchanged).
+  torch::nn::Linear mean_gates{nullptr};
 
  private:
   void check_grid(const torch::Tensor& grid) const;

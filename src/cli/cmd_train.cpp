@@ -47,6 +47,7 @@ struct TrainArgs {
   // The attention decoder has its own defaults for the sizes and dropout unless they are given.
   bool embed_given = false, hidden_given = false, dropout_given = false;
   std::vector<std::string> show_tell_only;  // Show and Tell options given (refused with attention)
+  std::vector<std::string> attention_only;  // attention options given (refused with Show and Tell)
   bool resume = false, skip_missing = false;
 };
 
@@ -174,6 +175,9 @@ void run_train(const TrainArgs& a) {
     model = std::make_unique<CaptionModel>(CaptionModel::load(a.init_from, device));
   } else {
     ModelConfig config = a.model;
+    if (config.decoder_kind != DecoderKind::kAttention && !a.attention_only.empty())
+      throw UsageError(
+          fmt::format("{} applies to --decoder attention only", a.attention_only.front()));
     if (config.decoder_kind == DecoderKind::kAttention) {
       if (!a.show_tell_only.empty())
         throw UsageError(
@@ -271,9 +275,10 @@ void run_train(const TrainArgs& a) {
         to_string(cfg.encoder.arch),
         cfg.decoder_kind == DecoderKind::kAttention
             ? fmt::format(
-                  "attention, grid {}{}",
+                  "attention, grid {}{}{}",
                   cfg.grid > 0 ? fmt::format("{0}x{0}", cfg.grid) : std::string("as the CNN's map"),
-                  cfg.attention.grid_positions ? ", with positions" : "")
+                  cfg.attention.grid_positions ? ", with positions" : "",
+                  cfg.attention.mean_feature ? ", the grid's mean at every step" : "")
             : to_string(cfg.decoder.image_inject),
         train.size(), train.num_images(), model->vocab().size(),
         [&] {
@@ -402,6 +407,10 @@ void add_train_command(CLI::App& app) {
   cmd->add_flag("--grid-positions", a->model.attention.grid_positions,
                 "attention: give each position its x and y as two more channels, so that the "
                 "attended context says where the decoder looked (sgrvinod's decoder does not)");
+  cmd->add_flag("--mean-feature", a->model.attention.mean_feature,
+                "attention: feed the grid's mean to the LSTM at every step beside the attended "
+                "feature, as the top-down model does (sgrvinod's reads it once, before the "
+                "first word); helps captions that count things");
   cmd->add_option("--attention-reg", a->model.attention.attention_reg,
                   "attention: weight of the doubly stochastic penalty (each position looked at "
                   "about once per caption, max(1, words/positions) times on small grids; 0: off)")
@@ -533,6 +542,8 @@ void add_train_command(CLI::App& app) {
       ->excludes("--decoder")
       ->excludes("--attention-dim")
       ->excludes("--grid")
+      ->excludes("--grid-positions")
+      ->excludes("--mean-feature")
       ->excludes("--attention-reg")
       ->excludes("--vocab-threshold");
   cmd->add_option("--samples", a->trainer.scst.samples, "SCST: captions sampled per image")
@@ -575,6 +586,10 @@ void add_train_command(CLI::App& app) {
     a->show_tell_only.clear();
     for (const char* name : {"--inject", "--num-layers", "--head-batch-norm"})
       if (cmd->count(name) > 0) a->show_tell_only.emplace_back(name);
+    a->attention_only.clear();
+    for (const char* name :
+         {"--attention-dim", "--grid", "--grid-positions", "--mean-feature", "--attention-reg"})
+      if (cmd->count(name) > 0) a->attention_only.emplace_back(name);
     run_train(*a);
   });
 }

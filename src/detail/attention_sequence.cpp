@@ -172,7 +172,7 @@ struct AttentionSequence : torch::autograd::Function<AttentionSequence> {
                                const Tensor& w_da, const Tensor& b_da, const Tensor& w_fa,
                                const Tensor& b_fa, const Tensor& w_fb, const Tensor& b_fb,
                                const Tensor& w_ih, const Tensor& w_hh, const Tensor& b_ih,
-                               const Tensor& b_hh) {
+                               const Tensor& b_hh, const Tensor& row_gates) {
     const AttentionSizes s{grid.size(0), grid.size(1), grid.size(2), w_da.size(0), w_hh.size(0)};
     const int64_t steps = words.size(1), embed = words.size(2), hidden = w_hh.size(1);
     const auto opts = grid.options();
@@ -183,6 +183,7 @@ struct AttentionSequence : torch::autograd::Function<AttentionSequence> {
     Tensor acts = at::empty({steps * s.batch, s.gates}, opts);
     mm_rows(acts, x_w, w_ih.narrow(1, 0, embed).t(), b_ih);
     acts = acts.view({steps, s.batch, s.gates});
+    if (row_gates.numel() > 0) acts.add_(row_gates.unsqueeze(0));  // the same for every step
     const Tensor w_hcat = at::cat({w_hh, w_da, w_fb}, 0);  // (wide, H)
     const Tensor b_hcat = at::cat({b_hh, b_da, b_fb}, 0);
     const Tensor w_hcat_t = w_hcat.t(), w_ctx_t = w_ih.narrow(1, embed, s.enc).t();
@@ -276,7 +277,7 @@ struct AttentionSequence : torch::autograd::Function<AttentionSequence> {
     const int64_t rows = steps * s.batch;
     const Tensor d2 = d_hp.view({rows, wide});
     const Tensor d_acts = d2.narrow(1, 0, s.gates);
-    variable_list out(15);
+    variable_list out(16);
     if (ctx->needs_input_grad(0)) {
       // Σ_t alpha_t ⊗ d_ctx_t for every image: (B, P, T) (B, T, C).
       out[0] = at::bmm(alphas.permute({1, 2, 0}), d_ctxs.transpose(0, 1));
@@ -308,6 +309,7 @@ struct AttentionSequence : torch::autograd::Function<AttentionSequence> {
     out[12] = d_w_hcat.narrow(0, 0, s.gates);
     out[13] = d_b_hcat.narrow(0, 0, s.gates);
     out[14] = out[13].clone();
+    if (ctx->needs_input_grad(15)) out[15] = d_hp.narrow(2, 0, s.gates).sum(0);
     return out;
   }
 };
@@ -319,9 +321,11 @@ bool cpu_float(const Tensor& t) {
 }  // namespace
 
 bool attention_sequence_supported(const torch::Tensor& grid, const torch::Tensor& words,
-                                  const AttentionSequenceWeights& w) {
+                                  const AttentionSequenceWeights& w,
+                                  const torch::Tensor& row_gates) {
   if (!cpu_float(grid) || !cpu_float(words) || words.size(1) == 0 || grid.size(0) == 0)
     return false;
+  if (row_gates.defined() && !cpu_float(row_gates)) return false;
   for (const Tensor* t :
        {&w.decoder_att_weight, &w.decoder_att_bias, &w.full_att_weight, &w.full_att_bias,
         &w.f_beta_weight, &w.f_beta_bias, &w.w_ih, &w.w_hh, &w.b_ih, &w.b_hh}) {
@@ -332,10 +336,13 @@ bool attention_sequence_supported(const torch::Tensor& grid, const torch::Tensor
 
 std::pair<torch::Tensor, torch::Tensor> attention_sequence(
     const torch::Tensor& grid, const torch::Tensor& grid_att, const torch::Tensor& words,
-    const torch::Tensor& h0, const torch::Tensor& c0, const AttentionSequenceWeights& w) {
+    const torch::Tensor& h0, const torch::Tensor& c0, const AttentionSequenceWeights& w,
+    const torch::Tensor& row_gates) {
   const variable_list out = AttentionSequence::apply(
       grid, grid_att, words, h0, c0, w.decoder_att_weight, w.decoder_att_bias, w.full_att_weight,
-      w.full_att_bias, w.f_beta_weight, w.f_beta_bias, w.w_ih, w.w_hh, w.b_ih, w.b_hh);
+      w.full_att_bias, w.f_beta_weight, w.f_beta_bias, w.w_ih, w.w_hh, w.b_ih, w.b_hh,
+      // A custom autograd function takes no undefined input: none is an empty tensor.
+      row_gates.defined() ? row_gates : at::empty({0}, grid.options()));
   return {out[0].transpose(0, 1), out[1].transpose(0, 1)};
 }
 

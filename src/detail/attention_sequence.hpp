@@ -38,12 +38,15 @@ void attend_rows(const AttentionSizes& s, int64_t b0, int64_t b1, const float* h
 
 /// Whether attention_sequence() takes these inputs: every tensor float32 on the CPU.
 bool attention_sequence_supported(const torch::Tensor& grid, const torch::Tensor& words,
-                                  const AttentionSequenceWeights& w);
+                                  const AttentionSequenceWeights& w,
+                                  const torch::Tensor& row_gates = {});
 
 /// The hidden states (B, T, H) and attention weights (B, T, P) of the AttentionDecoder's
 /// teacher-forced loop: per step t, from h = h_{t-1},
 ///   alpha = softmax_p(full_att(relu(grid_att + decoder_att(h))))
 ///   x = [words_t, sigmoid(f_beta(h)) * (alpha grid)],  (h, c) = LSTMCell(x, (h, c)),
+/// with row_gates (B, 4H), where defined, added to each row's gates at every step (the mean
+/// feature's share, AttentionDecoderOptions::mean_feature),
 /// for grid (B, P, C), its projection grid_att = encoder_att(grid) (B, P, A), word embeddings
 /// (B, T, E) and the initial state h0, c0 (B, H). The same equations as the module's loop, as
 /// one autograd function with gradients for every input: the words' share of the gates for
@@ -53,6 +56,7 @@ bool attention_sequence_supported(const torch::Tensor& grid, const torch::Tensor
 /// for all steps in one product.
 std::pair<torch::Tensor, torch::Tensor> attention_sequence(
     const torch::Tensor& grid, const torch::Tensor& grid_att, const torch::Tensor& words,
-    const torch::Tensor& h0, const torch::Tensor& c0, const AttentionSequenceWeights& w);
+    const torch::Tensor& h0, const torch::Tensor& c0, const AttentionSequenceWeights& w,
+    const torch::Tensor& row_gates = {});
 
 }  // namespace imcap::detail

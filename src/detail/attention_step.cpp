@@ -57,7 +57,7 @@ torch::Tensor AttentionStep::forward(const AttentionSequenceWeights& w,
                                      const torch::Tensor& words, const torch::Tensor& grid,
                                      const torch::Tensor& grid_att, torch::Tensor& h,
                                      torch::Tensor& c, torch::Tensor& alpha,
-                                     DecodeWeights weights) {
+                                     const torch::Tensor& row_gates, DecodeWeights weights) {
   const int64_t rows = h.size(0);
   const AttentionSizes s{rows, grid.size(1), grid.size(2), w.decoder_att_weight.size(0),
                          w.w_hh.size(0)};
@@ -83,6 +83,7 @@ torch::Tensor AttentionStep::forward(const AttentionSequenceWeights& w,
   });
   torch::Tensor acts = step_affine(torch::cat({words, gated}, 1), w.w_ih, w.b_ih);
   acts += hp.narrow(1, 0, s.gates);
+  if (row_gates.defined()) acts += row_gates;
   torch::Tensor c_next = torch::empty_like(c), h_next = torch::empty_like(h);
   torch::Tensor tanh_c = torch::empty_like(c);
   lstm_cell_forward(acts, c, c_next, tanh_c, h_next);

@@ -25,14 +25,16 @@ class AttentionStep {
                         const torch::Tensor& fc_weight);
 
   /// One step of the module's equations (AttentionDecoderImpl::step_embedded without dropout):
-  /// words (N, E), grid (N, P, C), grid_att = encoder_att(grid) (N, P, A), h and c (N, H).
+  /// words (N, E), grid (N, P, C), grid_att = encoder_att(grid) (N, P, A), h and c (N, H),
+  /// row_gates (N, 4H) added to the gates where defined (AttentionDecoderOptions::mean_feature).
   /// Replaces h, c and alpha (N, P) by the step's and returns fc(h) (N, V), the projection
   /// reading a compressed copy of fc's weights with `weights` other than kFloat32
   /// (DecodeStep::project).
   torch::Tensor forward(const AttentionSequenceWeights& w, const torch::Tensor& fc_weight,
                         const torch::Tensor& fc_bias, const torch::Tensor& words,
                         const torch::Tensor& grid, const torch::Tensor& grid_att, torch::Tensor& h,
-                        torch::Tensor& c, torch::Tensor& alpha, DecodeWeights weights);
+                        torch::Tensor& c, torch::Tensor& alpha, const torch::Tensor& row_gates,
+                        DecodeWeights weights);
 
  private:
   // [W_hh; decoder_att; f_beta] (4H + A + C, H) and their biases, built once and again when a
