@@ -410,7 +410,7 @@ void add_train_command(CLI::App& app) {
   cmd->add_flag("--mean-feature", a->model.attention.mean_feature,
                 "attention: feed the grid's mean to the LSTM at every step beside the attended "
                 "feature, as the top-down model does (sgrvinod's reads it once, before the "
-                "first word); helps captions that count things");
+                "first word)");
   cmd->add_option("--attention-reg", a->model.attention.attention_reg,
                   "attention: weight of the doubly stochastic penalty (each position looked at "
                   "about once per caption, max(1, words/positions) times on small grids; 0: off)")
