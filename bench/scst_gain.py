@@ -25,13 +25,14 @@ import time
 
 from bench_common import run, same_blas_kernels
 
-# "mean" is imcap's defaults (mean baseline, --xe-weight 1, lr 2e-4); "alone" is SCST without the
-# references' cross-entropy at self-critical.pytorch's lr 5e-5 (the defaults before 2026-12-07,
-# when the other variants' runs were made: those without --lr ran at 5e-5, without --xe-weight
-# at 0).
+# "mean" is imcap's defaults (mean baseline, --xe-weight 1, lr 2e-4, --max-length 20); "alone" is
+# SCST without the references' cross-entropy at self-critical.pytorch's lr 5e-5, sampling at most
+# 16 tokens as the former default did (the defaults before 2026-12-07, when the other variants'
+# runs were made: those without --lr ran at 5e-5, without --xe-weight at 0, and all at
+# --max-length 16; "mean-len16" is today's defaults at the former length).
 VARIANTS = {
     "mean": [],
-    "alone": ["--xe-weight", "0", "--lr", "5e-5"],
+    "alone": ["--xe-weight", "0", "--lr", "5e-5", "--max-length", "16"],
     "greedy": ["--baseline", "greedy"],
     "mean-noend": ["--no-reward-end"],
     "greedy-noend": ["--baseline", "greedy", "--no-reward-end"],
@@ -47,6 +48,8 @@ VARIANTS = {
     "mean-xe0.5-lr2e-4": ["--xe-weight", "0.5", "--lr", "2e-4"],
     "mean-xe1-lr5e-4": ["--xe-weight", "1", "--lr", "5e-4"],
     "mean-xe1-lr3e-4": ["--xe-weight", "1", "--lr", "3e-4"],
+    "mean-len16": ["--max-length", "16"],
+    "mean-len20": ["--max-length", "20"],
 }
 
 

@@ -382,6 +382,42 @@ TEST_CASE("the trainer refuses bad SCST options, naming them", "[scst]") {
   CHECK_NOTHROW(imcap::Trainer(model, train, nullptr, greedy_one));
 }
 
+TEST_CASE("SCST's samples reach as far as the captions the search writes, by default", "[scst]") {
+  // With 16 tokens (the former default), counted as the search counts them, a Show and Tell
+  // model's samples had room for 14 words where predict writes up to 18.
+  CHECK(imcap::ScstOptions{}.max_length == imcap::SearchOptions{}.max_length);
+  CHECK(imcap::SampleOptions{}.max_length == imcap::SearchOptions{}.max_length);
+  Tiny t;
+  auto model = t.model();
+  const auto train = t.split(true, model);
+  const auto special = imcap::SpecialTokens::of(model.vocab());
+  {
+    // Neither <end> nor <start> is ever likely: every caption runs to the limit.
+    torch::NoGradGuard no_grad;
+    model.decoder()->linear->bias[special.end].fill_(-1e4);
+    model.decoder()->linear->bias[special.start].fill_(-1e4);
+  }
+  const imcap::ScstOptions o;  // the defaults
+  const imcap::detail::ScstReward reward(train, o);
+  const std::vector<std::int64_t> ids(train.image_ids().begin(), train.image_ids().begin() + 3);
+  torch::manual_seed(3);
+  const auto features = torch::randn({3, model.decoder()->options().embed_size});
+  model.train(false);
+  const auto greedy = imcap::greedy_search(imcap::DecoderStepper(model.decoder()), features,
+                                           imcap::SearchOptions{}, special);
+  REQUIRE(greedy.size() == 3);
+  model.train(true);
+  const auto s = imcap::detail::scst_loss(model, features, ids, o, reward,
+                                          at::make_generator<at::CPUGeneratorImpl>(4));
+  REQUIRE(s.tokens.dim() == 2);
+  CHECK(s.tokens.size(0) == 3 * o.samples);
+  for (const auto& h : greedy) {
+    CHECK_FALSE(h.finished);
+    CHECK(static_cast<std::int64_t>(h.tokens.size()) == s.tokens.size(1));
+  }
+  CHECK(s.tokens.size(1) == imcap::SearchOptions{}.max_length);
+}
+
 TEST_CASE("imcap train --objective scst fine-tunes a model file", "[scst][cli]") {
   Tiny t;
   const auto& f = t.files;

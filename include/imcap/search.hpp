@@ -107,8 +107,9 @@ at::Tensor greedy_ids(const StepDecoder& decoder, const at::Tensor& features, in
 struct SampleOptions {
   /// Captions drawn per image. Default 5.
   int samples = 5;
-  /// Most tokens per caption, counting a leading <start> and the <end>. Default 16.
-  int max_length = 16;
+  /// Most tokens per caption, counting a leading <start> and the <end>. Default 20, as
+  /// SearchOptions::max_length.
+  int max_length = 20;
   /// The distribution is softmax(logits / temperature); > 0. Default 1.
   double temperature = 1.0;
   /// Draw only from the top_k most likely tokens of each step; 0 = from all. Default 0.

@@ -77,7 +77,10 @@ struct ScstOptions {
   ScstBaseline baseline = ScstBaseline::kMean;  ///< Default mean.
   double temperature = 1.0;                     ///< sampling temperature, > 0. Default 1.
   int top_k = 0;              ///< draw only from the k most likely words; 0 = all. Default 0.
-  int max_length = 16;        ///< most tokens per sampled caption, <end> included. Default 16.
+  /// Most tokens per sampled caption, counted as SearchOptions::max_length counts them (the
+  /// <end>, and the leading <start> that a Show and Tell model emits). Default 20, the search's
+  /// default: samples reach as far as the captions that validation and predict write.
+  int max_length = 20;
   double cider_weight = 1.0;  ///< weight of CIDEr-D (x10 scale, as reported) in the reward.
   double bleu_weight = 0.0;   ///< weight of sentence BLEU-4 in the reward. Default 0.
   /// The end of a caption counts as a last word of every sample and reference, so that the
