@@ -29,18 +29,20 @@ using detail::kIgnoreIndex;
 constexpr std::size_t kH = 0, kC = 1, kGrid = 2, kGridAtt = 3, kAlpha = 4, kMeanGates = 5;
 constexpr std::size_t kStateSize = 5;
 
-// cell(x, (h, c)), with `extra` (N, 4H) added to the gates where defined: LSTMCell's equations
-// (gates i, f, g, o) written out, as LSTMCell takes no per-row term.
+// cell(x, (h, c)), with `extra` (N, 4H) added to the gates where defined (LSTMCell takes no
+// per-row term).
 std::tuple<torch::Tensor, torch::Tensor> lstm_step(nn::LSTMCell& cell, const torch::Tensor& x,
                                                    const torch::Tensor& h, const torch::Tensor& c,
                                                    const torch::Tensor& extra) {
   if (!extra.defined()) return cell(x, std::make_tuple(h, c));
-  const torch::Tensor gates = torch::addmm(cell->bias_ih, x, cell->weight_ih.t()) +
-                              torch::addmm(cell->bias_hh, h, cell->weight_hh.t()) + extra;
-  const std::vector<torch::Tensor> g = gates.chunk(4, /*dim=*/1);
-  torch::Tensor c_next = torch::sigmoid(g[1]) * c + torch::sigmoid(g[0]) * torch::tanh(g[2]);
-  torch::Tensor h_next = torch::sigmoid(g[3]) * torch::tanh(c_next);
-  return {std::move(h_next), std::move(c_next)};
+  return detail::lstm_from_gates(torch::addmm(cell->bias_ih, x, cell->weight_ih.t()) +
+                                     torch::addmm(cell->bias_hh, h, cell->weight_hh.t()) + extra,
+                                 c);
+}
+
+// The mean feature's share of the gates in `state` (undefined without mean_feature).
+torch::Tensor mean_gates_of(const DecodeState& state, bool mean_feature) {
+  return mean_feature ? state.tensors[kMeanGates] : torch::Tensor();
 }
 
 void check_positive(const char* name, int64_t value) {
@@ -165,7 +167,7 @@ std::pair<torch::Tensor, torch::Tensor> AttentionDecoderImpl::hidden_states(
   torch::Tensor h = state.tensors[kH], c = state.tensors[kC];
   const torch::Tensor& grid_att = state.tensors[kGridAtt];
   const torch::Tensor& grid_in = state.tensors[kGrid];  // with its positions, if asked for
-  const torch::Tensor mean_in = options_.mean_feature ? state.tensors[kMeanGates] : torch::Tensor();
+  const torch::Tensor mean_in = mean_gates_of(state, options_.mean_feature);
   const detail::AttentionSequenceWeights w = recurrence_weights();
   if (detail::attention_sequence_supported(grid_in, words, w, mean_in))
     return detail::attention_sequence(grid_in, grid_att, words, h, c, w, mean_in);
@@ -176,9 +178,8 @@ std::pair<torch::Tensor, torch::Tensor> AttentionDecoderImpl::hidden_states(
   for (int64_t t = 0; t < steps; ++t) {
     auto [attended, alpha] = attention->attend(grid_in, grid_att, h);
     const torch::Tensor gate = torch::sigmoid(f_beta(h));
-    std::tie(h, c) = lstm_step(decode_step,
-                               torch::cat({words.select(1, t), gate * attended}, /*dim=*/1), h, c,
-                               mean_in);
+    std::tie(h, c) = lstm_step(
+        decode_step, torch::cat({words.select(1, t), gate * attended}, /*dim=*/1), h, c, mean_in);
     hs.push_back(h);
     alphas.push_back(std::move(alpha));
   }
@@ -331,7 +332,7 @@ torch::Tensor AttentionDecoderImpl::step_embedded(const torch::Tensor& word_embe
       "attention decoder step input",
       fmt::format("word embeddings of shape [{}, {}]", h.size(0), options_.embed_size),
       word_embeddings);
-  const torch::Tensor mean_in = options_.mean_feature ? state.tensors[kMeanGates] : torch::Tensor();
+  const torch::Tensor mean_in = mean_gates_of(state, options_.mean_feature);
   if (!is_training()) {
     const detail::AttentionSequenceWeights w = recurrence_weights();
     if (detail::AttentionStep::supported(h, w, fc->weight))  // searches' steps on the CPU

@@ -466,9 +466,9 @@ TEST_CASE(
   std::vector<torch::Tensor> logits;
   for (int64_t t = 0; t + 1 < b.captions.size(1); ++t) {
     auto [attended, alpha] = decoder->attention(b.grid, h);
-    const torch::Tensor x = torch::cat(
-        {decoder->embedding(b.captions.select(1, t)), torch::sigmoid(decoder->f_beta(h)) * attended},
-        1);
+    const torch::Tensor x = torch::cat({decoder->embedding(b.captions.select(1, t)),
+                                        torch::sigmoid(decoder->f_beta(h)) * attended},
+                                       1);
     const auto g = (torch::addmm(cell->bias_ih, x, cell->weight_ih.t()) +
                     torch::addmm(cell->bias_hh, h, cell->weight_hh.t()) + extra)
                        .chunk(4, 1);
@@ -730,10 +730,9 @@ TEST_CASE("imcap train --decoder attention, then caption", "[attention][cli]") {
   auto train = [&](const std::string& out, const std::vector<std::string>& extra) {
     return train_tiny(d, out, extra);
   };
-  const auto ok = train(
-      "att", {"--decoder", "attention", "--attention-dim", "8", "--embed-size", "12",
-              "--hidden-size", "16", "--grid", "2", "--attention-reg", "0.5", "--grid-positions",
-              "--mean-feature"});
+  const auto ok = train("att", {"--decoder", "attention", "--attention-dim", "8", "--embed-size",
+                                "12", "--hidden-size", "16", "--grid", "2", "--attention-reg",
+                                "0.5", "--grid-positions", "--mean-feature"});
   INFO(ok.out << ok.err);
   REQUIRE(ok.exit_code == 0);
   CHECK(ok.out.find("attention, grid 2x2, with positions, the grid's mean at every step") !=

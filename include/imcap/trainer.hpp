@@ -76,7 +76,7 @@ struct ScstOptions {
   int samples = 5;                              ///< captions drawn per image (>= 2 for kMean).
   ScstBaseline baseline = ScstBaseline::kMean;  ///< Default mean.
   double temperature = 1.0;                     ///< sampling temperature, > 0. Default 1.
-  int top_k = 0;              ///< draw only from the k most likely words; 0 = all. Default 0.
+  int top_k = 0;  ///< draw only from the k most likely words; 0 = all. Default 0.
   /// Most tokens per sampled caption, counted as SearchOptions::max_length counts them (the
   /// <end>, and the leading <start> that a Show and Tell model emits). Default 20, the search's
   /// default: samples reach as far as the captions that validation and predict write.

@@ -559,9 +559,10 @@ void add_train_command(CLI::App& app) {
                   "SCST: sample only from the k most likely words (0: all)")
       ->capture_default_str()
       ->check(CLI::Range(0, 1 << 30));
-  cmd->add_option("--max-length", a->trainer.scst.max_length,
-                  "SCST: most tokens per sampled caption, counted as --max-length of predict counts "
-                  "them (<end>, and a Show and Tell model's leading <start>)")
+  cmd->add_option(
+         "--max-length", a->trainer.scst.max_length,
+         "SCST: most tokens per sampled caption, counted as --max-length of predict counts "
+         "them (<end>, and a Show and Tell model's leading <start>)")
       ->capture_default_str()
       ->check(CLI::Range(2, 1000));
   cmd->add_option("--cider-weight", a->trainer.scst.cider_weight,

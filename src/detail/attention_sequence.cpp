@@ -184,7 +184,7 @@ struct AttentionSequence : torch::autograd::Function<AttentionSequence> {
     mm_rows(acts, x_w, w_ih.narrow(1, 0, embed).t(), b_ih);
     acts = acts.view({steps, s.batch, s.gates});
     if (row_gates.numel() > 0) acts.add_(row_gates.unsqueeze(0));  // the same for every step
-    const Tensor w_hcat = at::cat({w_hh, w_da, w_fb}, 0);  // (wide, H)
+    const Tensor w_hcat = at::cat({w_hh, w_da, w_fb}, 0);          // (wide, H)
     const Tensor b_hcat = at::cat({b_hh, b_da, b_fb}, 0);
     const Tensor w_hcat_t = w_hcat.t(), w_ctx_t = w_ih.narrow(1, embed, s.enc).t();
     Tensor hs = at::empty({steps, s.batch, hidden}, opts);

@@ -38,6 +38,14 @@ torch::Tensor step_affine(const torch::Tensor& x, const torch::Tensor& w, const 
   return at::addmv(b, w, x[0]).unsqueeze(0);
 }
 
+std::pair<torch::Tensor, torch::Tensor> lstm_from_gates(const torch::Tensor& gates,
+                                                        const torch::Tensor& c) {
+  const auto g = gates.chunk(4, /*dim=*/1);
+  torch::Tensor c_next = g[1].sigmoid() * c + g[0].sigmoid() * g[2].tanh();
+  torch::Tensor h_next = g[3].sigmoid() * c_next.tanh();
+  return {std::move(h_next), std::move(c_next)};
+}
+
 torch::Tensor DecodeStep::lstm(const torch::Tensor& inputs, const torch::Tensor& h,
                                const torch::Tensor& c, const std::vector<torch::Tensor>& weights,
                                torch::Tensor& h_next, torch::Tensor& c_next) {
@@ -51,11 +59,10 @@ torch::Tensor DecodeStep::lstm(const torch::Tensor& inputs, const torch::Tensor&
     const auto& b_hh = weights[static_cast<std::size_t>(4 * l + 3)];
     torch::Tensor gates = step_affine(x, w_ih, b_ih);
     gates += step_affine(h[l], w_hh, b_hh);
-    const auto chunks = gates.chunk(4, /*dim=*/1);
-    const torch::Tensor c_l = chunks[1].sigmoid() * c[l] + chunks[0].sigmoid() * chunks[2].tanh();
-    x = chunks[3].sigmoid() * c_l.tanh();
-    hs.push_back(x);
-    cs.push_back(c_l);
+    auto [h_l, c_l] = lstm_from_gates(gates, c[l]);
+    x = h_l;
+    hs.push_back(std::move(h_l));
+    cs.push_back(std::move(c_l));
   }
   h_next = torch::stack(hs);
   c_next = torch::stack(cs);

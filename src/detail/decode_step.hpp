@@ -8,6 +8,7 @@
 #include <cstdint>
 #include <memory>
 #include <mutex>
+#include <utility>
 #include <vector>
 
 #include "imcap/decoder.hpp"
@@ -64,5 +65,10 @@ class DecodeStep {
 /// serializes calls made from several threads at once); with many rows, one general product
 /// per thread on its share of the rows of x.
 torch::Tensor step_affine(const torch::Tensor& x, const torch::Tensor& w, const torch::Tensor& b);
+
+/// LSTMCell's equations from its gates (N, 4H), in PyTorch's order i, f, g, o, and c (N, H):
+/// {h', c'} with c' = σ(f) c + σ(i) tanh(g), h' = σ(o) tanh(c'); any device and type.
+std::pair<torch::Tensor, torch::Tensor> lstm_from_gates(const torch::Tensor& gates,
+                                                        const torch::Tensor& c);
 
 }  // namespace imcap::detail
