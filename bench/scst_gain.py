@@ -7,13 +7,19 @@ Per kind, the runs share their first phase: cross-entropy for (1 - share) of the
 Then
   xe-only:   xe1 resumed (exactly) for the rest of the budget, still cross-entropy;
   scst-...:  `imcap train --objective scst --init-from xe1/best.imcap` for the rest, one run per
-             variant (baseline mean or greedy, <end> in the reward or not, learning rate).
+             variant (baseline mean or greedy, <end> in the reward or not, learning rate), and
+             per seed with --seeds; the xe-lr2e-4 variant is the control, cross-entropy from the
+             same model at SCST's learning rate.
+With --scst-steps N every arm after xe1 runs N steps instead of the rest of the budget (variants
+compared on equal work); with --anneal-steps N they start from xe1's model trained N more steps
+with cross-entropy at 2e-4, one that a smaller step no longer lifts much.
 Every model is scored by `imcap predict` (its default search, beam 3) and `imcap eval` on the test
 set. The model configuration is the demo's (ResNet-18 from scratch, 32-px input, E 128, H 256,
 par inject, batch 100, lr 2e-3). Prints a Markdown table and writes the numbers as JSON.
 
   /usr/bin/python3 bench/scst_gain.py --imcap build/imcap [--kinds shapes,counts,relations,glyphs,textures]
-      [--seconds 200] [--share 0.25] [--variants mean,greedy,mean-noend] [--out-dir DIR]
+      [--seconds 200] [--share 0.25] [--variants mean,greedy,mean-noend,xe-lr2e-4] [--out-dir DIR]
+      [--seeds 1,2] [--scst-steps N] [--anneal-steps N]
       [--json bench/results/scst-gain.json]
 """
 import argparse
@@ -25,7 +31,8 @@ import time
 
 from bench_common import run, same_blas_kernels
 
-# "mean" is imcap's defaults (mean baseline, --xe-weight 1, lr 2e-4, --max-length 20); "alone" is
+# "mean" is imcap's defaults (mean baseline, --xe-weight 1, lr 2e-4, --max-length 20, relative
+# advantages since 2026-12-07; "mean-raw" without them); "alone" is
 # SCST without the references' cross-entropy at self-critical.pytorch's lr 5e-5, sampling at most
 # 16 tokens as the former default did (the defaults before 2026-12-07, when the other variants'
 # runs were made: those without --lr ran at 5e-5, without --xe-weight at 0, and all at
@@ -50,7 +57,21 @@ VARIANTS = {
     "mean-xe1-lr3e-4": ["--xe-weight", "1", "--lr", "3e-4"],
     "mean-len16": ["--max-length", "16"],
     "mean-len20": ["--max-length", "20"],
+    "mean-xe2": ["--xe-weight", "2"],
+    "mean-xe2.5": ["--xe-weight", "2.5"],
+    "mean-xe5": ["--xe-weight", "5"],
+    "mean-xe3": ["--xe-weight", "3"],
+    "mean-raw": ["--no-relative-advantage"],
+    "scst-only": ["--xe-weight", "0", "--lr", "5e-5"],
+    "mean-xe0.5": ["--xe-weight", "0.5"],
+    "mean-xe2-raw": ["--xe-weight", "2", "--no-relative-advantage"],
+    "mean-xe5-raw": ["--xe-weight", "5", "--no-relative-advantage"],
+    # Not SCST: cross-entropy from the same start at SCST's learning rate (a fine-tuning control:
+    # how much of SCST's gain a smaller step alone gives).
+    "xe-lr2e-4": ["--lr", "2e-4"],
 }
+# Variants that train with cross-entropy, not SCST.
+XE_VARIANTS = {"xe-lr2e-4"}
 
 
 def main():
@@ -66,6 +87,18 @@ def main():
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--out-dir", default="scst-gain")
     ap.add_argument("--json", default="")
+    ap.add_argument("--scst-steps", type=int, default=0,
+                    help="run each SCST arm for this many steps instead of the rest of the budget "
+                         "(the same work for every variant: compares variants without the noise "
+                         "of how many steps fit in the time)")
+    ap.add_argument("--seeds", default="1",
+                    help="SCST arms run once per seed (comma-separated); the row gives each "
+                         "seed's scores and their mean")
+    ap.add_argument("--anneal-steps", type=int, default=0,
+                    help="start the arms after xe1 from xe1's best model trained this many more "
+                         "steps with cross-entropy at lr 2e-4 (seed 1; kept in DIR/anneal-N), "
+                         "so that SCST starts from a model that a smaller step no longer lifts, "
+                         "as it starts from a converged one on COCO")
     ap.add_argument("--reuse", action="store_true",
                     help="keep the xe1 and xe-only runs of an earlier call with the same --out-dir "
                          "(to add variants)")
@@ -90,7 +123,7 @@ def main():
                      os.path.join(data, "train"), "--val-annotations",
                      os.path.join(data, "captions_val.json"), "--val-images", os.path.join(data, "val"),
                      "--batch-size", "100", "--val-max-images", str(a.val), "--flip-probability", "0",
-                     "--log-interval", "25", "--threads", str(a.threads), "--seed", "1"]
+                     "--log-interval", "25", "--threads", str(a.threads)]
         model_args = ["--encoder", "resnet18", "--embed-size", "128", "--hidden-size", "256",
                       "--inject", "par", "--image-size", "32", "--vocab-threshold", "1"]
 
@@ -114,21 +147,47 @@ def main():
         if not (a.reuse and os.path.exists(os.path.join(xe_only, "last.imcap"))):
             shutil.rmtree(xe1, ignore_errors=True)
             run([imcap, "train"] + data_args + model_args +
-                ["--lr", "2e-3", "--max-seconds", str(first), "--out", xe1], os.path.join(d, "xe1.log"))
+                ["--seed", "1", "--lr", "2e-3", "--max-seconds", str(first), "--out", xe1], os.path.join(d, "xe1.log"))
             shutil.rmtree(xe_only, ignore_errors=True)
             shutil.copytree(xe1, xe_only)
             run([imcap, "train"] + data_args + model_args +
-                ["--lr", "2e-3", "--max-seconds", str(rest), "--resume", "--out", xe_only],
+                ["--seed", "1", "--lr", "2e-3", "--max-seconds", str(rest), "--resume", "--out", xe_only],
                 os.path.join(d, "xe-only.log"))
         row["xe1"] = score(best(xe1), "xe1")
         row["xe_only"] = score(best(xe_only), "xe-only")
+        start = best(xe1)
+        prefix = "scst-"
+        if a.anneal_steps > 0:
+            anneal = os.path.join(d, "anneal-%d" % a.anneal_steps)
+            if not (a.reuse and os.path.exists(os.path.join(anneal, "last.imcap"))):
+                shutil.rmtree(anneal, ignore_errors=True)
+                run([imcap, "train"] + data_args + ["--seed", "1", "--objective", "xe",
+                                                    "--init-from", start, "--out", anneal,
+                                                    "--max-steps", str(a.anneal_steps)] +
+                    VARIANTS["xe-lr2e-4"], os.path.join(d, "anneal-%d.log" % a.anneal_steps))
+            start = best(anneal)
+            row["anneal_steps"] = a.anneal_steps
+            row["anneal"] = score(start, "anneal-%d" % a.anneal_steps)
+            prefix = "anneal-%d-then-" % a.anneal_steps
+        seeds = a.seeds.split(",")
+        stop = ["--max-steps", str(a.scst_steps)] if a.scst_steps > 0 else ["--max-seconds", str(rest)]
         for v in a.variants.split(","):
-            out = os.path.join(d, "scst-" + v)
-            shutil.rmtree(out, ignore_errors=True)
-            run([imcap, "train"] + data_args + ["--objective", "scst", "--init-from", best(xe1),
-                                                "--max-seconds", str(rest), "--out", out] + VARIANTS[v],
-                os.path.join(d, "scst-" + v + ".log"))
-            row["scst_" + v] = score(best(out), "scst-" + v)
+            per_seed = {}
+            for seed in seeds:
+                name = prefix + v + ("" if seeds == ["1"] else "-s" + seed)
+                out = os.path.join(d, name)
+                shutil.rmtree(out, ignore_errors=True)
+                objective = "xe" if v in XE_VARIANTS else "scst"
+                run([imcap, "train"] + data_args + ["--seed", seed, "--objective", objective,
+                                                    "--init-from", start, "--out", out] +
+                    stop + VARIANTS[v], os.path.join(d, name + ".log"))
+                per_seed[seed] = score(best(out), name)
+            if seeds == ["1"]:
+                row["scst_" + v] = per_seed["1"]
+            else:
+                row["scst_" + v] = {k: sum(s[k] for s in per_seed.values()) / len(seeds)
+                                    for k in ("bleu4", "cider")}
+                row["scst_" + v]["seeds"] = per_seed
         rows.append(row)
         print(json.dumps(row), flush=True)
     variants = a.variants.split(",")

@@ -10,6 +10,7 @@
 #include <unistd.h>
 
 #include <chrono>
+#include <cmath>
 #include <cstdlib>
 #include <fstream>
 #include <optional>
@@ -438,6 +439,49 @@ TEST_CASE("imcap train --nproc 2 trains, resumes and writes one last.imcap", "[d
   const auto split = logged_losses(tmp.file("split/log.jsonl"));
   REQUIRE(split.size() == full.size());
   for (std::size_t i = 0; i < full.size(); ++i) CHECK(split[i] == Approx(full[i]).epsilon(1e-12));
+
+  // SCST from that model on two processes: the ranks' samples, rewards and mean reward (which
+  // relative advantages divide by) are gathered into each step.
+  r = imcap::test::run_cli({"train",
+                            "--annotations",
+                            f.train_annotations,
+                            "--images",
+                            f.train_images,
+                            "--out",
+                            tmp.file("scst"),
+                            "--objective",
+                            "scst",
+                            "--init-from",
+                            tmp.file("full/last.imcap"),
+                            "--nproc",
+                            "2",
+                            "--max-steps",
+                            "2",
+                            "--samples",
+                            "2",
+                            "--max-length",
+                            "8",
+                            "--batch-size",
+                            "10",
+                            "--workers",
+                            "0",
+                            "--log-interval",
+                            "1",
+                            "--flip-probability",
+                            "0"});
+  INFO(r.out << r.err);
+  REQUIRE(r.exit_code == 0);
+  std::ifstream scst_log(tmp.file("scst/log.jsonl"));
+  std::string line;
+  int scst_steps = 0;
+  while (std::getline(scst_log, line)) {
+    const auto j = json::parse(line);
+    if (j["type"] != "step") continue;
+    ++scst_steps;
+    CHECK(std::isfinite(j["loss"].get<double>()));
+    CHECK(j["reward"].get<double>() >= 0.0);
+  }
+  CHECK(scst_steps == 2);
 
   // A launcher's environment and --nproc do not go together; bad values are usage errors.
   CHECK(imcap::test::run_cli({"train", "--annotations", f.train_annotations, "--images",

@@ -66,6 +66,56 @@ imcap::TrainerOptions scst_options(const Tiny& t, const std::string& out) {
   return o;
 }
 
+// The last step line of OUT/log.jsonl.
+nlohmann::json last_step_line(const std::string& out_dir) {
+  std::ifstream log(out_dir + "/log.jsonl");
+  std::string text;
+  nlohmann::json step;
+  while (std::getline(log, text))
+    if (const auto j = nlohmann::json::parse(text); j["type"] == "step") step = j;
+  return step;
+}
+
+// The largest difference between two models' decoder weights.
+double max_weight_difference(const imcap::CaptionModel& a, const imcap::CaptionModel& b) {
+  const auto pa = a.decoder_module().named_parameters();
+  const auto pb = b.decoder_module().named_parameters();
+  double out = 0.0;
+  for (const auto& item : pa)
+    out = std::max(out, (item.value() - pb[item.key()]).abs().max().item<double>());
+  return out;
+}
+
+// A cross-entropy model saved as OUT/start.imcap: the one state that SCST runs start from.
+std::string saved_start(const Tiny& t, imcap::CocoDataset& train) {
+  const auto start = t.tmp.file("start.imcap");
+  cross_entropy_model(t, train).save(start);
+  return start;
+}
+
+// One step from `start` with scst_options (so the same seed and samples), changed by `change`:
+// its loss, the log's step line, the weights after it.
+struct OneStep {
+  double loss;
+  nlohmann::json line;
+  imcap::CaptionModel model;
+};
+
+template <typename Change>
+OneStep one_step(const Tiny& t, imcap::CocoDataset& train, const std::string& start,
+                 const std::string& name, Change change) {
+  auto model = imcap::CaptionModel::load(start);
+  auto o = scst_options(t, name);
+  o.max_steps = 1;
+  o.validate_at_stop = false;
+  change(o);
+  const auto r = imcap::Trainer(model, train, nullptr, o).fit();
+  REQUIRE(r.losses.size() == 1);
+  auto line = last_step_line(t.tmp.file(name));
+  REQUIRE(!line.is_null());
+  return OneStep{r.losses[0], std::move(line), std::move(model)};
+}
+
 }  // namespace
 
 TEST_CASE("the SCST reward is imcap eval's per-image CIDEr-D and sentence BLEU-4", "[scst]") {
@@ -311,35 +361,16 @@ TEST_CASE("SCST's cross-entropy term adds the references' loss, weighted, to the
   Tiny t;
   auto start_model = t.model();
   auto train = t.split(true, start_model);
-  start_model = cross_entropy_model(t, train);
-  const auto start = t.tmp.file("start.imcap");
-  start_model.save(start);
-  // One step from the same state and seed: its loss, the log's step line, the weights after it.
-  struct Step {
-    double loss;
-    nlohmann::json line;
-    imcap::CaptionModel model;
+  const auto start = saved_start(t, train);
+  auto step = [&](imcap::Objective objective, double xe_weight, const std::string& name) {
+    return one_step(t, train, start, name, [&](imcap::TrainerOptions& o) {
+      o.objective = objective;
+      o.scst.xe_weight = xe_weight;
+    });
   };
-  auto one_step = [&](imcap::Objective objective, double xe_weight, const std::string& name) {
-    auto model = imcap::CaptionModel::load(start);
-    auto o = scst_options(t, name);
-    o.objective = objective;
-    o.scst.xe_weight = xe_weight;
-    o.max_steps = 1;
-    o.validate_at_stop = false;
-    const auto r = imcap::Trainer(model, train, nullptr, o).fit();
-    REQUIRE(r.losses.size() == 1);
-    std::ifstream log(t.tmp.file(name + "/log.jsonl"));
-    std::string text;
-    nlohmann::json step;
-    while (std::getline(log, text))
-      if (const auto j = nlohmann::json::parse(text); j["type"] == "step") step = j;
-    REQUIRE(!step.is_null());
-    return Step{r.losses[0], step, std::move(model)};
-  };
-  const auto scst = one_step(imcap::Objective::kScst, 0.0, "scst");
-  const auto mixed = one_step(imcap::Objective::kScst, 0.5, "mixed");
-  const auto xe = one_step(imcap::Objective::kCrossEntropy, 0.0, "xe-step");
+  const auto scst = step(imcap::Objective::kScst, 0.0, "scst");
+  const auto mixed = step(imcap::Objective::kScst, 0.5, "mixed");
+  const auto xe = step(imcap::Objective::kCrossEntropy, 0.0, "xe-step");
   CHECK_FALSE(scst.line.contains("xe_loss"));
   REQUIRE(mixed.line.contains("xe_loss"));
   const double xe_loss = mixed.line["xe_loss"].get<double>();
@@ -349,12 +380,51 @@ TEST_CASE("SCST's cross-entropy term adds the references' loss, weighted, to the
   CHECK(mixed.loss == Approx(scst.loss + 0.5 * xe_loss).epsilon(1e-6));
   CHECK(mixed.line["reward"].get<double>() == scst.line["reward"].get<double>());
   // And it is trained on: the step moves the decoder elsewhere than SCST's alone.
-  const auto a = scst.model.decoder_module().named_parameters();
-  const auto b = mixed.model.decoder_module().named_parameters();
-  double moved = 0.0;
-  for (const auto& item : a)
-    moved = std::max(moved, (item.value() - b[item.key()]).abs().max().item<double>());
-  CHECK(moved > 1e-6);
+  CHECK(max_weight_difference(scst.model, mixed.model) > 1e-6);
+}
+
+TEST_CASE("relative advantages divide SCST's term by the mean reward, whatever its scale",
+          "[scst]") {
+  Tiny t;
+  auto start_model = t.model();
+  auto train = t.split(true, start_model);
+  const auto start = saved_start(t, train);
+  struct Step {
+    double loss, reward, xe_loss;
+    imcap::CaptionModel model;
+  };
+  // One step from the same state (so the same samples), the reward scaled by `cider_weight`.
+  auto step = [&](bool relative, double cider_weight, double xe_weight, const std::string& name) {
+    auto s = one_step(t, train, start, name, [&](imcap::TrainerOptions& o) {
+      o.scst.relative_advantage = relative;
+      o.scst.cider_weight = cider_weight;
+      o.scst.xe_weight = xe_weight;
+    });
+    return Step{s.loss, s.line["reward"].get<double>(),
+                s.line.contains("xe_loss") ? s.line["xe_loss"].get<double>() : 0.0,
+                std::move(s.model)};
+  };
+  CHECK(imcap::ScstOptions{}.relative_advantage);
+  const auto raw = step(false, 1.0, 0.0, "raw");
+  const auto relative = step(true, 1.0, 0.0, "relative");
+  REQUIRE(raw.reward > 0.05);
+  REQUIRE(std::abs(raw.loss) > 1e-4);
+  CHECK(relative.reward == raw.reward);
+  CHECK(relative.loss == Approx(raw.loss / raw.reward).epsilon(1e-5));
+  // Beside the references' cross-entropy, SCST's term is the relative one.
+  const auto mixed = step(true, 1.0, 0.5, "mixed");
+  REQUIRE(mixed.xe_loss > 0.1);
+  CHECK(mixed.loss == Approx(raw.loss / raw.reward + 0.5 * mixed.xe_loss).epsilon(1e-5));
+  // A reward three times as large: the same loss and the same step, where raw advantages pull
+  // three times as hard against the cross-entropy and move the model elsewhere.
+  const auto tripled = step(true, 3.0, 0.5, "tripled");
+  CHECK(tripled.reward == Approx(3.0 * raw.reward).epsilon(1e-9));
+  CHECK(tripled.loss == Approx(mixed.loss).epsilon(1e-5));
+  CHECK(max_weight_difference(tripled.model, mixed.model) < 1e-7);
+  const auto raw_mixed = step(false, 1.0, 0.5, "raw-mixed");
+  const auto raw_tripled = step(false, 3.0, 0.5, "raw-tripled");
+  CHECK(raw_tripled.loss == Approx(raw_mixed.loss + 2.0 * raw.loss).epsilon(1e-5));
+  CHECK(max_weight_difference(raw_tripled.model, raw_mixed.model) > 1e-6);
 }
 
 TEST_CASE("the trainer refuses bad SCST options, naming them", "[scst]") {
@@ -452,7 +522,8 @@ TEST_CASE("imcap train --objective scst fine-tunes a model file", "[scst][cli]")
   CHECK(scst({"--init-from", xe, "--hidden-size", "64"}) == 2);  // architecture is the file's
   CHECK(scst({"--init-from", xe, "--baseline", "best"}) == 2);
   CHECK(scst({"--init-from", xe, "--samples", "3", "--baseline", "greedy", "--temperature", "0.8",
-              "--bleu-weight", "0.5", "--no-reward-end", "--xe-weight", "0.5"}) == 0);
+              "--bleu-weight", "0.5", "--no-reward-end", "--xe-weight", "0.5",
+              "--no-relative-advantage"}) == 0);
   const auto saved = imcap::CaptionModel::load(t.tmp.file("scst/last.imcap"));
   CHECK(saved.vocab() == imcap::CaptionModel::load(xe).vocab());
   std::ifstream log(t.tmp.file("scst/log.jsonl"));

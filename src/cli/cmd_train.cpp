@@ -314,7 +314,7 @@ void run_train(const TrainArgs& a) {
   if (chatty && o.objective == Objective::kScst)
     fmt::print(
         "self-critical training: {} samples per image (temperature {:g}{}), baseline {}, reward "
-        "{}{}{}{}, learning rate {:g}\n",
+        "{}{}{}{}{}, learning rate {:g}\n",
         o.scst.samples, o.scst.temperature,
         o.scst.top_k > 0 ? fmt::format(", top {}", o.scst.top_k) : std::string(),
         to_string(o.scst.baseline),
@@ -324,7 +324,9 @@ void run_train(const TrainArgs& a) {
             ? fmt::format("{}{:g} x BLEU-4", o.scst.cider_weight > 0 ? " + " : "",
                           o.scst.bleu_weight)
             : std::string(),
-        o.scst.reward_end ? ", <end> counted" : "", describe_xe_weight(o.scst.xe_weight), o.lr);
+        o.scst.reward_end ? ", <end> counted" : "",
+        o.scst.relative_advantage ? ", advantages relative to the mean reward" : "",
+        describe_xe_weight(o.scst.xe_weight), o.lr);
   Trainer trainer(*model, train, val.get(), o);
   Trainer::install_signal_handlers();
   const auto r = trainer.fit();
@@ -579,6 +581,10 @@ void add_train_command(CLI::App& app) {
       ->check(finite_range(0.0, 1e6));
   cmd->add_flag("--reward-end,!--no-reward-end", a->trainer.scst.reward_end,
                 "SCST: the end of a caption counts as a word in the reward")
+      ->capture_default_str();
+  cmd->add_flag("--relative-advantage,!--no-relative-advantage", a->trainer.scst.relative_advantage,
+                "SCST: divide each sample's advantage by the batch's mean reward, so that the "
+                "balance with --xe-weight holds whatever the reward's scale")
       ->capture_default_str();
   cmd->callback([a, cmd] {
     a->lr_given = cmd->count("--lr") > 0;

@@ -36,6 +36,13 @@ ScstLoss scst_loss(CaptionModel& model, const torch::Tensor& features,
                    const std::vector<std::int64_t>& image_ids, const ScstOptions& options,
                    const ScstReward& reward, at::Generator generator, bool rescore_samples = true);
 
+/// With ScstOptions::relative_advantage, the least mean reward that the advantages are divided
+/// by: 0.01 times the reward's weights (a batch whose samples match next to nothing would
+/// otherwise have its few matches blown up).
+inline double relative_advantage_floor(const ScstOptions& options) {
+  return 0.01 * (options.cider_weight + options.bleu_weight);
+}
+
 /// Checks ScstOptions; throws InvalidArgument naming the field and what it must be.
 void check_scst_options(const ScstOptions& options);
 

@@ -21,7 +21,8 @@ namespace imcap::detail {
 /// What a step did.
 struct StepOutcome {
   /// The batch's loss (all ranks together): cross-entropy, the mean per token; SCST, the mean
-  /// per sample, plus ScstOptions::xe_weight times `xe_loss`.
+  /// per sample (divided by the mean reward with ScstOptions::relative_advantage), plus
+  /// ScstOptions::xe_weight times `xe_loss`.
   double loss = 0.0;
   /// SCST with ScstOptions::xe_weight > 0 (NaN otherwise): the cross-entropy of the batch's
   /// references, the mean per token, all ranks together.
