@@ -272,6 +272,9 @@ def main():
     out = run([imcap, "train"] + common + ["--objective", "scst", "--init-from", os.path.join(init, "last.imcap"),
                                            "--samples", str(a.samples), "--baseline", a.baseline,
                                            "--max-length", str(a.max_length), "--max-steps", str(a.steps),
+                                           # The PyTorch step is SCST alone (RewardCriterion):
+                                           # without imcap's default cross-entropy term.
+                                           "--xe-weight", "0",
                                            "--log-interval", "5", "--out", scst], os.path.join(d, "scst.log"))
     rates = [json.loads(l)["captions_per_s"] for l in open(os.path.join(scst, "log.jsonl"))
              if '"type":"step"' in l.replace(" ", "")]
