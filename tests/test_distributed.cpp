@@ -151,16 +151,19 @@ std::vector<std::string> train_args(const imcap::SyntheticDataset& f, const std:
        "--val-max-images", "4", "--trainable-stages", "none"});
 }
 
-std::vector<double> logged_losses(const std::string& log_path) {
-  std::vector<double> losses;
+// The value of `key` in each step line of a log.jsonl.
+std::vector<double> logged(const std::string& log_path, const char* key) {
+  std::vector<double> values;
   std::ifstream log(log_path);
   std::string line;
   while (std::getline(log, line)) {
     const auto j = json::parse(line);
-    if (j["type"] == "step") losses.push_back(j["loss"].get<double>());
+    if (j["type"] == "step") values.push_back(j[key].get<double>());
   }
-  return losses;
+  return values;
 }
+
+std::vector<double> logged_losses(const std::string& log_path) { return logged(log_path, "loss"); }
 
 std::string file_text(const std::string& path) {
   return imcap::detail::path_exists(path) ? imcap::test::read_text(path) : std::string();
@@ -471,17 +474,12 @@ TEST_CASE("imcap train --nproc 2 trains, resumes and writes one last.imcap", "[d
                             "0"});
   INFO(r.out << r.err);
   REQUIRE(r.exit_code == 0);
-  std::ifstream scst_log(tmp.file("scst/log.jsonl"));
-  std::string line;
-  int scst_steps = 0;
-  while (std::getline(scst_log, line)) {
-    const auto j = json::parse(line);
-    if (j["type"] != "step") continue;
-    ++scst_steps;
-    CHECK(std::isfinite(j["loss"].get<double>()));
-    CHECK(j["reward"].get<double>() >= 0.0);
-  }
-  CHECK(scst_steps == 2);
+  const auto scst_losses = logged_losses(tmp.file("scst/log.jsonl"));
+  const auto rewards = logged(tmp.file("scst/log.jsonl"), "reward");
+  CHECK(scst_losses.size() == 2);
+  CHECK(rewards.size() == 2);
+  for (const double l : scst_losses) CHECK(std::isfinite(l));
+  for (const double w : rewards) CHECK(w >= 0.0);
 
   // A launcher's environment and --nproc do not go together; bad values are usage errors.
   CHECK(imcap::test::run_cli({"train", "--annotations", f.train_annotations, "--images",

@@ -153,11 +153,12 @@ StepOutcome TrainStep::run(const Batch& batch, bool want_stop, const TrainingPro
     out.baseline = baseline_sum / all_weight;
   }
   // ScstOptions::relative_advantage: SCST's loss is linear in the advantages, so dividing them
-  // by the batch's mean reward is scaling its term.
-  double scst_scale = 1.0;
-  if (scst && options_.scst.relative_advantage && all_weight > 0)
-    scst_scale = 1.0 / std::max(out.reward, relative_advantage_floor(options_.scst));
-  if (scst) out.loss *= scst_scale;
+  // by the batch's mean reward (known only now, all ranks together) is scaling its term.
+  if (scst && options_.scst.relative_advantage && all_weight > 0) {
+    const double scale = 1.0 / std::max(out.reward, relative_advantage_floor(options_.scst));
+    out.loss *= scale;
+    if (has_data) loss = loss * scale;
+  }
   if (scst && xe_weight > 0) {
     // The step's loss is SCST's plus the weighted cross-entropy; both are reported.
     out.xe_loss = xe_loss;
@@ -173,9 +174,7 @@ StepOutcome TrainStep::run(const Batch& batch, bool want_stop, const TrainingPro
   optimizer_->zero_grad();
   if (group_ == nullptr) {
     if (scst && xe_weight > 0)
-      (loss * scst_scale + xe_weight * xe_term).backward();
-    else if (scst)
-      (loss * scst_scale).backward();
+      (loss + xe_weight * xe_term).backward();
     else
       loss.backward();
   } else {
@@ -184,7 +183,7 @@ StepOutcome TrainStep::run(const Batch& batch, bool want_stop, const TrainingPro
     // whole batch's mean loss: the step one process would take on the whole batch. SCST's
     // cross-entropy term is a mean over the tokens, weighted by the rank's share of those.
     if (has_data) {
-      auto weighted = loss * (scst_scale * rank_weight * world_ / all_weight);
+      auto weighted = loss * (rank_weight * world_ / all_weight);
       if (scst && xe_weight > 0 && all_tokens > 0)
         weighted = weighted + xe_term * (xe_weight * rank_tokens * world_ / all_tokens);
       weighted.backward();
