@@ -262,6 +262,13 @@ Trainer::Trainer(CaptionModel& model, const CocoDataset& train, const CocoDatase
     throw InvalidArgument(fmt::format("trainer: epochs = {} must be at least 1", options.epochs));
   if (!(options.lr > 0))
     throw InvalidArgument(fmt::format("trainer: learning rate {} must be positive", options.lr));
+  if (!(options.lr_anneal_share >= 0 && options.lr_anneal_share < 1))
+    throw InvalidArgument(fmt::format(
+        "trainer: lr_anneal_share = {} must be in [0, 1) (0: no end-of-budget cut)",
+        options.lr_anneal_share));
+  if (!(options.lr_anneal_factor > 0 && options.lr_anneal_factor <= 1))
+    throw InvalidArgument(fmt::format("trainer: lr_anneal_factor = {} must be in (0, 1]",
+                                      options.lr_anneal_factor));
   if (options.optimizer != Optimizer::kAdam && options.optimizer != Optimizer::kSgd)
     throw InvalidArgument(fmt::format("trainer: optimizer {} is not one of: adam, sgd",
                                       static_cast<int>(options.optimizer)));
@@ -342,6 +349,9 @@ TrainResult Trainer::fit() {
   // The step this call last validated at (validate_now sets it with result.last_validation).
   std::size_t validated_at = SIZE_MAX;
   double reward_seconds = 0.0;  // SCST: this rank's time scoring rewards
+  // The optimizer runs at p.lr (resume set it) until the end-of-budget cut.
+  bool annealed = false, time_due = false;
+  detail::set_lr(s.step.optimizer(), p.lr);
   auto validate_now = [&](const std::string& when) {
     line.interrupt();
     const auto started = detail::Clock::now();
@@ -381,10 +391,25 @@ TrainResult Trainer::fit() {
 
   for (; p.epoch < static_cast<std::size_t>(o.epochs) && !stop; ++p.epoch, p.step_in_epoch = 0) {
     s.loader.start_epoch(p.epoch);
+    const std::size_t in_epoch = s.loader.batches_per_epoch();
     if (p.step_in_epoch > 0) s.loader.skip(p.step_in_epoch);
     while (auto batch = s.loader.next()) {
+      // The end-of-budget cut: by steps and epochs a function of the progress (a resumed run
+      // cuts where the uninterrupted one did), by time from the clock of this call, which a
+      // step's all-reduce shares between the ranks.
+      const bool due = time_due || s.schedule.anneal_due(p, in_epoch);
+      if (due != annealed) {
+        annealed = due;
+        detail::set_lr(s.step.optimizer(), s.schedule.rate(p, annealed));
+        if (annealed)
+          line.print(fmt::format("step {}: learning rate {:g} -> {:g} for the rest of the run ({:g} "
+                                 "% of its budget)",
+                                 p.global_step + 1, p.lr, s.schedule.rate(p, true),
+                                 100.0 * o.lr_anneal_share));
+      }
       const detail::StepOutcome r =
-          s.step.run(*batch, out_of_time() || stop_requested(), p, s.path("last.imcap"));
+          s.step.run(*batch, out_of_time() || stop_requested(),
+                     s.schedule.anneal_time(detail::seconds_since(t0)), p, s.path("last.imcap"));
       ++p.step_in_epoch;
       ++p.global_step;
       result.losses.push_back(r.loss);
@@ -392,7 +417,11 @@ TrainResult Trainer::fit() {
       result.last_reward = r.reward;
       result.captions += r.captions;
       reward_seconds += r.reward_seconds;
-      if (auto entry = line.after_step(p, r, p.lr); !entry.is_null()) s.log.write(entry);
+      if (auto entry = line.after_step(p, r, s.schedule.rate(p, annealed)); !entry.is_null())
+        s.log.write(entry);
+      time_due = time_due || (s.group != nullptr
+                                  ? r.anneal
+                                  : s.schedule.anneal_time(detail::seconds_since(t0)));
       const bool time_or_signal = s.group != nullptr ? r.stop : out_of_time() || stop_requested();
       if (time_or_signal || (o.max_steps > 0 && p.global_step >= o.max_steps)) {
         stop = true;
@@ -424,10 +453,12 @@ TrainResult Trainer::fit() {
       const Validation v = validated_at == p.global_step
                                ? result.last_validation
                                : validate_now(fmt::format("after epoch {}", p.epoch + 1));
-      if (s.schedule.after_validation(p, v.loss)) detail::set_lr(s.step.optimizer(), p.lr);
+      if (s.schedule.after_validation(p, v.loss))
+        detail::set_lr(s.step.optimizer(), s.schedule.rate(p, annealed));
       keep_if_best(v, p.epoch + 1, 0);
     }
-    if (s.schedule.after_epoch(p, p.epoch)) detail::set_lr(s.step.optimizer(), p.lr);
+    if (s.schedule.after_epoch(p, p.epoch))
+      detail::set_lr(s.step.optimizer(), s.schedule.rate(p, annealed));
     p.step_in_epoch = 0;
     s.save("last.imcap", p.epoch + 1, 0);
     if (stop) break;

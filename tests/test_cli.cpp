@@ -134,21 +134,28 @@ TEST_CASE("train, caption, predict and eval from the command line", "[trainer][c
       f, t.tmp.file("r4"), {"--max-steps", "1", "--inject", "init", "--batching", "padded"}));
   CHECK(r.exit_code == 0);
   CHECK_THAT(r.out, Catch::StartsWith("training resnet18 (init)"));
-  // The step schedule's period and factor.
+  // The step schedule's period and factor, and the end-of-budget cut on top of it: its half of
+  // two epochs is the second.
   r = imcap::test::run_cli(imcap::test::tiny_train_args(
       f, t.tmp.file("r6"),
       {"--epochs", "2", "--lr", "0.01", "--lr-schedule", "step", "--lr-step-epochs", "1",
-       "--lr-gamma", "0.25", "--log-interval", "1"}));
+       "--lr-gamma", "0.25", "--lr-anneal-share", "0.5", "--lr-anneal-factor", "0.5",
+       "--log-interval", "1"}));
   REQUIRE(r.exit_code == 0);
   {
-    std::set<double> epoch2;
+    std::set<double> epoch1, epoch2;
     std::ifstream log(t.tmp.file("r6/log.jsonl"));
     for (std::string line; std::getline(log, line);) {
       const auto j = nlohmann::json::parse(line);
-      if (j["type"] == "step" && j["epoch"] == 2) epoch2.insert(j["lr"].get<double>());
+      if (j["type"] == "step") (j["epoch"] == 1 ? epoch1 : epoch2).insert(j["lr"].get<double>());
     }
-    CHECK(epoch2 == std::set<double>{0.0025});
+    CHECK(epoch1 == std::set<double>{0.01});
+    CHECK(epoch2 == std::set<double>{0.00125});
   }
+  r = imcap::test::run_cli(
+      imcap::test::tiny_train_args(f, t.tmp.file("r7"), {"--lr-anneal-share", "1"}));
+  CHECK(r.exit_code == 2);
+  CHECK_THAT(r.err, Catch::Contains("--lr-anneal-share"));
   r = imcap::test::run_cli({"train", "--annotations", f.train_annotations, "--images",
                             f.train_images, "--out", t.tmp.file("r5"), "--inject", "1"});
   CHECK(r.exit_code == 2);

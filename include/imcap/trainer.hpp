@@ -118,6 +118,14 @@ struct TrainerOptions {
   int lr_step_epochs = 5;                      ///< period of the step schedule, epochs. Default 5.
   double lr_gamma = 0.5;                       ///< factor of both schedules. Default 0.5.
   int lr_patience = 1;            ///< epochs without improvement before a plateau cut. Default 1.
+  /// The last share of the run's budget trains at the rate times lr_anneal_factor: once
+  /// (1 - share) of max_seconds has passed (counted from fit()'s start), of max_steps has been
+  /// taken, or of the epochs has been trained, whichever comes first, the rate is cut, on top
+  /// of any schedule. By steps and epochs it is a function of the progress, so that a resumed
+  /// run cuts where the uninterrupted one did. 0 = no cut. Default 0 (off: not yet measured as
+  /// a default; docs/training.md#the-end-of-budget-cut).
+  double lr_anneal_share = 0.0;
+  double lr_anneal_factor = 0.1;  ///< the cut's factor, in (0, 1]. Default 0.1.
   std::size_t log_interval = 50;  ///< steps between log lines. Default 50.
   std::uint64_t seed = 1;         ///< seeds initialisation order, batches, transforms. Default 1.
   int workers = 2;                ///< image decoding threads. Default 2.

@@ -476,6 +476,15 @@ void add_train_command(CLI::App& app) {
                   "plateau schedule: epochs without a better validation before a cut")
       ->capture_default_str()
       ->check(CLI::Range(0, 100000));
+  cmd->add_option("--lr-anneal-share", a->trainer.lr_anneal_share,
+                  "The last share of the budget (--max-seconds, --max-steps or --epochs, "
+                  "whichever ends first) trains at the rate times --lr-anneal-factor (0: off)")
+      ->capture_default_str()
+      ->check(finite_range(0.0, 0.99));
+  cmd->add_option("--lr-anneal-factor", a->trainer.lr_anneal_factor,
+                  "The factor of that end-of-budget cut of the rate")
+      ->capture_default_str()
+      ->check(finite_above(0.0, 1.0));
   cmd->add_option("--max-seconds", a->trainer.max_seconds,
                   "Stop cleanly and save after this many seconds")
       ->capture_default_str()

@@ -38,4 +38,28 @@ bool LrSchedulePolicy::after_epoch(TrainingProgress& p, std::size_t epoch) const
   return true;
 }
 
+bool LrSchedulePolicy::anneal_time(double seconds) const {
+  const double share = options_.lr_anneal_share;
+  return share > 0 && options_.max_seconds > 0 && seconds >= (1.0 - share) * options_.max_seconds;
+}
+
+bool LrSchedulePolicy::anneal_due(const TrainingProgress& p, std::size_t batches_in_epoch) const {
+  const double share = options_.lr_anneal_share;
+  if (!(share > 0)) return false;
+  const double keep = 1.0 - share;
+  if (options_.max_steps > 0 &&
+      static_cast<double>(p.global_step) >= keep * static_cast<double>(options_.max_steps))
+    return true;
+  const double epochs_done =
+      static_cast<double>(p.epoch) +
+      (batches_in_epoch > 0 ? static_cast<double>(p.step_in_epoch) /
+                                  static_cast<double>(batches_in_epoch)
+                            : 0.0);
+  return epochs_done >= keep * static_cast<double>(std::max(1, options_.epochs));
+}
+
+double LrSchedulePolicy::rate(const TrainingProgress& p, bool annealed) const {
+  return annealed ? p.lr * options_.lr_anneal_factor : p.lr;
+}
+
 }  // namespace imcap::detail

@@ -57,8 +57,8 @@ TrainStep::TrainStep(CaptionModel& model, const TrainerOptions& options, Process
                                                          .weight_decay(options.weight_decay));
 }
 
-StepOutcome TrainStep::run(const Batch& batch, bool want_stop, const TrainingProgress& at,
-                           const std::string& last_checkpoint) {
+StepOutcome TrainStep::run(const Batch& batch, bool want_stop, bool want_anneal,
+                           const TrainingProgress& at, const std::string& last_checkpoint) {
   const auto device = model_.device();
   model_.train(true);
   // A per-step seed makes dropout reproducible across a resume without storing RNG state;
@@ -130,10 +130,12 @@ StepOutcome TrainStep::run(const Batch& batch, bool want_stop, const TrainingPro
   all_weight = rank_weight;
   if (group_ != nullptr) {
     // One small all-reduce: the batch's weighted loss and weight, its captions, whether any
-    // rank must stop (time limit, signal), so that all stop at one step, and SCST's sums.
+    // rank must stop (time limit, signal), so that all stop at one step, SCST's sums, and
+    // whether any rank's clock calls for the end-of-budget cut of the rate.
     auto stats =
         torch::tensor({out.loss * rank_weight, rank_weight, out.captions, want_stop ? 1.0 : 0.0,
-                       reward_sum, baseline_sum, xe_loss * rank_tokens, rank_tokens},
+                       reward_sum, baseline_sum, xe_loss * rank_tokens, rank_tokens,
+                       want_anneal ? 1.0 : 0.0},
                       torch::kFloat64);
     group_->all_reduce(stats);
     const auto st = stats.accessor<double, 1>();
@@ -141,6 +143,7 @@ StepOutcome TrainStep::run(const Batch& batch, bool want_stop, const TrainingPro
     out.loss = all_weight > 0 ? st[0] / all_weight : 0.0;
     out.captions = st[2];
     out.stop = st[3] > 0;
+    out.anneal = st[8] > 0;
     reward_sum = st[4];
     baseline_sum = st[5];
     all_tokens = st[7];

@@ -30,6 +30,8 @@ struct StepOutcome {
   /// Captions trained on (all ranks together): the batch's references, or SCST's samples.
   double captions = 0.0;
   bool stop = false;  ///< with a process group: some rank asked to stop at this step
+  /// with a process group: some rank's clock says the end-of-budget cut of the rate is due
+  bool anneal = false;
   /// SCST (NaN otherwise): the samples' mean reward and baseline (all ranks together), and the
   /// seconds this rank spent scoring them.
   double reward = NAN, baseline = NAN, reward_seconds = 0.0;
@@ -49,11 +51,12 @@ class TrainStep {
   /// has fewer captions or images than there are ranks: the rank then only joins the
   /// collectives). `want_stop`: this rank wants the run to stop (time, signal); with a group
   /// all ranks learn it in the step's one small all-reduce, so that all stop at one step.
+  /// `want_anneal`: likewise for the end-of-budget cut of the rate that a time budget decides.
   /// `at` (the progress before the step) seeds dropout, per rank. Throws Error when the loss is
   /// not finite, before the update (the parameters stay as they were), naming the step and
   /// `last_checkpoint` when it exists.
-  StepOutcome run(const Batch& batch, bool want_stop, const TrainingProgress& at,
-                  const std::string& last_checkpoint);
+  StepOutcome run(const Batch& batch, bool want_stop, bool want_anneal,
+                  const TrainingProgress& at, const std::string& last_checkpoint);
 
   torch::optim::Optimizer& optimizer() { return *optimizer_; }
   const std::vector<torch::Tensor>& params() const { return params_; }
