@@ -263,12 +263,12 @@ Trainer::Trainer(CaptionModel& model, const CocoDataset& train, const CocoDatase
   if (!(options.lr > 0))
     throw InvalidArgument(fmt::format("trainer: learning rate {} must be positive", options.lr));
   if (!(options.lr_anneal_share >= 0 && options.lr_anneal_share < 1))
-    throw InvalidArgument(fmt::format(
-        "trainer: lr_anneal_share = {} must be in [0, 1) (0: no end-of-budget cut)",
-        options.lr_anneal_share));
+    throw InvalidArgument(
+        fmt::format("trainer: lr_anneal_share = {} must be in [0, 1) (0: no end-of-budget cut)",
+                    options.lr_anneal_share));
   if (!(options.lr_anneal_factor > 0 && options.lr_anneal_factor <= 1))
-    throw InvalidArgument(fmt::format("trainer: lr_anneal_factor = {} must be in (0, 1]",
-                                      options.lr_anneal_factor));
+    throw InvalidArgument(
+        fmt::format("trainer: lr_anneal_factor = {} must be in (0, 1]", options.lr_anneal_factor));
   if (options.optimizer != Optimizer::kAdam && options.optimizer != Optimizer::kSgd)
     throw InvalidArgument(fmt::format("trainer: optimizer {} is not one of: adam, sgd",
                                       static_cast<int>(options.optimizer)));
@@ -349,7 +349,8 @@ TrainResult Trainer::fit() {
   // The step this call last validated at (validate_now sets it with result.last_validation).
   std::size_t validated_at = SIZE_MAX;
   double reward_seconds = 0.0;  // SCST: this rank's time scoring rewards
-  // The optimizer runs at p.lr (resume set it) until the end-of-budget cut.
+  // The optimizer runs at p.lr until the end-of-budget cut (which an earlier fit() of this
+  // trainer may have left in place).
   bool annealed = false, time_due = false;
   detail::set_lr(s.step.optimizer(), p.lr);
   auto validate_now = [&](const std::string& when) {
@@ -395,21 +396,20 @@ TrainResult Trainer::fit() {
     if (p.step_in_epoch > 0) s.loader.skip(p.step_in_epoch);
     while (auto batch = s.loader.next()) {
       // The end-of-budget cut: by steps and epochs a function of the progress (a resumed run
-      // cuts where the uninterrupted one did), by time from the clock of this call, which a
-      // step's all-reduce shares between the ranks.
-      const bool due = time_due || s.schedule.anneal_due(p, in_epoch);
-      if (due != annealed) {
-        annealed = due;
+      // cuts where the uninterrupted one did), by time from the clock of this call. Ranks learn
+      // each other's clocks from the step's all-reduce, so they cut one step after it calls.
+      const bool time_share = s.schedule.anneal_time(detail::seconds_since(t0));
+      if (s.group == nullptr) time_due = time_due || time_share;
+      if (!annealed && (time_due || s.schedule.anneal_due(p, in_epoch))) {
+        annealed = true;
         detail::set_lr(s.step.optimizer(), s.schedule.rate(p, annealed));
-        if (annealed)
-          line.print(fmt::format("step {}: learning rate {:g} -> {:g} for the rest of the run ({:g} "
-                                 "% of its budget)",
-                                 p.global_step + 1, p.lr, s.schedule.rate(p, true),
-                                 100.0 * o.lr_anneal_share));
+        line.print(fmt::format(
+            "step {}: learning rate {:g} -> {:g} for the rest of the run ({:g} % "
+            "of its budget)",
+            p.global_step + 1, p.lr, s.schedule.rate(p, annealed), 100.0 * o.lr_anneal_share));
       }
-      const detail::StepOutcome r =
-          s.step.run(*batch, out_of_time() || stop_requested(),
-                     s.schedule.anneal_time(detail::seconds_since(t0)), p, s.path("last.imcap"));
+      const detail::StepOutcome r = s.step.run(*batch, out_of_time() || stop_requested(),
+                                               time_share, p, s.path("last.imcap"));
       ++p.step_in_epoch;
       ++p.global_step;
       result.losses.push_back(r.loss);
@@ -419,9 +419,7 @@ TrainResult Trainer::fit() {
       reward_seconds += r.reward_seconds;
       if (auto entry = line.after_step(p, r, s.schedule.rate(p, annealed)); !entry.is_null())
         s.log.write(entry);
-      time_due = time_due || (s.group != nullptr
-                                  ? r.anneal
-                                  : s.schedule.anneal_time(detail::seconds_since(t0)));
+      if (s.group != nullptr) time_due = time_due || r.anneal;
       const bool time_or_signal = s.group != nullptr ? r.stop : out_of_time() || stop_requested();
       if (time_or_signal || (o.max_steps > 0 && p.global_step >= o.max_steps)) {
         stop = true;

@@ -316,76 +316,71 @@ std::map<std::size_t, std::pair<double, double>> logged_rates(const std::string&
 
 }  // namespace
 
-TEST_CASE("the last share of the budget trains at the cut rate, and a resume cuts where the "
-          "uninterrupted run did",
-          "[trainer]") {
+TEST_CASE(
+    "the last share of the budget trains at the cut rate, and a resume cuts where the "
+    "uninterrupted run did",
+    "[trainer]") {
   Tiny t;
-  const auto train_set = [&](const imcap::CaptionModel& m) { return t.split(true, m); };
-  auto base = t.options("steps");
+  auto base = t.options("unused");
   base.log_interval = 1;
   base.lr = 1e-3;
   base.lr_anneal_share = 0.25;
+  // Trains a fresh tiny model with `o` into `dir`: what fit() returned and the log's rates.
+  const auto train_into = [&](imcap::TrainerOptions o, const std::string& dir) {
+    auto model = t.model();
+    const auto train = t.split(/*training=*/true, model);
+    o.out_dir = t.tmp.file(dir);
+    const auto r = imcap::Trainer(model, train, nullptr, o).fit();
+    return std::make_pair(r, logged_rates(t.tmp.file(dir + "/log.jsonl")));
+  };
 
   SECTION("a budget of steps: the last quarter of max_steps") {
-    auto model = t.model();
-    const auto train = train_set(model);
     auto o = base;
     o.epochs = 100;
     o.max_steps = 8;
-    const auto r = imcap::Trainer(model, train, nullptr, o).fit();
+    const auto [r, rates] = train_into(o, "steps");
     REQUIRE(r.steps == 8);
-    const auto rates = logged_rates(t.tmp.file("steps/log.jsonl"));
     REQUIRE(rates.size() == 8);
     for (const auto& [step, rate] : rates)
       CHECK(rate.first == Approx(step <= 6 ? 1e-3 : 1e-4).epsilon(1e-12));
   }
 
   SECTION("a budget of epochs: the cut falls inside the last epoch, and share 0 keeps the rate") {
-    auto model = t.model();
-    const auto train = train_set(model);
     auto o = base;
-    o.out_dir = t.tmp.file("epochs");
     o.lr_anneal_share = 0.5;
     o.lr_anneal_factor = 0.25;
-    const auto r = imcap::Trainer(model, train, nullptr, o).fit();
-    const auto rates = logged_rates(t.tmp.file("epochs/log.jsonl"));
+    const auto [r, rates] = train_into(o, "epochs");
     REQUIRE(rates.size() == r.steps);
     const std::size_t per_epoch = r.steps / 2;
     REQUIRE(per_epoch >= 2);
     for (const auto& [step, rate] : rates)
       CHECK(rate.first == Approx(step <= per_epoch ? 1e-3 : 2.5e-4).epsilon(1e-12));
 
-    auto model2 = t.model();
-    o.out_dir = t.tmp.file("off");
     o.lr_anneal_share = 0;
-    imcap::Trainer(model2, train, nullptr, o).fit();
-    for (const auto& [step, rate] : logged_rates(t.tmp.file("off/log.jsonl")))
-      CHECK(rate.first == 1e-3);
+    for (const auto& [step, rate] : train_into(o, "off").second) CHECK(rate.first == 1e-3);
   }
 
   SECTION("a run stopped and resumed step by step cuts at the same step, with the same losses") {
-    auto model = t.model();
-    const auto train = train_set(model);
     auto o = base;
-    o.out_dir = t.tmp.file("whole");
     o.validate_at_stop = false;
-    const auto whole = imcap::Trainer(model, train, nullptr, o).fit();
-    REQUIRE(whole.steps >= 4);
+    const auto whole = train_into(o, "whole");
+    REQUIRE(whole.first.steps >= 4);
     // The same run, one step per fit(): each asks to stop before it starts, then resumes.
     o.out_dir = t.tmp.file("pieces");
     std::vector<double> losses;
-    for (std::size_t i = 0; i < whole.steps; ++i) {
+    for (std::size_t i = 0; i < whole.first.steps; ++i) {
       o.resume = i > 0;
       auto m = i == 0 ? t.model() : imcap::CaptionModel::load(t.tmp.file("pieces/last.imcap"));
+      const auto train = t.split(/*training=*/true, m);
       imcap::Trainer trainer(m, train, nullptr, o);
       trainer.request_stop();
       const auto r = trainer.fit();
       REQUIRE(r.losses.size() == 1);
       losses.push_back(r.losses[0]);
     }
-    REQUIRE(losses.size() == whole.losses.size());
-    for (std::size_t i = 0; i < losses.size(); ++i) CHECK(losses[i] == whole.losses[i]);
-    const auto a = logged_rates(t.tmp.file("whole/log.jsonl"));
+    REQUIRE(losses.size() == whole.first.losses.size());
+    for (std::size_t i = 0; i < losses.size(); ++i) CHECK(losses[i] == whole.first.losses[i]);
+    const auto& a = whole.second;
     const auto b = logged_rates(t.tmp.file("pieces/log.jsonl"));
     REQUIRE(a.size() == b.size());
     for (const auto& [step, rate] : a) CHECK(b.at(step).first == rate.first);
@@ -393,15 +388,11 @@ TEST_CASE("the last share of the budget trains at the cut rate, and a resume cut
   }
 
   SECTION("a time budget: the steps that start after its share passed run at the cut rate") {
-    auto model = t.model();
-    const auto train = train_set(model);
     auto o = base;
-    o.out_dir = t.tmp.file("time");
     o.epochs = 100000;
     o.max_seconds = 2.0;
     o.lr_anneal_share = 0.5;
-    imcap::Trainer(model, train, nullptr, o).fit();
-    const auto rates = logged_rates(t.tmp.file("time/log.jsonl"));
+    const auto rates = train_into(o, "time").second;
     std::size_t cut = 0;
     for (auto it = rates.begin(); it != rates.end(); ++it) {
       const auto next = std::next(it);
@@ -418,7 +409,7 @@ TEST_CASE("the last share of the budget trains at the cut rate, and a resume cut
 
   SECTION("bad shares and factors are refused") {
     auto model = t.model();
-    const auto train = train_set(model);
+    const auto train = t.split(/*training=*/true, model);
     auto o = base;
     o.lr_anneal_share = 1.0;
     CHECK_THROWS_WITH(imcap::Trainer(model, train, nullptr, o),

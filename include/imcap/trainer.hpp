@@ -117,7 +117,7 @@ struct TrainerOptions {
   LrSchedule lr_schedule = LrSchedule::kNone;  ///< Default none.
   int lr_step_epochs = 5;                      ///< period of the step schedule, epochs. Default 5.
   double lr_gamma = 0.5;                       ///< factor of both schedules. Default 0.5.
-  int lr_patience = 1;            ///< epochs without improvement before a plateau cut. Default 1.
+  int lr_patience = 1;  ///< epochs without improvement before a plateau cut. Default 1.
   /// The last share of the run's budget trains at the rate times lr_anneal_factor: once
   /// (1 - share) of max_seconds has passed (counted from fit()'s start), of max_steps has been
   /// taken, or of the epochs has been trained, whichever comes first, the rate is cut, on top

@@ -50,11 +50,10 @@ bool LrSchedulePolicy::anneal_due(const TrainingProgress& p, std::size_t batches
   if (options_.max_steps > 0 &&
       static_cast<double>(p.global_step) >= keep * static_cast<double>(options_.max_steps))
     return true;
-  const double epochs_done =
-      static_cast<double>(p.epoch) +
-      (batches_in_epoch > 0 ? static_cast<double>(p.step_in_epoch) /
-                                  static_cast<double>(batches_in_epoch)
-                            : 0.0);
+  const double epochs_done = static_cast<double>(p.epoch) +
+                             (batches_in_epoch > 0 ? static_cast<double>(p.step_in_epoch) /
+                                                         static_cast<double>(batches_in_epoch)
+                                                   : 0.0);
   return epochs_done >= keep * static_cast<double>(std::max(1, options_.epochs));
 }
 

@@ -132,11 +132,10 @@ StepOutcome TrainStep::run(const Batch& batch, bool want_stop, bool want_anneal,
     // One small all-reduce: the batch's weighted loss and weight, its captions, whether any
     // rank must stop (time limit, signal), so that all stop at one step, SCST's sums, and
     // whether any rank's clock calls for the end-of-budget cut of the rate.
-    auto stats =
-        torch::tensor({out.loss * rank_weight, rank_weight, out.captions, want_stop ? 1.0 : 0.0,
-                       reward_sum, baseline_sum, xe_loss * rank_tokens, rank_tokens,
-                       want_anneal ? 1.0 : 0.0},
-                      torch::kFloat64);
+    auto stats = torch::tensor(
+        {out.loss * rank_weight, rank_weight, out.captions, want_stop ? 1.0 : 0.0, reward_sum,
+         baseline_sum, xe_loss * rank_tokens, rank_tokens, want_anneal ? 1.0 : 0.0},
+        torch::kFloat64);
     group_->all_reduce(stats);
     const auto st = stats.accessor<double, 1>();
     all_weight = st[1];

@@ -55,8 +55,8 @@ class TrainStep {
   /// `at` (the progress before the step) seeds dropout, per rank. Throws Error when the loss is
   /// not finite, before the update (the parameters stay as they were), naming the step and
   /// `last_checkpoint` when it exists.
-  StepOutcome run(const Batch& batch, bool want_stop, bool want_anneal,
-                  const TrainingProgress& at, const std::string& last_checkpoint);
+  StepOutcome run(const Batch& batch, bool want_stop, bool want_anneal, const TrainingProgress& at,
+                  const std::string& last_checkpoint);
 
   torch::optim::Optimizer& optimizer() { return *optimizer_; }
   const std::vector<torch::Tensor>& params() const { return params_; }
