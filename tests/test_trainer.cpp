@@ -324,7 +324,10 @@ TEST_CASE(
   auto base = t.options("unused");
   base.log_interval = 1;
   base.lr = 1e-3;
-  base.lr_anneal_share = 0.25;
+  // The defaults, as docs/training.md gives them: the last quarter at 0.3 times the rate.
+  REQUIRE(base.lr_anneal_share == 0.25);
+  REQUIRE(base.lr_anneal_factor == 0.3);
+  const double cut_rate = 3e-4;
   // Trains a fresh tiny model with `o` into `dir`: what fit() returned and the log's rates.
   const auto train_into = [&](imcap::TrainerOptions o, const std::string& dir) {
     auto model = t.model();
@@ -342,7 +345,7 @@ TEST_CASE(
     REQUIRE(r.steps == 8);
     REQUIRE(rates.size() == 8);
     for (const auto& [step, rate] : rates)
-      CHECK(rate.first == Approx(step <= 6 ? 1e-3 : 1e-4).epsilon(1e-12));
+      CHECK(rate.first == Approx(step <= 6 ? 1e-3 : cut_rate).epsilon(1e-12));
   }
 
   SECTION("a budget of epochs: the cut falls inside the last epoch, and share 0 keeps the rate") {
@@ -384,7 +387,7 @@ TEST_CASE(
     const auto b = logged_rates(t.tmp.file("pieces/log.jsonl"));
     REQUIRE(a.size() == b.size());
     for (const auto& [step, rate] : a) CHECK(b.at(step).first == rate.first);
-    CHECK(a.rbegin()->second.first == Approx(1e-4).epsilon(1e-12));  // the last step is cut
+    CHECK(a.rbegin()->second.first == Approx(cut_rate).epsilon(1e-12));  // the last step is cut
   }
 
   SECTION("a time budget: the steps that start after its share passed run at the cut rate") {
@@ -400,7 +403,7 @@ TEST_CASE(
       if (it->second.second < 1.0) CHECK(it->second.first == 1e-3);
       // The step after one that ended past 1 s starts past it: the cut rate.
       if (next != rates.end() && it->second.second >= 1.0) {
-        CHECK(next->second.first == Approx(1e-4).epsilon(1e-12));
+        CHECK(next->second.first == Approx(cut_rate).epsilon(1e-12));
         ++cut;
       }
     }

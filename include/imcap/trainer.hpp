@@ -122,10 +122,11 @@ struct TrainerOptions {
   /// (1 - share) of max_seconds has passed (counted from fit()'s start), of max_steps has been
   /// taken, or of the epochs has been trained, whichever comes first, the rate is cut, on top
   /// of any schedule. By steps and epochs it is a function of the progress, so that a resumed
-  /// run cuts where the uninterrupted one did. 0 = no cut. Default 0 (off: not yet measured as
-  /// a default; docs/training.md#the-end-of-budget-cut).
-  double lr_anneal_share = 0.0;
-  double lr_anneal_factor = 0.1;  ///< the cut's factor, in (0, 1]. Default 0.1.
+  /// run cuts where the uninterrupted one did. 0 = no cut. Default 0.25: in seven 300-s runs
+  /// from scratch (five kinds) it moved held-out CIDEr by +3.8 % on average, from -5.9 % to
+  /// +16 %, and raised BLEU-4 in six (docs/training.md#the-end-of-budget-cut).
+  double lr_anneal_share = 0.25;
+  double lr_anneal_factor = 0.3;  ///< the cut's factor, in (0, 1]. Default 0.3.
   std::size_t log_interval = 50;  ///< steps between log lines. Default 50.
   std::uint64_t seed = 1;         ///< seeds initialisation order, batches, transforms. Default 1.
   int workers = 2;                ///< image decoding threads. Default 2.
